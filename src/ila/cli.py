@@ -1,5 +1,188 @@
-"""Command-line interface (placeholder while the package is assembled)."""
+"""The `ila` command line: parse, call one library function, print the result.
+
+This is the only module that prints. Flags are generated from the config dataclasses
+(ila.config), so every setting has exactly one flag, one YAML key and one default.
+``ila --help`` imports no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from ila import __version__
+from ila.config import ScoreConfig, config_from_dict, flag_name, iter_settings, load_yaml_config
+from ila.errors import IlaError
+
+__all__ = ["build_parser", "main"]
+
+_SECTION_TITLES = {
+    "model": "model",
+    "data": "data",
+    "lora": "stage-1 LoRA adapter",
+    "train": "training (all stages)",
+    "stage1": "stage 1: LoRA until epsilon-stable",
+    "stage2": "stage 2: learned gates",
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """One flag per config field; defaults are suppressed so YAML values survive."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for section, f, section_cls in iter_settings(config_cls):
+        group = groups.get(section) or parser.add_argument_group(_SECTION_TITLES.get(section, section))
+        groups[section] = group
+        hint = get_type_hints(section_cls)[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kwargs: dict[str, Any] = {
+            "dest": f"{section}.{f.name}",
+            "default": argparse.SUPPRESS,
+            "help": f"{f.metadata.get('help', '')} (default: {default})",
+        }
+        base = _base_type(hint)
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif base is list:
+            kwargs["nargs"] = "+"
+            kwargs["metavar"] = "NAME"
+        else:
+            kwargs["type"] = base
+            kwargs["metavar"] = f.name.split("_")[-1].upper()
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        group.add_argument(flag_name(section, f.name), **kwargs)
+
+
+def _base_type(hint: Any) -> type:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _base_type(args[0])
+    if origin is list:
+        return list
+    return hint
+
+
+def _score_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", type=Path, required=True, help="run directory (created)")
+    parser.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run in --output-dir"
+    )
+    _add_config_flags(parser, ScoreConfig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ila",
+        description="Find the layers of an LLM that matter for aligning it to your data "
+        "(ILA, arXiv 2410.17875), and fine-tune only those.",
+    )
+    parser.add_argument("--version", action="version", version=f"ila {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="the main job: identify important units with ILA (then select, fine-tune, evaluate)",
+        description="Run ILA end to end on a model and dataset (defaults: the embedded "
+        "SmolLM2-135M and the embedded ila-instruct data).",
+    )
+    _score_flags(p)
+
+    p = sub.add_parser(
+        "score",
+        help="rank the units of a model on alignment data (ILA stages 1-2, or another scorer)",
+        description="Stage 1 fine-tunes LoRA until training is epsilon-stable; stage 2 learns "
+        "a sigmoid gate per unit under a sparsity budget; the gates rank the units. "
+        "Writes layer_scores.json and a report under --output-dir.",
+    )
+    p.add_argument("--method", default="ila", help="scorer to use (see 'ila ls scorers')")
+    _score_flags(p)
+
+    p = sub.add_parser("ls", help="list available things: scorers, data presets")
+    p.add_argument("what", choices=["scorers", "presets"])
+    return parser
+
+
+def _resolve_config(args: argparse.Namespace) -> ScoreConfig:
+    data: dict[str, Any] = load_yaml_config(args.config) if args.config else {}
+    origin = str(args.config) if args.config else "flags"
+    for key, value in vars(args).items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            data.setdefault(section, {})[name] = value
+    return config_from_dict(ScoreConfig, data, origin=origin)
+
+
+def _print_score(result: Any, header: str) -> None:
+    s = result.summary()
+    stable = "epsilon-stable" if s["stage1_stable"] else "hit the step cap"
+    print(f"{header}: {s['method']} on {s['model']}, {s['units']} {s['unit_kind']} units")
+    if s["T"] is not None:
+        print(f"  stage 1: T = {s['T']} steps ({stable})")
+    times = ", ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items())
+    print(f"  time: {times}")
+    print(f"  top units: {', '.join(s['top_units'])}")
+    print(f"  scores: {s['scores_file']}")
+    print(f"  report: {s['report_dir']}")
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from ila.pipeline import score
+
+    config = _resolve_config(args)
+    result = score(config, args.output_dir, method=args.method, overwrite=args.overwrite)
+    _print_score(result, "ila score")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ila.pipeline import run
+
+    config = _resolve_config(args)
+    result = run(config, args.output_dir, overwrite=args.overwrite)
+    _print_score(result, "ila run")
+    return 0
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    if args.what == "scorers":
+        from ila.scorers import SCORERS
+
+        for name, (_, _, description) in SCORERS.items():
+            print(f"{name:16s} {description}")
+    else:
+        from ila.data import PRESETS
+
+        for name, description in PRESETS.items():
+            print(f"{name:16s} {description}")
+    return 0
+
+
+_COMMANDS = {"run": _cmd_run, "score": _cmd_score, "ls": _cmd_ls}
 
 
 def main(argv: list[str] | None = None) -> int:
-    return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _COMMANDS[args.command](args)
+    except IlaError as exc:
+        print(f"ila: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ila: interrupted", file=sys.stderr)
+        return 130

@@ -8,6 +8,7 @@ run is refused unless ``overwrite`` is set.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from ila.errors import IlaError
 __all__ = [
     "RUN_STATE_FILE",
     "append_jsonl",
+    "atomic_directory",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -70,6 +72,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         # Remove the temporary file, then let the original error propagate unchanged.
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory that becomes ``path`` only if the block succeeds.
+
+    For artifacts written by other libraries (``save_pretrained``): a crash leaves a
+    hidden temporary directory, never a complete-looking ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

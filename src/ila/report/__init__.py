@@ -1,0 +1,26 @@
+"""Tables and plots made from saved JSON only (no model needed).
+
+Plot functions import matplotlib with the non-interactive Agg backend, so they work
+without a display.
+"""
+
+from ila.report.plots import plot_block_bars, plot_unit_heatmap
+from ila.report.tables import ranking_markdown
+
+__all__ = ["plot_block_bars", "plot_unit_heatmap", "ranking_markdown", "write_score_report"]
+
+
+def write_score_report(scores, output_dir) -> list:
+    """Write ranking.md, heatmap.png and blocks.png for ``scores`` under ``output_dir``."""
+    from pathlib import Path
+
+    from ila.rundir import atomic_write_text
+
+    out = Path(output_dir)
+    atomic_write_text(out / "ranking.md", ranking_markdown(scores))
+    paths = [out / "ranking.md", out / "blocks.png"]
+    plot_block_bars(scores, out / "blocks.png")
+    if scores.unit_kind == "module":
+        plot_unit_heatmap(scores, out / "heatmap.png")
+        paths.append(out / "heatmap.png")
+    return paths

@@ -1,0 +1,32 @@
+"""Markdown tables of layer scores."""
+
+from __future__ import annotations
+
+from ila.scores import LayerScores
+
+__all__ = ["ranking_markdown"]
+
+
+def ranking_markdown(scores: LayerScores) -> str:
+    """The full ranking (rank, unit, block, module type, importance, raw) and the block view."""
+    rank = {name: i + 1 for i, name in enumerate(scores.ranking())}
+    by_name = {u.name: u for u in scores.units}
+    lines = [
+        f"# Layer scores: {scores.method} on {scores.model_id}",
+        "",
+        f"{len(scores.units)} units ({scores.unit_kind}); importance = "
+        + ("sigmoid(s) after ILA stage 2." if scores.method == "ila" else f"{scores.method} score."),
+        "",
+        "| rank | unit | block | module | importance | raw |",
+        "|---:|---|---:|---|---:|---:|",
+    ]
+    for name in scores.ranking():
+        u = by_name[name]
+        lines.append(
+            f"| {rank[name]} | `{name}` | {u.block} | {u.module_type or '-'} | "
+            f"{u.importance:.4f} | {u.raw:.4f} |"
+        )
+    if scores.unit_kind == "module":
+        lines += ["", "## Blocks (mean importance of their units)", "", "| block | importance |", "|---:|---:|"]
+        lines += [f"| {b} | {v:.4f} |" for b, v in scores.block_scores().items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,198 @@
+"""LayerScores: one importance value per unit, its ranking, important sets and overlap.
+
+ILA-METHOD.md, "Output": the importance of unit i is sigmoid(s_i) at the end of stage 2
+(raw s is kept too); units are ranked by importance, descending, ties broken by the
+unit's position in the model (earlier first), so a ranking is deterministic. The
+important set at fraction K is the top ``k(K) = max(1, floor(K * N + 0.5))`` units
+(round half up). Two rankings overlap at K by the Jaccard index of their important sets,
+reported next to the Jaccard expected of two random sets of the same size.
+
+Every scorer writes this same ``layer_scores.json`` (see :data:`SCHEMA_VERSION`), so every
+downstream command works with any scorer. No torch here: reports and comparisons load
+scores without a model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ila.errors import IlaError
+from ila.rundir import atomic_write_json, read_json
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SCORES_FILE",
+    "LayerScores",
+    "UnitScore",
+    "expected_random_jaccard",
+    "jaccard",
+    "top_count",
+]
+
+SCHEMA_VERSION = 1
+SCORES_FILE = "layer_scores.json"
+
+
+@dataclass(frozen=True)
+class UnitScore:
+    """The score of one unit (a module, or a whole block when unit_kind is 'block')."""
+
+    name: str
+    block: int
+    module_type: str | None
+    """Module type inside the block ('self_attn.q_proj'); None for block units."""
+    importance: float
+    """The value ranked on: sigmoid(s) for ILA."""
+    raw: float
+    """The scorer's raw value: s for ILA."""
+
+
+@dataclass
+class LayerScores:
+    """Scores of every unit of one model, from one scorer on one dataset."""
+
+    method: str
+    model_id: str
+    unit_kind: str
+    units: list[UnitScore]
+    layout: dict[str, Any]
+    """Model layout (model_type, blocks_path, num_blocks, unit names): checked when
+    scores are applied to a model or compared with other scores."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Scorer-specific facts: stage-1 T, stage-2 steps, seeds, data fingerprint, ..."""
+
+    def __post_init__(self) -> None:
+        if self.unit_kind not in ("module", "block"):
+            raise IlaError(f"unit_kind must be 'module' or 'block', got {self.unit_kind!r}")
+        if not self.units:
+            raise IlaError("scores hold no unit")
+        names = [u.name for u in self.units]
+        if len(set(names)) != len(names):
+            raise IlaError("scores hold duplicate unit names")
+        for unit in self.units:
+            if not (math.isfinite(unit.importance) and math.isfinite(unit.raw)):
+                raise IlaError(f"unit {unit.name} has a non-finite score")
+
+    @property
+    def names(self) -> list[str]:
+        return [u.name for u in self.units]
+
+    def ranking(self) -> list[str]:
+        """Unit names by importance, descending; ties keep model order."""
+        order = sorted(range(len(self.units)), key=lambda i: (-self.units[i].importance, i))
+        return [self.units[i].name for i in order]
+
+    def top(self, fraction: float) -> list[str]:
+        """The important set at ``fraction``: the first :func:`top_count` names of the ranking."""
+        return self.ranking()[: top_count(len(self.units), fraction)]
+
+    def bottom(self, fraction: float) -> list[str]:
+        """The least important ``top_count(N, fraction)`` units."""
+        return self.ranking()[len(self.units) - top_count(len(self.units), fraction) :]
+
+    def block_scores(self) -> dict[int, float]:
+        """Block view: mean importance of each block's units (ILA-METHOD, "Unit")."""
+        sums: dict[int, list[float]] = {}
+        for unit in self.units:
+            sums.setdefault(unit.block, []).append(unit.importance)
+        return {block: sum(v) / len(v) for block, v in sorted(sums.items())}
+
+    def to_dict(self) -> dict[str, Any]:
+        ranking = self.ranking()
+        rank_of = {name: i + 1 for i, name in enumerate(ranking)}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "method": self.method,
+            "model_id": self.model_id,
+            "unit_kind": self.unit_kind,
+            "layout": self.layout,
+            "meta": self.meta,
+            "units": [
+                {
+                    "name": u.name,
+                    "block": u.block,
+                    "module_type": u.module_type,
+                    "importance": u.importance,
+                    "raw": u.raw,
+                    "rank": rank_of[u.name],
+                }
+                for u in self.units
+            ],
+            "ranking": ranking,
+            "block_scores": {str(k): v for k, v in self.block_scores().items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, origin: str = "scores") -> LayerScores:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise IlaError(
+                f"{origin}: schema_version {version!r} is not supported (this ila reads "
+                f"{SCHEMA_VERSION}); re-run 'ila score' with this version"
+            )
+        try:
+            units = [
+                UnitScore(
+                    name=u["name"],
+                    block=int(u["block"]),
+                    module_type=u.get("module_type"),
+                    importance=float(u["importance"]),
+                    raw=float(u["raw"]),
+                )
+                for u in data["units"]
+            ]
+            return cls(
+                method=data["method"],
+                model_id=data["model_id"],
+                unit_kind=data["unit_kind"],
+                units=units,
+                layout=data["layout"],
+                meta=data.get("meta", {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IlaError(f"{origin}: malformed layer scores ({exc!r})") from exc
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path) -> LayerScores:
+        """Read ``layer_scores.json``, or the one inside a run directory."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / SCORES_FILE
+        return cls.from_dict(read_json(path), origin=str(path))
+
+
+def top_count(num_units: int, fraction: float) -> int:
+    """k(K) = max(1, floor(K * N + 0.5)): units in the important set at fraction K."""
+    if not 0 < fraction <= 1:
+        raise IlaError(f"fraction must be in (0, 1], got {fraction}")
+    return max(1, math.floor(fraction * num_units + 0.5))
+
+
+def jaccard(a: Sequence[str], b: Sequence[str]) -> float:
+    """|A n B| / |A u B| (1.0 for two empty sets)."""
+    sa, sb = set(a), set(b)
+    union = sa | sb
+    return len(sa & sb) / len(union) if union else 1.0
+
+
+def expected_random_jaccard(num_units: int, k: int) -> float:
+    """E[Jaccard] of two independent uniformly random k-subsets of N units.
+
+    The intersection size I is hypergeometric (draw k of N, k marked):
+    P(I = i) = C(k, i) C(N - k, k - i) / C(N, k), and Jaccard = i / (2k - i).
+    """
+    if not 0 < k <= num_units:
+        raise ValueError(f"need 0 < k <= N, got k={k}, N={num_units}")
+    total = math.comb(num_units, k)
+    expected = 0.0
+    for i in range(max(0, 2 * k - num_units), k + 1):
+        p = math.comb(k, i) * math.comb(num_units - k, k - i) / total
+        expected += p * i / (2 * k - i)
+    return expected

@@ -1,0 +1,199 @@
+"""Glue between the ILA stages and the Hugging Face Trainer.
+
+Every training stage runs on ``transformers.Trainer`` so that gradient accumulation,
+bf16 autocast, checkpoints, progress bars, ``--report-to`` integrations and launches with
+torchrun / accelerate (DDP, FSDP, DeepSpeed) come from the ecosystem. The algorithm
+modules (gates, stability, scores) know nothing of the Trainer; this module drives them.
+
+Per-step values that decide control flow (the stage-1 stability test) are read from the
+Trainer's logs, which are averaged over processes, so every rank takes the same decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
+
+from ila.config import TrainConfig
+from ila.errors import IlaError
+from ila.rundir import append_jsonl
+
+__all__ = [
+    "IlaTrainer",
+    "MetricsLogger",
+    "StepValues",
+    "StopWhen",
+    "make_training_args",
+    "run_trainer",
+]
+
+log = logging.getLogger(__name__)
+
+
+def make_training_args(
+    train: TrainConfig,
+    *,
+    output_dir: Path,
+    learning_rate: float,
+    max_steps: int,
+    warmup_steps: int = 0,
+    scheduler: str = "constant_with_warmup",
+    device: str = "auto",
+) -> TrainingArguments:
+    """TrainingArguments for one ILA stage.
+
+    Logs every step (the stability test needs per-step losses; the metrics file keeps
+    them all) while the terminal shows a progress bar only.
+    """
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        learning_rate=learning_rate,
+        max_steps=max_steps,
+        warmup_steps=warmup_steps,
+        lr_scheduler_type=scheduler,
+        weight_decay=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[] if train.report_to == "none" else [train.report_to],
+        seed=train.seed,
+        data_seed=train.seed,
+        bf16=train.bf16,
+        use_cpu=device == "cpu",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+
+
+class IlaTrainer(Trainer):
+    """A Trainer whose loss may carry an extra term (the stage-2 sparsity budget).
+
+    ``extra_loss`` is called once per forward pass and added to the model's loss; it must
+    return a scalar tensor on the loss's device.
+    """
+
+    def __init__(self, *args: Any, extra_loss: Callable[[], torch.Tensor] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.extra_loss = extra_loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        if self.extra_loss is None:
+            return result
+        loss, outputs = result if return_outputs else (result, None)
+        extra = self.extra_loss().to(loss.device)
+        # Under gradient accumulation the Trainer divides the model loss by the number of
+        # micro-batches; scale the extra term the same way so it counts once per step.
+        if num_items_in_batch is not None and self.args.gradient_accumulation_steps > 1:
+            extra = extra / self.args.gradient_accumulation_steps
+        loss = loss + extra
+        return (loss, outputs) if return_outputs else loss
+
+
+class _BarOnly(ProgressCallback):
+    """The Trainer's progress bar without a printed line for every logged step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return
+
+
+@dataclass
+class StepValues:
+    """Per-step values collected from the Trainer's logs (identical on every rank)."""
+
+    loss: list[float] = field(default_factory=list)
+    extra: dict[str, list[float]] = field(default_factory=dict)
+
+
+class MetricsLogger(TrainerCallback):
+    """Collects each step's loss; appends rows to ``metrics.jsonl`` on the main process.
+
+    A non-finite loss stops the run with an error naming the step: a NaN is a failure,
+    never a value to continue from.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        metrics_path: Path | None,
+        values: StepValues,
+        probe: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
+        self.stage = stage
+        self.metrics_path = metrics_path
+        self.values = values
+        self.probe = probe
+        self.start = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        loss = float(logs["loss"])
+        if not math.isfinite(loss):
+            raise IlaError(
+                f"{self.stage}: the training loss became {loss} at step {state.global_step}; "
+                "lower the learning rate, or use --dtype float32 instead of float16"
+            )
+        self.values.loss.append(loss)
+        row: dict[str, Any] = {
+            "stage": self.stage,
+            "step": state.global_step,
+            "loss": loss,
+            "learning_rate": logs.get("learning_rate"),
+            "elapsed_s": round(time.perf_counter() - self.start, 3),
+        }
+        if self.probe is not None:
+            for key, value in self.probe().items():
+                self.values.extra.setdefault(key, []).append(value)
+                row[key] = value
+        if self.metrics_path is not None and state.is_world_process_zero:
+            append_jsonl(self.metrics_path, [row])
+
+
+class StopWhen(TrainerCallback):
+    """Stops training once ``should_stop()`` is true (checked after each logged step)."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.should_stop():
+            control.should_training_stop = True
+
+
+def run_trainer(
+    model: torch.nn.Module,
+    args: TrainingArguments,
+    *,
+    train_features: Sequence[dict[str, list[int]]],
+    collator: Callable[[list[dict[str, list[int]]]], dict[str, torch.Tensor]],
+    callbacks: Sequence[TrainerCallback] = (),
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+) -> tuple[IlaTrainer, float]:
+    """Train ``model`` with an :class:`IlaTrainer`; returns it and the wall time in seconds."""
+    trainer = IlaTrainer(
+        model=model,
+        args=args,
+        train_dataset=list(train_features),
+        data_collator=collator,
+        callbacks=list(callbacks),
+        extra_loss=extra_loss,
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_BarOnly())
+    start = time.perf_counter()
+    trainer.train()
+    return trainer, time.perf_counter() - start

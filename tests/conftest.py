@@ -1,0 +1,106 @@
+"""Shared fixtures: tiny config-built models and a tiny trained tokenizer, all offline.
+
+A 4-block Llama with hidden size 32 runs a training step in milliseconds on a CPU, so
+behavioural tests of every stage can run end to end. The tokenizer is a byte-level BPE
+trained here on a few hundred sentences, with a ChatML chat template like SmolLM2's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_CORPUS_WORDS = (
+    "the a an of to and in is it that for on with as was be by this are answer question "
+    "user assistant system please reverse sort count letters words sum add subtract multiply "
+    "number list capital city country convert hello world what how why which write short "
+    "sentence uppercase lowercase vowels yes no true false first last result equals plus minus "
+    "times divided zero one two three four five six seven eight nine ten"
+).split()
+
+
+def _corpus() -> list[str]:
+    lines = []
+    for i, word in enumerate(_CORPUS_WORDS):
+        nxt = _CORPUS_WORDS[(i * 7 + 3) % len(_CORPUS_WORDS)]
+        lines.append(f"{word} {nxt} {i} {i * 13 % 97}. Answer: {word.upper()}!")
+    lines.append("0123456789 +-*/=()[]{}<>:;,.?!'\"\n")
+    return lines * 3
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE tokenizer (vocab ~400) with ChatML special tokens and template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def build_tiny_llama(vocab_size: int, *, num_layers: int = 4, seed: int = 0):
+    """A randomly initialised 4-block Llama (hidden 32, 4 heads, 2 KV heads)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture()
+def tiny_llama(tiny_tokenizer):
+    return build_tiny_llama(len(tiny_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A tiny Llama and its tokenizer saved as an ordinary local model directory."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_llama(len(tiny_tokenizer)).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from ila.instruct_data import generate_ila_instruct, write_jsonl
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "src" / "ila" / "resources" / "ila_instruct.jsonl"
+DEFAULT_OUTPUT = (
+    Path(__file__).resolve().parents[1] / "src" / "ila" / "resources" / "ila_instruct.jsonl"
+)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ import logging
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -178,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    # peft 0.21 calls an API that transformers 5 deprecates; not actionable for users.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
     try:
         return _COMMANDS[args.command](args)
     except IlaError as exc:

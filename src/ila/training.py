@@ -54,6 +54,7 @@ def make_training_args(
     Logs every step (the stability test needs per-step losses; the metrics file keeps
     them all) while the terminal shows a progress bar only.
     """
+    on_cpu = device == "cpu" or not torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=train.batch_size,
@@ -69,8 +70,9 @@ def make_training_args(
         seed=train.seed,
         data_seed=train.seed,
         bf16=train.bf16,
-        use_cpu=device == "cpu",
+        use_cpu=on_cpu,
         dataloader_num_workers=0,
+        dataloader_pin_memory=not on_cpu,
         remove_unused_columns=False,
         disable_tqdm=False,
     )

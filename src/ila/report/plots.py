@@ -19,9 +19,9 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    from ila.rundir import atomic_write_bytes
-
     import io
+
+    from ila.rundir import atomic_write_bytes
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
@@ -60,7 +60,9 @@ def plot_block_bars(scores: LayerScores, path: Path) -> None:
     plt = _pyplot()
     block_scores = scores.block_scores()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.25 * len(block_scores) + 1.5), 2.8))
-    ax.bar([str(b) for b in block_scores], list(block_scores.values()), color="#3b6ea8")
+    blocks = list(block_scores)
+    ax.bar(range(len(blocks)), list(block_scores.values()), color="#3b6ea8")
+    ax.set_xticks(range(len(blocks)), [str(b) for b in blocks])
     ax.set_xlabel("block")
     ax.set_ylabel("mean importance")
     ax.set_ylim(0, max(1e-9, max(block_scores.values())) * 1.05)

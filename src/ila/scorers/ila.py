@@ -130,7 +130,8 @@ def _stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
     def record_gates() -> dict[str, float]:
         gammas = gated.gate_values()
         trajectory.append(gammas.tolist())
-        return {"mean_gate": float(gammas.mean()), "budget": float(budget())}
+        with torch.no_grad():
+            return {"mean_gate": float(gammas.mean()), "budget": float(budget())}
 
     def budget() -> torch.Tensor:
         return budget_loss(

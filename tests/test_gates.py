@@ -193,3 +193,15 @@ def test_planted_signal_ranks_useful_units_first(tiny_llama):
     other_idx = [i for i in range(len(gammas)) if i not in signal_idx]
     assert gammas[signal_idx].min() > gammas[other_idx].max() + 0.1
     assert gammas[signal_idx].mean() > 0.5 > 0.3 > gammas[other_idx].mean()
+
+
+def test_project_to_budget_sets_the_mean_gate_and_keeps_the_order():
+    from ila.gates import project_to_budget
+
+    scores = torch.tensor([4.0, 3.0, -1.0, 0.5, 2.0, 6.0])
+    order = torch.argsort(scores)
+    project_to_budget(scores, 0.25)
+    assert torch.sigmoid(scores).mean().item() == pytest.approx(0.25, abs=1e-6)
+    assert torch.equal(torch.argsort(scores), order)
+    with pytest.raises(IlaError, match="target-fraction"):
+        project_to_budget(scores, 1.0)

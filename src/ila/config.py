@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -205,8 +207,9 @@ class Stage2Config:
     budget: str = _opt(
         "hinge",
         "[choice] sparsity budget: hinge = weight * max(0, mean(sigmoid(s)) - target), "
-        "penalty = weight * mean(sigmoid(s))",
-        choices=["hinge", "penalty"],
+        "penalty = weight * mean(sigmoid(s)), project = after each step shift s so that "
+        "mean(sigmoid(s)) = target",
+        choices=["hinge", "penalty", "project"],
     )
     budget_weight: float = _opt(1.0, "[choice] weight lambda of the sparsity budget")
     target_fraction: float = _opt(
@@ -276,11 +279,33 @@ def config_from_dict(config_cls: type, data: dict[str, Any], *, origin: str = "c
         names = {f.name for f in dataclasses.fields(section_cls)}
         if not isinstance(value, dict):
             raise IlaError(f"{origin}: section '{key}' must be a mapping")
-        for name in value:
+        types = get_type_hints(section_cls)
+        for name, item in value.items():
             if name not in names:
                 raise IlaError(f"{origin}: unknown key '{key}.{name}'{_suggest(name, names)}")
+            value[name] = _check_type(item, types[name], f"{origin}: {key}.{name}")
         kwargs[key] = section_cls(**value)
     return config_cls(**kwargs)
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    """Check (and gently coerce: int -> float) a value read from YAML against its field type."""
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    allowed = [a for a in typing.get_args(hint) if a is not type(None)] if is_union else [hint]
+    if value is None and is_union and type(None) in typing.get_args(hint):
+        return None
+    for kind in allowed:
+        origin = typing.get_origin(kind) or kind
+        if origin is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if origin is int and isinstance(value, bool):
+            continue
+        if isinstance(value, origin):
+            if origin is list and not all(isinstance(v, str) for v in value):
+                break
+            return value
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    raise IlaError(f"{where} must be {names}, got {value!r}")
 
 
 def load_yaml_config(path: Path) -> dict[str, Any]:

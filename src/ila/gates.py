@@ -27,7 +27,14 @@ from torch import nn
 from ila.errors import IlaError
 from ila.layers import LayerMap, Unit
 
-__all__ = ["GATE_MODULE_NAME", "GateBank", "GatedModel", "attach_gates", "budget_loss"]
+__all__ = [
+    "GATE_MODULE_NAME",
+    "GateBank",
+    "GatedModel",
+    "attach_gates",
+    "budget_loss",
+    "project_to_budget",
+]
 
 GATE_MODULE_NAME = "ila_gates"
 
@@ -58,7 +65,33 @@ def budget_loss(gates: torch.Tensor, *, kind: str, weight: float, target_fractio
         return weight * torch.relu(mean - target_fraction)
     if kind == "penalty":
         return weight * mean
-    raise IlaError(f"--stage2-budget: unknown budget '{kind}'; use hinge or penalty")
+    if kind == "project":
+        # The constraint is enforced by project_to_budget after each step, not by the loss.
+        return torch.zeros((), device=gates.device)
+    raise IlaError(f"--stage2-budget: unknown budget '{kind}'; use hinge, penalty or project")
+
+
+@torch.no_grad()
+def project_to_budget(scores: torch.Tensor, target_fraction: float, *, iterations: int = 60) -> None:
+    """Shift all scores by one constant c so that mean(sigmoid(s + c)) = target_fraction.
+
+    [choice] The ``project`` budget: the relaxed constraint mean(gamma) = H is kept exactly
+    after every optimizer step (bisection on c; mean(sigmoid(s + c)) is increasing in c),
+    so no penalty weight needs tuning and only the loss decides the order of the units.
+    A common shift leaves the ranking unchanged.
+    """
+    if not 0 < target_fraction < 1:
+        raise IlaError(f"--stage2-target-fraction must be in (0, 1), got {target_fraction}")
+    values = scores.detach().double()
+    low = -values.max().item() - 50.0
+    high = -values.min().item() + 50.0
+    for _ in range(iterations):
+        mid = 0.5 * (low + high)
+        if torch.sigmoid(values + mid).mean().item() < target_fraction:
+            low = mid
+        else:
+            high = mid
+    scores.add_(0.5 * (low + high))
 
 
 @dataclass

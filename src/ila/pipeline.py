@@ -28,6 +28,7 @@ from typing import Any
 from ila.config import ScoreConfig, config_to_dict
 from ila.rundir import (
     atomic_write_json,
+    check_output_dir,
     mark_stage,
     prepare_output_dir,
     write_environment,
@@ -78,40 +79,44 @@ def score(
     from ila.scorers import get_scorer
 
     scorer = get_scorer(method)  # fail on a misspelled method before loading anything
-    output_dir = prepare_output_dir(Path(output_dir), command=command, overwrite=overwrite)
-    resolved = config_to_dict(config)
-    resolved["method"] = method
-    write_yaml(output_dir / "config.yaml", resolved)
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, overwrite=overwrite)
     seconds: dict[str, float] = {}
 
+    # Read and check every input before anything is written to the run directory.
     start = time.perf_counter()
     from ila.data import PaddingCollator, data_fingerprint, load_examples, split_examples, tokenize_examples
     from ila.layers import find_layers
     from ila.models import load_model
 
+    examples = load_examples(config.data.data, format=config.data.data_format, limit=config.data.limit)
+    train, held_out = split_examples(
+        examples, eval_fraction=config.data.eval_fraction, seed=config.train.seed
+    )
+    seconds["load_data"] = time.perf_counter() - start
+    start = time.perf_counter()
     model, tokenizer = load_model(
         config.model.model,
         dtype=config.model.dtype,
         device=config.model.device,
         threads=config.model.threads,
     )
-    write_environment(output_dir)
     layer_map = find_layers(
         model,
         blocks_path=config.model.blocks_path,
         module_types=config.lora.module_types or None,
     )
     seconds["load_model"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    examples = load_examples(config.data.data, format=config.data.data_format, limit=config.data.limit)
-    train, held_out = split_examples(
-        examples, eval_fraction=config.data.eval_fraction, seed=config.train.seed
-    )
     tokenized = tokenize_examples(
         train, tokenizer, max_length=config.data.max_length, template=config.data.template
     )
     fingerprint = data_fingerprint(train)
+
+    output_dir = prepare_output_dir(output_dir, command=command, overwrite=overwrite)
+    resolved = config_to_dict(config)
+    resolved["method"] = method
+    write_yaml(output_dir / "config.yaml", resolved)
+    write_environment(output_dir)
     atomic_write_json(
         output_dir / "data.json",
         {
@@ -127,7 +132,6 @@ def score(
             "num_response_tokens": tokenized.num_response_tokens,
         },
     )
-    seconds["load_data"] = time.perf_counter() - start
 
     from ila.scorers import ScoringContext
 

@@ -33,6 +33,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_output_dir",
     "collect_environment",
     "prepare_output_dir",
     "read_json",
@@ -135,6 +136,19 @@ def read_run_state(output_dir: Path) -> dict[str, Any] | None:
     return read_json(state) if state.is_file() else None
 
 
+def check_output_dir(output_dir: Path, *, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse, before any work, an output dir that holds another run (see prepare_output_dir)."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise IlaError(f"--output-dir {output_dir} is a file; pass a directory")
+    occupied = output_dir.is_dir() and any(output_dir.iterdir())
+    if occupied and not (overwrite or resume):
+        raise IlaError(
+            f"--output-dir {output_dir} already holds files; pass --overwrite to replace "
+            "them, --resume to continue, or choose another directory"
+        )
+
+
 def prepare_output_dir(
     output_dir: Path, *, command: str, overwrite: bool = False, resume: bool = False
 ) -> Path:
@@ -144,8 +158,7 @@ def prepare_output_dir(
     start again) or ``resume`` (continue the run recorded there) is given.
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise IlaError(f"--output-dir {output_dir} is a file; pass a directory")
+    check_output_dir(output_dir, overwrite=overwrite, resume=resume)
     occupied = output_dir.is_dir() and any(output_dir.iterdir())
     if occupied and resume:
         state = read_run_state(output_dir)
@@ -157,11 +170,6 @@ def prepare_output_dir(
                 f"not 'ila {command}'"
             )
         return output_dir
-    if occupied and not overwrite:
-        raise IlaError(
-            f"--output-dir {output_dir} already holds files; pass --overwrite to replace "
-            "them, --resume to continue, or choose another directory"
-        )
     if occupied:
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

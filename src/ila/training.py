@@ -28,6 +28,7 @@ from ila.errors import IlaError
 from ila.rundir import append_jsonl
 
 __all__ = [
+    "AfterStep",
     "IlaTrainer",
     "MetricsLogger",
     "StepValues",
@@ -163,6 +164,16 @@ class MetricsLogger(TrainerCallback):
                 row[key] = value
         if self.metrics_path is not None and state.is_world_process_zero:
             append_jsonl(self.metrics_path, [row])
+
+
+class AfterStep(TrainerCallback):
+    """Calls ``fn()`` after every optimizer step (e.g. a projection of the gate scores)."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.fn()
 
 
 class StopWhen(TrainerCallback):

@@ -21,16 +21,23 @@ from typing import Any
 
 import torch
 
-from ila.gates import attach_gates, budget_loss
+from ila.gates import attach_gates, budget_loss, project_to_budget
 from ila.layers import LayerMap
 from ila.lora import add_lora, lora_update_norms
 from ila.rundir import atomic_directory, atomic_write_json
 from ila.scorers.base import ScoringContext
 from ila.scores import LayerScores, UnitScore
 from ila.stability import StabilityDetector
-from ila.training import MetricsLogger, StepValues, StopWhen, make_training_args, run_trainer
+from ila.training import (
+    AfterStep,
+    MetricsLogger,
+    StepValues,
+    StopWhen,
+    make_training_args,
+    run_trainer,
+)
 
-__all__ = ["score_ila"]
+__all__ = ["run_stage1", "run_stage2", "score_ila"]
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +46,16 @@ def score_ila(ctx: ScoringContext) -> LayerScores:
     """Run ILA stages 1 and 2 on ``ctx`` and return the learned unit importances."""
     model = add_lora(ctx.model, ctx.layer_map.units, ctx.config.lora, seed=ctx.config.train.seed)
     try:
-        stage1 = _stage1(ctx, model)
-        stage2 = _stage2(ctx, model)
+        stage1 = run_stage1(ctx, model)
+        stage2 = run_stage2(ctx, model)
     finally:
         # Leave the caller's model as it was: remove the LoRA layers peft injected.
         ctx.model = model.unload()
     return _to_scores(ctx, stage1, stage2)
 
 
-def _stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
+def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
+    """Train the LoRA adapter of ``model`` until epsilon-stable (or the cap); return a summary."""
     cfg, train = ctx.config.stage1, ctx.config.train
     out = ctx.output_dir / "stage1"
     detector = StabilityDetector(
@@ -81,7 +89,7 @@ def _stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         train_features=ctx.train_features,
         collator=ctx.collator,
         callbacks=[
-            MetricsLogger("stage1", ctx.output_dir / "metrics.jsonl", values, probe if track_update else None),
+            MetricsLogger("stage1", ctx.output_dir / "metrics.jsonl", values, probe),
             StopWhen(stable),
         ],
     )
@@ -100,6 +108,7 @@ def _stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         "first_loss": values.loss[0] if values.loss else None,
         "final_loss": values.loss[-1] if values.loss else None,
         "loss_curve": values.loss,
+        "update_norm_curve": values.extra.get("update_norm", []),
         "criterion": cfg.criterion,
         "epsilon": cfg.epsilon,
         "window": cfg.window,
@@ -118,12 +127,21 @@ def _stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
     return summary
 
 
-def _stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
+def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
+    """Learn the gate scores s on a peft ``model`` whose LoRA weights are then frozen."""
     cfg, train = ctx.config.stage2, ctx.config.train
     out = ctx.output_dir / "stage2"
     for param in model.parameters():
         param.requires_grad_(False)
     gated = attach_gates(model, ctx.layer_map, granularity=cfg.unit, init_score=cfg.init_score)
+    callbacks = []
+    if cfg.budget == "project":
+
+        def project() -> None:
+            project_to_budget(gated.bank.scores, cfg.target_fraction)
+
+        project()
+        callbacks.append(AfterStep(project))
     trajectory: list[list[float]] = [gated.gate_values().tolist()]
     values = StepValues()
 
@@ -152,7 +170,10 @@ def _stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
             args,
             train_features=ctx.train_features,
             collator=ctx.collator,
-            callbacks=[MetricsLogger("stage2", ctx.output_dir / "metrics.jsonl", values, record_gates)],
+            callbacks=[
+                *callbacks,
+                MetricsLogger("stage2", ctx.output_dir / "metrics.jsonl", values, record_gates),
+            ],
             extra_loss=budget,
         )
         raw = gated.raw_scores()

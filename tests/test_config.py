@@ -1,0 +1,65 @@
+"""Settings: one field each, flags generated from them, YAML with precedence, validation."""
+
+import pytest
+
+from ila.cli import _resolve_config, build_parser
+from ila.config import ScoreConfig, Stage1Config, config_from_dict, config_to_dict, flag_name
+from ila.errors import IlaError
+
+
+def parse(*argv):
+    return build_parser().parse_args(["score", "--output-dir", "out", *argv])
+
+
+def test_every_setting_has_a_flag_and_help():
+    help_text = build_parser()._subparsers._group_actions[0].choices["score"].format_help()
+    for section, settings in config_to_dict(ScoreConfig()).items():
+        for name in settings:
+            assert flag_name(section, name) in help_text
+
+
+def test_defaults_round_trip_through_a_dict():
+    config = ScoreConfig()
+    assert config_from_dict(ScoreConfig, config_to_dict(config)) == config
+
+
+def test_precedence_default_yaml_flag(tmp_path):
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("stage1:\n  max_steps: 7\n  epsilon: 0.1\nlora:\n  rank: 4\n")
+    config = _resolve_config(parse("--config", str(yaml_file), "--stage1-max-steps", "9"))
+    assert config.stage1.max_steps == 9  # flag beats YAML
+    assert config.stage1.epsilon == 0.1  # YAML beats default
+    assert config.lora.rank == 4
+    assert config.stage2.steps == ScoreConfig().stage2.steps  # default
+
+
+def test_list_and_bool_flags():
+    config = _resolve_config(parse("--lora-module-types", "q_proj", "v_proj", "--bf16"))
+    assert config.lora.module_types == ["q_proj", "v_proj"] and config.train.bf16 is True
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epsilon": 0.0}, "--stage1-epsilon"),
+        ({"max_steps": 0}, "--stage1-max-steps"),
+        ({"window": 0}, "--stage1-window"),
+    ],
+)
+def test_validation_names_the_flag(kwargs, message):
+    with pytest.raises(IlaError, match=message):
+        Stage1Config(**kwargs)
+
+
+def test_unknown_yaml_section_and_bad_yaml(tmp_path):
+    with pytest.raises(IlaError, match="unknown section 'stage3'"):
+        config_from_dict(ScoreConfig, {"stage3": {}})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage1: [unclosed\n")
+    with pytest.raises(IlaError, match=r"bad.yaml:\d+: not valid YAML"):
+        _resolve_config(parse("--config", str(bad)))
+
+
+def test_yaml_value_of_the_wrong_type_is_an_error():
+    with pytest.raises(IlaError, match="stage1.max_steps"):
+        config_from_dict(ScoreConfig, {"stage1": {"max_steps": "many"}})

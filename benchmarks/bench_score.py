@@ -31,10 +31,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_file import write_section  # noqa: E402
-
-from ila.cli import main as ila_main  # noqa: E402
-from ila.scores import LayerScores, expected_random_jaccard, jaccard, top_count  # noqa: E402
+from ila.cli import main as ila_main
+from ila.scores import LayerScores, expected_random_jaccard, jaccard, top_count
+from results_file import write_section
 
 
 def trainer_overhead(steps: int, max_length: int, batch_size: int) -> dict[str, float]:
@@ -126,22 +125,32 @@ def seed_table(runs: dict[int, Path]) -> tuple[list[str], dict[str, float]]:
         gates = sorted(s2["gates"])
         wall = float((out / "bench_wall_s.txt").read_text())
         lines.append(
-            f"| {seed} | {s1['T']} | {s1['stable']} | {s1['steps_per_epoch']} | {s1['seconds']:.0f} "
+            f"| {seed} | {s1['T']} | {s1['stable']} | {s1['steps_per_epoch']} "
+            f"| {s1['seconds']:.0f} "
             f"| {s2['seconds']:.0f} | {s1['seconds_per_step']:.2f} | {s2['seconds_per_step']:.2f} "
             f"| {gates[0]:.3f} | {statistics.median(gates):.3f} | {gates[-1]:.3f} | {wall:.0f} |"
         )
     overlaps: dict[str, float] = {}
     scores = {seed: LayerScores.load(out) for seed, out in runs.items()}
     n = len(next(iter(scores.values())).units)
-    lines += ["", "| fraction | k | " + " | ".join(f"J(seed {a}, {b})" for a, b in itertools.combinations(scores, 2)) + " | mean | random expectation |"]
+    lines += [
+        "",
+        "| fraction | k | "
+        + " | ".join(f"J(seed {a}, {b})" for a, b in itertools.combinations(scores, 2))
+        + " | mean | random expectation |",
+    ]
     lines.append("|---:|---:|" + "---:|" * (len(list(itertools.combinations(scores, 2))) + 2))
     for fraction in (0.1, 0.25, 0.5):
         k = top_count(n, fraction)
-        values = [jaccard(scores[a].top(fraction), scores[b].top(fraction)) for a, b in itertools.combinations(scores, 2)]
+        values = [
+            jaccard(scores[a].top(fraction), scores[b].top(fraction))
+            for a, b in itertools.combinations(scores, 2)
+        ]
         mean = statistics.mean(values) if values else float("nan")
         overlaps[f"{fraction:.2f}"] = mean
         lines.append(
-            f"| {fraction:.0%} | {k} | " + " | ".join(f"{v:.3f}" for v in values)
+            f"| {fraction:.0%} | {k} | "
+            + " | ".join(f"{v:.3f}" for v in values)
             + f" | {mean:.3f} | {expected_random_jaccard(n, k):.3f} |"
         )
     return lines, overlaps
@@ -170,7 +179,8 @@ def main() -> None:
             "### Stage-1 step time: HF Trainer vs a plain PyTorch + peft loop",
             "",
             "Same model (LoRA r=8 on all 210 modules), same batches of 4, AdamW, gradient clipping",
-            f"at 1.0 in both; runs interleaved twice, first 2 steps of each dropped; {o['steps']} steps each.",
+            "at 1.0 in both; runs interleaved twice, first 2 steps of each dropped; "
+            f"{o['steps']} steps each.",
             "",
             "| path | median s/step |",
             "|---|---:|",

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_file import write_section  # noqa: E402
+from results_file import write_section
 
 
 def main() -> None:
@@ -33,7 +33,13 @@ def main() -> None:
     from peft import PeftModel
 
     from ila.config import ScoreConfig, config_from_dict
-    from ila.data import PaddingCollator, data_fingerprint, load_examples, split_examples, tokenize_examples
+    from ila.data import (
+        PaddingCollator,
+        data_fingerprint,
+        load_examples,
+        split_examples,
+        tokenize_examples,
+    )
     from ila.layers import find_layers
     from ila.models import load_model
     from ila.scorers.base import ScoringContext
@@ -90,7 +96,11 @@ def main() -> None:
             torch.manual_seed(seed)
             summary = run_stage2(ctx, peft_model)
             results.setdefault(variant, {})[seed] = summary["gates"]
-            print(variant, seed, json.dumps({"mean_gate": summary["mean_gate"], "s": summary["seconds"]}))
+            print(
+                variant,
+                seed,
+                json.dumps({"mean_gate": summary["mean_gate"], "s": summary["seconds"]}),
+            )
 
     n = len(layer_map.units)
     k = top_count(n, 0.25)
@@ -113,10 +123,13 @@ def main() -> None:
                 f"| {max(gates):.3f} | {share:.2f} |"
             )
         tops = {
-            seed: sorted(range(n), key=lambda i, g=gates: (-g[i], i))[:k] for seed, gates in by_seed.items()
+            seed: sorted(range(n), key=lambda i, g=gates: (-g[i], i))[:k]
+            for seed, gates in by_seed.items()
         }
         pairs = [jaccard(tops[a], tops[b]) for a, b in itertools.combinations(tops, 2)]
-        overlap_lines.append(f"| {variant} | {statistics.mean(pairs):.3f} |" if pairs else f"| {variant} | - |")
+        overlap_lines.append(
+            f"| {variant} | {statistics.mean(pairs):.3f} |" if pairs else f"| {variant} | - |"
+        )
     markdown = "\n".join(lines + overlap_lines)
     write_section("calibrate_stage2", markdown)
     print(markdown)

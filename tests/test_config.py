@@ -61,5 +61,5 @@ def test_unknown_yaml_section_and_bad_yaml(tmp_path):
 
 
 def test_yaml_value_of_the_wrong_type_is_an_error():
-    with pytest.raises(IlaError, match="stage1.max_steps"):
+    with pytest.raises(IlaError, match=r"stage1\.max_steps"):
         config_from_dict(ScoreConfig, {"stage1": {"max_steps": "many"}})

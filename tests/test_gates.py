@@ -121,8 +121,12 @@ def test_refuses_units_without_lora_and_a_second_attach(tiny_llama):
 
 def test_budget_forms():
     gates = torch.tensor([0.9, 0.9, 0.1, 0.1])
-    assert budget_loss(gates, kind="penalty", weight=2.0, target_fraction=0.5).item() == pytest.approx(1.0)
-    assert budget_loss(gates, kind="hinge", weight=2.0, target_fraction=0.25).item() == pytest.approx(0.5)
+    assert budget_loss(
+        gates, kind="penalty", weight=2.0, target_fraction=0.5
+    ).item() == pytest.approx(1.0)
+    assert budget_loss(
+        gates, kind="hinge", weight=2.0, target_fraction=0.25
+    ).item() == pytest.approx(0.5)
     assert budget_loss(gates, kind="hinge", weight=2.0, target_fraction=0.6).item() == 0.0
     with pytest.raises(IlaError, match="unknown budget"):
         budget_loss(gates, kind="l0", weight=1.0, target_fraction=0.5)
@@ -134,7 +138,11 @@ def test_lora_update_norms_match_the_dense_product(tiny_llama):
     norms = lora_update_norms(model, layer_map)
     for i, unit in enumerate(layer_map.units):
         layer = unit_lora_layer(model, unit)
-        dense = layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+        dense = (
+            layer.scaling["default"]
+            * layer.lora_B["default"].weight
+            @ layer.lora_A["default"].weight
+        )
         assert norms[i].item() == pytest.approx(dense.norm().item(), rel=1e-4)
 
 

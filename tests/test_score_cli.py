@@ -92,12 +92,30 @@ def test_same_seed_same_ranking_and_scores_separate(score_run, tiny_model_dir, t
 
 def test_block_unit_and_yaml_config(tiny_model_dir, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"stage2": {"unit": "block", "steps": 5}, "lora": {"rank": 4}}))
+    config.write_text(
+        yaml.safe_dump({"stage2": {"unit": "block", "steps": 5}, "lora": {"rank": 4}})
+    )
     out = tmp_path / "blocks"
-    code = main(["score", "--model", str(tiny_model_dir), "--output-dir", str(out), "--config", str(config), *FAST[:-2]])
+    code = main(
+        [
+            "score",
+            "--model",
+            str(tiny_model_dir),
+            "--output-dir",
+            str(out),
+            "--config",
+            str(config),
+            *FAST[:-2],
+        ]
+    )
     assert code == 0
     scores = LayerScores.load(out)
-    assert scores.unit_kind == "block" and scores.names == ["layers.0", "layers.1", "layers.2", "layers.3"]
+    assert scores.unit_kind == "block" and scores.names == [
+        "layers.0",
+        "layers.1",
+        "layers.2",
+        "layers.3",
+    ]
     assert scores.meta["stage2_steps"] == 5 and scores.meta["lora"]["rank"] == 4
 
 
@@ -119,7 +137,9 @@ def test_output_dir_with_another_run_is_refused(score_run, tiny_model_dir, capsy
         (["--data", "no-such-preset-or-file"], "not a preset"),
     ],
 )
-def test_bad_input_is_a_one_line_error_and_writes_nothing(args, message, tiny_model_dir, tmp_path, capsys):
+def test_bad_input_is_a_one_line_error_and_writes_nothing(
+    args, message, tiny_model_dir, tmp_path, capsys
+):
     out = tmp_path / "bad"
     argv = ["score", "--model", str(tiny_model_dir), "--output-dir", str(out), *FAST, *args]
     assert main(argv) == 2
@@ -137,7 +157,9 @@ def test_yaml_errors(tmp_path, tiny_model_dir, capsys):
 
 def test_help_is_fast_and_imports_no_torch():
     start = time.perf_counter()
-    code = "import sys, ila.cli; ila.cli.build_parser().format_help(); print('torch' in sys.modules)"
+    code = (
+        "import sys, ila.cli; ila.cli.build_parser().format_help(); print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert time.perf_counter() - start < 5  # generous: shared CI machines; typically ~0.1 s

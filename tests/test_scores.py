@@ -17,8 +17,13 @@ from ila.scores import (
 
 
 def make_scores(values, unit_kind="module"):
-    units = [UnitScore(f"layers.{i // 2}.m{i % 2}", i // 2, f"m{i % 2}", v, v * 10) for i, v in enumerate(values)]
-    return LayerScores("ila", "tiny", unit_kind, units, layout={"num_blocks": (len(values) + 1) // 2})
+    units = [
+        UnitScore(f"layers.{i // 2}.m{i % 2}", i // 2, f"m{i % 2}", v, v * 10)
+        for i, v in enumerate(values)
+    ]
+    return LayerScores(
+        "ila", "tiny", unit_kind, units, layout={"num_blocks": (len(values) + 1) // 2}
+    )
 
 
 def test_ranking_is_descending_with_model_order_tie_break():
@@ -27,7 +32,8 @@ def test_ranking_is_descending_with_model_order_tie_break():
 
 
 @pytest.mark.parametrize(
-    ("n", "fraction", "k"), [(224, 0.25, 56), (10, 0.25, 3), (10, 0.24, 2), (7, 0.1, 1), (4, 1.0, 4)]
+    ("n", "fraction", "k"),
+    [(224, 0.25, 56), (10, 0.25, 3), (10, 0.24, 2), (7, 0.1, 1), (4, 1.0, 4)],
 )
 def test_top_count_rounds_half_up_with_a_minimum_of_one(n, fraction, k):
     assert top_count(n, fraction) == k

@@ -75,7 +75,9 @@ def test_detector_stays_stable_and_rejects_nan():
         detector.update({"loss": float("nan")})
 
 
-@pytest.mark.parametrize("bad", [{"epsilon": 0.0}, {"epsilon": 1.5}, {"window": 0}, {"patience": 0}])
+@pytest.mark.parametrize(
+    "bad", [{"epsilon": 0.0}, {"epsilon": 1.5}, {"window": 0}, {"patience": 0}]
+)
 def test_detector_validates_parameters(bad):
     with pytest.raises(ValueError):
         StabilityDetector(**{**PARAMS, **bad})

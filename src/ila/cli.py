@@ -37,7 +37,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None
     """One flag per config field; defaults are suppressed so YAML values survive."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for section, f, section_cls in iter_settings(config_cls):
-        group = groups.get(section) or parser.add_argument_group(_SECTION_TITLES.get(section, section))
+        group = groups.get(section) or parser.add_argument_group(
+            _SECTION_TITLES.get(section, section)
+        )
         groups[section] = group
         hint = get_type_hints(section_cls)[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -324,4 +324,6 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
 
 def _suggest(word: str, options: set[str]) -> str:
     close = difflib.get_close_matches(word, sorted(options), n=3)
-    return f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(options))}"
+    return (
+        f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(options))}"
+    )

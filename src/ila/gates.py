@@ -52,7 +52,9 @@ class GateBank(nn.Module):
         return torch.sigmoid(self.scores)
 
 
-def budget_loss(gates: torch.Tensor, *, kind: str, weight: float, target_fraction: float) -> torch.Tensor:
+def budget_loss(
+    gates: torch.Tensor, *, kind: str, weight: float, target_fraction: float
+) -> torch.Tensor:
     """The relaxed sparsity budget on gamma (ILA-METHOD, Stage 2: ||gamma||_0 <= H).
 
     [choice] ``hinge``: weight * max(0, mean(gamma) - target_fraction): no pressure once
@@ -72,7 +74,9 @@ def budget_loss(gates: torch.Tensor, *, kind: str, weight: float, target_fractio
 
 
 @torch.no_grad()
-def project_to_budget(scores: torch.Tensor, target_fraction: float, *, iterations: int = 60) -> None:
+def project_to_budget(
+    scores: torch.Tensor, target_fraction: float, *, iterations: int = 60
+) -> None:
     """Shift all scores by one constant c so that mean(sigmoid(s + c)) = target_fraction.
 
     [choice] The ``project`` budget: the relaxed constraint mean(gamma) = H is kept exactly
@@ -170,7 +174,9 @@ def attach_gates(
 
 
 def _gate_hook(bank: GateBank, gate: int):
-    def hook(_module: nn.Module, _inputs: Sequence[torch.Tensor], output: torch.Tensor) -> torch.Tensor:
+    def hook(
+        _module: nn.Module, _inputs: Sequence[torch.Tensor], output: torch.Tensor
+    ) -> torch.Tensor:
         gamma = torch.sigmoid(bank.scores[gate])
         return output * gamma.to(output.dtype)
 
@@ -188,7 +194,9 @@ def _lora_layer(base: nn.Module, unit: Unit, adapter_name: str) -> nn.Module:
     try:
         layer = base.get_submodule(unit.module_path)
     except AttributeError as exc:
-        raise IlaError(f"unit {unit.name}: module {unit.module_path} not found in the model") from exc
+        raise IlaError(
+            f"unit {unit.name}: module {unit.module_path} not found in the model"
+        ) from exc
     if not isinstance(layer, LoraLayer) or adapter_name not in getattr(layer, "lora_B", {}):
         raise IlaError(
             f"unit {unit.name} carries no LoRA adapter '{adapter_name}'; stage 2 needs the "

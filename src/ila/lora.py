@@ -19,7 +19,9 @@ from ila.layers import LayerMap, Unit, peft_target_modules
 __all__ = ["add_lora", "lora_update_norms", "unit_lora_layer"]
 
 
-def add_lora(model: nn.Module, units: Sequence[Unit], settings: LoraSettings, *, seed: int) -> nn.Module:
+def add_lora(
+    model: nn.Module, units: Sequence[Unit], settings: LoraSettings, *, seed: int
+) -> nn.Module:
     """Wrap ``model`` in a peft model with a plain LoRA adapter on exactly ``units``.
 
     The base weights are frozen by peft; the LoRA A matrices are initialised from
@@ -49,7 +51,9 @@ def unit_lora_layer(model: nn.Module, unit: Unit) -> nn.Module:
 
 
 @torch.no_grad()
-def lora_update_norms(model: nn.Module, layer_map: LayerMap, *, adapter_name: str = "default") -> torch.Tensor:
+def lora_update_norms(
+    model: nn.Module, layer_map: LayerMap, *, adapter_name: str = "default"
+) -> torch.Tensor:
     """||Delta_i||_F = (alpha / r) ||B_i A_i||_F for every unit, in LayerMap order (CPU float)."""
     norms = []
     for unit in layer_map.units:

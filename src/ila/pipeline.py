@@ -85,11 +85,19 @@ def score(
 
     # Read and check every input before anything is written to the run directory.
     start = time.perf_counter()
-    from ila.data import PaddingCollator, data_fingerprint, load_examples, split_examples, tokenize_examples
+    from ila.data import (
+        PaddingCollator,
+        data_fingerprint,
+        load_examples,
+        split_examples,
+        tokenize_examples,
+    )
     from ila.layers import find_layers
     from ila.models import load_model
 
-    examples = load_examples(config.data.data, format=config.data.data_format, limit=config.data.limit)
+    examples = load_examples(
+        config.data.data, format=config.data.data_format, limit=config.data.limit
+    )
     train, held_out = split_examples(
         examples, eval_fraction=config.data.eval_fraction, seed=config.train.seed
     )

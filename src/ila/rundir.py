@@ -35,12 +35,12 @@ __all__ = [
     "atomic_write_text",
     "check_output_dir",
     "collect_environment",
+    "mark_stage",
     "prepare_output_dir",
     "read_json",
     "read_run_state",
     "write_environment",
     "write_yaml",
-    "mark_stage",
 ]
 
 RUN_STATE_FILE = "run_state.json"

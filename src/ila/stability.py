@@ -89,7 +89,9 @@ class StabilityDetector:
         if not values:
             raise ValueError("update() needs at least one tracked value")
         if self.histories and set(values) != set(self.histories):
-            raise ValueError(f"tracked series changed: {sorted(values)} vs {sorted(self.histories)}")
+            raise ValueError(
+                f"tracked series changed: {sorted(values)} vs {sorted(self.histories)}"
+            )
         self.step += 1
         changes: dict[str, float | None] = {}
         for name, value in values.items():
@@ -130,7 +132,9 @@ def detect_stable(
     lengths = {len(v) for v in series.values()}
     if len(lengths) != 1:
         raise ValueError(f"series have different lengths: {sorted(lengths)}")
-    detector = StabilityDetector(epsilon=epsilon, window=window, patience=patience, min_steps=min_steps)
+    detector = StabilityDetector(
+        epsilon=epsilon, window=window, patience=patience, min_steps=min_steps
+    )
     for i in range(lengths.pop()):
         status = detector.update({name: values[i] for name, values in series.items()})
         if status.stable:

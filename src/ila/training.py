@@ -86,7 +86,9 @@ class IlaTrainer(Trainer):
     return a scalar tensor on the loss's device.
     """
 
-    def __init__(self, *args: Any, extra_loss: Callable[[], torch.Tensor] | None = None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, extra_loss: Callable[[], torch.Tensor] | None = None, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         self.extra_loss = extra_loss
 

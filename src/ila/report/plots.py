@@ -44,7 +44,9 @@ def plot_unit_heatmap(scores: LayerScores, path: Path) -> None:
     for u in scores.units:
         grid[row[u.block], col[u.module_type]] = u.importance
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(types), 1.0 + 0.22 * len(blocks)))
-    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(1e-9, np.nanmax(grid)))
+    image = ax.imshow(
+        grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(1e-9, np.nanmax(grid))
+    )
     ax.set_xticks(range(len(types)), [t.split(".")[-1] for t in types], rotation=45, ha="right")
     ax.set_yticks(range(len(blocks)), [str(b) for b in blocks])
     ax.set_xlabel("module")

@@ -15,7 +15,9 @@ def ranking_markdown(scores: LayerScores) -> str:
         f"# Layer scores: {scores.method} on {scores.model_id}",
         "",
         f"{len(scores.units)} units ({scores.unit_kind}); importance = "
-        + ("sigmoid(s) after ILA stage 2." if scores.method == "ila" else f"{scores.method} score."),
+        + (
+            "sigmoid(s) after ILA stage 2." if scores.method == "ila" else f"{scores.method} score."
+        ),
         "",
         "| rank | unit | block | module | importance | raw |",
         "|---:|---|---:|---|---:|---:|",
@@ -27,6 +29,12 @@ def ranking_markdown(scores: LayerScores) -> str:
             f"{u.importance:.4f} | {u.raw:.4f} |"
         )
     if scores.unit_kind == "module":
-        lines += ["", "## Blocks (mean importance of their units)", "", "| block | importance |", "|---:|---:|"]
+        lines += [
+            "",
+            "## Blocks (mean importance of their units)",
+            "",
+            "| block | importance |",
+            "|---:|---:|",
+        ]
         lines += [f"| {b} | {v:.4f} |" for b, v in scores.block_scores().items()]
     return "\n".join(lines) + "\n"

@@ -153,7 +153,10 @@ def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
 
     def budget() -> torch.Tensor:
         return budget_loss(
-            gated.bank(), kind=cfg.budget, weight=cfg.budget_weight, target_fraction=cfg.target_fraction
+            gated.bank(),
+            kind=cfg.budget,
+            weight=cfg.budget_weight,
+            target_fraction=cfg.target_fraction,
         )
 
     args = make_training_args(
@@ -212,7 +215,8 @@ def _to_scores(ctx: ScoringContext, stage1: dict[str, Any], stage2: dict[str, An
     else:
         blocks = sorted({u.block for u in layer_map.units})
         units = [
-            UnitScore(layer_map.block_name(b), b, None, gammas[i], raw[i]) for i, b in enumerate(blocks)
+            UnitScore(layer_map.block_name(b), b, None, gammas[i], raw[i])
+            for i, b in enumerate(blocks)
         ]
     meta = {
         "T": stage1["T"],

@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	touch $(STAMP)
 
 demo: install
-	$(OFFLINE) $(VENV)/bin/ila run --output-dir $(DEMO_DIR) --overwrite
+	$(OFFLINE) $(VENV)/bin/ila run --config examples/demo.yaml --output-dir $(DEMO_DIR) --overwrite
 
 test: install
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)

@@ -174,3 +174,9 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     build_tiny_llama(len(tiny_tokenizer)).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def embedded_cache(tmp_path_factory) -> Path:
+    """ILA_CACHE_DIR for the embedded model in tests: converted once per session, in tmp."""
+    return tmp_path_factory.mktemp("ila-cache")

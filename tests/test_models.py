@@ -230,9 +230,9 @@ def test_interrupted_conversion_leaves_no_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def embedded(tmp_path_factory):
+def embedded(embedded_cache):
     """One conversion of the embedded GGUF per session: (model, tokenizer, seconds, cache)."""
-    cache = tmp_path_factory.mktemp("ila-cache")
+    cache = embedded_cache
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ILA_CACHE_DIR", str(cache))
         start = time.perf_counter()

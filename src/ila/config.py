@@ -166,10 +166,10 @@ class Stage1Config:
 
     learning_rate: float = _opt(1e-3, "stage-1 LoRA learning rate")
     warmup_steps: int = _opt(5, "linear warm-up steps")
-    max_steps: int = _opt(200, "hard cap on stage-1 steps (stops even if not yet stable)")
+    max_steps: int = _opt(300, "hard cap on stage-1 steps (stops even if not yet stable)")
     min_steps: int = _opt(20, "never declare stability before this step")
-    epsilon: float = _opt(0.05, "[choice] relative change below which training is stable")
-    window: int = _opt(10, "[choice] steps per window of the smoothed loss")
+    epsilon: float = _opt(0.1, "[choice] relative change below which training is stable")
+    window: int = _opt(20, "[choice] steps per window of the smoothed loss")
     patience: int = _opt(5, "[choice] consecutive stable checks needed")
     criterion: str = _opt(
         "loss",

@@ -1,0 +1,57 @@
+"""The run-directory contract: atomic files, refusal of occupied dirs, run state."""
+
+import json
+
+import pytest
+
+from ila.errors import IlaError
+from ila.rundir import (
+    atomic_directory,
+    atomic_write_json,
+    mark_stage,
+    prepare_output_dir,
+    read_run_state,
+)
+
+
+def test_atomic_write_json_refuses_nan_and_leaves_nothing(tmp_path):
+    target = tmp_path / "a.json"
+    with pytest.raises(ValueError):
+        atomic_write_json(target, {"x": float("nan")})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_directory_appears_only_on_success(tmp_path):
+    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "adapter") as tmp:
+        (tmp / "weights.bin").write_bytes(b"123")
+        raise RuntimeError("crash mid-save")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_directory(tmp_path / "adapter") as tmp:
+        (tmp / "weights.bin").write_bytes(b"123")
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+def test_prepare_refuses_an_occupied_dir_unless_overwrite(tmp_path):
+    out = tmp_path / "run"
+    prepare_output_dir(out, command="score")
+    (out / "layer_scores.json").write_text("{}")
+    with pytest.raises(IlaError, match="already holds files; pass --overwrite"):
+        prepare_output_dir(out, command="score")
+    prepare_output_dir(out, command="score", overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["run_state.json"]
+
+
+def test_run_state_records_completed_stages(tmp_path):
+    out = prepare_output_dir(tmp_path / "run", command="run")
+    assert read_run_state(out)["completed_stages"] == []
+    mark_stage(out, "score")
+    mark_stage(out, "score")
+    state = json.loads((out / "run_state.json").read_text())
+    assert state["command"] == "run" and state["completed_stages"] == ["score"]
+
+
+def test_output_dir_that_is_a_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(IlaError, match="is a file"):
+        prepare_output_dir(path, command="score")

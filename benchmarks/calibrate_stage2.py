@@ -104,11 +104,15 @@ def main() -> None:
 
     n = len(layer_map.units)
     k = top_count(n, 0.25)
+    stage1 = json.loads((args.run_dir / "stage1" / "summary.json").read_text())
+    command = " ".join(json.loads((args.run_dir / "environment.json").read_text())["argv"][1:])
     lines = [
         "## Stage-2 calibration (`benchmarks/calibrate_stage2.py`)",
         "",
-        f"Stage-1 adapter of `{args.run_dir}`; {args.steps} stage-2 steps, target fraction "
-        f"{args.target_fraction}, seeds {args.seeds}; Jaccard of the top 25% (k={k} of {n}).",
+        f"Stage-1 adapter of `{args.run_dir}` (made by `ila {command}`: {stage1['steps']} "
+        f"stage-1 steps, stable: {stage1['stable']}); {args.steps} stage-2 steps, target "
+        f"fraction {args.target_fraction}, seeds {args.seeds} (stage-2 seed: data order and "
+        f"dropout); Jaccard of the top 25% (k={k} of {n}).",
         "",
         "| variant | seed | min | q25 | median | q75 | max | share > 0.5 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -1,0 +1,315 @@
+"""Selection: which units to fine-tune, decided from a ranking or typed by hand.
+
+ILA-METHOD.md, "Stage 3: use the ranking": tune only the top fraction of the units, or
+freeze the bottom fraction and tune the rest (docs/method.md, "Output", defines the
+ranking). A :class:`Selection` records the outcome as module unit names in model order,
+with the layout of the model they name, so training and :mod:`ila.exports` never need
+the scores again. Exactly one rule per selection: ``tune-top-fraction`` F,
+``freeze-bottom-fraction`` F, ``units`` (module unit names) or ``blocks`` (0-based).
+
+Both fraction rules take ``k = top_count(N, F) = max(1, floor(F * N + 0.5))`` units
+(round half up, at least one; :func:`ila.scores.top_count`): the top k are tuned, or the
+bottom k frozen. N counts the ranked units: modules, or blocks for block scores
+(``--stage2-unit block``), whose chosen blocks expand to all their module units.
+No torch here: a selection is made and read from JSON files alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ila.errors import IlaError
+from ila.layers import LayerMap, Unit
+from ila.rundir import atomic_write_json, read_json
+from ila.scores import LayerScores, top_count
+
+__all__ = [
+    "RULES",
+    "SCHEMA_VERSION",
+    "SELECTION_FILE",
+    "Selection",
+    "check_scores_match",
+    "select_units",
+]
+
+SCHEMA_VERSION = 1
+SELECTION_FILE = "selection.json"
+RULES = ("tune-top-fraction", "freeze-bottom-fraction", "units", "blocks")
+_RULE_FLAGS = ", ".join(f"--{rule}" for rule in RULES)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The module units to tune and to freeze, for one model layout.
+
+    ``selected`` and ``frozen`` partition the layout's unit names and are in model order.
+    ``source`` says where the ranking came from: ``method``, ``model_id``,
+    ``scores_file`` and ``unit_kind`` of the scores (all None for hand-typed rules).
+    """
+
+    rule: str
+    value: Any
+    unit_kind: str
+    selected: tuple[str, ...]
+    frozen: tuple[str, ...]
+    layout: dict[str, Any]
+    source: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise IlaError(f"unknown selection rule {self.rule!r}; rules: {', '.join(RULES)}")
+        if self.unit_kind != "module":
+            raise IlaError(f"a selection names module units, got unit_kind {self.unit_kind!r}")
+        if not self.selected:
+            raise IlaError(f"the {self.rule} rule selects no unit, so nothing would be tuned")
+        names = [u["name"] for u in self.layout["units"]]
+        chosen = set(self.selected)
+        expected = (
+            tuple(n for n in names if n in chosen),
+            tuple(n for n in names if n not in chosen),
+        )
+        if (self.selected, self.frozen) != expected:
+            raise IlaError(
+                "selected and frozen units must split the layout's units, in model order"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        num_params = {u["name"]: u["in_features"] * u["out_features"] for u in self.layout["units"]}
+        selected_params = sum(num_params[n] for n in self.selected)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "rule": self.rule,
+            "value": self.value,
+            "unit_kind": self.unit_kind,
+            "source": self.source,
+            "summary": {
+                "num_units": len(num_params),
+                "num_selected": len(self.selected),
+                "num_frozen": len(self.frozen),
+                "selected_weight_fraction": selected_params / max(1, sum(num_params.values())),
+            },
+            "selected": list(self.selected),
+            "frozen": list(self.frozen),
+            "layout": self.layout,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, origin: str = "selection") -> Selection:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise IlaError(
+                f"{origin}: schema_version {version!r} is not supported (this ila reads "
+                f"{SCHEMA_VERSION}); re-run 'ila select' with this version"
+            )
+        try:
+            return cls(
+                rule=data["rule"],
+                value=data["value"],
+                unit_kind=data["unit_kind"],
+                selected=tuple(data["selected"]),
+                frozen=tuple(data["frozen"]),
+                layout=data["layout"],
+                source=dict(data.get("source") or {}),
+            )
+        except (KeyError, TypeError) as exc:
+            raise IlaError(f"{origin}: malformed selection ({exc!r})") from exc
+
+    def save(self, path: Path) -> Path:
+        """Write ``selection.json`` atomically (``path`` is the file or its directory)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / SELECTION_FILE
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Selection:
+        """Read ``selection.json``, or the one inside a run directory."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / SELECTION_FILE
+        return cls.from_dict(read_json(path), origin=str(path))
+
+    def selected_units(self, layer_map: LayerMap) -> list[Unit]:
+        """The selected units of ``layer_map``, which must have this selection's layout."""
+        _check_layout(self.layout, layer_map, what="selection", hint="re-run 'ila select'")
+        return [layer_map.unit(name) for name in self.selected]
+
+
+def select_units(
+    layer_map: LayerMap,
+    *,
+    scores: LayerScores | None = None,
+    tune_top_fraction: float | None = None,
+    freeze_bottom_fraction: float | None = None,
+    units: Sequence[str] | None = None,
+    blocks: Sequence[int] | None = None,
+    scores_file: str | Path | None = None,
+) -> Selection:
+    """Apply exactly one selection rule to the units of ``layer_map`` (ILA stage 3).
+
+    The fraction rules rank ``scores`` (which must come from this model, see
+    :func:`check_scores_match`) and take ``k = top_count(N, F)`` units, rounded half up
+    with at least one: the top k are tuned (``tune_top_fraction``), or the bottom k are
+    frozen and the rest tuned (``freeze_bottom_fraction``). With block scores N counts
+    blocks and each chosen block brings all its module units. ``units`` and ``blocks``
+    name the tuned units directly; ``scores`` is not used by them. ``scores_file`` is
+    only recorded in ``source``. Raises IlaError for no rule or several, a fraction
+    outside (0, 1), unknown names, blocks out of range, or a selection that tunes nothing.
+    """
+    given = {
+        "tune-top-fraction": tune_top_fraction,
+        "freeze-bottom-fraction": freeze_bottom_fraction,
+        "units": units,
+        "blocks": blocks,
+    }
+    rules = [rule for rule, value in given.items() if value is not None]
+    if len(rules) != 1:
+        which = "no rule" if not rules else "--" + " and --".join(rules)
+        raise IlaError(f"give exactly one of {_RULE_FLAGS} (got {which})")
+    rule = rules[0]
+    source: dict[str, Any] = dict.fromkeys(("method", "model_id", "scores_file", "unit_kind"))
+    if rule == "units":
+        value: Any = _as_names(units)
+        tuned = {_module_unit(layer_map, name).name for name in value}
+    elif rule == "blocks":
+        value = list(dict.fromkeys(_as_block(b) for b in _as_sequence(blocks, "--blocks")))
+        tuned = {u.name for b in value for u in _block_units(layer_map, b)}
+    else:
+        value = _fraction(given[rule], f"--{rule}")
+        if scores is None:
+            raise IlaError(f"--{rule} ranks units, so it needs layer scores (layer_scores.json)")
+        check_scores_match(scores, layer_map, origin=str(scores_file or "scores"))
+        chosen = scores.top(value) if rule == "tune-top-fraction" else scores.bottom(value)
+        chosen_units = _expand(scores, layer_map, chosen)
+        everything = {u.name for u in layer_map.units}
+        tuned = chosen_units if rule == "tune-top-fraction" else everything - chosen_units
+        source = {
+            "method": scores.method,
+            "model_id": scores.model_id,
+            "scores_file": None if scores_file is None else str(scores_file),
+            "unit_kind": scores.unit_kind,
+        }
+        if not tuned:
+            k = top_count(len(scores.units), value)
+            raise IlaError(
+                f"--{rule} {value} freezes all {k} ranked units (k rounds half up), so "
+                "nothing would be tuned; pass a smaller fraction"
+            )
+    return Selection(
+        rule=rule,
+        value=value,
+        unit_kind="module",
+        selected=tuple(u.name for u in layer_map.units if u.name in tuned),
+        frozen=tuple(u.name for u in layer_map.units if u.name not in tuned),
+        layout=layer_map.to_dict(),
+        source=source,
+    )
+
+
+def check_scores_match(scores: LayerScores, layer_map: LayerMap, *, origin: str = "scores") -> None:
+    """Raise IlaError unless ``scores`` rank the units of ``layer_map``'s model.
+
+    The layout stored with the scores must have the same model type, number of blocks and
+    unit names; each scored unit must be one of its units (module scores) or one of its
+    blocks (block scores). ``origin`` names the scores file in the message.
+    """
+    hint = "score this model with 'ila score', or pass the scores file made for it"
+    _check_layout(scores.layout, layer_map, what=origin, hint=hint)
+    if scores.unit_kind == "module":
+        expected = [u.name for u in layer_map.units]
+    else:
+        expected = [layer_map.block_name(b) for b in sorted({u.block for u in layer_map.units})]
+    if sorted(scores.names) != sorted(expected):
+        raise IlaError(
+            f"{origin}: its {scores.unit_kind} units differ from this model's: "
+            f"{_differ(scores.names, expected)}; {hint}"
+        )
+
+
+def _check_layout(layout: dict[str, Any], layer_map: LayerMap, *, what: str, hint: str) -> None:
+    try:
+        theirs = (layout["model_type"], int(layout["num_blocks"]))
+        their_names = [u["name"] for u in layout["units"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IlaError(f"{what} holds no valid model layout ({exc!r}); {hint}") from exc
+    ours = (layer_map.model_type, layer_map.num_blocks)
+    if theirs != ours:
+        raise IlaError(
+            f"{what}: made for a {theirs[0]} model with {theirs[1]} blocks, but this is a "
+            f"{ours[0]} model with {ours[1]} blocks; {hint}"
+        )
+    our_names = [u.name for u in layer_map.units]
+    if their_names != our_names:
+        raise IlaError(
+            f"{what}: made for other units than this model's (same --blocks-path and "
+            f"--lora-module-types?): {_differ(their_names, our_names)}; {hint}"
+        )
+
+
+def _differ(theirs: Sequence[str], ours: Sequence[str]) -> str:
+    their_set, our_set = set(theirs), set(ours)
+    extra = [n for n in theirs if n not in our_set]
+    missing = [n for n in ours if n not in their_set]
+    parts = []
+    if extra:
+        parts.append(f"{len(extra)} not in this model (e.g. {', '.join(extra[:3])})")
+    if missing:
+        parts.append(f"{len(missing)} of this model missing (e.g. {', '.join(missing[:3])})")
+    return "; ".join(parts) or "in another order"
+
+
+def _expand(scores: LayerScores, layer_map: LayerMap, names: Sequence[str]) -> set[str]:
+    """Module unit names of the scored units ``names`` (blocks expand to their modules)."""
+    if scores.unit_kind == "module":
+        return set(names)
+    block_of = {u.name: u.block for u in scores.units}
+    return {u.name for name in names for u in layer_map.units_in_block(block_of[name])}
+
+
+def _fraction(value: Any, flag: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise IlaError(f"{flag} must be a number in (0, 1), got {value!r}")
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise IlaError(f"{flag} must be in (0, 1), got {value}")
+    return float(value)
+
+
+def _as_sequence(value: Any, flag: str) -> list[Any]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise IlaError(f"{flag} takes a list, got {value!r}")
+    if not value:
+        raise IlaError(f"{flag} is empty, so nothing would be tuned")
+    return list(value)
+
+
+def _as_names(units: Any) -> list[str]:
+    names = _as_sequence(units, "--units")
+    return list(dict.fromkeys(str(n) for n in names))
+
+
+def _as_block(block: Any) -> int:
+    if isinstance(block, bool) or not isinstance(block, int):
+        raise IlaError(f"--blocks takes block indices (integers), got {block!r}")
+    return block
+
+
+def _block_units(layer_map: LayerMap, block: int) -> tuple[Unit, ...]:
+    try:
+        return layer_map.units_in_block(block)
+    except IlaError as exc:
+        raise IlaError(f"--blocks: {exc}") from exc
+
+
+def _module_unit(layer_map: LayerMap, name: str) -> Unit:
+    blocks = {layer_map.block_name(b): b for b in range(layer_map.num_blocks)}
+    if name in blocks:
+        raise IlaError(f"--units: {name!r} is a block; pass --blocks {blocks[name]} instead")
+    try:
+        return layer_map.unit(name)
+    except IlaError as exc:
+        raise IlaError(f"--units: {exc}") from exc

@@ -1,0 +1,223 @@
+"""Selection rules on planted rankings of a tiny config-built Llama (4 blocks x 7 modules)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import build_tiny_llama
+from ila.errors import IlaError
+from ila.layers import LayerMap, find_layers
+from ila.scores import LayerScores, UnitScore
+from ila.selection import SELECTION_FILE, Selection, check_scores_match, select_units
+
+N = 28  # 4 blocks x (q, k, v, o, gate, up, down)
+
+
+@pytest.fixture(scope="module")
+def layer_map() -> LayerMap:
+    return find_layers(build_tiny_llama(100))
+
+
+def planted(layer_map: LayerMap, top: list[str]) -> LayerScores:
+    """Module scores where ``top`` are the most important units, in that order.
+
+    Every other unit gets a lower importance that falls with its model position, so the
+    full ranking is ``top`` followed by the rest in model order.
+    """
+    order = top + [u.name for u in layer_map.units if u.name not in top]
+    importance = {name: 1.0 - i / (2 * N) for i, name in enumerate(order)}
+    units = [
+        UnitScore(u.name, u.block, u.module_type, importance[u.name], importance[u.name] * 4)
+        for u in layer_map.units
+    ]
+    return LayerScores("ila", "tiny-llama", "module", units, layout=layer_map.to_dict())
+
+
+def block_scores(layer_map: LayerMap, values: list[float]) -> LayerScores:
+    units = [UnitScore(layer_map.block_name(b), b, None, v, v) for b, v in enumerate(values)]
+    return LayerScores("ila", "tiny-llama", "block", units, layout=layer_map.to_dict())
+
+
+PLANTED = [
+    "layers.2.mlp.down_proj",
+    "layers.0.self_attn.v_proj",
+    "layers.3.self_attn.q_proj",
+    "layers.1.mlp.up_proj",
+    "layers.2.self_attn.o_proj",
+]
+
+
+def in_model_order(layer_map: LayerMap, names) -> tuple[str, ...]:
+    return tuple(u.name for u in layer_map.units if u.name in set(names))
+
+
+@pytest.mark.parametrize(
+    ("fraction", "k"),
+    # k = max(1, floor(F * 28 + 0.5)): 2.8 -> 3, 3.5 -> 4 (half up), 0.28 -> 1 (minimum).
+    [(0.1, 3), (0.125, 4), (0.01, 1), (0.18, 5)],
+)
+def test_tune_top_fraction_tunes_the_top_k(layer_map, fraction, k):
+    selection = select_units(
+        layer_map, scores=planted(layer_map, PLANTED), tune_top_fraction=fraction
+    )
+    assert selection.selected == in_model_order(layer_map, PLANTED[:k])
+    assert len(selection.frozen) == N - k
+    assert (selection.rule, selection.value, selection.unit_kind) == (
+        "tune-top-fraction",
+        fraction,
+        "module",
+    )
+    assert selection.source["method"] == "ila"
+    assert selection.source["unit_kind"] == "module"
+
+
+def test_freeze_bottom_fraction_freezes_the_bottom_k(layer_map):
+    scores = planted(layer_map, PLANTED)
+    # k = floor(0.25 * 28 + 0.5) = 7 units frozen: the last 7 of the ranking, which are the
+    # last 7 unplanted units in model order (all in block 3).
+    selection = select_units(layer_map, scores=scores, freeze_bottom_fraction=0.25)
+    unplanted = [u.name for u in layer_map.units if u.name not in PLANTED]
+    assert selection.frozen == tuple(unplanted[-7:])
+    assert len(selection.selected) == N - 7
+    assert set(PLANTED) <= set(selection.selected)
+
+
+def test_freeze_bottom_fraction_that_rounds_to_everything_is_refused(layer_map):
+    scores = planted(layer_map, PLANTED)
+    with pytest.raises(IlaError, match="nothing would be tuned"):
+        select_units(layer_map, scores=scores, freeze_bottom_fraction=0.99)
+
+
+def test_units_rule_keeps_model_order_and_drops_duplicates(layer_map):
+    names = ["layers.3.mlp.up_proj", "layers.0.self_attn.q_proj", "layers.3.mlp.up_proj"]
+    selection = select_units(layer_map, units=names)
+    assert selection.selected == ("layers.0.self_attn.q_proj", "layers.3.mlp.up_proj")
+    assert selection.value == ["layers.3.mlp.up_proj", "layers.0.self_attn.q_proj"]
+    assert selection.source == {
+        "method": None,
+        "model_id": None,
+        "scores_file": None,
+        "unit_kind": None,
+    }
+
+
+def test_blocks_rule_tunes_every_module_of_the_blocks(layer_map):
+    selection = select_units(layer_map, blocks=[2, 0])
+    assert selection.selected == tuple(u.name for u in layer_map.units if u.block in (0, 2))
+    assert len(selection.selected) == 14
+    assert selection.value == [2, 0]
+
+
+def test_block_scores_expand_to_their_modules(layer_map):
+    scores = block_scores(layer_map, [0.1, 0.9, 0.5, 0.3])
+    top = select_units(layer_map, scores=scores, tune_top_fraction=0.25)  # k = 1 block
+    assert top.selected == tuple(u.name for u in layer_map.units_in_block(1))
+    assert top.unit_kind == "module"
+    assert top.source["unit_kind"] == "block"
+    bottom = select_units(layer_map, scores=scores, freeze_bottom_fraction=0.5)  # 2 blocks
+    assert bottom.frozen == tuple(u.name for u in layer_map.units if u.block in (0, 3))
+
+
+@pytest.mark.parametrize("flag", ["tune_top_fraction", "freeze_bottom_fraction"])
+@pytest.mark.parametrize("value", [0, 1, 1.5, -0.1, float("nan")])
+def test_fractions_outside_the_open_unit_interval_are_refused(layer_map, flag, value):
+    dashed = "--" + flag.replace("_", "-")
+    with pytest.raises(IlaError, match=rf"^{dashed} must be in \(0, 1\), got {value}$"):
+        select_units(layer_map, scores=planted(layer_map, PLANTED), **{flag: value})
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [{}, {"tune_top_fraction": 0.1, "units": ["layers.0.mlp.up_proj"]}],
+)
+def test_exactly_one_rule_is_required(layer_map, rules):
+    with pytest.raises(IlaError) as info:
+        select_units(layer_map, scores=planted(layer_map, PLANTED), **rules)
+    for flag in ("--tune-top-fraction", "--freeze-bottom-fraction", "--units", "--blocks"):
+        assert flag in str(info.value)
+
+
+def test_fraction_rules_need_scores(layer_map):
+    with pytest.raises(IlaError, match="needs layer scores"):
+        select_units(layer_map, tune_top_fraction=0.25)
+
+
+def test_scores_of_a_model_with_other_blocks_are_refused(layer_map):
+    other = find_layers(build_tiny_llama(100, num_layers=3))
+    scores = planted(other, [])
+    with pytest.raises(IlaError, match="3 blocks, but this is a llama model with 4 blocks"):
+        check_scores_match(scores, layer_map)
+    with pytest.raises(IlaError, match="3 blocks"):
+        select_units(layer_map, scores=scores, tune_top_fraction=0.25)
+
+
+def test_scores_of_other_units_are_refused(layer_map):
+    narrow = find_layers(build_tiny_llama(100), module_types=["q_proj", "v_proj"])
+    with pytest.raises(IlaError, match="--lora-module-types") as info:
+        check_scores_match(planted(narrow, []), layer_map)
+    assert "layers.0.self_attn.k_proj" in str(info.value)
+
+
+def test_scores_whose_units_differ_from_their_layout_are_refused(layer_map):
+    scores = planted(layer_map, [])
+    renamed = [UnitScore(u.name + "_x", u.block, u.module_type, 0.5, 0.5) for u in scores.units]
+    bad = LayerScores("ila", "tiny", "module", renamed, layout=layer_map.to_dict())
+    with pytest.raises(IlaError, match="differ from this model's"):
+        check_scores_match(bad, layer_map)
+
+
+def test_unknown_unit_name_suggests_a_close_one(layer_map):
+    with pytest.raises(IlaError, match=r"did you mean layers\.1\.self_attn\.q_proj"):
+        select_units(layer_map, units=["layers.1.self_attn.q_prj"])
+    with pytest.raises(IlaError, match="--blocks 1"):
+        select_units(layer_map, units=["layers.1"])
+
+
+@pytest.mark.parametrize("block", [4, -1])
+def test_block_out_of_range_is_refused(layer_map, block):
+    with pytest.raises(IlaError, match=r"--blocks: block .* out of range.*0\.\.3"):
+        select_units(layer_map, blocks=[block])
+
+
+@pytest.mark.parametrize("rule", [{"units": []}, {"blocks": []}])
+def test_empty_hand_selection_is_refused(layer_map, rule):
+    with pytest.raises(IlaError, match="nothing would be tuned"):
+        select_units(layer_map, **rule)
+
+
+def test_json_round_trip(layer_map, tmp_path):
+    selection = select_units(
+        layer_map,
+        scores=planted(layer_map, PLANTED),
+        tune_top_fraction=0.1,
+        scores_file="run/layer_scores.json",
+    )
+    written = selection.save(tmp_path)
+    assert written == tmp_path / SELECTION_FILE
+    data = json.loads(written.read_text())
+    assert data["schema_version"] == 1
+    assert data["summary"]["num_selected"] == 3
+    assert data["source"]["scores_file"] == "run/layer_scores.json"
+    assert Selection.load(tmp_path) == selection
+    assert Selection.load(written) == selection
+    assert Selection.from_dict(selection.to_dict()) == selection
+
+
+def test_loading_refuses_other_versions_and_inconsistent_files(layer_map, tmp_path):
+    data = select_units(layer_map, blocks=[1]).to_dict()
+    with pytest.raises(IlaError, match="schema_version 2"):
+        Selection.from_dict({**data, "schema_version": 2})
+    with pytest.raises(IlaError, match="split the layout"):
+        Selection.from_dict({**data, "selected": ["layers.9.mlp.up_proj"]})
+    with pytest.raises(IlaError, match="malformed"):
+        Selection.from_dict({k: v for k, v in data.items() if k != "rule"})
+
+
+def test_selected_units_checks_the_model(layer_map):
+    selection = select_units(layer_map, units=["layers.2.mlp.gate_proj"])
+    assert selection.selected_units(layer_map) == [layer_map.unit("layers.2.mlp.gate_proj")]
+    other = find_layers(build_tiny_llama(100, num_layers=3))
+    with pytest.raises(IlaError, match="re-run 'ila select'"):
+        selection.selected_units(other)

@@ -110,9 +110,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="ila", help="scorer to use (see 'ila ls scorers')")
     _score_flags(p)
 
+    p = sub.add_parser(
+        "select",
+        help="choose the units to tune from a ranking (or by hand); writes selection.json",
+        description="Apply one selection rule to a ranking (ILA stage 3). Rounding: "
+        "k = max(1, floor(F * N + 0.5)) units. No model is loaded: the model layout is "
+        "read from the scores file.",
+    )
+    p.add_argument("scores", type=Path, help="a run directory or a layer_scores.json file")
+    p.add_argument(
+        "--output-dir", type=Path, help="where selection.json goes (default: beside the scores)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing selection.json")
+    rule = p.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--tune-top-fraction", type=float, metavar="F", help="tune the top F")
+    rule.add_argument(
+        "--freeze-bottom-fraction", type=float, metavar="F", help="freeze the bottom F"
+    )
+    rule.add_argument("--units", nargs="+", metavar="NAME", help="tune exactly these units")
+    rule.add_argument(
+        "--blocks", type=_int_list, metavar="I,J,..", help="tune these blocks, e.g. 3,5,7"
+    )
+
+    p = sub.add_parser(
+        "export",
+        help="write a selection as configuration for other trainers (peft, axolotl, ...)",
+        description="Export selection.json for peft, Axolotl, LLaMA-Factory, ms-swift, or as a "
+        "plain list/JSON, so the trainer you already use tunes exactly the selected units.",
+    )
+    p.add_argument("selection", type=Path, help="a directory with selection.json, or the file")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=["peft", "axolotl", "llama-factory", "swift", "list", "json"],
+        help="export format",
+    )
+    p.add_argument("--output", type=Path, help="file to write (default: print)")
+    p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank in LoRA formats")
+    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha in LoRA formats")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout")
+
     p = sub.add_parser("ls", help="list available things: scorers, data presets")
     p.add_argument("what", choices=["scorers", "presets"])
     return parser
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated block indices, got {text!r}"
+        ) from exc
 
 
 def _resolve_config(args: argparse.Namespace) -> ScoreConfig:
@@ -156,6 +205,59 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_select(args: argparse.Namespace) -> int:
+    from ila.layers import LayerMap
+    from ila.scores import SCORES_FILE, LayerScores
+    from ila.selection import SELECTION_FILE, select_units
+
+    scores = LayerScores.load(args.scores)
+    scores_file = args.scores / SCORES_FILE if args.scores.is_dir() else args.scores
+    out = args.output_dir or scores_file.parent
+    target = out / SELECTION_FILE
+    if target.exists() and not args.overwrite:
+        raise IlaError(f"{target} exists; pass --overwrite or another --output-dir")
+    selection = select_units(
+        LayerMap.from_dict(scores.layout),
+        scores=scores,
+        tune_top_fraction=args.tune_top_fraction,
+        freeze_bottom_fraction=args.freeze_bottom_fraction,
+        units=args.units,
+        blocks=args.blocks,
+        scores_file=scores_file,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    selection.save(target)
+    total = len(selection.selected) + len(selection.frozen)
+    print(
+        f"ila select: {len(selection.selected)} of {total} units to tune "
+        f"({selection.rule} {selection.value}); written to {target}"
+    )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ila.exports import export_selection
+    from ila.layers import LayerMap
+    from ila.rundir import atomic_write_text
+    from ila.selection import Selection
+
+    selection = Selection.load(args.selection)
+    text = export_selection(
+        selection,
+        LayerMap.from_dict(selection.layout),
+        args.format,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+    )
+    if args.output is None:
+        print(text, end="" if text.endswith("\n") else "\n")
+    else:
+        atomic_write_text(args.output, text)
+        print(f"ila export: {args.format} written to {args.output}")
+    return 0
+
+
 def _cmd_ls(args: argparse.Namespace) -> int:
     if args.what == "scorers":
         from ila.scorers import SCORERS
@@ -170,7 +272,13 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _cmd_run, "score": _cmd_score, "ls": _cmd_ls}
+_COMMANDS = {
+    "run": _cmd_run,
+    "score": _cmd_score,
+    "select": _cmd_select,
+    "export": _cmd_export,
+    "ls": _cmd_ls,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

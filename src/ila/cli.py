@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from ila import __version__
-from ila.config import ScoreConfig, config_from_dict, flag_name, iter_settings, load_yaml_config
+from ila.config import (
+    FinetuneConfig,
+    ScoreConfig,
+    config_from_dict,
+    flag_name,
+    iter_settings,
+    load_yaml_config,
+)
 from ila.errors import IlaError
 
 __all__ = ["build_parser", "main"]
@@ -30,6 +37,7 @@ _SECTION_TITLES = {
     "train": "training (all stages)",
     "stage1": "stage 1: LoRA until epsilon-stable",
     "stage2": "stage 2: learned gates",
+    "finetune": "stage 3: fine-tune the selected units",
 }
 
 
@@ -111,6 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     _score_flags(p)
 
     p = sub.add_parser(
+        "finetune",
+        help="fine-tune only the selected units (LoRA, full or QLoRA) on the HF Trainer",
+        description="Stage 3 of ILA: tune the units chosen from a ranking (--scores with one "
+        "rule), from a selection.json (--selection), or typed by hand (--units/--blocks); "
+        "everything else is frozen. --all-units tunes every unit (the baseline).",
+    )
+    p.add_argument("--output-dir", type=Path, required=True, help="run directory (created)")
+    p.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    p.add_argument("--scores", type=Path, help="a score run directory or layer_scores.json")
+    _add_rule_flags(p, with_all=True, with_selection=True)
+    _add_config_flags(p, FinetuneConfig)
+
+    p = sub.add_parser(
         "select",
         help="choose the units to tune from a ranking (or by hand); writes selection.json",
         description="Apply one selection rule to a ranking (ILA stage 3). Rounding: "
@@ -122,15 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", type=Path, help="where selection.json goes (default: beside the scores)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing selection.json")
-    rule = p.add_mutually_exclusive_group(required=True)
-    rule.add_argument("--tune-top-fraction", type=float, metavar="F", help="tune the top F")
-    rule.add_argument(
-        "--freeze-bottom-fraction", type=float, metavar="F", help="freeze the bottom F"
-    )
-    rule.add_argument("--units", nargs="+", metavar="NAME", help="tune exactly these units")
-    rule.add_argument(
-        "--blocks", type=_int_list, metavar="I,J,..", help="tune these blocks, e.g. 3,5,7"
-    )
+    _add_rule_flags(p, with_all=False, with_selection=False)
 
     p = sub.add_parser(
         "export",
@@ -155,6 +169,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_rule_flags(
+    parser: argparse.ArgumentParser, *, with_all: bool, with_selection: bool
+) -> None:
+    rule = parser.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--tune-top-fraction", type=float, metavar="F", help="tune the top F")
+    rule.add_argument(
+        "--freeze-bottom-fraction", type=float, metavar="F", help="freeze the bottom F"
+    )
+    rule.add_argument("--units", nargs="+", metavar="NAME", help="tune exactly these units")
+    rule.add_argument(
+        "--blocks", type=_int_list, metavar="I,J,..", help="tune these blocks, e.g. 3,5,7"
+    )
+    if with_all:
+        rule.add_argument("--all-units", action="store_true", help="tune every unit (baseline)")
+    if with_selection:
+        rule.add_argument("--selection", type=Path, help="a selection.json (or its directory)")
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -164,14 +196,14 @@ def _int_list(text: str) -> list[int]:
         ) from exc
 
 
-def _resolve_config(args: argparse.Namespace) -> ScoreConfig:
+def _resolve_config(args: argparse.Namespace, config_cls: type = ScoreConfig) -> Any:
     data: dict[str, Any] = load_yaml_config(args.config) if args.config else {}
     origin = str(args.config) if args.config else "flags"
     for key, value in vars(args).items():
         if "." in key:
             section, name = key.split(".", 1)
             data.setdefault(section, {})[name] = value
-    return config_from_dict(ScoreConfig, data, origin=origin)
+    return config_from_dict(config_cls, data, origin=origin)
 
 
 def _print_score(result: Any, header: str) -> None:
@@ -202,6 +234,50 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _resolve_config(args)
     result = run(config, args.output_dir, overwrite=args.overwrite)
     _print_score(result, "ila run")
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from ila.finetune import finetune
+    from ila.layers import LayerMap
+    from ila.scores import SCORES_FILE, LayerScores
+    from ila.selection import Selection, select_units
+
+    config = _resolve_config(args, FinetuneConfig)
+    if args.selection is not None:
+        selection: Any = Selection.load(args.selection)
+    else:
+        ranked = args.tune_top_fraction is not None or args.freeze_bottom_fraction is not None
+        if ranked and args.scores is None:
+            raise IlaError("--tune-top-fraction/--freeze-bottom-fraction need --scores RUN_OR_JSON")
+        scores = LayerScores.load(args.scores) if args.scores is not None else None
+        scores_file = None
+        if args.scores is not None:
+            scores_file = args.scores / SCORES_FILE if args.scores.is_dir() else args.scores
+
+        def selection(layer_map: LayerMap) -> Selection:
+            return select_units(
+                layer_map,
+                scores=scores,
+                tune_top_fraction=args.tune_top_fraction,
+                freeze_bottom_fraction=args.freeze_bottom_fraction,
+                units=args.units,
+                blocks=args.blocks,
+                all_units=args.all_units,
+                scores_file=scores_file,
+            )
+
+    result = finetune(config, selection, args.output_dir, overwrite=args.overwrite)
+    s = result.summary
+    print(
+        f"ila finetune: {s['method']} on {s['num_selected']} of {s['num_units']} units "
+        f"({s['selection_rule']}), {s['trainable_parameters']:,} of {s['parameters']:,} "
+        "parameters trainable"
+    )
+    print(f"  {s['steps']} steps in {s['seconds']:.1f}s ({s['seconds_per_step']:.3f} s/step)")
+    if s["eval_loss"] is not None:
+        print(f"  held-out loss: {s['eval_loss']:.4f} on {s['num_eval_examples']} examples")
+    print(f"  outputs: {result.output_dir}")
     return 0
 
 
@@ -275,6 +351,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "run": _cmd_run,
     "score": _cmd_score,
+    "finetune": _cmd_finetune,
     "select": _cmd_select,
     "export": _cmd_export,
     "ls": _cmd_ls,

@@ -27,6 +27,8 @@ from ila.errors import IlaError
 
 __all__ = [
     "DataConfig",
+    "FinetuneConfig",
+    "FinetuneSettings",
     "LoraSettings",
     "ModelConfig",
     "ScoreConfig",
@@ -234,6 +236,51 @@ class ScoreConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
+
+
+@dataclass
+class FinetuneSettings:
+    """Stage 3: fine-tune only the selected units (ILA-METHOD, "Stage 3")."""
+
+    method: str = _opt(
+        "lora",
+        "lora: a LoRA adapter on the selected modules only; full: train the selected "
+        "modules' weights, everything else frozen; qlora: LoRA over a 4-bit base (CUDA only)",
+        choices=["lora", "full", "qlora"],
+    )
+    learning_rate: float | None = _opt(
+        None, "learning rate (default: 1e-3 for lora/qlora, 2e-5 for full)"
+    )
+    max_steps: int = _opt(100, "optimizer steps")
+    warmup_steps: int = _opt(5, "linear warm-up steps, then linear decay")
+    train_embeddings: bool = _opt(
+        False, "with --method full, also train the input embeddings and the LM head"
+    )
+    merge: bool = _opt(False, "also write a merged full model directory (merged/)")
+
+    def __post_init__(self) -> None:
+        _require(
+            self.learning_rate is None or self.learning_rate > 0, "--learning-rate", "must be > 0"
+        )
+        _require(self.max_steps >= 1, "--max-steps", "must be >= 1")
+        _require(self.warmup_steps >= 0, "--warmup-steps", "must be >= 0")
+
+    def resolved_learning_rate(self) -> float:
+        """The learning rate in use: the given one, or the method's default."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 2e-5 if self.method == "full" else 1e-3
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything `ila finetune` needs: model, data, LoRA, training and the method."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
 
 
 # Sections whose fields get a flag prefix; the others' fields are flags as they are.

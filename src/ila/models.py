@@ -158,8 +158,12 @@ def load_model(
     device: str = "auto",
     threads: int | None = None,
     cache: Path | None = None,
+    quantize_4bit: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer.
+
+    ``quantize_4bit`` loads the base weights as 4-bit NF4 through bitsandbytes (QLoRA);
+    it needs a CUDA device and the ``bitsandbytes`` package, and is refused otherwise.
 
     ``model`` is resolved in this order: the embedded name ``smollm2-135m``; a path ending
     in ``.gguf`` (converted once into ``<cache>/models/``); an existing local directory; a
@@ -182,8 +186,18 @@ def load_model(
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
         raise IlaError(f"model directory {model} has no config.json; pass a saved model directory")
     tokenizer = _load_tokenizer(model, source)
-    loaded = _from_pretrained(AutoModelForCausalLM, model, source, dtype=torch_dtype)
-    loaded.to(target)
+    if quantize_4bit:
+        loaded = _from_pretrained(
+            AutoModelForCausalLM,
+            model,
+            source,
+            dtype=torch_dtype,
+            quantization_config=_nf4_config(target, torch_dtype),
+            device_map={"": target.index or 0},
+        )
+    else:
+        loaded = _from_pretrained(AutoModelForCausalLM, model, source, dtype=torch_dtype)
+        loaded.to(target)
     generation_config = getattr(loaded, "generation_config", None)
     if generation_config is not None and generation_config.pad_token_id is None:
         generation_config.pad_token_id = tokenizer.pad_token_id
@@ -197,6 +211,27 @@ def load_model(
         time.perf_counter() - start,
     )
     return loaded, tokenizer
+
+
+def _nf4_config(target: torch.device, compute_dtype: torch.dtype) -> Any:
+    """The QLoRA quantisation config (NF4, double quantisation); CUDA and bitsandbytes only."""
+    if target.type != "cuda":
+        raise IlaError(
+            "--method qlora needs a CUDA GPU (4-bit weights through bitsandbytes); "
+            "on this machine use --method lora"
+        )
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise IlaError("--method qlora needs the package bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
 def model_summary(model: PreTrainedModel) -> dict[str, Any]:

@@ -38,7 +38,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 SELECTION_FILE = "selection.json"
-RULES = ("tune-top-fraction", "freeze-bottom-fraction", "units", "blocks")
+RULES = ("tune-top-fraction", "freeze-bottom-fraction", "units", "blocks", "all-units")
 _RULE_FLAGS = ", ".join(f"--{rule}" for rule in RULES)
 
 
@@ -148,6 +148,7 @@ def select_units(
     freeze_bottom_fraction: float | None = None,
     units: Sequence[str] | None = None,
     blocks: Sequence[int] | None = None,
+    all_units: bool = False,
     scores_file: str | Path | None = None,
 ) -> Selection:
     """Apply exactly one selection rule to the units of ``layer_map`` (ILA stage 3).
@@ -157,7 +158,8 @@ def select_units(
     with at least one: the top k are tuned (``tune_top_fraction``), or the bottom k are
     frozen and the rest tuned (``freeze_bottom_fraction``). With block scores N counts
     blocks and each chosen block brings all its module units. ``units`` and ``blocks``
-    name the tuned units directly; ``scores`` is not used by them. ``scores_file`` is
+    name the tuned units directly, and ``all_units`` tunes every unit (the baseline that
+    selective tuning is compared with); ``scores`` is not used by them. ``scores_file`` is
     only recorded in ``source``. Raises IlaError for no rule or several, a fraction
     outside (0, 1), unknown names, blocks out of range, or a selection that tunes nothing.
     """
@@ -166,6 +168,7 @@ def select_units(
         "freeze-bottom-fraction": freeze_bottom_fraction,
         "units": units,
         "blocks": blocks,
+        "all-units": True if all_units else None,
     }
     rules = [rule for rule, value in given.items() if value is not None]
     if len(rules) != 1:
@@ -173,8 +176,11 @@ def select_units(
         raise IlaError(f"give exactly one of {_RULE_FLAGS} (got {which})")
     rule = rules[0]
     source: dict[str, Any] = dict.fromkeys(("method", "model_id", "scores_file", "unit_kind"))
-    if rule == "units":
-        value: Any = _as_names(units)
+    if rule == "all-units":
+        value: Any = True
+        tuned = {u.name for u in layer_map.units}
+    elif rule == "units":
+        value = _as_names(units)
         tuned = {_module_unit(layer_map, name).name for name in value}
     elif rule == "blocks":
         value = list(dict.fromkeys(_as_block(b) for b in _as_sequence(blocks, "--blocks")))
@@ -182,7 +188,9 @@ def select_units(
     else:
         value = _fraction(given[rule], f"--{rule}")
         if scores is None:
-            raise IlaError(f"--{rule} ranks units, so it needs layer scores (layer_scores.json)")
+            raise IlaError(
+                f"--{rule} ranks units, so it needs layer scores: pass --scores RUN_OR_JSON"
+            )
         check_scores_match(scores, layer_map, origin=str(scores_file or "scores"))
         chosen = scores.top(value) if rule == "tune-top-fraction" else scores.bottom(value)
         chosen_units = _expand(scores, layer_map, chosen)

@@ -1,0 +1,243 @@
+"""Stage 3: fine-tune only the selected units (ILA-METHOD.md, "Stage 3").
+
+Methods:
+- ``lora``: a peft LoRA adapter on exactly the selected modules (module-level precision);
+  the base model is untouched and the adapter is saved under ``adapter/``.
+- ``full``: the selected modules' own weights (and biases) are trained; every other
+  parameter, including the embeddings and LM head unless ``train_embeddings``, is frozen.
+  Only the changed tensors are saved (``changed_weights.safetensors``).
+- ``qlora``: LoRA on the selected modules over a 4-bit NF4 base (bitsandbytes, CUDA only;
+  refused on a machine without CUDA).
+
+Savings are real, not bookkeeping: frozen parameters get ``requires_grad=False``, so the
+optimizer holds state only for the trained ones, and autograd computes no gradient below
+the lowest trainable block (nothing there requires a gradient).
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ila.config import FinetuneConfig, config_to_dict
+from ila.errors import IlaError
+from ila.layers import LayerMap
+from ila.lora import add_lora
+from ila.rundir import (
+    atomic_directory,
+    atomic_write_json,
+    check_output_dir,
+    mark_stage,
+    prepare_output_dir,
+    write_environment,
+    write_yaml,
+)
+from ila.selection import Selection
+from ila.training import MetricsLogger, StepValues, make_training_args, run_trainer
+
+__all__ = ["FinetuneRun", "finetune", "freeze_all_but", "trainable_summary"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneRun:
+    """What a fine-tuning run produced."""
+
+    output_dir: Path
+    selection: Selection
+    summary: dict[str, Any]
+
+
+def freeze_all_but(
+    model: nn.Module, layer_map: LayerMap, selected: set[str], *, train_embeddings: bool
+) -> None:
+    """Full fine-tuning setup: only the selected modules' parameters require gradients."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for unit in layer_map.units:
+        if unit.name in selected:
+            for param in model.get_submodule(unit.module_path).parameters():
+                param.requires_grad_(True)
+    if train_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(True)
+        head = model.get_output_embeddings()
+        if head is not None:
+            head.weight.requires_grad_(True)
+
+
+def trainable_summary(model: nn.Module) -> dict[str, int]:
+    """Parameter counts: total and trainable (shared tensors counted once)."""
+    seen: set[int] = set()
+    total = trainable = 0
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    return {"parameters": total, "trainable_parameters": trainable}
+
+
+def finetune(
+    config: FinetuneConfig,
+    selection: Selection | Callable[[LayerMap], Selection],
+    output_dir: Path,
+    *,
+    overwrite: bool = False,
+) -> FinetuneRun:
+    """Fine-tune ``config.model.model`` on ``config.data.data``, tuning only ``selection``.
+
+    ``selection`` is a :class:`Selection`, or a function that makes one from the loaded
+    model's :class:`LayerMap` (for rules typed by hand, which need the model's units).
+    """
+    from ila.data import PaddingCollator, load_examples, split_examples, tokenize_examples
+    from ila.layers import find_layers
+    from ila.models import load_model
+
+    settings = config.finetune
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, overwrite=overwrite)
+    examples = load_examples(
+        config.data.data, format=config.data.data_format, limit=config.data.limit
+    )
+    train, held_out = split_examples(
+        examples, eval_fraction=config.data.eval_fraction, seed=config.train.seed
+    )
+    model, tokenizer = load_model(
+        config.model.model,
+        dtype=config.model.dtype,
+        device=config.model.device,
+        threads=config.model.threads,
+        quantize_4bit=settings.method == "qlora",
+    )
+    layer_map = find_layers(model, blocks_path=config.model.blocks_path)
+    if callable(selection) and not isinstance(selection, Selection):
+        selection = selection(layer_map)
+    units = selection.selected_units(layer_map)  # checks the selection's model layout
+    features = tokenize_examples(
+        train, tokenizer, max_length=config.data.max_length, template=config.data.template
+    )
+    eval_features = (
+        tokenize_examples(
+            held_out, tokenizer, max_length=config.data.max_length, template=config.data.template
+        )
+        if held_out
+        else None
+    )
+
+    output_dir = prepare_output_dir(output_dir, command="finetune", overwrite=overwrite)
+    resolved = config_to_dict(config)
+    resolved["finetune"]["learning_rate"] = settings.resolved_learning_rate()
+    write_yaml(output_dir / "config.yaml", resolved)
+    write_environment(output_dir)
+    selection.save(output_dir / "selection.json")
+
+    if settings.method in ("lora", "qlora"):
+        if settings.method == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model)
+        model = add_lora(model, units, config.lora, seed=config.train.seed)
+    else:
+        freeze_all_but(
+            model, layer_map, {u.name for u in units}, train_embeddings=settings.train_embeddings
+        )
+    counts = trainable_summary(model)
+    if counts["trainable_parameters"] == 0:
+        raise IlaError("the selection leaves no trainable parameter; select at least one unit")
+
+    values = StepValues()
+    args = make_training_args(
+        config.train,
+        output_dir=output_dir / "trainer",
+        learning_rate=settings.resolved_learning_rate(),
+        max_steps=settings.max_steps,
+        warmup_steps=settings.warmup_steps,
+        scheduler="linear",
+        device=config.model.device,
+    )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer, seconds = run_trainer(
+        model,
+        args,
+        train_features=features.features,
+        collator=PaddingCollator(tokenizer.pad_token_id),
+        callbacks=[MetricsLogger("finetune", output_dir / "metrics.jsonl", values)],
+    )
+    eval_loss = None
+    if eval_features is not None:
+        eval_loss = float(trainer.evaluate(eval_dataset=list(eval_features.features))["eval_loss"])
+
+    summary: dict[str, Any] = {
+        "method": settings.method,
+        "selection_rule": selection.rule,
+        "selection_value": selection.value,
+        "num_units": len(layer_map.units),
+        "num_selected": len(units),
+        "lowest_trainable_block": min(u.block for u in units),
+        **counts,
+        "optimizer_state_bytes": _optimizer_state_bytes(trainer.optimizer),
+        "steps": trainer.state.global_step,
+        "seconds": seconds,
+        "seconds_per_step": seconds / max(trainer.state.global_step, 1),
+        "final_train_loss": values.loss[-1] if values.loss else None,
+        "eval_loss": eval_loss,
+        "num_eval_examples": len(held_out),
+        "peak_rss_mb": _peak_rss_mb(),
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20
+        if torch.cuda.is_available()
+        else None,
+    }
+    if trainer.is_world_process_zero():
+        _save(model, tokenizer, layer_map, units, settings, output_dir)
+        atomic_write_json(output_dir / "finetune_summary.json", summary)
+        mark_stage(output_dir, "finetune")
+    return FinetuneRun(output_dir, selection, summary)
+
+
+def _save(model, tokenizer, layer_map, units, settings, output_dir: Path) -> None:
+    if settings.method in ("lora", "qlora"):
+        with atomic_directory(output_dir / "adapter") as tmp:
+            model.save_pretrained(tmp)
+    else:
+        from safetensors.torch import save_file
+
+        changed = {
+            name: param.detach().cpu().contiguous()
+            for name, param in model.named_parameters()
+            if param.requires_grad
+        }
+        with atomic_directory(output_dir / "changed_weights") as tmp:
+            save_file(changed, str(tmp / "changed_weights.safetensors"))
+    if settings.merge:
+        merged = model.merge_and_unload() if settings.method in ("lora", "qlora") else model
+        with atomic_directory(output_dir / "merged") as tmp:
+            merged.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+
+
+def _optimizer_state_bytes(optimizer: torch.optim.Optimizer | None) -> int:
+    if optimizer is None:
+        return 0
+    return sum(
+        value.numel() * value.element_size()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if torch.is_tensor(value)
+    )
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)

@@ -103,8 +103,10 @@ def trainer_overhead(steps: int, max_length: int, batch_size: int) -> dict[str, 
     return {"trainer_s": t, "plain_s": p, "ratio": t / p, "steps": len(trainer_times)}
 
 
-def run_seed(seed: int, work_dir: Path, extra: list[str]) -> Path:
+def run_seed(seed: int, work_dir: Path, extra: list[str], *, reuse: bool) -> Path:
     out = work_dir / f"seed{seed}"
+    if reuse and (out / "bench_wall_s.txt").is_file() and (out / "layer_scores.json").is_file():
+        return out
     argv = ["-q", "score", "--output-dir", str(out), "--overwrite", "--seed", str(seed), *extra]
     t0 = time.perf_counter()
     if ila_main(argv) != 0:
@@ -161,40 +163,52 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-score"))
     parser.add_argument("--overhead-steps", type=int, default=12)
-    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-overhead", action="store_true", help="keep that section as is")
+    parser.add_argument("--skip-seeds", action="store_true", help="keep that section as is")
+    parser.add_argument(
+        "--reuse-runs", action="store_true", help="tabulate finished runs in --work-dir again"
+    )
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [
-        "## ILA identification on SmolLM2-135M (`benchmarks/bench_score.py`)",
-        "",
-        f"Measured {started} on {os.cpu_count()} CPU cores, float32, embedded `ila-instruct` "
-        f"data, default `ila score` settings{' plus ' + ' '.join(extra) if extra else ''}.",
-        "",
-    ]
+    where = f"Measured {started} on {os.cpu_count()} CPU cores, float32"
     if not args.skip_overhead:
         o = trainer_overhead(args.overhead_steps, max_length=256, batch_size=4)
-        lines += [
-            "### Stage-1 step time: HF Trainer vs a plain PyTorch + peft loop",
+        lines = [
+            "## Stage-1 step time: HF Trainer vs a plain PyTorch + peft loop "
+            "(`benchmarks/bench_score.py`)",
             "",
-            "Same model (LoRA r=8 on all 210 modules), same batches of 4, AdamW, gradient clipping",
-            "at 1.0 in both; runs interleaved twice, first 2 steps of each dropped; "
-            f"{o['steps']} steps each.",
+            f"{where}. SmolLM2-135M with LoRA r=8 on all 210 modules, the same batches of 4",
+            "from `ila-instruct`, AdamW and gradient clipping at 1.0 in both paths; the two",
+            f"paths run interleaved twice, the first 2 steps of each dropped; {o['steps']} "
+            "steps each.",
             "",
             "| path | median s/step |",
             "|---|---:|",
             f"| HF Trainer (`ila.training`) | {o['trainer_s']:.3f} |",
             f"| plain loop | {o['plain_s']:.3f} |",
             f"| **ratio** | **{o['ratio']:.3f}** |",
-            "",
         ]
-    runs = {seed: run_seed(seed, args.work_dir, extra) for seed in args.seeds}
-    table, _ = seed_table(runs)
-    lines += ["### `ila score` per seed", "", *table, ""]
-    markdown = "\n".join(lines)
-    write_section("bench_score", markdown)
-    print(markdown)
+        write_section("bench_score_overhead", "\n".join(lines))
+        print("\n".join(lines))
+    if not args.skip_seeds:
+        runs = {
+            seed: run_seed(seed, args.work_dir, extra, reuse=args.reuse_runs) for seed in args.seeds
+        }
+        table, _ = seed_table(runs)
+        lines = [
+            "## ILA identification on SmolLM2-135M, per seed (`benchmarks/bench_score.py`)",
+            "",
+            f"{where}, embedded `ila-instruct` data, default `ila score` settings"
+            + (f" plus `{' '.join(extra)}`" if extra else "")
+            + f"; work dir `{args.work_dir}`. The seed sets LoRA init, data order and dropout"
+            " (stage 1 and stage 2). Times include whatever else ran on the machine.",
+            "",
+            *table,
+        ]
+        write_section("bench_score", "\n".join(lines))
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def test_score_writes_the_run_directory_contract(score_run):
         "run_state.json",
         "config.yaml",
         "environment.json",
+        "ila.log",
         "data.json",
         "metrics.jsonl",
         "layer_scores.json",

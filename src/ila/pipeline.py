@@ -9,6 +9,7 @@ Layout of a run directory (every file written atomically)::
     run_state.json      which stages completed (a run is complete only when listed)
     config.yaml         the fully resolved configuration
     environment.json    library versions, git sha, devices
+    ila.log             the run's log (INFO and above)
     data.json           data source, fingerprint, split sizes, dropped/truncated counts
     metrics.jsonl       one row per training step of every stage
     stage1/             ILA stage 1: adapter/, summary.json
@@ -29,6 +30,7 @@ from ila.config import ScoreConfig, config_to_dict
 from ila.rundir import (
     atomic_write_json,
     check_output_dir,
+    log_to_file,
     mark_stage,
     prepare_output_dir,
     write_environment,
@@ -36,7 +38,7 @@ from ila.rundir import (
 )
 from ila.scores import SCORES_FILE, LayerScores
 
-__all__ = ["ScoreRun", "run", "score"]
+__all__ = ["ScoreInputs", "ScoreRun", "load_score_inputs", "run", "score"]
 
 log = logging.getLogger(__name__)
 
@@ -67,39 +69,32 @@ class ScoreRun:
         }
 
 
-def score(
-    config: ScoreConfig,
-    output_dir: Path,
-    *,
-    method: str = "ila",
-    overwrite: bool = False,
-    command: str = "score",
-) -> ScoreRun:
-    """Score every unit of ``config.model.model`` on ``config.data.data`` with ``method``."""
-    from ila.scorers import get_scorer
+@dataclass
+class ScoreInputs:
+    """Everything a scoring run reads, loaded and checked before anything is written."""
 
-    scorer = get_scorer(method)  # fail on a misspelled method before loading anything
-    output_dir = Path(output_dir)
-    check_output_dir(output_dir, overwrite=overwrite)
-    seconds: dict[str, float] = {}
+    model: Any
+    tokenizer: Any
+    layer_map: Any
+    num_examples: int
+    num_eval: int
+    train_features: Any
+    data_stats: dict[str, Any]
+    fingerprint: str
 
-    # Read and check every input before anything is written to the run directory.
-    start = time.perf_counter()
-    from ila.data import (
-        PaddingCollator,
-        data_fingerprint,
-        load_examples,
-        split_examples,
-        tokenize_examples,
-    )
+
+def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float]]:
+    """Load data, model and units for ``config``; returns them and the seconds spent."""
+    from ila.data import data_fingerprint, load_examples, split_examples, tokenize_examples
     from ila.layers import find_layers
     from ila.models import load_model
 
-    examples = load_examples(
-        config.data.data, format=config.data.data_format, limit=config.data.limit
-    )
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    data = config.data
+    examples = load_examples(data.data, format=data.data_format, limit=data.limit)
     train, held_out = split_examples(
-        examples, eval_fraction=config.data.eval_fraction, seed=config.train.seed
+        examples, eval_fraction=data.eval_fraction, seed=config.train.seed
     )
     seconds["load_data"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -110,64 +105,88 @@ def score(
         threads=config.model.threads,
     )
     layer_map = find_layers(
-        model,
-        blocks_path=config.model.blocks_path,
-        module_types=config.lora.module_types or None,
+        model, blocks_path=config.model.blocks_path, module_types=config.lora.module_types or None
     )
     seconds["load_model"] = time.perf_counter() - start
     tokenized = tokenize_examples(
-        train, tokenizer, max_length=config.data.max_length, template=config.data.template
+        train, tokenizer, max_length=data.max_length, template=data.template
     )
     fingerprint = data_fingerprint(train)
-
-    output_dir = prepare_output_dir(output_dir, command=command, overwrite=overwrite)
-    resolved = config_to_dict(config)
-    resolved["method"] = method
-    write_yaml(output_dir / "config.yaml", resolved)
-    write_environment(output_dir)
-    atomic_write_json(
-        output_dir / "data.json",
-        {
-            "source": config.data.data,
-            "format": config.data.data_format,
-            "fingerprint": fingerprint,
-            "num_examples": len(examples),
-            "num_train": len(train),
-            "num_eval": len(held_out),
-            "num_train_features": len(tokenized.features),
-            "num_dropped": tokenized.num_dropped,
-            "num_truncated": tokenized.num_truncated,
-            "num_response_tokens": tokenized.num_response_tokens,
-        },
+    stats = {
+        "source": data.data,
+        "format": data.data_format,
+        "fingerprint": fingerprint,
+        "num_examples": len(examples),
+        "num_train": len(train),
+        "num_eval": len(held_out),
+        "num_train_features": len(tokenized.features),
+        "num_dropped": tokenized.num_dropped,
+        "num_truncated": tokenized.num_truncated,
+        "num_response_tokens": tokenized.num_response_tokens,
+    }
+    inputs = ScoreInputs(
+        model,
+        tokenizer,
+        layer_map,
+        len(examples),
+        len(held_out),
+        tokenized.features,
+        stats,
+        fingerprint,
     )
+    return inputs, seconds
 
-    from ila.scorers import ScoringContext
 
-    ctx = ScoringContext(
-        model=model,
-        tokenizer=tokenizer,
-        layer_map=layer_map,
-        model_id=config.model.model,
-        train_features=tokenized.features,
-        collator=PaddingCollator(tokenizer.pad_token_id),
-        config=config,
-        output_dir=output_dir,
-        data_fingerprint=fingerprint,
-    )
-    start = time.perf_counter()
-    scores = scorer(ctx)
-    seconds["score"] = time.perf_counter() - start
-    for key in ("stage1_seconds", "stage2_seconds"):
-        if key in scores.meta:
-            seconds[key.removesuffix("_seconds")] = scores.meta[key]
-    if not isinstance(scores, LayerScores):
-        raise TypeError(f"scorer {method!r} returned {type(scores).__name__}, not LayerScores")
-    scores.save(output_dir / SCORES_FILE)
+def score(
+    config: ScoreConfig,
+    output_dir: Path,
+    *,
+    method: str = "ila",
+    overwrite: bool = False,
+    command: str = "score",
+) -> ScoreRun:
+    """Score every unit of ``config.model.model`` on ``config.data.data`` with ``method``.
 
+    Every input is read and checked before the run directory is touched, so bad input
+    leaves nothing behind.
+    """
+    from ila.data import PaddingCollator
     from ila.report import write_score_report
+    from ila.scorers import ScoringContext, get_scorer
 
-    report_files = write_score_report(scores, output_dir / "report")
-    mark_stage(output_dir, "score")
+    scorer = get_scorer(method)  # fail on a misspelled method before loading anything
+    check_output_dir(Path(output_dir), overwrite=overwrite)
+    inputs, seconds = load_score_inputs(config)
+
+    output_dir = prepare_output_dir(Path(output_dir), command=command, overwrite=overwrite)
+    with log_to_file(output_dir):
+        resolved = config_to_dict(config)
+        resolved["method"] = method
+        write_yaml(output_dir / "config.yaml", resolved)
+        write_environment(output_dir)
+        atomic_write_json(output_dir / "data.json", inputs.data_stats)
+        ctx = ScoringContext(
+            model=inputs.model,
+            tokenizer=inputs.tokenizer,
+            layer_map=inputs.layer_map,
+            model_id=config.model.model,
+            train_features=inputs.train_features,
+            collator=PaddingCollator(inputs.tokenizer.pad_token_id),
+            config=config,
+            output_dir=output_dir,
+            data_fingerprint=inputs.fingerprint,
+        )
+        start = time.perf_counter()
+        scores = scorer(ctx)
+        seconds["score"] = time.perf_counter() - start
+        if not isinstance(scores, LayerScores):
+            raise TypeError(f"scorer {method!r} returned {type(scores).__name__}, not LayerScores")
+        for key in ("stage1_seconds", "stage2_seconds"):
+            if key in scores.meta:
+                seconds[key.removesuffix("_seconds")] = scores.meta[key]
+        scores.save(output_dir / SCORES_FILE)
+        report_files = write_score_report(scores, output_dir / "report")
+        mark_stage(output_dir, "score")
     return ScoreRun(output_dir, scores, seconds, report_files)
 
 

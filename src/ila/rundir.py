@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -35,6 +36,7 @@ __all__ = [
     "atomic_write_text",
     "check_output_dir",
     "collect_environment",
+    "log_to_file",
     "mark_stage",
     "prepare_output_dir",
     "read_json",
@@ -93,6 +95,26 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+@contextlib.contextmanager
+def log_to_file(output_dir: Path, name: str = "ila.log") -> Iterator[Path]:
+    """Copy the ``ila`` loggers' records (INFO and above) into ``output_dir/name``."""
+    path = Path(output_dir) / name
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("ila")
+    previous = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield path
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+        handler.close()
 
 
 def atomic_write_text(path: Path, text: str) -> None:

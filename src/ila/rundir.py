@@ -41,6 +41,7 @@ __all__ = [
     "prepare_output_dir",
     "read_json",
     "read_run_state",
+    "require_schema_version",
     "write_environment",
     "write_yaml",
 ]
@@ -141,6 +142,16 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise IlaError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+
+
+def require_schema_version(data: Any, expected: int, *, origin: str, command: str) -> None:
+    """Refuse a JSON artifact written under another schema version (or not a mapping)."""
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != expected:
+        raise IlaError(
+            f"{origin}: schema_version {version!r} is not supported (this ila reads "
+            f"{expected}); re-run '{command}' with this version"
+        )
 
 
 def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ila.errors import IlaError
-from ila.rundir import atomic_write_json, read_json
+from ila.rundir import atomic_write_json, read_json, require_schema_version
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -128,12 +128,7 @@ class LayerScores:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, origin: str = "scores") -> LayerScores:
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise IlaError(
-                f"{origin}: schema_version {version!r} is not supported (this ila reads "
-                f"{SCHEMA_VERSION}); re-run 'ila score' with this version"
-            )
+        require_schema_version(data, SCHEMA_VERSION, origin=origin, command="ila score")
         try:
             units = [
                 UnitScore(

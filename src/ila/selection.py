@@ -24,7 +24,7 @@ from typing import Any
 
 from ila.errors import IlaError
 from ila.layers import LayerMap, Unit
-from ila.rundir import atomic_write_json, read_json
+from ila.rundir import atomic_write_json, read_json, require_schema_version
 from ila.scores import LayerScores, top_count
 
 __all__ = [
@@ -99,12 +99,7 @@ class Selection:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, origin: str = "selection") -> Selection:
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise IlaError(
-                f"{origin}: schema_version {version!r} is not supported (this ila reads "
-                f"{SCHEMA_VERSION}); re-run 'ila select' with this version"
-            )
+        require_schema_version(data, SCHEMA_VERSION, origin=origin, command="ila select")
         try:
             return cls(
                 rule=data["rule"],

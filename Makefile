@@ -39,8 +39,13 @@ format: install
 	$(VENV)/bin/ruff format src tests benchmarks scripts
 	$(VENV)/bin/ruff check --fix src tests benchmarks scripts
 
+# Benchmarks write their sections of docs/results.md (about 35 minutes on a 2-core CPU).
 bench: install
-	$(OFFLINE) $(PY) benchmarks/bench_score.py
+	$(OFFLINE) $(PY) benchmarks/bench_score.py --work-dir runs/bench-score
+	$(OFFLINE) $(PY) benchmarks/calibrate_stage2.py runs/bench-score/seed0 runs/bench-score/seed1 \
+		runs/bench-score/seed2 --variants hinge:1.0 --steps 120 --work-dir runs/calibrate-stage2 \
+		--section calibrate_stage2_steps
+	$(OFFLINE) $(PY) benchmarks/bench_finetune.py --scores runs/bench-score/seed0
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -66,6 +66,9 @@ def make_training_args(
         lr_scheduler_type=scheduler,
         weight_decay=0.0,
         logging_steps=1,
+        # The Trainer's default replaces a NaN/inf step loss by the running mean in its logs;
+        # a NaN is a failed run here, so it must reach MetricsLogger as it is.
+        logging_nan_inf_filter=False,
         save_strategy="no",
         report_to=[] if train.report_to == "none" else [train.report_to],
         seed=train.seed,

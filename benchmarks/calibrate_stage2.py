@@ -78,9 +78,10 @@ def main() -> None:
         ).features
         peft_model = PeftModel.from_pretrained(model, str(run_dir / "stage1" / "adapter"))
         stage1 = json.loads((run_dir / "stage1" / "summary.json").read_text())
-        command = " ".join(json.loads((run_dir / "environment.json").read_text())["argv"][1:])
+        argv = json.loads((run_dir / "environment.json").read_text())["argv"]
+        command = " ".join([Path(argv[0]).name, *argv[1:]])
         stage1_notes.append(
-            f"- run {r}: `{run_dir}` (`ila {command}`; stage-1 seed {base_config.train.seed}, "
+            f"- run {r}: `{run_dir}` (made by `{command}`; stage-1 seed {base_config.train.seed}, "
             f"{stage1['steps']} steps, stable: {stage1['stable']})"
         )
         for variant in args.variants:

@@ -187,3 +187,45 @@ def test_cli_finetune_from_scores_and_errors(tiny_model_dir, tmp_path, capsys):
     )
     assert "unknown unit" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import dataclasses
+
+    from ila import training
+
+    cfg = config(tiny_model_dir, method="lora")
+    cfg = dataclasses.replace(cfg, train=TrainConfig(batch_size=4, save_steps=2))
+    finetune(cfg, block_selection, tmp_path / "straight")
+
+    original = training.MetricsLogger.on_log
+
+    def crash_at_step_5(self, args, state, control, logs=None, **kwargs):
+        if state.global_step == 5:
+            raise RuntimeError("simulated crash")
+        return original(self, args, state, control, logs=logs, **kwargs)
+
+    monkeypatch.setattr(training.MetricsLogger, "on_log", crash_at_step_5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        finetune(cfg, block_selection, tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "finetune_summary.json").exists()
+    monkeypatch.setattr(training.MetricsLogger, "on_log", original)
+    with pytest.raises(IlaError, match="already holds files"):
+        finetune(cfg, block_selection, tmp_path / "resumed")
+    run = finetune(cfg, block_selection, tmp_path / "resumed", resume=True)
+    assert run.summary["steps"] == 6
+    a = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_resume_without_a_checkpoint_is_an_error(tiny_model_dir, tmp_path):
+    finetune(config(tiny_model_dir, method="lora"), block_selection, tmp_path / "done")
+    with pytest.raises(IlaError, match="no checkpoint"):
+        finetune(
+            config(tiny_model_dir, method="lora"), block_selection, tmp_path / "done", resume=True
+        )

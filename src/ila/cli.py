@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, required=True, help="run directory (created)")
     p.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --output-dir from its last --save-steps checkpoint",
+    )
     p.add_argument("--scores", type=Path, help="a score run directory or layer_scores.json")
     _add_rule_flags(p, with_all=True, with_selection=True)
     _add_config_flags(p, FinetuneConfig)
@@ -267,7 +272,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
                 scores_file=scores_file,
             )
 
-    result = finetune(config, selection, args.output_dir, overwrite=args.overwrite)
+    result = finetune(
+        config, selection, args.output_dir, overwrite=args.overwrite, resume=args.resume
+    )
     s = result.summary
     print(
         f"ila finetune: {s['method']} on {s['num_selected']} of {s['num_units']} units "

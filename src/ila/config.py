@@ -149,9 +149,13 @@ class TrainConfig:
     seed: int = _opt(0, "random seed for data order, LoRA init and gates")
     logging_steps: int = _opt(10, "log metrics every N optimizer steps")
     report_to: str = _opt("none", "Trainer integrations to report to (none, tensorboard, ...)")
+    save_steps: int = _opt(
+        0, "save a Trainer checkpoint every N steps (0: none); --resume continues from the last"
+    )
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "--batch-size", "must be >= 1")
+        _require(self.save_steps >= 0, "--save-steps", "must be >= 0")
         _require(self.grad_accum >= 1, "--grad-accum", "must be >= 1")
         _require(self.logging_steps >= 1, "--logging-steps", "must be >= 1")
 

@@ -93,11 +93,14 @@ def finetune(
     output_dir: Path,
     *,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> FinetuneRun:
     """Fine-tune ``config.model.model`` on ``config.data.data``, tuning only ``selection``.
 
     ``selection`` is a :class:`Selection`, or a function that makes one from the loaded
     model's :class:`LayerMap` (for rules typed by hand, which need the model's units).
+    ``resume`` continues an interrupted run in ``output_dir`` from its last checkpoint
+    (made with ``--save-steps``); the selection must be the one recorded there.
     """
     from ila.data import PaddingCollator, load_examples, split_examples, tokenize_examples
     from ila.layers import find_layers
@@ -105,7 +108,7 @@ def finetune(
 
     settings = config.finetune
     output_dir = Path(output_dir)
-    check_output_dir(output_dir, overwrite=overwrite)
+    check_output_dir(output_dir, overwrite=overwrite, resume=resume)
     examples = load_examples(
         config.data.data, format=config.data.data_format, limit=config.data.limit
     )
@@ -134,7 +137,16 @@ def finetune(
         else None
     )
 
-    output_dir = prepare_output_dir(output_dir, command="finetune", overwrite=overwrite)
+    output_dir = prepare_output_dir(
+        output_dir, command="finetune", overwrite=overwrite, resume=resume
+    )
+    if resume:
+        recorded = Selection.load(output_dir / "selection.json")
+        if recorded.selected != selection.selected:
+            raise IlaError(
+                f"--resume: {output_dir / 'selection.json'} selects other units than this "
+                "command; resume with the same selection rule and scores"
+            )
     resolved = config_to_dict(config)
     resolved["finetune"]["learning_rate"] = settings.resolved_learning_rate()
     write_yaml(output_dir / "config.yaml", resolved)
@@ -173,6 +185,7 @@ def finetune(
         train_features=features.features,
         collator=PaddingCollator(tokenizer.pad_token_id),
         callbacks=[MetricsLogger("finetune", output_dir / "metrics.jsonl", values)],
+        resume=resume,
     )
     eval_loss = None
     if eval_features is not None:

@@ -69,7 +69,9 @@ def make_training_args(
         # The Trainer's default replaces a NaN/inf step loss by the running mean in its logs;
         # a NaN is a failed run here, so it must reach MetricsLogger as it is.
         logging_nan_inf_filter=False,
-        save_strategy="no",
+        save_strategy="steps" if train.save_steps else "no",
+        save_steps=train.save_steps or 500,
+        save_total_limit=2,
         report_to=[] if train.report_to == "none" else [train.report_to],
         seed=train.seed,
         data_seed=train.seed,
@@ -200,8 +202,23 @@ def run_trainer(
     collator: Callable[[list[dict[str, list[int]]]], dict[str, torch.Tensor]],
     callbacks: Sequence[TrainerCallback] = (),
     extra_loss: Callable[[], torch.Tensor] | None = None,
+    resume: bool = False,
 ) -> tuple[IlaTrainer, float]:
-    """Train ``model`` with an :class:`IlaTrainer`; returns it and the wall time in seconds."""
+    """Train ``model`` with an :class:`IlaTrainer`; returns it and the wall time in seconds.
+
+    With ``resume``, training continues from the last checkpoint in ``args.output_dir``
+    (model or adapter weights, optimizer, scheduler, RNG states and data position).
+    """
+    checkpoint = None
+    if resume:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        folder = Path(args.output_dir)
+        checkpoint = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+        if checkpoint is None:
+            raise IlaError(
+                f"--resume: no checkpoint under {folder}; the interrupted run needs --save-steps"
+            )
     trainer = IlaTrainer(
         model=model,
         args=args,
@@ -213,5 +230,5 @@ def run_trainer(
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_BarOnly())
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=checkpoint)
     return trainer, time.perf_counter() - start

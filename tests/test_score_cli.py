@@ -171,3 +171,21 @@ def test_help_is_fast_and_imports_no_torch():
 def test_ls_scorers(capsys):
     assert main(["ls", "scorers"]) == 0
     assert capsys.readouterr().out.startswith("ila ")
+
+
+def test_run_chains_score_select_finetune(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--model", str(tiny_model_dir), "--output-dir", str(out), *FAST]
+    assert main([*argv, "--select-fraction", "0.25", "--finetune-steps", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "selection: 7 of 28 units" in printed and "fine-tune: lora on 7 of 28 units" in printed
+    state = json.loads((out / "run_state.json").read_text())
+    assert state["command"] == "run"
+    assert state["completed_stages"] == ["score", "select", "finetune"]
+    selection = json.loads((out / "selection.json").read_text())
+    assert selection["selected"] == sorted(
+        LayerScores.load(out).top(0.25), key=LayerScores.load(out).names.index
+    )
+    summary = json.loads((out / "finetune" / "finetune_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["num_selected"] == 7
+    assert (out / "finetune" / "adapter" / "adapter_config.json").is_file()

@@ -20,6 +20,7 @@ from typing import Any, get_type_hints
 from ila import __version__
 from ila.config import (
     FinetuneConfig,
+    RunConfig,
     ScoreConfig,
     config_from_dict,
     flag_name,
@@ -38,6 +39,7 @@ _SECTION_TITLES = {
     "stage1": "stage 1: LoRA until epsilon-stable",
     "stage2": "stage 2: learned gates",
     "finetune": "stage 3: fine-tune the selected units",
+    "run": "after scoring (ila run): selection and fine-tuning",
 }
 
 
@@ -80,13 +82,13 @@ def _base_type(hint: Any) -> type:
     return hint
 
 
-def _score_flags(parser: argparse.ArgumentParser) -> None:
+def _score_flags(parser: argparse.ArgumentParser, config_cls: type = ScoreConfig) -> None:
     parser.add_argument("--output-dir", type=Path, required=True, help="run directory (created)")
     parser.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing run in --output-dir"
     )
-    _add_config_flags(parser, ScoreConfig)
+    _add_config_flags(parser, config_cls)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,9 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="the main job: identify important units with ILA (then select, fine-tune, evaluate)",
         description="Run ILA end to end on a model and dataset (defaults: the embedded "
-        "SmolLM2-135M and the embedded ila-instruct data).",
+        "SmolLM2-135M and the embedded ila-instruct data): score the units (stages 1-2), "
+        "select the top ones (--select-rule, --select-fraction), fine-tune only those "
+        "(--finetune-method, --finetune-steps) into OUTPUT_DIR/finetune.",
     )
-    _score_flags(p)
+    _score_flags(p, RunConfig)
 
     p = sub.add_parser(
         "score",
@@ -236,9 +240,17 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from ila.pipeline import run
 
-    config = _resolve_config(args)
+    config = _resolve_config(args, RunConfig)
     result = run(config, args.output_dir, overwrite=args.overwrite)
-    _print_score(result, "ila run")
+    _print_score(result.score, "ila run")
+    selection = result.selection
+    total = len(selection.selected) + len(selection.frozen)
+    print(
+        f"  selection: {len(selection.selected)} of {total} units "
+        f"({selection.rule} {selection.value}) in {args.output_dir / 'selection.json'}"
+    )
+    if result.finetune is not None:
+        _print_finetune(result.finetune, "  fine-tune")
     return 0
 
 
@@ -275,17 +287,22 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     result = finetune(
         config, selection, args.output_dir, overwrite=args.overwrite, resume=args.resume
     )
+    _print_finetune(result, "ila finetune")
+    return 0
+
+
+def _print_finetune(result: Any, header: str) -> None:
     s = result.summary
+    pad = " " * (len(header) - len(header.lstrip()) + 2)
     print(
-        f"ila finetune: {s['method']} on {s['num_selected']} of {s['num_units']} units "
+        f"{header}: {s['method']} on {s['num_selected']} of {s['num_units']} units "
         f"({s['selection_rule']}), {s['trainable_parameters']:,} of {s['parameters']:,} "
         "parameters trainable"
     )
-    print(f"  {s['steps']} steps in {s['seconds']:.1f}s ({s['seconds_per_step']:.3f} s/step)")
+    print(f"{pad}{s['steps']} steps in {s['seconds']:.1f}s ({s['seconds_per_step']:.3f} s/step)")
     if s["eval_loss"] is not None:
-        print(f"  held-out loss: {s['eval_loss']:.4f} on {s['num_eval_examples']} examples")
-    print(f"  outputs: {result.output_dir}")
-    return 0
+        print(f"{pad}held-out loss: {s['eval_loss']:.4f} on {s['num_eval_examples']} examples")
+    print(f"{pad}outputs: {result.output_dir}")
 
 
 def _cmd_select(args: argparse.Namespace) -> int:

@@ -31,6 +31,8 @@ __all__ = [
     "FinetuneSettings",
     "LoraSettings",
     "ModelConfig",
+    "RunConfig",
+    "RunSettings",
     "ScoreConfig",
     "Stage1Config",
     "Stage2Config",
@@ -285,6 +287,43 @@ class FinetuneConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+
+
+@dataclass
+class RunSettings:
+    """What `ila run` does after scoring: select units from the ranking and fine-tune them."""
+
+    select_rule: str = _opt(
+        "tune-top-fraction",
+        "how the run selects units from its ranking",
+        choices=["tune-top-fraction", "freeze-bottom-fraction"],
+    )
+    select_fraction: float = _opt(
+        0.3, "fraction for --select-rule (top fraction tuned, or bottom fraction frozen)"
+    )
+    finetune_method: str = _opt(
+        "lora", "fine-tuning method of the run", choices=["lora", "full", "qlora"]
+    )
+    finetune_steps: int = _opt(100, "fine-tuning steps of the run (0: stop after selecting)")
+    finetune_learning_rate: float | None = _opt(
+        None, "fine-tuning learning rate (default: 1e-3 for lora/qlora, 2e-5 for full)"
+    )
+
+    def __post_init__(self) -> None:
+        _fraction(self.select_fraction, "--select-fraction")
+        _require(self.finetune_steps >= 0, "--finetune-steps", "must be >= 0")
+        _require(
+            self.finetune_learning_rate is None or self.finetune_learning_rate > 0,
+            "--finetune-learning-rate",
+            "must be > 0",
+        )
+
+
+@dataclass
+class RunConfig(ScoreConfig):
+    """`ila run`: everything `ila score` needs, plus the selection and fine-tuning after it."""
+
+    run: RunSettings = field(default_factory=RunSettings)
 
 
 # Sections whose fields get a flag prefix; the others' fields are flags as they are.

@@ -1,8 +1,8 @@
 """Run the product's jobs end to end; owns the run directory.
 
 ``score``: load model and data, find the units, run a scorer (ILA by default), write
-``layer_scores.json`` and its report. ``run``: the main job behind ``make demo``; it
-chains the stages that exist (score now; select -> fine-tune -> evaluate as they land).
+``layer_scores.json`` and its report. ``run``: the main job behind ``make demo``:
+score -> select -> fine-tune (evaluation joins the chain when it is built).
 
 Layout of a run directory (every file written atomically)::
 
@@ -16,6 +16,8 @@ Layout of a run directory (every file written atomically)::
     stage2/             ILA stage 2: summary.json, gate_trajectory.json
     layer_scores.json   the ranking (schema_version 1)
     report/             ranking.md, heatmap.png, blocks.png
+    selection.json      `ila run` only: the units selected from the ranking
+    finetune/           `ila run` only: the selective fine-tune (see ila.finetune)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ila.config import ScoreConfig, config_to_dict
+from ila.config import RunConfig, ScoreConfig, config_to_dict
 from ila.rundir import (
     atomic_write_json,
     check_output_dir,
@@ -38,7 +40,7 @@ from ila.rundir import (
 )
 from ila.scores import SCORES_FILE, LayerScores
 
-__all__ = ["ScoreInputs", "ScoreRun", "load_score_inputs", "run", "score"]
+__all__ = ["RunResult", "ScoreInputs", "ScoreRun", "load_score_inputs", "run", "score"]
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +192,51 @@ def score(
     return ScoreRun(output_dir, scores, seconds, report_files)
 
 
-def run(config: ScoreConfig, output_dir: Path, *, overwrite: bool = False) -> ScoreRun:
-    """The main job: identify the important units (ILA), then the stages that follow.
+@dataclass
+class RunResult:
+    """What `ila run` produced: the ranking, the selection, and the fine-tune if any."""
 
-    Selection, selective fine-tuning and evaluation join this chain as they are built.
+    score: ScoreRun
+    selection: Any
+    finetune: Any | None
+
+
+def run(config: RunConfig, output_dir: Path, *, overwrite: bool = False) -> RunResult:
+    """The main job: identify the important units (ILA), select some, fine-tune only those.
+
+    Writes the score run into ``output_dir``, ``selection.json`` beside its
+    ``layer_scores.json``, and the fine-tune into ``output_dir/finetune`` (skipped with
+    ``finetune_steps`` 0). Evaluation joins this chain when it is built.
     """
-    return score(config, output_dir, method="ila", overwrite=overwrite, command="run")
+    from ila.config import FinetuneConfig, FinetuneSettings
+    from ila.finetune import finetune
+    from ila.layers import LayerMap
+    from ila.selection import select_units
+
+    scored = score(config, output_dir, method="ila", overwrite=overwrite, command="run")
+    settings = config.run
+    fraction = {settings.select_rule.replace("-", "_"): settings.select_fraction}
+    selection = select_units(
+        LayerMap.from_dict(scored.scores.layout),
+        scores=scored.scores,
+        scores_file=scored.output_dir / SCORES_FILE,
+        **fraction,
+    )
+    selection.save(scored.output_dir / "selection.json")
+    mark_stage(scored.output_dir, "select")
+    tuned = None
+    if settings.finetune_steps > 0:
+        finetune_config = FinetuneConfig(
+            model=config.model,
+            data=config.data,
+            lora=config.lora,
+            train=config.train,
+            finetune=FinetuneSettings(
+                method=settings.finetune_method,
+                learning_rate=settings.finetune_learning_rate,
+                max_steps=settings.finetune_steps,
+            ),
+        )
+        tuned = finetune(finetune_config, selection, scored.output_dir / "finetune")
+        mark_stage(scored.output_dir, "finetune")
+    return RunResult(scored, selection, tuned)

@@ -35,6 +35,7 @@ from ila.rundir import (
     atomic_directory,
     atomic_write_json,
     check_output_dir,
+    log_to_file,
     mark_stage,
     prepare_output_dir,
     write_environment,
@@ -140,82 +141,88 @@ def finetune(
     output_dir = prepare_output_dir(
         output_dir, command="finetune", overwrite=overwrite, resume=resume
     )
-    if resume:
-        recorded = Selection.load(output_dir / "selection.json")
-        if recorded.selected != selection.selected:
-            raise IlaError(
-                f"--resume: {output_dir / 'selection.json'} selects other units than this "
-                "command; resume with the same selection rule and scores"
+    with log_to_file(output_dir):
+        if resume:
+            recorded = Selection.load(output_dir / "selection.json")
+            if recorded.selected != selection.selected:
+                raise IlaError(
+                    f"--resume: {output_dir / 'selection.json'} selects other units than this "
+                    "command; resume with the same selection rule and scores"
+                )
+        resolved = config_to_dict(config)
+        resolved["finetune"]["learning_rate"] = settings.resolved_learning_rate()
+        write_yaml(output_dir / "config.yaml", resolved)
+        write_environment(output_dir)
+        selection.save(output_dir / "selection.json")
+
+        if settings.method in ("lora", "qlora"):
+            if settings.method == "qlora":
+                from peft import prepare_model_for_kbit_training
+
+                model = prepare_model_for_kbit_training(model)
+            model = add_lora(model, units, config.lora, seed=config.train.seed)
+        else:
+            freeze_all_but(
+                model,
+                layer_map,
+                {u.name for u in units},
+                train_embeddings=settings.train_embeddings,
             )
-    resolved = config_to_dict(config)
-    resolved["finetune"]["learning_rate"] = settings.resolved_learning_rate()
-    write_yaml(output_dir / "config.yaml", resolved)
-    write_environment(output_dir)
-    selection.save(output_dir / "selection.json")
+        counts = trainable_summary(model)
+        if counts["trainable_parameters"] == 0:
+            raise IlaError("the selection leaves no trainable parameter; select at least one unit")
 
-    if settings.method in ("lora", "qlora"):
-        if settings.method == "qlora":
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(model)
-        model = add_lora(model, units, config.lora, seed=config.train.seed)
-    else:
-        freeze_all_but(
-            model, layer_map, {u.name for u in units}, train_embeddings=settings.train_embeddings
+        values = StepValues()
+        args = make_training_args(
+            config.train,
+            output_dir=output_dir / "trainer",
+            learning_rate=settings.resolved_learning_rate(),
+            max_steps=settings.max_steps,
+            warmup_steps=settings.warmup_steps,
+            scheduler="linear",
+            device=config.model.device,
         )
-    counts = trainable_summary(model)
-    if counts["trainable_parameters"] == 0:
-        raise IlaError("the selection leaves no trainable parameter; select at least one unit")
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        trainer, seconds = run_trainer(
+            model,
+            args,
+            train_features=features.features,
+            collator=PaddingCollator(tokenizer.pad_token_id),
+            callbacks=[MetricsLogger("finetune", output_dir / "metrics.jsonl", values)],
+            resume=resume,
+        )
+        eval_loss = None
+        if eval_features is not None:
+            eval_loss = float(
+                trainer.evaluate(eval_dataset=list(eval_features.features))["eval_loss"]
+            )
 
-    values = StepValues()
-    args = make_training_args(
-        config.train,
-        output_dir=output_dir / "trainer",
-        learning_rate=settings.resolved_learning_rate(),
-        max_steps=settings.max_steps,
-        warmup_steps=settings.warmup_steps,
-        scheduler="linear",
-        device=config.model.device,
-    )
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    trainer, seconds = run_trainer(
-        model,
-        args,
-        train_features=features.features,
-        collator=PaddingCollator(tokenizer.pad_token_id),
-        callbacks=[MetricsLogger("finetune", output_dir / "metrics.jsonl", values)],
-        resume=resume,
-    )
-    eval_loss = None
-    if eval_features is not None:
-        eval_loss = float(trainer.evaluate(eval_dataset=list(eval_features.features))["eval_loss"])
-
-    summary: dict[str, Any] = {
-        "method": settings.method,
-        "selection_rule": selection.rule,
-        "selection_value": selection.value,
-        "num_units": len(layer_map.units),
-        "num_selected": len(units),
-        "lowest_trainable_block": min(u.block for u in units),
-        **counts,
-        "optimizer_state_bytes": _optimizer_state_bytes(trainer.optimizer),
-        "steps": trainer.state.global_step,
-        "seconds": seconds,
-        "seconds_per_step": seconds / max(trainer.state.global_step, 1),
-        "final_train_loss": values.loss[-1] if values.loss else None,
-        "eval_loss": eval_loss,
-        "num_eval_examples": len(held_out),
-        "peak_rss_mb": _peak_rss_mb(),
-        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20
-        if torch.cuda.is_available()
-        else None,
-    }
-    if trainer.is_world_process_zero():
-        _save(model, tokenizer, layer_map, units, settings, output_dir)
-        atomic_write_json(output_dir / "finetune_summary.json", summary)
-        mark_stage(output_dir, "finetune")
-    return FinetuneRun(output_dir, selection, summary)
+        summary: dict[str, Any] = {
+            "method": settings.method,
+            "selection_rule": selection.rule,
+            "selection_value": selection.value,
+            "num_units": len(layer_map.units),
+            "num_selected": len(units),
+            "lowest_trainable_block": min(u.block for u in units),
+            **counts,
+            "optimizer_state_bytes": _optimizer_state_bytes(trainer.optimizer),
+            "steps": trainer.state.global_step,
+            "seconds": seconds,
+            "seconds_per_step": seconds / max(trainer.state.global_step, 1),
+            "final_train_loss": values.loss[-1] if values.loss else None,
+            "eval_loss": eval_loss,
+            "num_eval_examples": len(held_out),
+            "peak_rss_mb": _peak_rss_mb(),
+            "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20
+            if torch.cuda.is_available()
+            else None,
+        }
+        if trainer.is_world_process_zero():
+            _save(model, tokenizer, layer_map, units, settings, output_dir)
+            atomic_write_json(output_dir / "finetune_summary.json", summary)
+            mark_stage(output_dir, "finetune")
+        return FinetuneRun(output_dir, selection, summary)
 
 
 def _save(model, tokenizer, layer_map, units, settings, output_dir: Path) -> None:

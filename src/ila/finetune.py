@@ -169,6 +169,14 @@ def finetune(
                 train_embeddings=settings.train_embeddings,
             )
         counts = trainable_summary(model)
+        log.info(
+            "fine-tuning %d of %d units with %s: %d of %d parameters trainable",
+            len(units),
+            len(layer_map.units),
+            settings.method,
+            counts["trainable_parameters"],
+            counts["parameters"],
+        )
         if counts["trainable_parameters"] == 0:
             raise IlaError("the selection leaves no trainable parameter; select at least one unit")
 

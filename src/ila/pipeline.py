@@ -178,6 +178,13 @@ def score(
             output_dir=output_dir,
             data_fingerprint=inputs.fingerprint,
         )
+        log.info(
+            "scoring %d units of %s with %s on %d training examples",
+            len(inputs.layer_map.units),
+            config.model.model,
+            method,
+            len(inputs.train_features),
+        )
         start = time.perf_counter()
         scores = scorer(ctx)
         seconds["score"] = time.perf_counter() - start
@@ -189,6 +196,7 @@ def score(
         scores.save(output_dir / SCORES_FILE)
         report_files = write_score_report(scores, output_dir / "report")
         mark_stage(output_dir, "score")
+        log.info("wrote %s and the report in %s", output_dir / SCORES_FILE, output_dir / "report")
     return ScoreRun(output_dir, scores, seconds, report_files)
 
 

@@ -11,7 +11,6 @@ Trainer's logs, which are averaged over processes, so every rank takes the same 
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -36,8 +35,6 @@ __all__ = [
     "make_training_args",
     "run_trainer",
 ]
-
-log = logging.getLogger(__name__)
 
 
 def make_training_args(

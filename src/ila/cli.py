@@ -8,7 +8,9 @@ This is the only module that prints. Flags are generated from the config datacla
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import logging
 import sys
 import types
@@ -393,8 +395,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     # peft 0.21 calls an API that transformers 5 deprecates; not actionable for users.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    from ila.rundir import is_main_process
+
+    # Under torchrun / accelerate every rank runs this; only rank 0 prints results.
+    quiet_rank = (
+        contextlib.nullcontext() if is_main_process() else contextlib.redirect_stdout(io.StringIO())
+    )
     try:
-        return _COMMANDS[args.command](args)
+        with quiet_rank:
+            return _COMMANDS[args.command](args)
     except IlaError as exc:
         print(f"ila: error: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ the lowest trainable block (nothing there requires a gradient).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import sys
@@ -35,6 +36,7 @@ from ila.rundir import (
     atomic_directory,
     atomic_write_json,
     check_output_dir,
+    is_main_process,
     log_to_file,
     mark_stage,
     prepare_output_dir,
@@ -109,7 +111,9 @@ def finetune(
 
     settings = config.finetune
     output_dir = Path(output_dir)
-    check_output_dir(output_dir, overwrite=overwrite, resume=resume)
+    main = is_main_process()
+    if main:
+        check_output_dir(output_dir, overwrite=overwrite, resume=resume)
     examples = load_examples(
         config.data.data, format=config.data.data_format, limit=config.data.limit
     )
@@ -138,10 +142,9 @@ def finetune(
         else None
     )
 
-    output_dir = prepare_output_dir(
-        output_dir, command="finetune", overwrite=overwrite, resume=resume
-    )
-    with log_to_file(output_dir):
+    if main:
+        prepare_output_dir(output_dir, command="finetune", overwrite=overwrite, resume=resume)
+    with log_to_file(output_dir) if main else contextlib.nullcontext():
         if resume:
             recorded = Selection.load(output_dir / "selection.json")
             if recorded.selected != selection.selected:
@@ -149,11 +152,12 @@ def finetune(
                     f"--resume: {output_dir / 'selection.json'} selects other units than this "
                     "command; resume with the same selection rule and scores"
                 )
-        resolved = config_to_dict(config)
-        resolved["finetune"]["learning_rate"] = settings.resolved_learning_rate()
-        write_yaml(output_dir / "config.yaml", resolved)
-        write_environment(output_dir)
-        selection.save(output_dir / "selection.json")
+        if main:
+            resolved = config_to_dict(config)
+            resolved["finetune"]["learning_rate"] = settings.resolved_learning_rate()
+            write_yaml(output_dir / "config.yaml", resolved)
+            write_environment(output_dir)
+            selection.save(output_dir / "selection.json")
 
         if settings.method in ("lora", "qlora"):
             if settings.method == "qlora":

@@ -22,6 +22,7 @@ Layout of a run directory (every file written atomically)::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from ila.config import RunConfig, ScoreConfig, config_to_dict
 from ila.rundir import (
     atomic_write_json,
     check_output_dir,
+    is_main_process,
     log_to_file,
     mark_stage,
     prepare_output_dir,
@@ -157,16 +159,21 @@ def score(
     from ila.scorers import ScoringContext, get_scorer
 
     scorer = get_scorer(method)  # fail on a misspelled method before loading anything
-    check_output_dir(Path(output_dir), overwrite=overwrite)
+    main = is_main_process()
+    output_dir = Path(output_dir)
+    if main:
+        check_output_dir(output_dir, overwrite=overwrite)
     inputs, seconds = load_score_inputs(config)
 
-    output_dir = prepare_output_dir(Path(output_dir), command=command, overwrite=overwrite)
-    with log_to_file(output_dir):
-        resolved = config_to_dict(config)
-        resolved["method"] = method
-        write_yaml(output_dir / "config.yaml", resolved)
-        write_environment(output_dir)
-        atomic_write_json(output_dir / "data.json", inputs.data_stats)
+    if main:
+        prepare_output_dir(output_dir, command=command, overwrite=overwrite)
+    with log_to_file(output_dir) if main else contextlib.nullcontext():
+        if main:
+            resolved = config_to_dict(config)
+            resolved["method"] = method
+            write_yaml(output_dir / "config.yaml", resolved)
+            write_environment(output_dir)
+            atomic_write_json(output_dir / "data.json", inputs.data_stats)
         ctx = ScoringContext(
             model=inputs.model,
             tokenizer=inputs.tokenizer,
@@ -193,10 +200,14 @@ def score(
         for key in ("stage1_seconds", "stage2_seconds"):
             if key in scores.meta:
                 seconds[key.removesuffix("_seconds")] = scores.meta[key]
-        scores.save(output_dir / SCORES_FILE)
-        report_files = write_score_report(scores, output_dir / "report")
-        mark_stage(output_dir, "score")
-        log.info("wrote %s and the report in %s", output_dir / SCORES_FILE, output_dir / "report")
+        report_files: list[Path] = []
+        if main:
+            scores.save(output_dir / SCORES_FILE)
+            report_files = write_score_report(scores, output_dir / "report")
+            mark_stage(output_dir, "score")
+            log.info(
+                "wrote %s and its report in %s", output_dir / SCORES_FILE, output_dir / "report"
+            )
     return ScoreRun(output_dir, scores, seconds, report_files)
 
 
@@ -230,8 +241,9 @@ def run(config: RunConfig, output_dir: Path, *, overwrite: bool = False) -> RunR
         scores_file=scored.output_dir / SCORES_FILE,
         **fraction,
     )
-    selection.save(scored.output_dir / "selection.json")
-    mark_stage(scored.output_dir, "select")
+    if is_main_process():
+        selection.save(scored.output_dir / "selection.json")
+        mark_stage(scored.output_dir, "select")
     tuned = None
     if settings.finetune_steps > 0:
         finetune_config = FinetuneConfig(
@@ -246,5 +258,6 @@ def run(config: RunConfig, output_dir: Path, *, overwrite: bool = False) -> RunR
             ),
         )
         tuned = finetune(finetune_config, selection, scored.output_dir / "finetune")
-        mark_stage(scored.output_dir, "finetune")
+        if is_main_process():
+            mark_stage(scored.output_dir, "finetune")
     return RunResult(scored, selection, tuned)

@@ -36,6 +36,7 @@ __all__ = [
     "atomic_write_text",
     "check_output_dir",
     "collect_environment",
+    "is_main_process",
     "log_to_file",
     "mark_stage",
     "prepare_output_dir",
@@ -59,6 +60,15 @@ _TRACKED_PACKAGES = (
     "gguf",
     "numpy",
 )
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a torchrun / accelerate launch (env RANK).
+
+    Only the main process writes the run directory; the other ranks train and compute the
+    same values but leave the files to rank 0.
+    """
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -25,6 +25,41 @@ SCORERS: dict[str, tuple[str, str, str]] = {
         "score_ila",
         "ILA (arXiv 2410.17875): LoRA to epsilon-stable, then a learned sigmoid gate per unit",
     ),
+    "lora-norm": (
+        "ila.scorers.lora_norm",
+        "score_lora_norm",
+        "||Delta_i||_F of each unit's stage-1 LoRA update (ILA stage 1, no gates)",
+    ),
+    "grad-norm": (
+        "ila.scorers.grad_norm",
+        "score_grad_norm",
+        "mean ||dL/dW_i||_F of the response loss over a few batches (frozen model)",
+    ),
+    "block-influence": (
+        "ila.scorers.block_influence",
+        "score_block_influence",
+        "ShortGPT (arXiv 2403.03853): 1 - cos(block input, output); block granularity",
+    ),
+    "snr": (
+        "ila.scorers.snr",
+        "score_snr",
+        "Spectrum (arXiv 2406.06623): weight singular values above the Marchenko-Pastur edge",
+    ),
+    "first": (
+        "ila.scorers.position",
+        "score_first",
+        "position prior: the first blocks rank first (freeze tuning); no model work",
+    ),
+    "last": (
+        "ila.scorers.position",
+        "score_last",
+        "position prior: the last blocks rank first (freeze tuning); no model work",
+    ),
+    "random": (
+        "ila.scorers.random_control",
+        "score_random",
+        "control: uniform random importances from --seed; no model work",
+    ),
 }
 
 

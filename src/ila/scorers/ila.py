@@ -26,6 +26,7 @@ from ila.layers import LayerMap
 from ila.lora import add_lora, lora_update_norms
 from ila.rundir import atomic_directory, atomic_write_json
 from ila.scorers.base import ScoringContext
+from ila.scorers.common import preserved_model_state
 from ila.scores import LayerScores, UnitScore
 from ila.stability import StabilityDetector
 from ila.training import (
@@ -44,13 +45,17 @@ log = logging.getLogger(__name__)
 
 def score_ila(ctx: ScoringContext) -> LayerScores:
     """Run ILA stages 1 and 2 on ``ctx`` and return the learned unit importances."""
-    model = add_lora(ctx.model, ctx.layer_map.units, ctx.config.lora, seed=ctx.config.train.seed)
-    try:
-        stage1 = run_stage1(ctx, model)
-        stage2 = run_stage2(ctx, model)
-    finally:
-        # Leave the caller's model as it was: remove the LoRA layers peft injected.
-        ctx.model = model.unload()
+    # Leave the caller's model as it was: peft's LoRA layers removed (unload), and the
+    # requires_grad flags and train/eval modes that peft and the Trainer change restored.
+    with preserved_model_state(ctx.model):
+        model = add_lora(
+            ctx.model, ctx.layer_map.units, ctx.config.lora, seed=ctx.config.train.seed
+        )
+        try:
+            stage1 = run_stage1(ctx, model)
+            stage2 = run_stage2(ctx, model)
+        finally:
+            ctx.model = model.unload()
     return _to_scores(ctx, stage1, stage2)
 
 

@@ -92,7 +92,8 @@ def main() -> None:
         f"fine-tuning seeds {args.seeds}. Held-out loss is on response tokens. Scorer cost is "
         "the wall time of `ila score` (for ILA: stage 1 + stage 2).",
         "",
-        "| selection | scorer cost (s) | held-out loss mean | min | max | s/step | trainable params |",
+        "| selection | scorer cost (s) | held-out loss mean | min | max | s/step "
+        "| trainable params |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, (rule, cost) in runs.items():

@@ -392,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # The run's ila.log records INFO whatever the console shows: filter at the console handler.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     # peft 0.21 calls an API that transformers 5 deprecates; not actionable for users.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")

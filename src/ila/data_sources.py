@@ -41,6 +41,10 @@ PRESETS = {
         "the embedded default: 1,200 generated single-turn instruction tasks (arithmetic, "
         "word and list tasks, conversions) with checkable answers; Apache-2.0"
     ),
+    "ila-reasoning": (
+        "1,000 generated multi-step arithmetic word problems (shopping, rates, sharing, "
+        "percentages, ages, units) with worked solutions and checkable answers; Apache-2.0"
+    ),
     "chitchat": (
         "Chit-Chat Challenge human-human casual conversations (package chitchat-dataset, "
         "MIT): the first speaker is the user, the second the assistant"
@@ -51,6 +55,8 @@ PRESETS = {
     ),
 }
 PRESET_ALIASES = {"default": "ila-instruct"}
+# The generated presets shipped in ila/resources/ (scripts/generate_data.py writes them).
+_EMBEDDED_FILES = {"ila-instruct": "ila_instruct.jsonl", "ila-reasoning": "ila_reasoning.jsonl"}
 
 _WHITESPACE = " \t\n\r"
 _OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
@@ -106,10 +112,10 @@ def iter_file_records(path: Path) -> Iterator[tuple[str, Any]]:
 
 def iter_preset_examples(name: str) -> Iterator[Example]:
     """Yield the examples of preset ``name`` (one of :data:`PRESETS`)."""
-    if name == "ila-instruct":
-        resource = resources.files("ila").joinpath("resources", "ila_instruct.jsonl")
+    if name in _EMBEDDED_FILES:
+        resource = resources.files("ila").joinpath("resources", _EMBEDDED_FILES[name])
         with resource.open("r", encoding="utf-8") as handle:
-            for where, record in _iter_jsonl(handle, "preset:ila-instruct"):
+            for where, record in _iter_jsonl(handle, f"preset:{name}"):
                 yield record_to_example(record, "messages", where)
     elif name == "chitchat":
         yield from _iter_chitchat()

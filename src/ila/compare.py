@@ -1,0 +1,414 @@
+"""Compare the rankings of several runs: overlap of important sets and rank correlation.
+
+The paper's headline (arXiv 2410.17875) is an overlap figure: the important units found
+on very different alignment datasets largely coincide. For every pair of runs this module
+measures, on the same model and the same kind of unit (ILA-METHOD, "Output"):
+
+- the Jaccard index of the important sets at several fractions K (top ``k(K)`` units),
+  next to the Jaccard expected of two random sets of that size, so an overlap can be
+  read against chance (0.66 means little at K = 75%, where chance alone gives 0.6);
+- Spearman's rho and Kendall's tau-b between the importance values of all units, which
+  use the whole ranking rather than one cut. Tied importances get average ranks
+  (Spearman) and the tau-b tie correction (Kendall).
+
+Nothing here needs torch or a model: it reads ``layer_scores.json`` files only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ila.errors import IlaError
+from ila.scores import SCORES_FILE, LayerScores, expected_random_jaccard, jaccard, top_count
+
+__all__ = [
+    "COMPARISON_SCHEMA_VERSION",
+    "CURVE_FRACTIONS",
+    "DEFAULT_FRACTIONS",
+    "Comparison",
+    "FractionSummary",
+    "PairComparison",
+    "RunScores",
+    "compare_scores",
+    "kendall_tau_b",
+    "load_runs",
+    "run_labels",
+    "spearman",
+]
+
+COMPARISON_SCHEMA_VERSION = 1
+DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 0.75)
+CURVE_FRACTIONS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+"""Fractions of the overlap-vs-fraction curves (5% steps up to 100%)."""
+
+
+@dataclass(frozen=True)
+class PairComparison:
+    """Two runs compared: Jaccard at each fraction and rank correlations of all units."""
+
+    a: str
+    b: str
+    jaccard: dict[float, float]
+    spearman: float
+    kendall_tau_b: float
+
+
+@dataclass(frozen=True)
+class FractionSummary:
+    """All pairs at one fraction K: mean, min and max Jaccard, and the random expectation."""
+
+    fraction: float
+    k: int
+    mean_jaccard: float
+    min_jaccard: float
+    max_jaccard: float
+    random_jaccard: float
+
+
+@dataclass(frozen=True)
+class RunScores:
+    """One run's scores and the label it is shown under."""
+
+    label: str
+    source: str
+    scores: LayerScores
+
+
+@dataclass
+class Comparison:
+    """Every pairwise comparison of a set of runs of one model and one unit kind."""
+
+    runs: list[dict[str, Any]]
+    num_units: int
+    unit_kind: str
+    model_id: str
+    fractions: list[float]
+    pairs: list[PairComparison]
+    by_fraction: list[FractionSummary]
+    curve: dict[str, Any]
+    """Jaccard at :data:`CURVE_FRACTIONS`: ``fraction``, ``k``, ``random``, ``mean`` and
+    ``pairs`` (one list per pair, keyed 'A vs B')."""
+
+    @property
+    def labels(self) -> list[str]:
+        return [run["label"] for run in self.runs]
+
+    def pair(self, a: str, b: str) -> PairComparison:
+        """The comparison of runs ``a`` and ``b`` (in either order)."""
+        for pair in self.pairs:
+            if {pair.a, pair.b} == {a, b}:
+                return pair
+        raise KeyError(f"no pair {a!r}, {b!r}")
+
+    def matrix(self, metric: str, fraction: float | None = None) -> list[list[float]]:
+        """Labels x labels matrix of 'jaccard' (at ``fraction``), 'spearman' or 'kendall_tau_b'.
+
+        The diagonal is 1 (a run against itself).
+        """
+        labels = self.labels
+        out = [[1.0] * len(labels) for _ in labels]
+        for pair in self.pairs:
+            if metric == "jaccard":
+                if fraction is None:
+                    raise ValueError("matrix('jaccard') needs a fraction")
+                value = pair.jaccard[fraction]
+            else:
+                value = getattr(pair, metric)
+            i, j = labels.index(pair.a), labels.index(pair.b)
+            out[i][j] = out[j][i] = value
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": COMPARISON_SCHEMA_VERSION,
+            "model_id": self.model_id,
+            "unit_kind": self.unit_kind,
+            "num_units": self.num_units,
+            "fractions": self.fractions,
+            "runs": self.runs,
+            "by_fraction": [
+                {
+                    "fraction": s.fraction,
+                    "k": s.k,
+                    "mean_jaccard": s.mean_jaccard,
+                    "min_jaccard": s.min_jaccard,
+                    "max_jaccard": s.max_jaccard,
+                    "random_jaccard": s.random_jaccard,
+                }
+                for s in self.by_fraction
+            ],
+            "pairs": [
+                {
+                    "a": p.a,
+                    "b": p.b,
+                    "jaccard": {str(f): v for f, v in p.jaccard.items()},
+                    "spearman": p.spearman,
+                    "kendall_tau_b": p.kendall_tau_b,
+                }
+                for p in self.pairs
+            ],
+            "curve": self.curve,
+        }
+
+
+def run_labels(paths: Sequence[Path]) -> list[str]:
+    """Short unique labels: each run's directory name, with parents added until unique.
+
+    ``a/seed0`` and ``b/seed0`` become ``a/seed0`` and ``b/seed0``; ``x/run`` and ``y/z``
+    stay ``run`` and ``z``. A scores file not named layer_scores.json is labelled by its stem.
+    """
+    parts: list[tuple[str, ...]] = []
+    for path in paths:
+        path = Path(path).absolute()
+        if path.is_dir() or path.name == SCORES_FILE:
+            run = path if path.is_dir() else path.parent
+            parts.append(run.parts)
+        else:
+            parts.append((*path.parent.parts, path.stem))
+    depth = [1] * len(parts)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
+        clashes = {label for label in labels if labels.count(label) > 1}
+        grow = [
+            i for i, label in enumerate(labels) if label in clashes and depth[i] < len(parts[i])
+        ]
+        if not grow:
+            return labels
+        for i in grow:
+            depth[i] += 1
+
+
+def load_runs(paths: Sequence[Path]) -> list[RunScores]:
+    """Read ``layer_scores.json`` of each run directory (or file) and label it.
+
+    Refuses fewer than two runs and a run given twice.
+    """
+    if len(paths) < 2:
+        raise IlaError(f"compare needs at least 2 runs, got {len(paths)}; pass RUN_A RUN_B [...]")
+    resolved: dict[Path, Path] = {}
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise IlaError(f"{path}: no such run directory or {SCORES_FILE} file")
+        if path.is_dir() and not (path / SCORES_FILE).is_file():
+            raise IlaError(
+                f"{path} holds no {SCORES_FILE}; pass the directory of a finished "
+                "'ila score' or 'ila run', or a scores file"
+            )
+        file = (path / SCORES_FILE if path.is_dir() else path).resolve()
+        if file in resolved:
+            raise IlaError(f"{path}: the same scores as {resolved[file]} are given twice")
+        resolved[file] = path
+    labels = run_labels(paths)
+    return [
+        RunScores(label, str(path), LayerScores.load(path))
+        for label, path in zip(labels, paths, strict=True)
+    ]
+
+
+def compare_scores(
+    scores: Sequence[LayerScores],
+    labels: Sequence[str],
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    *,
+    sources: Sequence[str] | None = None,
+) -> Comparison:
+    """Compare every pair of ``scores`` (one model, one unit kind) at ``fractions``.
+
+    Raises :class:`IlaError` for fewer than two runs, runs of different models or unit
+    kinds, fractions outside (0, 1] or repeated, and a run whose importances are all equal
+    (its rank correlation is undefined).
+    """
+    if len(scores) < 2:
+        raise IlaError(f"compare needs at least 2 runs, got {len(scores)}")
+    if len(labels) != len(scores) or len(set(labels)) != len(labels):
+        raise IlaError(f"need one distinct label per run, got {list(labels)}")
+    fractions = _check_fractions(fractions)
+    _check_comparable(scores, labels)
+    first = scores[0]
+    n = len(first.units)
+    for label, s in zip(labels, scores, strict=True):
+        values = [u.importance for u in s.units]
+        if min(values) == max(values):
+            raise IlaError(
+                f"run {label}: all {n} importances are equal ({values[0]}); its ranking is "
+                "arbitrary and its rank correlation undefined"
+            )
+    order = first.names
+    vectors = [_importance_vector(s, order) for s in scores]
+    tops = {f: [set(s.top(f)) for s in scores] for f in (*fractions, *CURVE_FRACTIONS)}
+
+    pairs = []
+    for i, j in combinations(range(len(scores)), 2):
+        pairs.append(
+            PairComparison(
+                a=labels[i],
+                b=labels[j],
+                jaccard={f: jaccard(tops[f][i], tops[f][j]) for f in fractions},
+                spearman=spearman(vectors[i], vectors[j]),
+                kendall_tau_b=kendall_tau_b(vectors[i], vectors[j]),
+            )
+        )
+    by_fraction = []
+    for f in fractions:
+        values = [p.jaccard[f] for p in pairs]
+        k = top_count(n, f)
+        by_fraction.append(
+            FractionSummary(
+                fraction=f,
+                k=k,
+                mean_jaccard=sum(values) / len(values),
+                min_jaccard=min(values),
+                max_jaccard=max(values),
+                random_jaccard=expected_random_jaccard(n, k),
+            )
+        )
+    curve_pairs = {
+        f"{labels[i]} vs {labels[j]}": [jaccard(tops[f][i], tops[f][j]) for f in CURVE_FRACTIONS]
+        for i, j in combinations(range(len(scores)), 2)
+    }
+    curve = {
+        "fraction": list(CURVE_FRACTIONS),
+        "k": [top_count(n, f) for f in CURVE_FRACTIONS],
+        "random": [expected_random_jaccard(n, top_count(n, f)) for f in CURVE_FRACTIONS],
+        "mean": [
+            sum(values[c] for values in curve_pairs.values()) / len(curve_pairs)
+            for c in range(len(CURVE_FRACTIONS))
+        ],
+        "pairs": curve_pairs,
+    }
+    runs = [
+        _run_facts(label, s, source)
+        for label, s, source in zip(labels, scores, sources or [None] * len(scores), strict=True)
+    ]
+    return Comparison(
+        runs=runs,
+        num_units=n,
+        unit_kind=first.unit_kind,
+        model_id=first.model_id,
+        fractions=fractions,
+        pairs=pairs,
+        by_fraction=by_fraction,
+        curve=curve,
+    )
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho: the Pearson correlation of the average ranks of ``x`` and ``y``."""
+    rx, ry = _average_ranks(np.asarray(x, float)), _average_ranks(np.asarray(y, float))
+    if len(rx) != len(ry) or len(rx) < 2:
+        raise ValueError("spearman needs two sequences of the same length >= 2")
+    dx, dy = rx - rx.mean(), ry - ry.mean()
+    denominator = math.sqrt(float(dx @ dx) * float(dy @ dy))
+    if denominator == 0:
+        raise ValueError("spearman is undefined for a constant sequence")
+    return float(dx @ dy) / denominator
+
+
+def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b: (C - D) / sqrt((n0 - n1)(n0 - n2)).
+
+    C and D count concordant and discordant pairs, n0 = n(n-1)/2 all pairs, n1 and n2 the
+    pairs tied in ``x`` and in ``y``. Exact, O(n^2) pairs: a few hundred units take
+    milliseconds.
+    """
+    xa, ya = np.asarray(x, float), np.asarray(y, float)
+    if len(xa) != len(ya) or len(xa) < 2:
+        raise ValueError("kendall_tau_b needs two sequences of the same length >= 2")
+    i, j = np.triu_indices(len(xa), k=1)
+    sx, sy = np.sign(xa[i] - xa[j]), np.sign(ya[i] - ya[j])
+    n0 = len(i)
+    n1, n2 = int((sx == 0).sum()), int((sy == 0).sum())
+    denominator = math.sqrt((n0 - n1) * (n0 - n2))
+    if denominator == 0:
+        raise ValueError("kendall_tau_b is undefined for a constant sequence")
+    return float((sx * sy).sum()) / denominator
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n; tied values share the mean of the ranks they span."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts_group = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    group = np.cumsum(starts_group) - 1
+    starts = np.flatnonzero(starts_group)
+    ends = np.append(starts[1:], len(values))
+    ranks = np.empty(len(values))
+    ranks[order] = ((starts + ends - 1) / 2 + 1)[group]
+    return ranks
+
+
+def _check_fractions(fractions: Sequence[float]) -> list[float]:
+    out = [float(f) for f in fractions]
+    if not out:
+        raise IlaError("--fractions: give at least one fraction, e.g. 0.1 0.25")
+    for f in out:
+        if not (math.isfinite(f) and 0 < f <= 1):
+            raise IlaError(f"--fractions: each must be in (0, 1], got {f}")
+        if out.count(f) > 1:
+            raise IlaError(f"--fractions: {f} is given twice")
+    return sorted(out)
+
+
+def _layout_key(layout: dict[str, Any]) -> tuple[Any, ...]:
+    units = layout.get("units") or []
+    return (
+        layout.get("model_type"),
+        layout.get("num_blocks"),
+        tuple(
+            (u.get("name"), tuple(u.get("shape") or ())) if isinstance(u, dict) else u
+            for u in units
+        ),
+    )
+
+
+def _model_identity(model_id: str) -> str:
+    """A model id, with local paths resolved (./m and /abs/m are one model)."""
+    path = Path(model_id).expanduser()
+    return str(path.resolve()) if path.exists() else model_id
+
+
+def _check_comparable(scores: Sequence[LayerScores], labels: Sequence[str]) -> None:
+    first, label0 = scores[0], labels[0]
+    for s, label in zip(scores[1:], labels[1:], strict=True):
+        if s.unit_kind != first.unit_kind:
+            raise IlaError(
+                f"runs {label0} and {label} score different unit kinds ({first.unit_kind} vs "
+                f"{s.unit_kind}); compare runs made with the same --stage2-unit"
+            )
+        if _model_identity(s.model_id) != _model_identity(first.model_id):
+            raise IlaError(
+                f"runs {label0} and {label} come from different models ({first.model_id} vs "
+                f"{s.model_id}); compare runs of one model"
+            )
+        if _layout_key(s.layout) != _layout_key(first.layout) or s.names != first.names:
+            raise IlaError(
+                f"runs {label0} and {label} have different model layouts (unit names or "
+                "shapes differ, e.g. another --lora-module-types); compare runs of one model "
+                "with the same units"
+            )
+
+
+def _importance_vector(scores: LayerScores, order: list[str]) -> np.ndarray:
+    by_name = {u.name: u.importance for u in scores.units}
+    return np.array([by_name[name] for name in order], dtype=float)
+
+
+def _run_facts(label: str, scores: LayerScores, source: str | None) -> dict[str, Any]:
+    meta = scores.meta
+    return {
+        "label": label,
+        "source": source,
+        "method": scores.method,
+        "model_id": scores.model_id,
+        "seed": meta.get("seed"),
+        "data_fingerprint": meta.get("data_fingerprint"),
+        "T": meta.get("T"),
+    }

@@ -1,0 +1,137 @@
+"""Everything `ila report` reads from a finished run directory, loaded and checked.
+
+Only the run's JSON/YAML files are read (never a model). Optional parts (selection,
+fine-tunes, evaluation) are loaded only when ``run_state.json`` lists their stage as
+completed, so a report never shows the half-written output of an interrupted stage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ila.errors import IlaError
+from ila.rundir import RUN_STATE_FILE, read_json, require_schema_version
+from ila.scores import SCORES_FILE, LayerScores
+
+__all__ = ["EVAL_SCHEMA_VERSION", "RunRecord", "load_run_record"]
+
+EVAL_SCHEMA_VERSION = 1
+_SCORE_COMMANDS = ("score", "run")
+
+
+@dataclass
+class RunRecord:
+    """The contents of one `ila score` / `ila run` directory."""
+
+    run_dir: Path
+    command: str
+    completed_stages: list[str]
+    scores: LayerScores
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    data: dict[str, Any] | None
+    stage1: dict[str, Any] | None
+    stage2: dict[str, Any] | None
+    gate_trajectory: dict[str, Any] | None
+    selection: dict[str, Any] | None
+    finetunes: dict[str, dict[str, Any]]
+    """Fine-tune summaries by name: 'selected' (finetune/), 'all-units' (finetune-all-units/)."""
+    evaluation: dict[str, dict[str, Any]] | None
+    """eval/comparison.json 'variants': variant -> metric -> value."""
+
+    @property
+    def method(self) -> str:
+        return self.scores.method
+
+
+def load_run_record(run_dir: Path) -> RunRecord:
+    """Read a finished score run; refuse anything else with a one-line :class:`IlaError`."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise IlaError(f"{run_dir}: no such run directory")
+    state_file = run_dir / RUN_STATE_FILE
+    if not state_file.is_file():
+        raise IlaError(
+            f"{run_dir} holds no {RUN_STATE_FILE}; pass the output directory of 'ila score' "
+            "or 'ila run'"
+        )
+    state = read_json(state_file)
+    if not isinstance(state, dict) or not isinstance(state.get("completed_stages"), list):
+        raise IlaError(f"{state_file}: malformed run state (no 'completed_stages' list)")
+    command = state.get("command")
+    if command not in _SCORE_COMMANDS:
+        raise IlaError(
+            f"{run_dir} holds an 'ila {command}' run; 'ila report' reports the runs of "
+            "'ila score' and 'ila run'"
+        )
+    stages = [str(s) for s in state["completed_stages"]]
+    if "score" not in stages:
+        raise IlaError(
+            f"{run_dir} is not a finished run (its scoring stage has not completed); wait for "
+            "it to finish or re-run it"
+        )
+    scores = LayerScores.load(run_dir / SCORES_FILE)
+    config = _read_yaml(run_dir / "config.yaml")
+    environment = read_json(run_dir / "environment.json")
+    data = read_json(run_dir / "data.json") if (run_dir / "data.json").is_file() else None
+    stage1 = stage2 = trajectory = None
+    if scores.method == "ila":
+        stage1 = read_json(run_dir / "stage1" / "summary.json")
+        stage2 = read_json(run_dir / "stage2" / "summary.json")
+        trajectory = read_json(run_dir / "stage2" / "gate_trajectory.json")
+    selection = read_json(run_dir / "selection.json") if "select" in stages else None
+    finetunes = {}
+    for stage, name in (("finetune", "selected"), ("finetune-all-units", "all-units")):
+        if stage in stages:
+            finetunes[name] = read_json(run_dir / stage / "finetune_summary.json")
+    evaluation = (
+        _read_evaluation(run_dir / "eval" / "comparison.json") if "eval" in stages else None
+    )
+    return RunRecord(
+        run_dir=run_dir,
+        command=command,
+        completed_stages=stages,
+        scores=scores,
+        config=config,
+        environment=environment,
+        data=data,
+        stage1=stage1,
+        stage2=stage2,
+        gate_trajectory=trajectory,
+        selection=selection,
+        finetunes=finetunes,
+        evaluation=evaluation,
+    )
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise IlaError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise IlaError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise IlaError(f"{path}: expected a mapping of settings")
+    return data
+
+
+def _read_evaluation(path: Path) -> dict[str, dict[str, Any]]:
+    """eval/comparison.json: {"schema_version": 1, "variants": {name: {metric: value}}}."""
+    data = read_json(path)
+    require_schema_version(data, EVAL_SCHEMA_VERSION, origin=str(path), command="ila run")
+    variants = data.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        raise IlaError(f"{path}: 'variants' must map variant names to metrics")
+    for name, metrics in variants.items():
+        if not isinstance(metrics, dict):
+            raise IlaError(f"{path}: variant {name!r} must map metric names to values")
+        for metric, value in metrics.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise IlaError(f"{path}: {name}.{metric} is {value}")
+    return variants

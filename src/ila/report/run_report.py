@@ -1,0 +1,258 @@
+"""`ila report`: one self-contained HTML page (and markdown) describing a finished run.
+
+Sections: summary, stage 1 (loss with T marked), stage 2 (gate trajectories), the units
+(blocks x module types heatmap, block bars, top of the ranking), and when the run has
+them the selection, the fine-tunes and the evaluation; then the data, the versions and
+the command that reproduces the run from its resolved ``config.yaml``. Built from the
+run's JSON files only (:mod:`ila.report.run_record`).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+from ila.report.document import Code, Document, Figure, Section, Table, to_html, to_markdown
+from ila.report.plots import plot_block_bars, plot_unit_heatmap
+from ila.report.run_plots import plot_gate_trajectories, plot_stage1_loss
+from ila.report.run_record import RunRecord
+from ila.report.tables import ranking_markdown
+from ila.rundir import atomic_write_text
+
+__all__ = ["RUN_REPORT_HTML", "build_run_document", "reproduce_command", "write_run_report"]
+
+RUN_REPORT_HTML = "report.html"
+_TOP_ROWS = 20
+
+
+def reproduce_command(record: RunRecord, output_dir: str | None = None) -> str:
+    """The `ila` command line that re-runs ``record`` from its resolved config.yaml.
+
+    config.yaml holds every setting (seed included), so only the command, the scorer and
+    a new output directory are added.
+    """
+    run_dir = record.run_dir
+    target = output_dir or f"{run_dir.as_posix().rstrip('/')}-reproduced"
+    parts = ["ila", record.command, "--config", (run_dir / "config.yaml").as_posix()]
+    if record.command == "score":
+        parts += ["--method", record.method]
+    parts += ["--output-dir", target]
+    return shlex.join(parts)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 1000 else str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value) or "-"
+    return str(value)
+
+
+def _key_values(pairs: list[tuple[str, Any]]) -> Table:
+    return Table(["", "value"], [[k, _fmt(v)] for k, v in pairs], [False, False])
+
+
+def _summary(record: RunRecord) -> Section:
+    s, meta = record.scores, record.scores.meta
+    pairs: list[tuple[str, Any]] = [
+        ("command", f"ila {record.command}"),
+        ("model", s.model_id),
+        ("scorer", s.method),
+        ("units", f"{len(s.units)} ({s.unit_kind})"),
+        ("blocks", s.layout.get("num_blocks")),
+        ("completed stages", record.completed_stages),
+    ]
+    if record.stage1 is not None:
+        stable = "epsilon-stable" if record.stage1.get("stable") else "hit the step cap"
+        pairs.append(("stage-1 stopping step T", f"{meta.get('T')} ({stable})"))
+        pairs.append(("stage-2 steps", meta.get("stage2_steps")))
+    pairs += [("seed", meta.get("seed")), ("data fingerprint", meta.get("data_fingerprint"))]
+    top = ", ".join(f"`{name}`" for name in s.top(0.1)[:10])
+    text = f"Most important units (top 10%, at most 10): {top}."
+    return Section("Summary", "summary", [_key_values(pairs), text])
+
+
+def _stage1(record: RunRecord) -> Section:
+    st = record.stage1 or {}
+    text = (
+        "Stage 1 trains LoRA until the training loss is epsilon-stable: the mean of the last "
+        "W steps changes by less than epsilon relative to the W steps before, for `patience` "
+        f"steps in a row. T = {st.get('T')} of at most {st.get('max_steps')} steps "
+        f"({_fmt(st.get('epochs'))} epochs, {_fmt(st.get('seconds'))} s)."
+    )
+    table = _key_values(
+        [
+            ("criterion", st.get("criterion")),
+            ("epsilon", st.get("epsilon")),
+            ("window W", st.get("window")),
+            ("patience", st.get("patience")),
+            ("first loss", st.get("first_loss")),
+            ("final loss", st.get("final_loss")),
+        ]
+    )
+    figure = Figure("stage1_loss.png", "Stage-1 training loss; the dashed line marks T")
+    return Section("Stage 1: LoRA until epsilon-stable", "stage1", [text, figure, table])
+
+
+def _stage2(record: RunRecord) -> Section:
+    st, meta = record.stage2 or {}, record.scores.meta.get("stage2", {})
+    text = (
+        f"Stage 2 learns one gate sigmoid(s) per {st.get('unit')} unit for {st.get('steps')} "
+        f"steps under the '{meta.get('budget')}' budget (target mean gate H = "
+        f"{meta.get('target_fraction')}); the final gates are the importances. Final mean gate "
+        f"{_fmt(st.get('mean_gate'))}."
+    )
+    figure = Figure(
+        "stage2_gates.png", "Gate trajectories (grey: every gate; coloured: final top and bottom)"
+    )
+    return Section("Stage 2: gates", "stage2", [text, figure])
+
+
+def _units(record: RunRecord, figures: list[Figure]) -> Section:
+    s = record.scores
+    rank = {name: i + 1 for i, name in enumerate(s.ranking())}
+    by_name = {u.name: u for u in s.units}
+    rows = [
+        [
+            str(rank[name]),
+            f"`{name}`",
+            str(by_name[name].block),
+            by_name[name].module_type or "-",
+            f"{by_name[name].importance:.4f}",
+        ]
+        for name in s.ranking()[:_TOP_ROWS]
+    ]
+    table = Table(
+        ["rank", "unit", "block", "module", "importance"],
+        rows,
+        [True, False, True, False, True],
+    )
+    text = f"Top {len(rows)} of {len(s.units)} units; the full ranking is in `ranking.md`."
+    return Section("Units", "units", [*figures, text, table])
+
+
+def _selection(selection: dict[str, Any]) -> Section:
+    summary = selection.get("summary", {})
+    pairs = [
+        ("rule", f"{selection.get('rule')} {_fmt(selection.get('value'))}"),
+        ("selected units", summary.get("num_selected")),
+        ("frozen units", summary.get("num_frozen")),
+        ("fraction of unit weights selected", summary.get("selected_weight_fraction")),
+    ]
+    names = ", ".join(f"`{n}`" for n in selection.get("selected", []))
+    return Section("Selection", "selection", [_key_values(pairs), f"Selected: {names}."])
+
+
+def _finetunes(finetunes: dict[str, dict[str, Any]]) -> Section:
+    names = list(finetunes)
+    keys: list[str] = []
+    for summary in finetunes.values():
+        keys += [k for k in summary if k not in keys]
+    rows = [[k, *(_fmt(finetunes[n].get(k)) for n in names)] for k in keys]
+    table = Table(["", *names], rows, [False, *([True] * len(names))])
+    text = "'selected' tunes only the selected units; 'all-units' tunes every unit (baseline)."
+    return Section("Fine-tuning", "finetune", [text, table])
+
+
+def _evaluation(variants: dict[str, dict[str, Any]]) -> Section:
+    metrics: list[str] = []
+    for values in variants.values():
+        metrics += [m for m in values if m not in metrics]
+    names = list(variants)
+    # One column per variant and one row per metric: metric names are long, variants few.
+    rows = [[m, *(_fmt(variants[n].get(m)) for n in names)] for m in metrics]
+    table = Table(["metric", *names], rows, [False, *([True] * len(names))])
+    text = (
+        "Held-out evaluation of each variant ('base': the model before fine-tuning; "
+        "'-' where a variant lacks a metric)."
+    )
+    return Section("Evaluation", "evaluation", [text, table])
+
+
+def _data(data: dict[str, Any]) -> Section:
+    return Section("Data", "data", [_key_values(list(data.items()))])
+
+
+def _environment(record: RunRecord) -> Section:
+    env = record.environment
+    pairs: list[tuple[str, Any]] = [
+        ("python", env.get("python")),
+        ("platform", env.get("platform")),
+        ("git sha", env.get("git_sha")),
+        ("CPUs", env.get("cpu_count")),
+        ("CUDA devices", env.get("cuda_devices") or "none"),
+    ]
+    pairs += list((env.get("packages") or {}).items())
+    return Section("Versions", "versions", [_key_values(pairs)])
+
+
+def _reproduce(record: RunRecord) -> Section:
+    blocks: list[Any] = [
+        "`config.yaml` in the run directory holds every resolved setting, seeds included; "
+        "this command re-runs the job with them (same versions and hardware give the same "
+        "ranking):",
+        Code(reproduce_command(record)),
+    ]
+    argv = record.environment.get("argv")
+    if argv:
+        blocks += ["The command line the run was started with:", Code(shlex.join(argv))]
+    return Section("Reproduce", "reproduce", blocks)
+
+
+def build_run_document(record: RunRecord, figures: dict[str, str]) -> Document:
+    """The report of ``record``; ``figures`` maps 'heatmap' and 'blocks' to their files."""
+    sections = [_summary(record)]
+    if record.stage1 is not None:
+        sections.append(_stage1(record))
+    if record.gate_trajectory is not None:
+        sections.append(_stage2(record))
+    unit_figures = [Figure(figures["blocks"], "Block importance (mean of the block's units)")]
+    if "heatmap" in figures:
+        unit_figures.insert(0, Figure(figures["heatmap"], "Importance: blocks x module types"))
+    sections.append(_units(record, unit_figures))
+    if record.selection is not None:
+        sections.append(_selection(record.selection))
+    if record.finetunes:
+        sections.append(_finetunes(record.finetunes))
+    if record.evaluation is not None:
+        sections.append(_evaluation(record.evaluation))
+    if record.data is not None:
+        sections.append(_data(record.data))
+    sections += [_environment(record), _reproduce(record)]
+    title = f"ILA run report: {record.scores.method} on {record.scores.model_id}"
+    return Document(title, sections)
+
+
+def write_run_report(record: RunRecord, output_dir: Path) -> list[Path]:
+    """Write report.html (self-contained), report.md, ranking.md and the PNGs it shows."""
+    out = Path(output_dir)
+    scores = record.scores
+    files = {"blocks": "blocks.png"}
+    plot_block_bars(scores, out / "blocks.png")
+    if scores.unit_kind == "module":
+        plot_unit_heatmap(scores, out / "heatmap.png")
+        files["heatmap"] = "heatmap.png"
+    written = [out / name for name in files.values()]
+    if record.stage1 is not None:
+        plot_stage1_loss(record.stage1, out / "stage1_loss.png")
+        written.append(out / "stage1_loss.png")
+    if record.gate_trajectory is not None:
+        plot_gate_trajectories(
+            record.gate_trajectory,
+            out / "stage2_gates.png",
+            stage2_loss=(record.stage2 or {}).get("loss_curve", []),
+            target_fraction=scores.meta.get("stage2", {}).get("target_fraction"),
+        )
+        written.append(out / "stage2_gates.png")
+    document = build_run_document(record, files)
+    atomic_write_text(out / "ranking.md", ranking_markdown(scores))
+    atomic_write_text(out / "report.md", to_markdown(document))
+    atomic_write_text(out / RUN_REPORT_HTML, to_html(document, out))
+    return [*written, out / "ranking.md", out / "report.md", out / RUN_REPORT_HTML]

@@ -1,0 +1,234 @@
+"""`ila compare` and ila.compare: overlap, rank correlation, outputs and refusals.
+
+Scores are built in memory with known rankings (no model), written as real
+layer_scores.json files where the CLI is exercised.
+"""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+
+from ila.cli import main
+from ila.compare import (
+    CURVE_FRACTIONS,
+    compare_scores,
+    kendall_tau_b,
+    load_runs,
+    run_labels,
+    spearman,
+)
+from ila.errors import IlaError
+from ila.scores import LayerScores, UnitScore, expected_random_jaccard
+
+TYPES = ["self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.down_proj"]
+
+
+def make_scores(values, *, unit_kind="module", model_id="tiny", model_type="llama", seed=0):
+    """Scores of len(values) units (4 module types per block) with these importances."""
+    units, layout_units = [], []
+    for i, value in enumerate(values):
+        block = i // len(TYPES) if unit_kind == "module" else i
+        module_type = TYPES[i % len(TYPES)] if unit_kind == "module" else None
+        name = f"layers.{block}.{module_type}" if module_type else f"layers.{block}"
+        units.append(UnitScore(name, block, module_type, float(value), float(value)))
+        layout_units.append({"name": name, "block": block, "shape": [8, 8]})
+    layout = {
+        "model_type": model_type,
+        "blocks_path": "model.layers",
+        "num_blocks": units[-1].block + 1,
+        "units": layout_units,
+    }
+    return LayerScores(
+        "ila", model_id, unit_kind, units, layout, {"seed": seed, "data_fingerprint": "f", "T": 5}
+    )
+
+
+def test_rank_correlations_match_hand_computed_values_with_ties():
+    # x has one tie, y another: C = 4, D = 0, n0 = 6, n1 = n2 = 1 -> tau-b = 4 / 5.
+    x, y = [1, 2, 2, 3], [1, 3, 2, 3]
+    assert kendall_tau_b(x, y) == pytest.approx(0.8)
+    # Average ranks (1, 2.5, 2.5, 4) and (1, 3.5, 2, 3.5): rho = 3.75 / 4.5.
+    assert spearman(x, y) == pytest.approx(3.75 / 4.5)
+    z = [0.3, 0.1, 0.9, 0.5, 0.7]
+    assert spearman(z, [v**3 for v in z]) == pytest.approx(1.0)  # ranks only
+    assert kendall_tau_b(z, [-v for v in z]) == pytest.approx(-1.0)
+    # Spearman with one swap of neighbours among n: 1 - 6 * 2 / (n (n^2 - 1)).
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 3, 4, 5]) == pytest.approx(1 - 12 / 120)
+    with pytest.raises(ValueError, match="constant"):
+        spearman([1, 1, 1], [1, 2, 3])
+
+
+def test_planted_overlap_and_random_expectation():
+    n = 20
+    a = make_scores(range(n, 0, -1))  # unit 0 most important
+    swapped = list(range(n, 0, -1))
+    swapped[1], swapped[2] = swapped[2], swapped[1]
+    b = make_scores(swapped)
+    c = make_scores(range(1, n + 1))  # reversed ranking
+    result = compare_scores([a, b, c], ["a", "b", "c"], [0.1, 0.5])
+    # Top 10% = 2 units: a {0, 1}, b {0, 2}: Jaccard 1/3; a vs reversed: disjoint.
+    assert result.pair("a", "b").jaccard == {0.1: pytest.approx(1 / 3), 0.5: 1.0}
+    assert result.pair("c", "a").jaccard == {0.1: 0.0, 0.5: 0.0}
+    assert result.pair("a", "c").spearman == pytest.approx(-1.0)
+    assert result.pair("a", "b").kendall_tau_b == pytest.approx(1 - 2 * 2 / (n * (n - 1)))
+    first = result.by_fraction[0]
+    assert (first.fraction, first.k) == (0.1, 2)
+    assert first.mean_jaccard == pytest.approx((1 / 3 + 0 + 0) / 3)
+    assert (first.min_jaccard, first.max_jaccard) == (0.0, pytest.approx(1 / 3))
+    # Hypergeometric by hand for N = 20, k = 2: (36/190 * 1/3 + 1/190 * 1) = 13/190.
+    assert first.random_jaccard == pytest.approx(13 / 190)
+    assert result.matrix("jaccard", 0.1)[0] == [1.0, pytest.approx(1 / 3), 0.0]
+    assert len(result.curve["mean"]) == len(CURVE_FRACTIONS)
+    assert result.curve["pairs"]["a vs b"][-1] == 1.0  # everything at 100%
+
+
+def test_random_rankings_overlap_as_the_random_expectation_says():
+    rng = random.Random(0)
+    runs = []
+    for _ in range(12):
+        values = list(range(200))
+        rng.shuffle(values)
+        runs.append(make_scores(values))
+    result = compare_scores(runs, [f"r{i}" for i in range(12)], [0.25])
+    summary = result.by_fraction[0]
+    assert summary.random_jaccard == pytest.approx(expected_random_jaccard(200, 50))
+    assert abs(summary.mean_jaccard - summary.random_jaccard) < 0.03  # 66 pairs
+    assert abs(np.mean([p.spearman for p in result.pairs])) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("others", "message"),
+    [
+        ([], "at least 2 runs"),
+        ([make_scores(range(5), unit_kind="block")], "different unit kinds"),
+        ([make_scores(range(8), model_id="other")], "different models"),
+        ([make_scores(range(12))], "different model layouts"),
+        ([make_scores(range(8), model_type="mistral")], "different model layouts"),
+        ([make_scores([1.0] * 8)], "all 8 importances are equal"),
+    ],
+)
+def test_refusals(others, message):
+    base = make_scores(range(8))
+    with pytest.raises(IlaError, match=message):
+        compare_scores([base, *others], [f"r{i}" for i in range(1 + len(others))])
+
+
+@pytest.mark.parametrize(
+    ("fractions", "message"),
+    [
+        ([0.0], r"each must be in \(0, 1\], got 0.0"),
+        ([1.5], "got 1.5"),
+        ([0.2, 0.2], "0.2 is given twice"),
+        ([], "give at least one"),
+    ],
+)
+def test_fractions_out_of_range_are_refused(fractions, message):
+    runs = [make_scores(range(8)), make_scores(range(8, 0, -1))]
+    with pytest.raises(IlaError, match="--fractions: .*" + message):
+        compare_scores(runs, ["a", "b"], fractions)
+
+
+def test_labels_are_directory_names_made_unique(tmp_path):
+    paths = [
+        tmp_path / "x" / "seed0",
+        tmp_path / "y" / "seed0",
+        tmp_path / "y" / "other",
+        tmp_path / "z" / "bench.json",
+        tmp_path / "w" / "layer_scores.json",
+    ]
+    assert run_labels(paths) == ["x/seed0", "y/seed0", "other", "bench", "w"]
+
+
+def _write_runs(tmp_path, values_list):
+    paths = []
+    for i, values in enumerate(values_list):
+        run = tmp_path / "runs" / f"data{i}"
+        run.mkdir(parents=True)
+        make_scores(values, seed=i).save(run / "layer_scores.json")
+        paths.append(run)
+    return paths
+
+
+def test_cli_writes_every_output(tmp_path, capsys):
+    rng = random.Random(1)
+    values = [list(range(40, 0, -1))]
+    for _ in range(2):
+        noisy = [v + rng.uniform(-6, 6) for v in values[0]]
+        values.append(noisy)
+    runs = _write_runs(tmp_path, values)
+    out = tmp_path / "cmp"
+    argv = ["compare", *map(str, runs), "--output-dir", str(out), "--fractions", "0.25", "0.5"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "3 runs of tiny, 40 module units, 3 pairs" in printed and "top 25% (k = 10)" in printed
+    assert sorted(p.name for p in out.iterdir()) == [
+        "comparison.json",
+        "comparison.md",
+        "overlap_curves.png",
+        "pairwise.png",
+    ]
+    data = json.loads((out / "comparison.json").read_text())
+    expected = compare_scores([LayerScores.load(r) for r in runs], ["data0", "data1", "data2"])
+    pair = expected.pair("data0", "data1")
+    assert data["schema_version"] == 1 and data["fractions"] == [0.25, 0.5]
+    assert [r["label"] for r in data["runs"]] == ["data0", "data1", "data2"]
+    assert data["pairs"][0]["jaccard"]["0.25"] == pytest.approx(pair.jaccard[0.25])
+    assert data["pairs"][0]["spearman"] == pytest.approx(pair.spearman)
+    assert data["by_fraction"][0]["random_jaccard"] == pytest.approx(
+        expected_random_jaccard(40, 10)
+    )
+    markdown = (out / "comparison.md").read_text()
+    assert "| data0 | data1 |" in markdown and "| random sets |" in markdown
+    assert "| 25% | 10 |" in markdown
+    from matplotlib.image import imread
+
+    for name in ("pairwise.png", "overlap_curves.png"):
+        image = imread(out / name)
+        assert image.shape[0] > 200 and image.shape[1] > 300
+        assert image[..., :3].std() > 0.05  # drawn, not a blank canvas
+
+
+def test_cli_refusals_write_nothing(tmp_path, capsys):
+    runs = _write_runs(tmp_path, [range(8), range(8, 0, -1)])
+    block = tmp_path / "runs" / "blocks"
+    block.mkdir()
+    make_scores(range(2), unit_kind="block").save(block / "layer_scores.json")
+    broken = tmp_path / "runs" / "broken"
+    broken.mkdir()
+    (broken / "layer_scores.json").write_text("{not json")
+    out = tmp_path / "cmp"
+    cases = [
+        ([runs[0]], "at least 2 runs"),
+        ([runs[0], block], "different unit kinds"),
+        ([runs[0], tmp_path / "runs"], "holds no layer_scores.json"),
+        ([runs[0], tmp_path / "missing"], "no such run directory"),
+        ([runs[0], broken], "not valid JSON"),
+        ([runs[0], runs[0] / "layer_scores.json"], "given twice"),
+        ([*runs, "--fractions", "1.5"], "--fractions: each must be in (0, 1]"),
+    ]
+    for args, message in cases:
+        assert main(["compare", *map(str, args), "--output-dir", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("ila: error:") and message in err[0], err
+        assert not out.exists()
+    # An output directory holding files, or one that would replace an input, is refused.
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    assert main(["compare", *map(str, runs), "--output-dir", str(out)]) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert main(["compare", *map(str, runs), "--output-dir", str(runs[0]), "--overwrite"]) == 2
+    assert "would replace the input" in capsys.readouterr().err
+    assert (runs[0] / "layer_scores.json").is_file() and (out / "keep.txt").is_file()
+    assert main(["compare", *map(str, runs), "--output-dir", str(out), "--overwrite"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "comparison.json").is_file()
+
+
+def test_load_runs_reads_directories_and_files(tmp_path):
+    runs = _write_runs(tmp_path, [range(8), range(8, 0, -1)])
+    loaded = load_runs([runs[0], runs[1] / "layer_scores.json"])
+    assert [r.label for r in loaded] == ["data0", "data1"]
+    assert loaded[1].scores.ranking()[0] == "layers.0.self_attn.q_proj"
+    assert math.isclose(loaded[0].scores.units[0].importance, 0.0)

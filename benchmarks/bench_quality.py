@@ -127,8 +127,7 @@ def main() -> None:
         em_mean, em_range = spread(matches)
         table[name] = {"loss": statistics.fmean(losses), "em": statistics.fmean(matches)}
         lines.append(
-            f"| {name} | {units} | {params} | {loss_mean} | {loss_range} | {em_mean} "
-            f"| {em_range} |"
+            f"| {name} | {units} | {params} | {loss_mean} | {loss_range} | {em_mean} | {em_range} |"
         )
         print(lines[-1], flush=True)
     lines += ["", *reading(table)]
@@ -143,11 +142,12 @@ def reading(table: dict[str, dict[str, float]]) -> list[str]:
     freeze = table["ILA: freeze bottom 25%"]
     top = table["ILA: tune top 30%"]
     others = {k: v for k, v in table.items() if k.endswith("tune top 30%") and "ILA" not in k}
+    direction = "lower" if freeze["loss"] < full["loss"] else "higher"
     best_other = min(others.values(), key=lambda v: v["loss"]) if others else None
     out = [
         f"Reading: freezing ILA's bottom 25% gives held-out loss {freeze['loss']:.3f} against "
-        f"{full['loss']:.3f} for all units ({'better' if freeze['loss'] < full['loss'] else 'worse'}"
-        f"), exact match {freeze['em']:.3f} against {full['em']:.3f}. Tuning ILA's top 30% gives "
+        f"{full['loss']:.3f} for all units ({direction}), exact match {freeze['em']:.3f} "
+        f"against {full['em']:.3f}. Tuning ILA's top 30% gives "
         f"loss {top['loss']:.3f} and exact match {top['em']:.3f}"
         + (
             f"; the best other 30% selection reaches loss {best_other['loss']:.3f} and exact "

@@ -50,7 +50,8 @@ def test_score_writes_the_run_directory_contract(score_run):
     assert any(f.startswith("stage1/adapter/") and f.endswith(".safetensors") for f in files)
     assert not [f for f in files if f.endswith(".tmp")]
     state = json.loads((score_run / "run_state.json").read_text())
-    assert state["command"] == "score" and state["completed_stages"] == ["score"]
+    assert state["command"] == "score"
+    assert state["completed_stages"] == ["stage1", "stage2", "score"]
 
 
 def test_scores_file_content(score_run, tiny_model_dir):
@@ -176,12 +177,23 @@ def test_ls_scorers(capsys):
 def test_run_chains_score_select_finetune(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["run", "--model", str(tiny_model_dir), "--output-dir", str(out), *FAST]
-    assert main([*argv, "--select-fraction", "0.25", "--finetune-steps", "3"]) == 0
+    evals = ["--eval-generate-examples", "2", "--eval-max-new-tokens", "4"]
+    assert main([*argv, "--select-fraction", "0.25", "--finetune-steps", "3", *evals]) == 0
     printed = capsys.readouterr().out
     assert "selection: 7 of 28 units" in printed and "fine-tune: lora on 7 of 28 units" in printed
+    assert "all-units" in printed and "selected" in printed
     state = json.loads((out / "run_state.json").read_text())
     assert state["command"] == "run"
-    assert state["completed_stages"] == ["score", "select", "finetune"]
+    stages = ["score", "select", "finetune", "finetune-all-units", "eval"]
+    assert [s for s in state["completed_stages"] if s in stages] == stages
+    compared = json.loads((out / "eval" / "comparison.json").read_text())["variants"]
+    assert list(compared) == ["base", "all-units", "selected"]
+    assert len({round(v["loss"], 6) for v in compared.values()}) == 3  # three different models
+    assert all(v["exact_match_examples"] == 2 for v in compared.values())
+    baseline = json.loads((out / "finetune-all-units" / "finetune_summary.json").read_text())
+    assert baseline["num_selected"] == 28 and baseline["steps"] == 3
+    for variant in compared:
+        assert (out / "eval" / variant / "generations.jsonl").is_file()
     selection = json.loads((out / "selection.json").read_text())
     assert selection["selected"] == sorted(
         LayerScores.load(out).top(0.25), key=LayerScores.load(out).names.index

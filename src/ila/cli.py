@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import os
 import sys
 import types
 import typing
@@ -21,7 +22,9 @@ from typing import Any, get_type_hints
 
 from ila import __version__
 from ila.config import (
+    EvalConfig,
     FinetuneConfig,
+    PlanConfig,
     RunConfig,
     ScoreConfig,
     config_from_dict,
@@ -42,6 +45,7 @@ _SECTION_TITLES = {
     "stage2": "stage 2: learned gates",
     "finetune": "stage 3: fine-tune the selected units",
     "run": "after scoring (ila run): selection and fine-tuning",
+    "eval": "evaluation",
 }
 
 
@@ -89,6 +93,12 @@ def _score_flags(parser: argparse.ArgumentParser, config_cls: type = ScoreConfig
     parser.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing run in --output-dir"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --output-dir (same settings): finished stages "
+        "are kept, a stage continues from its last --save-steps checkpoint",
     )
     _add_config_flags(parser, config_cls)
 
@@ -175,6 +185,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha in LoRA formats")
     p.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout")
 
+    p = sub.add_parser(
+        "eval",
+        help="measure a model (and adapter): held-out loss, exact match, generations",
+        description="Evaluate a model, optionally with an adapter or an `ila finetune` run "
+        "directory, on held-out examples of --data (the split training made, by default): "
+        "response loss and perplexity, exact match of greedy answers where the data has "
+        "checkable answers, multiple-choice accuracy from MMLU-layout files "
+        "(--eval-mc-data), and lm-evaluation-harness tasks when it is installed.",
+    )
+    _score_flags(p, EvalConfig)
+    p.add_argument(
+        "--adapter",
+        type=Path,
+        help="a peft adapter directory, or an `ila finetune` output directory (adapter/ "
+        "or changed_weights/) to apply to --model",
+    )
+
+    p = sub.add_parser(
+        "plan",
+        help="estimate memory (and time) of score and fine-tune without loading weights",
+        description="Build the model from its config on the meta device and print, per stage "
+        "(stage 1 LoRA, stage 2 gates, the selective fine-tune): trainable parameters, "
+        "weight, gradient, Adam and activation memory, tokens per step, and a time estimate "
+        "when --tokens-per-second is given. Same settings as 'ila score' and 'ila finetune'.",
+    )
+    p.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
+    p.add_argument(
+        "--selection", type=Path, help="a selection.json (or its directory) for the fine-tune"
+    )
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _add_config_flags(p, PlanConfig)
+
+    p = sub.add_parser(
+        "compare",
+        help="overlap of the important units of several runs (Jaccard, rank correlation)",
+        description="For every pair of runs of one model: Jaccard of the important sets at "
+        "each fraction (next to the overlap expected of random sets), Spearman and Kendall "
+        "tau-b of the importances. Writes comparison.json, comparison.md, pairwise.png and "
+        "overlap_curves.png into --output-dir.",
+    )
+    p.add_argument(
+        "runs", nargs="+", type=Path, metavar="RUN", help="run directories or layer_scores.json"
+    )
+    p.add_argument("--output-dir", type=Path, required=True, help="directory for the outputs")
+    p.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        metavar="K",
+        help="fractions of units in the important set, each in (0, 1] (default: 0.1 0.25 0.5 0.75)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
+
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page (and markdown) describing a finished run",
+        description="Build report.html (opens from the file, no server), report.md and its "
+        "figures from a finished 'ila score' or 'ila run' directory: stage-1 loss with T, "
+        "stage-2 gates, unit heatmap, block bars, selection, fine-tune and evaluation "
+        "metrics, versions and the command that reproduces the run.",
+    )
+    p.add_argument("run", type=Path, help="a finished run directory")
+    p.add_argument("--output-dir", type=Path, required=True, help="directory for the report")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
+
     p = sub.add_parser("ls", help="list available things: scorers, data presets")
     p.add_argument("what", choices=["scorers", "presets"])
     return parser
@@ -210,6 +285,15 @@ def _int_list(text: str) -> list[int]:
 def _resolve_config(args: argparse.Namespace, config_cls: type = ScoreConfig) -> Any:
     data: dict[str, Any] = load_yaml_config(args.config) if args.config else {}
     origin = str(args.config) if args.config else "flags"
+    # A run's config.yaml also records its scorer ('method', see ila.pipeline), so that
+    # `--config RUN/config.yaml` re-runs it; the scorer must be the one of this command.
+    recorded = data.pop("method", None) if isinstance(data, dict) else None
+    method = getattr(args, "method", "ila")
+    if recorded is not None and recorded != method:
+        raise IlaError(
+            f"{origin}: records method '{recorded}' but this command scores with '{method}'; "
+            f"pass --method {recorded} to 'ila score'"
+        )
     for key, value in vars(args).items():
         if "." in key:
             section, name = key.split(".", 1)
@@ -234,7 +318,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from ila.pipeline import score
 
     config = _resolve_config(args)
-    result = score(config, args.output_dir, method=args.method, overwrite=args.overwrite)
+    result = score(
+        config, args.output_dir, method=args.method, overwrite=args.overwrite, resume=args.resume
+    )
     _print_score(result, "ila score")
     return 0
 
@@ -243,7 +329,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ila.pipeline import run
 
     config = _resolve_config(args, RunConfig)
-    result = run(config, args.output_dir, overwrite=args.overwrite)
+    result = run(config, args.output_dir, overwrite=args.overwrite, resume=args.resume)
     _print_score(result.score, "ila run")
     selection = result.selection
     total = len(selection.selected) + len(selection.frozen)
@@ -253,7 +339,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     if result.finetune is not None:
         _print_finetune(result.finetune, "  fine-tune")
+    if result.evaluation:
+        print(f"  evaluation ({args.output_dir / 'eval'}):")
+        for variant, metrics in result.evaluation.items():
+            em = metrics.get("exact_match")
+            em_text = "" if em is None else f", exact match {em:.3f}"
+            print(
+                f"    {variant:<10} loss {metrics['loss']:.4f}, "
+                f"perplexity {metrics['perplexity']:.3f}{em_text}"
+            )
     return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ila.eval_run import EVAL_FILE, evaluate
+
+    config = _resolve_config(args, EvalConfig)
+    result = evaluate(config, args.output_dir, adapter=args.adapter, overwrite=args.overwrite)
+    target = config.model.model + (f" + {args.adapter}" if args.adapter else "")
+    print(f"ila eval: {target} on {config.data.data} ({config.eval.split} split)")
+    _print_metrics(result.result.metrics, "  ")
+    print(f"  results: {args.output_dir / EVAL_FILE}")
+    return 0
+
+
+def _print_metrics(metrics: dict[str, Any], pad: str) -> None:
+    m = metrics
+    print(
+        f"{pad}loss {m['loss']:.4f}, perplexity {m['perplexity']:.3f} "
+        f"on {m['response_tokens']} response tokens of {m['num_examples']} examples"
+    )
+    if m.get("exact_match") is not None:
+        print(f"{pad}exact match {m['exact_match']:.3f} on {m['exact_match_examples']} answers")
+    if m.get("mc_accuracy") is not None:
+        print(f"{pad}multiple choice {m['mc_accuracy']:.3f} on {m['mc_questions']} questions")
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
@@ -360,6 +479,58 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from ila.plan import plan_run
+    from ila.selection import Selection
+
+    config = _resolve_config(args, PlanConfig)
+    selection = Selection.load(args.selection) if args.selection is not None else None
+    plan = plan_run(config, selection=selection)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.to_table())
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ila.compare import DEFAULT_FRACTIONS, compare_scores, load_runs
+    from ila.report.comparison import write_comparison_report
+    from ila.report.output import report_directory
+
+    runs = load_runs(args.runs)
+    comparison = compare_scores(
+        [r.scores for r in runs],
+        [r.label for r in runs],
+        args.fractions if args.fractions is not None else DEFAULT_FRACTIONS,
+        sources=[r.source for r in runs],
+    )
+    with report_directory(args.output_dir, inputs=args.runs, overwrite=args.overwrite) as tmp:
+        write_comparison_report(comparison, tmp)
+    print(
+        f"ila compare: {len(runs)} runs of {comparison.model_id}, "
+        f"{comparison.num_units} {comparison.unit_kind} units, {len(comparison.pairs)} pairs"
+    )
+    for s in comparison.by_fraction:
+        print(
+            f"  top {100 * s.fraction:g}% (k = {s.k}): mean Jaccard {s.mean_jaccard:.3f} "
+            f"(min {s.min_jaccard:.3f}, max {s.max_jaccard:.3f}; random {s.random_jaccard:.3f})"
+        )
+    print(f"  outputs: {args.output_dir} (comparison.json, comparison.md, *.png)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ila.report.output import report_directory
+    from ila.report.run_record import load_run_record
+    from ila.report.run_report import RUN_REPORT_HTML, write_run_report
+
+    record = load_run_record(args.run)
+    with report_directory(args.output_dir, inputs=[args.run], overwrite=args.overwrite) as tmp:
+        write_run_report(record, tmp)
+    print(f"ila report: {args.output_dir / RUN_REPORT_HTML} (and report.md)")
+    return 0
+
+
 def _cmd_ls(args: argparse.Namespace) -> int:
     if args.what == "scorers":
         from ila.scorers import SCORERS
@@ -381,6 +552,10 @@ _COMMANDS = {
     "select": _cmd_select,
     "export": _cmd_export,
     "ls": _cmd_ls,
+    "compare": _cmd_compare,
+    "report": _cmd_report,
+    "plan": _cmd_plan,
+    "eval": _cmd_eval,
 }
 
 
@@ -396,6 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    if args.quiet:
+        # The Hugging Face switch for progress bars; ila.training reads it too.
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     # peft 0.21 calls an API that transformers 5 deprecates; not actionable for users.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
     from ila.rundir import is_main_process

@@ -27,10 +27,14 @@ from ila.errors import IlaError
 
 __all__ = [
     "DataConfig",
+    "EvalConfig",
+    "EvalSettings",
     "FinetuneConfig",
     "FinetuneSettings",
     "LoraSettings",
     "ModelConfig",
+    "PlanConfig",
+    "PlanSettings",
     "RunConfig",
     "RunSettings",
     "ScoreConfig",
@@ -160,6 +164,42 @@ class TrainConfig:
         _require(self.save_steps >= 0, "--save-steps", "must be >= 0")
         _require(self.grad_accum >= 1, "--grad-accum", "must be >= 1")
         _require(self.logging_steps >= 1, "--logging-steps", "must be >= 1")
+        _check_reporter(self.report_to)
+
+
+# Trainer integrations (transformers' report_to names) and the packages each one needs.
+_REPORTERS = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+    "comet_ml": ("comet_ml",),
+    "neptune": ("neptune",),
+    "clearml": ("clearml",),
+    "dvclive": ("dvclive",),
+    "trackio": ("trackio",),
+    "swanlab": ("swanlab",),
+    "codecarbon": ("codecarbon",),
+}
+
+
+def _check_reporter(name: str) -> None:
+    """Refuse an unknown --report-to, or one whose package is missing, before any work."""
+    import importlib.util
+
+    if name == "none":
+        return
+    _require(
+        name in _REPORTERS,
+        "--report-to",
+        f"unknown integration '{name}'; known: none, {', '.join(sorted(_REPORTERS))}",
+    )
+    packages = _REPORTERS[name]
+    _require(
+        any(importlib.util.find_spec(p) is not None for p in packages),
+        "--report-to",
+        f"{name} needs the '{packages[0]}' package, which is not installed; "
+        f"pip install {packages[0]}, or pass --report-to none",
+    )
 
 
 @dataclass
@@ -290,6 +330,58 @@ class FinetuneConfig:
 
 
 @dataclass
+class EvalSettings:
+    """What `ila eval` measures (and `ila run` after fine-tuning); see ila.evaluation."""
+
+    split: str = _opt(
+        "eval",
+        "examples evaluated: eval = the held-out split made exactly as in training "
+        "(same --eval-fraction and --seed), all = every example of --data",
+        choices=["eval", "all"],
+    )
+    max_examples: int | None = _opt(
+        None, "evaluate at most this many examples for loss and perplexity (default: all)"
+    )
+    generate_examples: int = _opt(
+        100,
+        "examples answered by greedy generation (exact match where the data has checkable "
+        "answers; all saved to generations.jsonl); 0 to skip generation",
+    )
+    max_new_tokens: int = _opt(160, "most tokens generated per answer")
+    batch_size: int = _opt(8, "examples per evaluation batch")
+    mc_data: str | None = _opt(
+        None,
+        "multiple-choice questions in MMLU layout: a CSV file, or a directory of "
+        "*_test.csv files (rows: question, A, B, C, D, answer letter; no header)",
+    )
+    mc_limit: int | None = _opt(None, "use at most this many multiple-choice questions")
+    lm_eval_tasks: list[str] = _opt(
+        [], "lm-evaluation-harness tasks to run too (needs the lm-eval package)"
+    )
+    lm_eval_limit: int | None = _opt(None, "at most this many examples per lm-eval task")
+
+    def __post_init__(self) -> None:
+        for name in ("max_examples", "mc_limit", "lm_eval_limit"):
+            value = getattr(self, name)
+            _require(
+                value is None or value >= 1, "--eval-" + name.replace("_", "-"), "must be >= 1"
+            )
+        _require(self.generate_examples >= 0, "--eval-generate-examples", "must be >= 0")
+        _require(self.max_new_tokens >= 1, "--eval-max-new-tokens", "must be >= 1")
+        _require(self.batch_size >= 1, "--eval-batch-size", "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Everything `ila eval` needs: model, data (and its split), and what to measure."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+@dataclass
 class RunSettings:
     """What `ila run` does after scoring: select units from the ranking and fine-tune them."""
 
@@ -308,6 +400,14 @@ class RunSettings:
     finetune_learning_rate: float | None = _opt(
         None, "fine-tuning learning rate (default: 1e-3 for lora/qlora, 2e-5 for full)"
     )
+    evaluate: bool = _opt(
+        True, "evaluate after fine-tuning (see the eval- settings); needs --finetune-steps > 0"
+    )
+    compare_all_units: bool = _opt(
+        True,
+        "also fine-tune every unit with the same steps (into finetune-all-units/) and "
+        "evaluate the base model, all units and the selection side by side",
+    )
 
     def __post_init__(self) -> None:
         _fraction(self.select_fraction, "--select-fraction")
@@ -324,10 +424,42 @@ class RunConfig(ScoreConfig):
     """`ila run`: everything `ila score` needs, plus the selection and fine-tuning after it."""
 
     run: RunSettings = field(default_factory=RunSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+@dataclass
+class PlanSettings:
+    """What `ila plan` estimates besides the stages' own settings (see ila.plan)."""
+
+    select_fraction: float = _opt(
+        0.3, "fraction of the units the selective fine-tune tunes (ignored with --selection)"
+    )
+    tokens_per_second: float | None = _opt(
+        None,
+        "measured training throughput (tokens per second per process) for a time estimate; "
+        "without it no time is estimated",
+    )
+
+    def __post_init__(self) -> None:
+        _fraction(self.select_fraction, "--select-fraction")
+        _require(
+            self.tokens_per_second is None
+            or (math.isfinite(self.tokens_per_second) and self.tokens_per_second > 0),
+            "--tokens-per-second",
+            f"must be a positive number, got {self.tokens_per_second}",
+        )
+
+
+@dataclass
+class PlanConfig(ScoreConfig):
+    """`ila plan`: the settings of `ila score` and `ila finetune`, and what to estimate."""
+
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    plan: PlanSettings = field(default_factory=PlanSettings)
 
 
 # Sections whose fields get a flag prefix; the others' fields are flags as they are.
-_PREFIXES = {"lora": "lora-", "stage1": "stage1-", "stage2": "stage2-"}
+_PREFIXES = {"lora": "lora-", "stage1": "stage1-", "stage2": "stage2-", "eval": "eval-"}
 
 
 def section_prefix(section: str) -> str:

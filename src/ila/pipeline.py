@@ -2,7 +2,7 @@
 
 ``score``: load model and data, find the units, run a scorer (ILA by default), write
 ``layer_scores.json`` and its report. ``run``: the main job behind ``make demo``:
-score -> select -> fine-tune (evaluation joins the chain when it is built).
+score -> select -> fine-tune -> evaluate (base, all units, selection).
 
 Layout of a run directory (every file written atomically)::
 
@@ -12,12 +12,14 @@ Layout of a run directory (every file written atomically)::
     ila.log             the run's log (INFO and above)
     data.json           data source, fingerprint, split sizes, dropped/truncated counts
     metrics.jsonl       one row per training step of every stage
-    stage1/             ILA stage 1: adapter/, summary.json
-    stage2/             ILA stage 2: summary.json, gate_trajectory.json
+    stage1/             ILA stage 1: adapter/, summary.json, trainer/ (--save-steps checkpoints)
+    stage2/             ILA stage 2: summary.json, gate_trajectory.json, trainer/
     layer_scores.json   the ranking (schema_version 1)
     report/             ranking.md, heatmap.png, blocks.png
     selection.json      `ila run` only: the units selected from the ranking
     finetune/           `ila run` only: the selective fine-tune (see ila.finetune)
+    finetune-all-units/ `ila run` only: the all-units baseline, same method and steps
+    eval/               `ila run` only: base/, all-units/, selected/, comparison.json
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from ila.config import RunConfig, ScoreConfig, config_to_dict
+from ila.errors import IlaError
+from ila.parallel import require_supported_launch
 from ila.rundir import (
     atomic_write_json,
     check_output_dir,
@@ -37,6 +41,9 @@ from ila.rundir import (
     log_to_file,
     mark_stage,
     prepare_output_dir,
+    read_json,
+    read_run_state,
+    require_resumable,
     write_environment,
     write_yaml,
 )
@@ -147,30 +154,47 @@ def score(
     *,
     method: str = "ila",
     overwrite: bool = False,
+    resume: bool = False,
     command: str = "score",
 ) -> ScoreRun:
     """Score every unit of ``config.model.model`` on ``config.data.data`` with ``method``.
 
     Every input is read and checked before the run directory is touched, so bad input
-    leaves nothing behind.
+    leaves nothing behind. ``resume`` continues the interrupted run in ``output_dir``
+    (same settings and data required): ILA reuses a completed stage 1 and continues a
+    stage from its last complete ``--save-steps`` checkpoint; other scorers start again.
     """
     from ila.data import PaddingCollator
     from ila.report import write_score_report
     from ila.scorers import ScoringContext, get_scorer
 
+    if resume and overwrite:
+        raise IlaError("--resume and --overwrite contradict each other; pass one of them")
     scorer = get_scorer(method)  # fail on a misspelled method before loading anything
+    require_supported_launch(
+        config.model.device, project_budget=method == "ila" and config.stage2.budget == "project"
+    )
     main = is_main_process()
     output_dir = Path(output_dir)
-    if main:
+    resolved = config_to_dict(config)
+    resolved["method"] = method
+    if resume:
+        finished = "score" if command == "score" else None  # `ila run` checks its own end
+        require_resumable(output_dir, resolved, finished_stage=finished)
+    elif main:
         check_output_dir(output_dir, overwrite=overwrite)
     inputs, seconds = load_score_inputs(config)
+    if resume:
+        _require_same_data(output_dir, inputs.data_stats)
+        state = read_run_state(output_dir) or {}
+        if "score" in state.get("completed_stages", []):
+            scores = LayerScores.load(output_dir / SCORES_FILE)
+            return ScoreRun(output_dir, scores, seconds, sorted((output_dir / "report").iterdir()))
 
     if main:
-        prepare_output_dir(output_dir, command=command, overwrite=overwrite)
+        prepare_output_dir(output_dir, command=command, overwrite=overwrite, resume=resume)
     with log_to_file(output_dir) if main else contextlib.nullcontext():
-        if main:
-            resolved = config_to_dict(config)
-            resolved["method"] = method
+        if main and not resume:
             write_yaml(output_dir / "config.yaml", resolved)
             write_environment(output_dir)
             atomic_write_json(output_dir / "data.json", inputs.data_stats)
@@ -184,6 +208,7 @@ def score(
             config=config,
             output_dir=output_dir,
             data_fingerprint=inputs.fingerprint,
+            resume=resume,
         )
         log.info(
             "scoring %d units of %s with %s on %d training examples",
@@ -211,6 +236,17 @@ def score(
     return ScoreRun(output_dir, scores, seconds, report_files)
 
 
+def _require_same_data(output_dir: Path, stats: dict[str, Any]) -> None:
+    """A resumed run must train on the data it started with (same fingerprint)."""
+    recorded = read_json(output_dir / "data.json")
+    if recorded.get("fingerprint") != stats["fingerprint"]:
+        raise IlaError(
+            f"--resume: the training data differ from the data recorded in "
+            f"{output_dir / 'data.json'} (fingerprint {recorded.get('fingerprint')} there, "
+            f"{stats['fingerprint']} now); resume with the same --data, or start a new run"
+        )
+
+
 @dataclass
 class RunResult:
     """What `ila run` produced: the ranking, the selection, and the fine-tune if any."""
@@ -218,21 +254,40 @@ class RunResult:
     score: ScoreRun
     selection: Any
     finetune: Any | None
+    evaluation: dict[str, dict[str, Any]] | None = None
 
 
-def run(config: RunConfig, output_dir: Path, *, overwrite: bool = False) -> RunResult:
+def run(
+    config: RunConfig, output_dir: Path, *, overwrite: bool = False, resume: bool = False
+) -> RunResult:
     """The main job: identify the important units (ILA), select some, fine-tune only those.
 
     Writes the score run into ``output_dir``, ``selection.json`` beside its
     ``layer_scores.json``, and the fine-tune into ``output_dir/finetune`` (skipped with
-    ``finetune_steps`` 0). Evaluation joins this chain when it is built.
+    ``finetune_steps`` 0). With ``run.evaluate`` it then fine-tunes all units as a baseline
+    (``run.compare_all_units``) and evaluates base, all units and the selection side by
+    side into ``output_dir/eval`` (see ila.eval_run).
+
+    ``resume`` continues an interrupted run: scoring as :func:`score` resumes it, the
+    selection is made again, the fine-tune continues from its last complete checkpoint
+    (or starts again when it has none).
     """
     from ila.config import FinetuneConfig, FinetuneSettings
-    from ila.finetune import finetune
     from ila.layers import LayerMap
     from ila.selection import select_units
 
-    scored = score(config, output_dir, method="ila", overwrite=overwrite, command="run")
+    if config.run.evaluate and config.run.finetune_steps > 0:
+        from ila.eval_run import check_eval_inputs
+
+        check_eval_inputs(config.eval)
+    if resume:
+        last = "select" if config.run.finetune_steps == 0 else "finetune"
+        last = "eval" if config.run.evaluate and last == "finetune" else last
+        resolved = {**config_to_dict(config), "method": "ila"}
+        require_resumable(output_dir, resolved, finished_stage=last)
+    scored = score(
+        config, output_dir, method="ila", overwrite=overwrite, resume=resume, command="run"
+    )
     settings = config.run
     fraction = {settings.select_rule.replace("-", "_"): settings.select_fraction}
     selection = select_units(
@@ -257,7 +312,23 @@ def run(config: RunConfig, output_dir: Path, *, overwrite: bool = False) -> RunR
                 max_steps=settings.finetune_steps,
             ),
         )
-        tuned = finetune(finetune_config, selection, scored.output_dir / "finetune")
+        tuned = _finetune_step(finetune_config, selection, scored.output_dir / "finetune", resume)
         if is_main_process():
             mark_stage(scored.output_dir, "finetune")
+        if settings.evaluate:
+            from ila.eval_run import evaluate_run
+
+            evaluation = evaluate_run(config, finetune_config, scored.output_dir)
+            return RunResult(scored, selection, tuned, evaluation)
     return RunResult(scored, selection, tuned)
+
+
+def _finetune_step(config: Any, selection: Any, tuned_dir: Path, resume: bool) -> Any:
+    """The fine-tune of `ila run`; on resume it continues, reuses or restarts ``tuned_dir``."""
+    from ila.finetune import FinetuneRun, finetune
+
+    state = read_run_state(tuned_dir) if resume and tuned_dir.is_dir() else None
+    if state is not None and "finetune" in state.get("completed_stages", []):
+        return FinetuneRun(tuned_dir, selection, read_json(tuned_dir / "finetune_summary.json"))
+    started = state is not None and (tuned_dir / "config.yaml").is_file()
+    return finetune(config, selection, tuned_dir, resume=started, overwrite=resume and not started)

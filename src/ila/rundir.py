@@ -42,6 +42,7 @@ __all__ = [
     "prepare_output_dir",
     "read_json",
     "read_run_state",
+    "require_resumable",
     "require_schema_version",
     "write_environment",
     "write_yaml",
@@ -71,6 +72,12 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
     path = Path(path)
@@ -81,6 +88,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         # Remove the temporary file, then let the original error propagate unchanged.
@@ -221,6 +229,57 @@ def prepare_output_dir(
         {"command": command, "completed_stages": [], "started_at": _now()},
     )
     return output_dir
+
+
+def require_resumable(
+    output_dir: Path, resolved: Mapping[str, Any], *, finished_stage: str | None
+) -> dict[str, Any]:
+    """Check that ``--resume`` can continue the run in ``output_dir``; return its run state.
+
+    Refused: a directory without a run, a run that completed ``finished_stage`` (nothing
+    left to do), and a run started with other settings than ``resolved`` (the config the
+    command would write): the first setting that differs is named by its flag.
+    """
+    output_dir = Path(output_dir)
+    state = read_run_state(output_dir)
+    if state is None:
+        raise IlaError(f"--resume: {output_dir} holds no {RUN_STATE_FILE}; nothing to resume")
+    if finished_stage is not None and finished_stage in state.get("completed_stages", []):
+        raise IlaError(
+            f"--resume: the run in {output_dir} has finished; nothing to resume (pass "
+            "--overwrite to run it again)"
+        )
+    recorded_path = output_dir / "config.yaml"
+    if not recorded_path.is_file():
+        raise IlaError(
+            f"--resume: {recorded_path} not found; the run stopped before it began, so start "
+            "it again with --overwrite"
+        )
+    recorded = yaml.safe_load(recorded_path.read_text(encoding="utf-8")) or {}
+    for key, was, now in _differences(recorded, dict(resolved)):
+        raise IlaError(
+            f"--resume: {_flag_of(key)} is {now!r} here but {was!r} in {recorded_path}; "
+            "resume with the settings the run started with, or start a new run"
+        )
+    return state
+
+
+def _differences(
+    recorded: Mapping[str, Any], resolved: Mapping[str, Any], prefix: str = ""
+) -> Iterator[tuple[str, Any, Any]]:
+    for key in list(resolved) + [k for k in recorded if k not in resolved]:
+        was, now = recorded.get(key), resolved.get(key)
+        if isinstance(was, Mapping) and isinstance(now, Mapping):
+            yield from _differences(was, now, f"{prefix}{key}.")
+        elif was != now:
+            yield f"{prefix}{key}", was, now
+
+
+def _flag_of(key: str) -> str:
+    from ila.config import flag_name
+
+    section, _, name = key.partition(".")
+    return flag_name(section, name) if name and "." not in name else "--" + key.replace("_", "-")
 
 
 def mark_stage(output_dir: Path, stage: str) -> None:

@@ -2,7 +2,7 @@
 
 Every training stage runs on ``transformers.Trainer`` so that gradient accumulation,
 bf16 autocast, checkpoints, progress bars, ``--report-to`` integrations and launches with
-torchrun / accelerate (DDP, FSDP, DeepSpeed) come from the ecosystem. The algorithm
+torchrun / accelerate (DDP; see ila.parallel) come from the ecosystem. The algorithm
 modules (gates, stability, scores) know nothing of the Trainer; this module drives them.
 
 Per-step values that decide control flow (the stage-1 stability test) are read from the
@@ -12,6 +12,8 @@ Trainer's logs, which are averaged over processes, so every rank takes the same 
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ila.config import TrainConfig
 from ila.errors import IlaError
@@ -33,8 +35,24 @@ __all__ = [
     "StepValues",
     "StopWhen",
     "make_training_args",
+    "progress_bars_enabled",
     "run_trainer",
 ]
+
+
+def progress_bars_enabled() -> bool:
+    """Trainer progress bars are for a person at a terminal.
+
+    Off when stderr is not a terminal (pipes, log files), under CI (the ``CI`` variable
+    set), and when progress bars are switched off the Hugging Face way
+    (``HF_HUB_DISABLE_PROGRESS_BARS=1``, which ``ila -q`` sets).
+    """
+    off = {"1", "true", "yes", "on"}
+    if os.environ.get("CI", "").strip().lower() in off:
+        return False
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().lower() in off:
+        return False
+    return sys.stderr.isatty()
 
 
 def make_training_args(
@@ -77,7 +95,7 @@ def make_training_args(
         dataloader_num_workers=0,
         dataloader_pin_memory=not on_cpu,
         remove_unused_columns=False,
-        disable_tqdm=False,
+        disable_tqdm=not progress_bars_enabled(),
     )
 
 
@@ -164,6 +182,12 @@ class MetricsLogger(TrainerCallback):
         }
         if self.probe is not None:
             for key, value in self.probe().items():
+                if not math.isfinite(value):
+                    # A diverged update (e.g. a huge learning rate) shows here before the loss.
+                    raise IlaError(
+                        f"{self.stage}: the {key.replace('_', ' ')} became {value} at step "
+                        f"{state.global_step}; lower the learning rate"
+                    )
                 self.values.extra.setdefault(key, []).append(value)
                 row[key] = value
         if self.metrics_path is not None and state.is_world_process_zero:
@@ -199,23 +223,14 @@ def run_trainer(
     collator: Callable[[list[dict[str, list[int]]]], dict[str, torch.Tensor]],
     callbacks: Sequence[TrainerCallback] = (),
     extra_loss: Callable[[], torch.Tensor] | None = None,
-    resume: bool = False,
+    resume_from: Path | None = None,
 ) -> tuple[IlaTrainer, float]:
     """Train ``model`` with an :class:`IlaTrainer`; returns it and the wall time in seconds.
 
-    With ``resume``, training continues from the last checkpoint in ``args.output_dir``
-    (model or adapter weights, optimizer, scheduler, RNG states and data position).
+    With ``resume_from`` (a ``checkpoint-N`` folder, see :mod:`ila.checkpoints`), training
+    continues from that checkpoint: model or adapter weights, optimizer, scheduler, RNG
+    states and data position.
     """
-    checkpoint = None
-    if resume:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        folder = Path(args.output_dir)
-        checkpoint = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-        if checkpoint is None:
-            raise IlaError(
-                f"--resume: no checkpoint under {folder}; the interrupted run needs --save-steps"
-            )
     trainer = IlaTrainer(
         model=model,
         args=args,
@@ -225,7 +240,18 @@ def run_trainer(
         extra_loss=extra_loss,
     )
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(_BarOnly())
+    trainer.remove_callback(PrinterCallback)  # disable_tqdm's: a printed line per step
+    if not args.disable_tqdm:
+        trainer.add_callback(_BarOnly())
+    if "tensorboard" in args.report_to:
+        from transformers.integrations import TensorBoardCallback
+
+        # Events go to <stage dir>/tensorboard (RUN/stage1, RUN/stage2, FT), not to a
+        # dated folder under the Trainer's scratch dir: `tensorboard --logdir RUN` finds all.
+        board = TensorBoardCallback()
+        board.logging_dir = str(Path(args.output_dir).parent / "tensorboard")
+        trainer.remove_callback(TensorBoardCallback)
+        trainer.add_callback(board)
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return trainer, time.perf_counter() - start

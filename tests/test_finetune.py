@@ -223,9 +223,9 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
         assert torch.allclose(a[key], b[key], atol=1e-6), key
 
 
-def test_resume_without_a_checkpoint_is_an_error(tiny_model_dir, tmp_path):
+def test_resume_of_a_finished_run_is_an_error(tiny_model_dir, tmp_path):
     finetune(config(tiny_model_dir, method="lora"), block_selection, tmp_path / "done")
-    with pytest.raises(IlaError, match="no checkpoint"):
+    with pytest.raises(IlaError, match="has finished; nothing to resume"):
         finetune(
             config(tiny_model_dir, method="lora"), block_selection, tmp_path / "done", resume=True
         )

@@ -1,6 +1,7 @@
 """`ila score` / `ila run` end to end on a tiny model, through the real CLI entry point."""
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -194,6 +195,17 @@ def test_run_chains_score_select_finetune(tiny_model_dir, tmp_path, capsys):
     assert baseline["num_selected"] == 28 and baseline["steps"] == 3
     for variant in compared:
         assert (out / "eval" / variant / "generations.jsonl").is_file()
+    # A crash during the evaluation: --resume reuses both fine-tunes and evaluates again.
+    state["completed_stages"].remove("eval")
+    (out / "run_state.json").write_text(json.dumps(state))
+    shutil.rmtree(out / "eval")
+    baseline_file = out / "finetune-all-units" / "finetune_summary.json"
+    written = baseline_file.stat().st_mtime_ns
+    resume = [*argv, "--select-fraction", "0.25", "--finetune-steps", "3", *evals, "--resume"]
+    assert main(resume) == 0
+    assert baseline_file.stat().st_mtime_ns == written
+    again = json.loads((out / "eval" / "comparison.json").read_text())["variants"]
+    assert again == compared
     selection = json.loads((out / "selection.json").read_text())
     assert selection["selected"] == sorted(
         LayerScores.load(out).top(0.25), key=LayerScores.load(out).names.index

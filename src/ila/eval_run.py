@@ -216,23 +216,29 @@ def check_eval_inputs(settings: EvalSettings) -> None:
         load_mc_questions(Path(settings.mc_data), limit=settings.mc_limit)
 
 
-def evaluate_run(config: Any, finetune_config: Any, run_dir: Path) -> dict[str, dict[str, Any]]:
+def evaluate_run(
+    config: Any, finetune_config: Any, run_dir: Path, *, resume: bool = False
+) -> dict[str, dict[str, Any]]:
     """The evaluation step of `ila run` (``config`` is its RunConfig).
 
     With ``compare_all_units`` it first fine-tunes every unit with the same method and
     steps into ``run_dir/finetune-all-units`` (the baseline the selection is measured
     against); then it evaluates ``base``, ``all-units`` and ``selected`` on the same
     held-out examples into ``run_dir/eval``. Training runs on every rank; evaluation and
-    writing on rank 0 only (other ranks return an empty dict).
+    writing on rank 0 only (other ranks return an empty dict). With ``resume`` a finished
+    baseline is reused and a started one continues; the evaluation is made again.
     """
-    from ila.finetune import finetune
+    from ila.finetune import finetune_step
     from ila.selection import select_units
 
     variants: dict[str, Path | None] = {"base": None}
     if config.run.compare_all_units:
         baseline = run_dir / "finetune-all-units"
-        finetune(
-            finetune_config, lambda layer_map: select_units(layer_map, all_units=True), baseline
+        finetune_step(
+            finetune_config,
+            lambda layer_map: select_units(layer_map, all_units=True),
+            baseline,
+            resume,
         )
         if is_main_process():
             mark_stage(run_dir, "finetune-all-units")

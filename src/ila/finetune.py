@@ -28,10 +28,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from ila.checkpoints import (
+    CheckpointState,
+    StageCheckpoint,
+    discard_incomplete_checkpoints,
+    last_complete_checkpoint,
+    rewind_metrics,
+)
 from ila.config import FinetuneConfig, config_to_dict
 from ila.errors import IlaError
 from ila.layers import LayerMap
 from ila.lora import add_lora
+from ila.parallel import require_supported_launch
 from ila.rundir import (
     atomic_directory,
     atomic_write_json,
@@ -40,13 +48,16 @@ from ila.rundir import (
     log_to_file,
     mark_stage,
     prepare_output_dir,
+    read_json,
+    read_run_state,
+    require_resumable,
     write_environment,
     write_yaml,
 )
 from ila.selection import Selection
 from ila.training import MetricsLogger, StepValues, make_training_args, run_trainer
 
-__all__ = ["FinetuneRun", "finetune", "freeze_all_but", "trainable_summary"]
+__all__ = ["FinetuneRun", "finetune", "finetune_step", "freeze_all_but", "trainable_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +121,17 @@ def finetune(
     from ila.models import load_model
 
     settings = config.finetune
+    require_supported_launch(config.model.device)
     output_dir = Path(output_dir)
     main = is_main_process()
-    if main:
-        check_output_dir(output_dir, overwrite=overwrite, resume=resume)
+    resolved = config_to_dict(config)
+    resolved["finetune"]["learning_rate"] = settings.resolved_learning_rate()
+    if resume and overwrite:
+        raise IlaError("--resume and --overwrite contradict each other; pass one of them")
+    if resume:
+        require_resumable(output_dir, resolved, finished_stage="finetune")
+    elif main:
+        check_output_dir(output_dir, overwrite=overwrite)
     examples = load_examples(
         config.data.data, format=config.data.data_format, limit=config.data.limit
     )
@@ -152,9 +170,7 @@ def finetune(
                     f"--resume: {output_dir / 'selection.json'} selects other units than this "
                     "command; resume with the same selection rule and scores"
                 )
-        if main:
-            resolved = config_to_dict(config)
-            resolved["finetune"]["learning_rate"] = settings.resolved_learning_rate()
+        if main and not resume:
             write_yaml(output_dir / "config.yaml", resolved)
             write_environment(output_dir)
             selection.save(output_dir / "selection.json")
@@ -185,6 +201,7 @@ def finetune(
             raise IlaError("the selection leaves no trainable parameter; select at least one unit")
 
         values = StepValues()
+        checkpoint = _resume_point(output_dir, values) if resume else None
         args = make_training_args(
             config.train,
             output_dir=output_dir / "trainer",
@@ -201,9 +218,18 @@ def finetune(
             args,
             train_features=features.features,
             collator=PaddingCollator(tokenizer.pad_token_id),
-            callbacks=[MetricsLogger("finetune", output_dir / "metrics.jsonl", values)],
-            resume=resume,
+            callbacks=[
+                MetricsLogger("finetune", output_dir / "metrics.jsonl", values),
+                CheckpointState(
+                    "finetune",
+                    values,
+                    seconds_before=checkpoint.seconds if checkpoint is not None else 0.0,
+                ),
+            ],
+            resume_from=checkpoint.folder if checkpoint is not None else None,
         )
+        if checkpoint is not None:
+            seconds += checkpoint.seconds
         eval_loss = None
         if eval_features is not None:
             eval_loss = float(
@@ -235,6 +261,46 @@ def finetune(
             atomic_write_json(output_dir / "finetune_summary.json", summary)
             mark_stage(output_dir, "finetune")
         return FinetuneRun(output_dir, selection, summary)
+
+
+def _resume_point(output_dir: Path, values: StepValues) -> StageCheckpoint | None:
+    """The last complete checkpoint of an interrupted fine-tune, its values restored.
+
+    Without one (killed before the first ``--save-steps`` checkpoint) training starts
+    again. The main process removes incomplete newer checkpoints and the metrics rows of
+    the steps to be redone.
+    """
+    folder = output_dir / "trainer"
+    checkpoint = last_complete_checkpoint(folder, "finetune")
+    step = checkpoint.step if checkpoint is not None else 0
+    if is_main_process():
+        discard_incomplete_checkpoints(folder, step)
+        rewind_metrics(output_dir / "metrics.jsonl", "finetune", step)
+    if checkpoint is None:
+        log.info("no complete checkpoint under %s; the fine-tune starts again", folder)
+    else:
+        checkpoint.restore_values(values)
+        log.info("resuming the fine-tune from %s (step %d)", checkpoint.folder, step)
+    return checkpoint
+
+
+def finetune_step(
+    config: FinetuneConfig,
+    selection: Selection | Callable[[LayerMap], Selection],
+    output_dir: Path,
+    resume: bool,
+) -> FinetuneRun:
+    """A fine-tune inside a larger job (`ila run`): with ``resume``, a finished one in
+    ``output_dir`` is reused, a started one continues from its last complete checkpoint,
+    and one that never wrote its settings starts again."""
+    output_dir = Path(output_dir)
+    state = read_run_state(output_dir) if resume and output_dir.is_dir() else None
+    if state is not None and "finetune" in state.get("completed_stages", []):
+        summary = read_json(output_dir / "finetune_summary.json")
+        recorded = Selection.load(output_dir / "selection.json")
+        return FinetuneRun(output_dir, recorded, summary)
+    started = state is not None and (output_dir / "config.yaml").is_file()
+    return finetune(config, selection, output_dir, resume=started, overwrite=resume and not started)
 
 
 def _save(model, tokenizer, layer_map, units, settings, output_dir: Path) -> None:

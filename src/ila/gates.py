@@ -12,8 +12,9 @@ this way (DoRA and the other ``lora_variant`` kinds), merged adapters and multip
 adapters are refused.
 
 The gate scores live in a :class:`GateBank` registered as a submodule of the model, so
-the HF Trainer's optimizer sees them and data-parallel training (DDP, FSDP, DeepSpeed)
-synchronises their gradients like any other parameter.
+the HF Trainer's optimizer sees them and data-parallel training (DDP) all-reduces their
+gradients like any other parameter. Launches that shard parameters (FSDP, ZeRO-3) are
+refused by :mod:`ila.parallel`: the gates are read and shifted outside the forward pass.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ __all__ = [
     "cache_dir",
     "embedded_gguf_path",
     "load_model",
+    "load_model_config",
     "load_tokenizer",
     "model_summary",
     "resolve_device",
@@ -211,6 +212,21 @@ def load_model(
         time.perf_counter() - start,
     )
     return loaded, tokenizer
+
+
+def load_model_config(model: str, *, cache: Path | None = None) -> Any:
+    """The transformers config of ``model`` (any spec :func:`load_model` accepts), no weights.
+
+    Resolution and errors are those of :func:`load_model`: a missing path, a hub id that is
+    not cached offline, or a directory without ``config.json`` is refused the same way. A
+    GGUF spec is converted (and cached) first, as :func:`load_model` would.
+    """
+    from transformers import AutoConfig
+
+    source = _resolve(model, cache)
+    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        raise IlaError(f"model directory {model} has no config.json; pass a saved model directory")
+    return _from_pretrained(AutoConfig, model, source)
 
 
 def _nf4_config(target: torch.device, compute_dtype: torch.dtype) -> Any:

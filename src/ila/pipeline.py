@@ -273,6 +273,7 @@ def run(
     (or starts again when it has none).
     """
     from ila.config import FinetuneConfig, FinetuneSettings
+    from ila.finetune import finetune_step
     from ila.layers import LayerMap
     from ila.selection import select_units
 
@@ -312,23 +313,12 @@ def run(
                 max_steps=settings.finetune_steps,
             ),
         )
-        tuned = _finetune_step(finetune_config, selection, scored.output_dir / "finetune", resume)
+        tuned = finetune_step(finetune_config, selection, scored.output_dir / "finetune", resume)
         if is_main_process():
             mark_stage(scored.output_dir, "finetune")
         if settings.evaluate:
             from ila.eval_run import evaluate_run
 
-            evaluation = evaluate_run(config, finetune_config, scored.output_dir)
+            evaluation = evaluate_run(config, finetune_config, scored.output_dir, resume=resume)
             return RunResult(scored, selection, tuned, evaluation)
     return RunResult(scored, selection, tuned)
-
-
-def _finetune_step(config: Any, selection: Any, tuned_dir: Path, resume: bool) -> Any:
-    """The fine-tune of `ila run`; on resume it continues, reuses or restarts ``tuned_dir``."""
-    from ila.finetune import FinetuneRun, finetune
-
-    state = read_run_state(tuned_dir) if resume and tuned_dir.is_dir() else None
-    if state is not None and "finetune" in state.get("completed_stages", []):
-        return FinetuneRun(tuned_dir, selection, read_json(tuned_dir / "finetune_summary.json"))
-    started = state is not None and (tuned_dir / "config.yaml").is_file()
-    return finetune(config, selection, tuned_dir, resume=started, overwrite=resume and not started)

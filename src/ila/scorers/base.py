@@ -31,3 +31,5 @@ class ScoringContext:
     config: ScoreConfig
     output_dir: Path
     data_fingerprint: str
+    resume: bool = False
+    """Continue an interrupted run in ``output_dir`` (stages that keep checkpoints use them)."""

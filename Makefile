@@ -39,13 +39,14 @@ format: install
 	$(VENV)/bin/ruff format src tests benchmarks scripts
 	$(VENV)/bin/ruff check --fix src tests benchmarks scripts
 
-# Benchmarks write their sections of docs/results.md (about 35 minutes on a 2-core CPU).
+# Benchmarks write their sections of docs/results.md (about 50 minutes on a 2-core CPU).
 bench: install
 	$(OFFLINE) $(PY) benchmarks/bench_score.py --work-dir runs/bench-score
 	$(OFFLINE) $(PY) benchmarks/calibrate_stage2.py runs/bench-score/seed0 runs/bench-score/seed1 \
 		runs/bench-score/seed2 --variants hinge:1.0 --steps 120 --work-dir runs/calibrate-stage2 \
 		--section calibrate_stage2_steps
 	$(OFFLINE) $(PY) benchmarks/bench_finetune.py --scores runs/bench-score/seed0
+	$(OFFLINE) $(PY) benchmarks/bench_plan.py --work-dir runs/bench-plan
 
 # Debian's Chromium for the headless-browser test of `ila report` (tests/test_report.py);
 # installed only when missing (needs root and Debian's apt, as on CI).

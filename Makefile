@@ -39,7 +39,8 @@ format: install
 	$(VENV)/bin/ruff format src tests benchmarks scripts
 	$(VENV)/bin/ruff check --fix src tests benchmarks scripts
 
-# Benchmarks write their sections of docs/results.md (about 50 minutes on a 2-core CPU).
+# Benchmarks write their sections of docs/results.md (several hours on a 2-core CPU in all;
+# bench_overlap and bench_quality reuse the finished runs in their work dirs).
 bench: install
 	$(OFFLINE) $(PY) benchmarks/bench_score.py --work-dir runs/bench-score
 	$(OFFLINE) $(PY) benchmarks/calibrate_stage2.py runs/bench-score/seed0 runs/bench-score/seed1 \
@@ -47,6 +48,11 @@ bench: install
 		--section calibrate_stage2_steps
 	$(OFFLINE) $(PY) benchmarks/bench_finetune.py --scores runs/bench-score/seed0
 	$(OFFLINE) $(PY) benchmarks/bench_plan.py --work-dir runs/bench-plan
+	$(OFFLINE) $(PY) benchmarks/bench_selection.py --reuse-ila runs/bench-score/seed0
+	$(OFFLINE) $(PY) benchmarks/bench_overlap.py --work-dir runs/bench-overlap
+	$(OFFLINE) $(PY) benchmarks/bench_quality.py --ila-scores runs/bench-score/seed0
+	$(OFFLINE) $(PY) benchmarks/bench_cost.py --ila-runs runs/bench-score/seed0 \
+		runs/bench-score/seed1 runs/bench-score/seed2
 
 # Debian's Chromium for the headless-browser test of `ila report` (tests/test_report.py);
 # installed only when missing (needs root and Debian's apt, as on CI).

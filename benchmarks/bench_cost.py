@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--ila-runs", type=Path, nargs="+", required=True)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-cost"))
+    parser.add_argument("--note", default="", help="conditions worth stating with the numbers")
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     work = args.work_dir
@@ -110,7 +111,10 @@ def main() -> None:
         f"Measured {started} on {os.cpu_count()} CPU cores, float32, SmolLM2-135M, "
         "ila-instruct (max length 256, batch 4), each configuration in its own process, "
         f"{args.steps} steps each, median step time after the first. Command: `python "
-        "benchmarks/bench_cost.py --ila-runs " + " ".join(str(r) for r in args.ila_runs) + "`.",
+        "benchmarks/bench_cost.py --ila-runs "
+        + " ".join(str(r) for r in args.ila_runs)
+        + "`."
+        + (f" {args.note}" if args.note else ""),
         "",
         "| what | s/step | vs LoRA all units | peak RSS (MB) | trainable params |",
         "|---|---:|---:|---:|---:|",

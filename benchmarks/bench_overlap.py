@@ -51,7 +51,7 @@ DATA_FLAGS = {
     "chitchat": ["--max-length", "128", "--limit", "3000"],
     "sharegpt": ["--max-length", "128", "--limit", "3000"],
 }
-FRACTIONS = (0.1, 0.25, 0.5)
+FRACTIONS = (0.1, 0.25, 0.5, 0.75)
 IMAGE = Path(__file__).resolve().parent.parent / "docs" / "img" / "overlap.png"
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ila.rundir import atomic_write_text
 
-__all__ = ["TASKS", "extract_answer", "generate_ila_instruct", "write_jsonl"]
+__all__ = ["TASKS", "extract_answer", "generate_balanced", "generate_ila_instruct", "write_jsonl"]
 
 # Common words of 5-6 letters, single tokens or two for most tokenizers.
 _WORD_TEXT = (
@@ -288,10 +288,28 @@ def generate_ila_instruct(num_examples: int = 1200, seed: int = 0) -> list[dict[
     (so each of the :data:`TASKS` gets an equal share) and the records are then shuffled.
     Only ``random.Random(seed)`` is used, so the output depends on the arguments alone.
     """
+    return generate_balanced(TASKS, num_examples, seed, system_prompts=_SYSTEM_PROMPTS)
+
+
+def generate_balanced(
+    tasks: Mapping[str, Task],
+    num_examples: int,
+    seed: int,
+    *,
+    system_prompts: Sequence[str],
+    system_fraction: float = _SYSTEM_FRACTION,
+) -> list[dict[str, Any]]:
+    """Records from ``tasks`` taking turns, distinct questions, shuffled; the generation
+    loop shared by the embedded datasets.
+
+    Each task draws ``(question, working, answer)`` from the generator; the response is
+    the working, then a final line ``Answer: <answer>``. A ``system_fraction`` of the
+    records open with one of ``system_prompts``.
+    """
     if num_examples < 1:
         raise ValueError(f"num_examples must be >= 1, got {num_examples}")
     rng = random.Random(seed)
-    names = list(TASKS)
+    names = list(tasks)
     records: list[dict[str, Any]] = []
     seen: set[str] = set()
     attempts = 0
@@ -300,13 +318,13 @@ def generate_ila_instruct(num_examples: int = 1200, seed: int = 0) -> list[dict[
         if attempts > 100 * num_examples:
             raise ValueError(f"cannot generate {num_examples} distinct examples")
         name = names[len(records) % len(names)]
-        question, working, answer = TASKS[name](rng)
+        question, working, answer = tasks[name](rng)
         if question in seen:
             continue
         seen.add(question)
         messages = []
-        if rng.random() < _SYSTEM_FRACTION:
-            messages.append({"role": "system", "content": rng.choice(_SYSTEM_PROMPTS)})
+        if rng.random() < system_fraction:
+            messages.append({"role": "system", "content": rng.choice(system_prompts)})
         messages.append({"role": "user", "content": question})
         messages.append({"role": "assistant", "content": f"{working}\nAnswer: {answer}"})
         records.append({"messages": messages, "answer": answer, "task": name})

@@ -22,6 +22,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from ila.instruct_data import generate_balanced
+
 __all__ = ["CONSTANTS", "KINDS", "generate_ila_reasoning"]
 
 _NAME_TEXT = (
@@ -56,7 +58,6 @@ _SYSTEM_PROMPTS = (
     "Solve the problem step by step, then give the answer.",
     "Show your working one step per line and end with the answer.",
 )
-_SYSTEM_FRACTION = 0.2  # as in ila-instruct: a fifth of the examples carry a system message
 
 
 class _Work:
@@ -423,28 +424,13 @@ def generate_ila_reasoning(num_examples: int = 1000, seed: int = 0) -> list[dict
     is drawn at random, and the records are then shuffled. Only ``random.Random(seed)``
     is used, so the output depends on the arguments alone.
     """
-    if num_examples < 1:
-        raise ValueError(f"num_examples must be >= 1, got {num_examples}")
-    rng = random.Random(seed)
-    kinds = list(KINDS)
-    records: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    attempts = 0
-    while len(records) < num_examples:
-        attempts += 1
-        if attempts > 100 * num_examples:
-            raise ValueError(f"cannot generate {num_examples} distinct examples")
-        kind = kinds[len(records) % len(kinds)]
-        question, work, answer = rng.choice(KINDS[kind])(rng)
-        if question in seen:
-            continue
-        seen.add(question)
-        messages = []
-        if rng.random() < _SYSTEM_FRACTION:
-            messages.append({"role": "system", "content": rng.choice(_SYSTEM_PROMPTS)})
-        messages.append({"role": "user", "content": question})
-        solution = "\n".join([*work.lines, f"Answer: {answer}"])
-        messages.append({"role": "assistant", "content": solution})
-        records.append({"messages": messages, "answer": str(answer), "task": kind})
-    rng.shuffle(records)
-    return records
+
+    def draw(kind: str) -> Callable[[random.Random], tuple[str, str, str]]:
+        def one(rng: random.Random) -> tuple[str, str, str]:
+            question, work, answer = rng.choice(KINDS[kind])(rng)
+            return question, "\n".join(work.lines), str(answer)
+
+        return one
+
+    tasks = {kind: draw(kind) for kind in KINDS}
+    return generate_balanced(tasks, num_examples, seed, system_prompts=_SYSTEM_PROMPTS)

@@ -25,23 +25,16 @@ import itertools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ila_process import ila
 from results_file import write_section
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 COMMON = ["--max-length", "256", "--batch-size", "4", "--device", "cpu", "--seed", "0"]
-
-
-def ila(*args: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "ila", "-q", *args], check=True, env=ENV, stdout=subprocess.DEVNULL
-    )
 
 
 def step_times(metrics: Path, stage: str) -> float:

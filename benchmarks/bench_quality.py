@@ -25,26 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ila_process import ila
 from results_file import write_section
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 DATA = ["--limit", "600", "--max-length", "128", "--eval-fraction", "0.1", "--device", "cpu"]
 EVAL = ["--eval-generate-examples", "60", "--eval-max-new-tokens", "48"]
-
-
-def ila(*args: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "ila", "-q", *args], check=True, env=ENV, stdout=subprocess.DEVNULL
-    )
 
 
 def finetune(rule: list[str], seed: int, steps: int, out: Path) -> dict:

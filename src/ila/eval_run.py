@@ -92,14 +92,7 @@ def evaluate(
     main = is_main_process()
     if main:
         check_output_dir(output_dir, overwrite=overwrite)
-    if config.eval.lm_eval_tasks:
-        from ila.lm_eval_tasks import require_lm_eval
-
-        require_lm_eval()
-    if config.eval.mc_data:
-        from ila.multiple_choice import load_mc_questions
-
-        load_mc_questions(Path(config.eval.mc_data), limit=config.eval.mc_limit)
+    check_eval_inputs(config.eval)
     examples = load_eval_examples(config.data, config.eval, seed=config.train.seed)
     model, tokenizer = load_model_for_eval(
         config.model.model,

@@ -71,7 +71,7 @@ def main() -> None:
         layer_map = find_layers(model)
         examples = load_examples(base_config.data.data, limit=base_config.data.limit)
         train, _ = split_examples(
-            examples, eval_fraction=base_config.data.eval_fraction, seed=base_config.train.seed
+            examples, eval_fraction=base_config.data.eval_fraction, seed=base_config.data.split_seed
         )
         features = tokenize_examples(
             train, tokenizer, max_length=base_config.data.max_length

@@ -81,3 +81,94 @@ def test_detector_stays_stable_and_rejects_nan():
 def test_detector_validates_parameters(bad):
     with pytest.raises(ValueError):
         StabilityDetector(**{**PARAMS, **bad})
+
+
+# The drop rule (docs/method.md, "Stage 1"): non-overlapping checks every W steps.
+DROP = {"criterion": "drop", "epsilon": 0.1, "window": 20, "patience": 2}
+
+
+def decay(floor, amplitude=1.5, tau=15.0, steps=600):
+    return [floor + amplitude * math.exp(-t / tau) for t in range(steps)]
+
+
+@pytest.mark.parametrize("noise", [0.05, 0.3, 0.6])
+@pytest.mark.parametrize("seed", range(5))
+def test_drop_rule_never_fires_on_pure_noise(noise, seed):
+    # No learning at all: a flat series with step-to-step noise of up to 60% of its level.
+    curve = noisy([1.0] * 1000, noise, seed=seed)
+    assert detect_stable(curve, **DROP) is None
+    # The relative rule fires on the same kind of series (the measured defect).
+    assert (
+        detect_stable(noisy([2.0] * 300, 0.3 * 2.0, seed=seed), epsilon=0.1, window=20, patience=5)
+        is not None
+    )
+
+
+def test_drop_rule_stops_where_a_decay_flattens():
+    # Without noise: window means m_c of 1 + 1.5 exp(-t/15) move by 100%, 21%, 5.2%, 1.4% of
+    # the drop so far at checks 40, 60, 80, 100, so checks 80 and 100 are the first two
+    # stable ones (patience 2): T = 100.
+    clean = detect_stable(decay(1.0), **DROP)
+    assert clean == 100
+    # 90% of the total drop is done at t = tau * ln 10 = 35: stopping before that is early.
+    for seed in range(10):
+        t = detect_stable(noisy(decay(1.0), 0.1, seed=seed), **DROP)
+        assert t is not None and 60 <= t <= clean + 2 * DROP["window"], (seed, t)
+
+
+def test_drop_rule_ignores_the_loss_floor():
+    # Same shape and the same noise, floors 0.25 and 2.0: the same T (the relative rule
+    # stops the higher floor earlier).
+    for seed in range(5):
+        noise = noisy([0.0] * 600, 0.15, seed=seed)
+        low = [a + b for a, b in zip(decay(0.25), noise, strict=True)]
+        high = [a + b for a, b in zip(decay(2.0), noise, strict=True)]
+        assert detect_stable(low, **DROP) == detect_stable(high, **DROP) is not None
+
+
+def test_drop_rule_keeps_going_while_the_loss_still_falls():
+    # A steady linear decline moves every window by the same amount d, while the drop
+    # after c windows is (c - 1) d: the change is within 10% of the drop only from c = 11
+    # (exactly on the boundary, which rounding puts outside) and below it from c = 12.
+    curve = [4.0 - 0.001 * t for t in range(1000)]
+    t = detect_stable(curve, **DROP)
+    assert t == 260  # checks 240 and 260
+
+
+def test_ranking_check_waits_for_the_top_set_to_settle():
+    curve = decay(1.0, steps=400)
+    n = 40
+    stable_top = list(range(n))
+    units = {}
+    for step in range(20, 401, 20):
+        # Units 0..9 lead from step 200 on; before that the leaders rotate every check.
+        if step >= 200:
+            units[step] = [float(n - i) for i in stable_top]
+        else:
+            shift = (step // 20) * 7 % n
+            units[step] = [float((i + shift) % n) for i in range(n)]
+    loss_only = detect_stable(curve, **DROP)
+    both = detect_stable(curve, **{**DROP, "criterion": "drop+ranking"}, unit_values=units)
+    assert loss_only == 100
+    assert both == 240  # checks 220 and 240 both compare two equal top sets
+
+
+def test_drop_rule_min_steps_and_errors():
+    curve = decay(1.0)
+    assert detect_stable(curve, **DROP, min_steps=150) == 160
+    detector = StabilityDetector(**PARAMS)
+    assert not detector.wants_unit_values(20)
+    from ila.stability import DropDetector
+
+    drop = DropDetector(epsilon=0.1, window=20, patience=2, rank_epsilon=0.1)
+    assert drop.wants_unit_values(20) and not drop.wants_unit_values(21)
+    for _ in range(19):
+        drop.update({"loss": 1.0})
+    with pytest.raises(ValueError, match="unit values are needed"):
+        drop.update({"loss": 1.0})
+    with pytest.raises(ValueError, match="non-finite loss"):
+        DropDetector(epsilon=0.1, window=20, patience=2).update({"loss": float("inf")})
+    with pytest.raises(ValueError, match="loss only"):
+        DropDetector(epsilon=0.1, window=20, patience=2).update({"update_norm": 1.0})
+    with pytest.raises(ValueError, match="unknown stage-1 criterion"):
+        detect_stable(curve, epsilon=0.1, window=20, patience=2, criterion="nope")

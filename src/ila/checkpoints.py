@@ -60,6 +60,10 @@ class StageCheckpoint:
         values.loss[:] = list(self.state["loss"])
         values.extra.clear()
         values.extra.update({k: list(v) for k, v in self.state["extra"].items()})
+        values.unit_values.clear()
+        values.unit_values.update(
+            {int(k): list(v) for k, v in self.state.get("unit_values", {}).items()}
+        )
 
     @property
     def seconds(self) -> float:
@@ -102,6 +106,7 @@ class CheckpointState(TrainerCallback):
             "seconds": self.seconds_before + time.perf_counter() - self.start,
             "loss": self.values.loss,
             "extra": self.values.extra,
+            "unit_values": {str(k): v for k, v in self.values.unit_values.items()},
         }
         if self.extra_state is not None:
             payload.update(self.extra_state())

@@ -310,6 +310,8 @@ def _print_score(result: Any, header: str) -> None:
     times = ", ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items())
     print(f"  time: {times}")
     print(f"  top units: {', '.join(s['top_units'])}")
+    for line in s["stability"]:
+        print(f"  stability: {line}")
     print(f"  scores: {s['scores_file']}")
     print(f"  report: {s['report_dir']}")
 
@@ -513,7 +515,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for s in comparison.by_fraction:
         print(
             f"  top {100 * s.fraction:g}% (k = {s.k}): mean Jaccard {s.mean_jaccard:.3f} "
-            f"(min {s.min_jaccard:.3f}, max {s.max_jaccard:.3f}; random {s.random_jaccard:.3f})"
+            f"(min {s.min_jaccard:.3f}, max {s.max_jaccard:.3f}; random {s.random_jaccard:.3f}, "
+            f"structural null {s.structural_null_jaccard:.3f})"
         )
     print(f"  outputs: {args.output_dir} (comparison.json, comparison.md, *.png)")
     return 0

@@ -41,6 +41,8 @@ __all__ = [
     "load_runs",
     "run_labels",
     "spearman",
+    "structural_null_jaccard",
+    "update_norm_correlation",
 ]
 
 COMPARISON_SCHEMA_VERSION = 1
@@ -58,6 +60,9 @@ class PairComparison:
     jaccard: dict[float, float]
     spearman: float
     kendall_tau_b: float
+    structural_null: dict[float, float]
+    """Jaccard expected at each fraction when each run's importances are shuffled within
+    module type (its top sets keep their composition by module type)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,8 @@ class FractionSummary:
     min_jaccard: float
     max_jaccard: float
     random_jaccard: float
+    structural_null_jaccard: float
+    """Mean over pairs of the structural null (see :func:`structural_null_jaccard`)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,7 @@ class Comparison:
                     "min_jaccard": s.min_jaccard,
                     "max_jaccard": s.max_jaccard,
                     "random_jaccard": s.random_jaccard,
+                    "structural_null_jaccard": s.structural_null_jaccard,
                 }
                 for s in self.by_fraction
             ],
@@ -151,6 +159,7 @@ class Comparison:
                     "jaccard": {str(f): v for f, v in p.jaccard.items()},
                     "spearman": p.spearman,
                     "kendall_tau_b": p.kendall_tau_b,
+                    "structural_null": {str(f): v for f, v in p.structural_null.items()},
                 }
                 for p in self.pairs
             ],
@@ -244,6 +253,7 @@ def compare_scores(
     order = first.names
     vectors = [_importance_vector(s, order) for s in scores]
     tops = {f: [set(s.top(f)) for s in scores] for f in (*fractions, *CURVE_FRACTIONS)}
+    types = [u.module_type for u in first.units]
 
     pairs = []
     for i, j in combinations(range(len(scores)), 2):
@@ -254,6 +264,10 @@ def compare_scores(
                 jaccard={f: jaccard(tops[f][i], tops[f][j]) for f in fractions},
                 spearman=spearman(vectors[i], vectors[j]),
                 kendall_tau_b=kendall_tau_b(vectors[i], vectors[j]),
+                structural_null={
+                    f: structural_null_jaccard(order, types, tops[f][i], tops[f][j])
+                    for f in fractions
+                },
             )
         )
     by_fraction = []
@@ -268,6 +282,7 @@ def compare_scores(
                 min_jaccard=min(values),
                 max_jaccard=max(values),
                 random_jaccard=expected_random_jaccard(n, k),
+                structural_null_jaccard=sum(p.structural_null[f] for p in pairs) / len(pairs),
             )
         )
     curve_pairs = {
@@ -298,6 +313,52 @@ def compare_scores(
         by_fraction=by_fraction,
         curve=curve,
     )
+
+
+def structural_null_jaccard(
+    names: Sequence[str],
+    module_types: Sequence[str | None],
+    top_a: set[str],
+    top_b: set[str],
+    *,
+    draws: int = 20000,
+    seed: int = 0,
+) -> float:
+    """E[Jaccard] of two top sets whose units are redrawn at random *within module type*.
+
+    The null of "the two rankings agree only on which kinds of module matter": it is what
+    shuffling each run's importances within module type gives, since that keeps the
+    number of each type in its top set. For type t with n_t units, a_t of them in A and
+    b_t in B, the overlap |A_t n B_t| of the redrawn sets is hypergeometric; the sum over
+    types gives |A n B| and Jaccard = I / (|A| + |B| - I). Monte Carlo with a fixed seed
+    (deterministic; standard error below 0.002). Block units (no module type) reduce to
+    the random-set expectation.
+    """
+    rng = np.random.default_rng(seed)
+    by_type: dict[str | None, list[str]] = {}
+    for name, kind in zip(names, module_types, strict=True):
+        by_type.setdefault(kind, []).append(name)
+    overlap = np.zeros(draws)
+    for members in by_type.values():
+        a = sum(name in top_a for name in members)
+        b = sum(name in top_b for name in members)
+        if a and b:
+            overlap += rng.hypergeometric(a, len(members) - a, b, size=draws)
+    return float(np.mean(overlap / (len(top_a) + len(top_b) - overlap)))
+
+
+def update_norm_correlation(scores: LayerScores) -> float | None:
+    """Spearman's rho between an ILA run's importances and its stage-1 ||Delta_i||.
+
+    The gates scale Delta_i, so big updates clear the budget more easily (docs/method.md,
+    "What the ranking measures"): rho near 1 means the ranking adds little to the
+    `lora-norm` scorer on the same adapter. None when the run did not record the norms
+    (other scorers, block units, ensembles, older runs).
+    """
+    norms = scores.meta.get("stage1_update_norms")
+    if scores.unit_kind != "module" or not norms or len(norms) != len(scores.units):
+        return None
+    return spearman([u.importance for u in scores.units], norms)
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -411,4 +472,6 @@ def _run_facts(label: str, scores: LayerScores, source: str | None) -> dict[str,
         "seed": meta.get("seed"),
         "data_fingerprint": meta.get("data_fingerprint"),
         "T": meta.get("T"),
+        "spearman_vs_update_norm": update_norm_correlation(scores),
+        "ensemble_runs": (meta.get("ensemble") or {}).get("stability", {}).get("runs"),
     }

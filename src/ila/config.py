@@ -27,6 +27,7 @@ from ila.errors import IlaError
 
 __all__ = [
     "DataConfig",
+    "EnsembleSettings",
     "EvalConfig",
     "EvalSettings",
     "FinetuneConfig",
@@ -120,6 +121,11 @@ class DataConfig:
     max_length: int = _opt(256, "maximum tokens per example (longer ones are truncated)")
     eval_fraction: float = _opt(0.1, "fraction of examples held out for evaluation, in [0, 1)")
     limit: int | None = _opt(None, "use at most this many examples (before the split)")
+    split_seed: int = _opt(
+        0,
+        "seed of the train/held-out split, apart from --seed so that runs with other "
+        "training seeds train on the same examples",
+    )
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 8, "--max-length", f"must be >= 8, got {self.max_length}")
@@ -204,25 +210,47 @@ def _check_reporter(name: str) -> None:
 
 @dataclass
 class Stage1Config:
-    """Stage 1: LoRA fine-tuning until training is epsilon-stable (ILA-METHOD, Stage 1).
+    """Stage 1: LoRA fine-tuning until training is epsilon-stable (docs/method.md, Stage 1).
 
-    [choice] The stability test: the windowed mean of the training loss (and, with
-    criterion 'loss+update', the norm of the LoRA update) changes by less than ``epsilon``
-    (relative) between two consecutive windows of ``window`` steps, for ``patience``
-    consecutive steps. ``max_steps`` is a hard cap.
+    [choice] The stopping rule (ila.stability). ``drop+ranking`` (default): every
+    ``window`` steps, on non-overlapping windows, the loss has fallen significantly (more
+    than 3 noise standard errors) and the last window moved it by at most ``epsilon`` of
+    that drop, and the top ``rank_fraction`` of units by LoRA update norm overlaps the
+    previous check's set with Jaccard >= 1 - ``rank_epsilon``; ``patience`` such checks in
+    a row. ``drop`` skips the ranking check. ``loss`` / ``loss+update`` are the first,
+    relative rule (the windowed mean changes by less than ``epsilon`` of its level for
+    ``patience`` consecutive steps). ``max_steps`` is a hard cap.
     """
 
     learning_rate: float = _opt(1e-3, "stage-1 LoRA learning rate")
     warmup_steps: int = _opt(5, "linear warm-up steps")
     max_steps: int = _opt(300, "hard cap on stage-1 steps (stops even if not yet stable)")
     min_steps: int = _opt(20, "never declare stability before this step")
-    epsilon: float = _opt(0.1, "[choice] relative change below which training is stable")
-    window: int = _opt(20, "[choice] steps per window of the smoothed loss")
-    patience: int = _opt(5, "[choice] consecutive stable checks needed")
+    epsilon: float = _opt(
+        0.1,
+        "[choice] drop rule: the last window may move the loss by at most this fraction of "
+        "the drop so far; loss rules: relative change of the windowed mean",
+    )
+    window: int = _opt(20, "[choice] steps per window (the drop rule checks once per window)")
+    patience: int = _opt(
+        2,
+        "[choice] consecutive stable checks needed (drop rule: one check per window; "
+        "loss rules: one per step, whose windows overlap)",
+    )
     criterion: str = _opt(
-        "loss",
-        "[choice] what must be stable: the loss, or the loss and the LoRA update norm",
-        choices=["loss", "loss+update"],
+        "drop+ranking",
+        "[choice] stopping rule: drop+ranking, drop (the loss has converged relative to its "
+        "drop), or the first relative rule on the loss (loss) or loss and update norm "
+        "(loss+update)",
+        choices=["drop+ranking", "drop", "loss", "loss+update"],
+    )
+    rank_epsilon: float = _opt(
+        0.1,
+        "[choice] drop+ranking: the top units by update norm must overlap the previous "
+        "check's with Jaccard >= 1 - this",
+    )
+    rank_fraction: float = _opt(
+        0.25, "[choice] drop+ranking: fraction of units whose top set is compared"
     )
 
     def __post_init__(self) -> None:
@@ -231,8 +259,10 @@ class Stage1Config:
         _require(self.min_steps >= 0, "--stage1-min-steps", "must be >= 0")
         _require(self.warmup_steps >= 0, "--stage1-warmup-steps", "must be >= 0")
         _fraction(self.epsilon, "--stage1-epsilon")
-        _require(self.window >= 1, "--stage1-window", "must be >= 1")
+        _require(self.window >= 2, "--stage1-window", "must be >= 2")
         _require(self.patience >= 1, "--stage1-patience", "must be >= 1")
+        _fraction(self.rank_epsilon, "--stage1-rank-epsilon", open_low=False)
+        _fraction(self.rank_fraction, "--stage1-rank-fraction")
 
 
 @dataclass
@@ -263,6 +293,19 @@ class Stage2Config:
     target_fraction: float = _opt(
         0.5, "[choice] kept fraction H of the hinge budget (mean gate above it is penalised)"
     )
+    grad_accum: int = _opt(
+        2,
+        "[choice] gradient accumulation of stage 2: each gate step sees --batch-size x this "
+        "examples per process (a quieter gate gradient; stage 1 uses --grad-accum)",
+    )
+    tail_fraction: float = _opt(
+        0.2,
+        "[choice] importance = the gate score s averaged over this last fraction of the "
+        "stage-2 steps (0: the last step only)",
+    )
+    eval_mode: bool = _opt(
+        True, "[choice] learn the gates with the model in eval mode (no dropout)"
+    )
 
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "--stage2-steps", "must be >= 1")
@@ -270,6 +313,22 @@ class Stage2Config:
         _require(math.isfinite(self.init_score), "--stage2-init-score", "must be finite")
         _require(self.budget_weight >= 0, "--stage2-budget-weight", "must be >= 0")
         _fraction(self.target_fraction, "--stage2-target-fraction")
+        _require(self.grad_accum >= 1, "--stage2-grad-accum", "must be >= 1")
+        _fraction(self.tail_fraction, "--stage2-tail-fraction", open_low=False)
+
+
+@dataclass
+class EnsembleSettings:
+    """Several independent identifications (docs/method.md, "Stability you can see")."""
+
+    seeds: int = _opt(
+        1,
+        "run this many independent identifications (seeds --seed, --seed + 1, ...) and "
+        "rank by their consensus, with per-unit top-K frequencies and split-half agreement",
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.seeds >= 1, "--seeds", f"must be >= 1, got {self.seeds}")
 
 
 @dataclass
@@ -282,6 +341,7 @@ class ScoreConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    ensemble: EnsembleSettings = field(default_factory=EnsembleSettings)
 
 
 @dataclass
@@ -336,7 +396,7 @@ class EvalSettings:
     split: str = _opt(
         "eval",
         "examples evaluated: eval = the held-out split made exactly as in training "
-        "(same --eval-fraction and --seed), all = every example of --data",
+        "(same --eval-fraction and --split-seed), all = every example of --data",
         choices=["eval", "all"],
     )
     max_examples: int | None = _opt(

@@ -63,9 +63,10 @@ class EvalRun:
     result: EvalResult
 
 
-def load_eval_examples(data: DataConfig, settings: EvalSettings, *, seed: int) -> list[Example]:
+def load_eval_examples(data: DataConfig, settings: EvalSettings) -> list[Example]:
     """The examples to evaluate: the held-out split made exactly as training makes it
-    (same data, ``--eval-fraction`` and ``--seed``), or every example with split ``all``."""
+    (same data, ``--eval-fraction`` and ``--split-seed``), or every example with split
+    ``all``."""
     from ila.data import load_examples, split_examples
 
     examples = load_examples(data.data, format=data.data_format, limit=data.limit)
@@ -76,7 +77,7 @@ def load_eval_examples(data: DataConfig, settings: EvalSettings, *, seed: int) -
             "--eval-split eval needs held-out examples but --eval-fraction is 0; "
             "pass --eval-fraction > 0 (as in training) or --eval-split all"
         )
-    _, held_out = split_examples(examples, eval_fraction=data.eval_fraction, seed=seed)
+    _, held_out = split_examples(examples, eval_fraction=data.eval_fraction, seed=data.split_seed)
     return held_out
 
 
@@ -93,7 +94,7 @@ def evaluate(
     if main:
         check_output_dir(output_dir, overwrite=overwrite)
     check_eval_inputs(config.eval)
-    examples = load_eval_examples(config.data, config.eval, seed=config.train.seed)
+    examples = load_eval_examples(config.data, config.eval)
     model, tokenizer = load_model_for_eval(
         config.model.model,
         adapter,
@@ -165,13 +166,12 @@ def evaluate_variants(
     model: ModelConfig,
     data: DataConfig,
     settings: EvalSettings,
-    seed: int,
     output_dir: Path,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate the base model with each adapter of ``variants`` (``None``: the base
     itself) on the same examples; write ``output_dir/<variant>/`` and
     ``output_dir/comparison.json``. Returns the metrics of each variant."""
-    examples = load_eval_examples(data, settings, seed=seed)
+    examples = load_eval_examples(data, settings)
     compared: dict[str, dict[str, Any]] = {}
     for name, adapter in variants.items():
         loaded, tokenizer = load_model_for_eval(
@@ -244,7 +244,6 @@ def evaluate_run(
         model=config.model,
         data=config.data,
         settings=config.eval,
-        seed=config.train.seed,
         output_dir=run_dir / "eval",
     )
     mark_stage(run_dir, "eval")

@@ -136,7 +136,7 @@ def finetune(
         config.data.data, format=config.data.data_format, limit=config.data.limit
     )
     train, held_out = split_examples(
-        examples, eval_fraction=config.data.eval_fraction, seed=config.train.seed
+        examples, eval_fraction=config.data.eval_fraction, seed=config.data.split_seed
     )
     model, tokenizer = load_model(
         config.model.model,

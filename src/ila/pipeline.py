@@ -25,6 +25,7 @@ Layout of a run directory (every file written atomically)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ila.config import RunConfig, ScoreConfig, config_to_dict
+from ila.ensemble import stability_lines
 from ila.errors import IlaError
 from ila.parallel import require_supported_launch
 from ila.rundir import (
@@ -49,7 +51,14 @@ from ila.rundir import (
 )
 from ila.scores import SCORES_FILE, LayerScores
 
-__all__ = ["RunResult", "ScoreInputs", "ScoreRun", "load_score_inputs", "run", "score"]
+__all__ = [
+    "RunResult",
+    "ScoreInputs",
+    "ScoreRun",
+    "load_score_inputs",
+    "run",
+    "score",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +83,7 @@ class ScoreRun:
             "T": meta.get("T"),
             "stage1_stable": meta.get("stage1_stable"),
             "top_units": self.scores.top(0.1)[:10],
+            "stability": stability_lines(self.scores),
             "seconds": self.seconds,
             "scores_file": str(self.output_dir / SCORES_FILE),
             "report_dir": str(self.output_dir / "report"),
@@ -105,7 +115,7 @@ def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float
     data = config.data
     examples = load_examples(data.data, format=data.data_format, limit=data.limit)
     train, held_out = split_examples(
-        examples, eval_fraction=data.eval_fraction, seed=config.train.seed
+        examples, eval_fraction=data.eval_fraction, seed=data.split_seed
     )
     seconds["load_data"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -171,6 +181,15 @@ def score(
     if resume and overwrite:
         raise IlaError("--resume and --overwrite contradict each other; pass one of them")
     scorer = get_scorer(method)  # fail on a misspelled method before loading anything
+    if config.ensemble.seeds > 1:
+        return _score_ensemble(
+            config,
+            Path(output_dir),
+            method=method,
+            overwrite=overwrite,
+            resume=resume,
+            command=command,
+        )
     require_supported_launch(
         config.model.device, project_budget=method == "ila" and config.stage2.budget == "project"
     )
@@ -233,6 +252,77 @@ def score(
             log.info(
                 "wrote %s and its report in %s", output_dir / SCORES_FILE, output_dir / "report"
             )
+    return ScoreRun(output_dir, scores, seconds, report_files)
+
+
+def _score_ensemble(
+    config: ScoreConfig,
+    output_dir: Path,
+    *,
+    method: str,
+    overwrite: bool,
+    resume: bool,
+    command: str,
+) -> ScoreRun:
+    """``--seeds N``: N independent runs under ``output_dir/seeds/seed-<s>``, then their
+    consensus (ila.ensemble) as the run's ``layer_scores.json``.
+
+    Each member is an ordinary score run with seed ``config.train.seed + k`` (the split
+    stays the same: ``--split-seed``). ``resume`` reuses finished members and resumes an
+    interrupted one.
+    """
+    from ila.ensemble import consensus_scores
+    from ila.report import write_score_report
+    from ila.rundir import RUN_STATE_FILE
+
+    main = is_main_process()
+    resolved = {**config_to_dict(config), "method": method}
+    if resume:
+        require_resumable(
+            output_dir, resolved, finished_stage="score" if command == "score" else None
+        )
+        if "score" in (read_run_state(output_dir) or {}).get("completed_stages", []):
+            scores = LayerScores.load(output_dir / SCORES_FILE)
+            return ScoreRun(output_dir, scores, {}, sorted((output_dir / "report").iterdir()))
+    elif main:
+        check_output_dir(output_dir, overwrite=overwrite)
+    if main:
+        prepare_output_dir(output_dir, command=command, overwrite=overwrite, resume=resume)
+    seeds = [config.train.seed + k for k in range(config.ensemble.seeds)]
+    with log_to_file(output_dir) if main else contextlib.nullcontext():
+        if main and not resume:
+            write_yaml(output_dir / "config.yaml", resolved)
+            write_environment(output_dir)
+        runs, members, seconds = [], [], {}
+        for seed in seeds:
+            member_dir = output_dir / "seeds" / f"seed-{seed}"
+            member = dataclasses.replace(
+                config,
+                train=dataclasses.replace(config.train, seed=seed),
+                ensemble=dataclasses.replace(config.ensemble, seeds=1),
+            )
+            again = resume and (member_dir / RUN_STATE_FILE).is_file()
+            log.info("ensemble member %d of %d (seed %d)", len(runs) + 1, len(seeds), seed)
+            done = score(
+                member,
+                member_dir,
+                method=method,
+                overwrite=not again,
+                resume=again,
+                command="score-member",
+            )
+            runs.append(done.scores)
+            members.append(str(member_dir.relative_to(output_dir)))
+            for key, value in done.seconds.items():
+                seconds[key] = seconds.get(key, 0.0) + value
+        scores = consensus_scores(runs, seeds=seeds, members=members)
+        report_files: list[Path] = []
+        if main:
+            data_stats = read_json(output_dir / members[0] / "data.json")
+            atomic_write_json(output_dir / "data.json", data_stats)
+            scores.save(output_dir / SCORES_FILE)
+            report_files = write_score_report(scores, output_dir / "report")
+            mark_stage(output_dir, "score")
     return ScoreRun(output_dir, scores, seconds, report_files)
 
 

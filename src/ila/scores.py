@@ -82,8 +82,16 @@ class LayerScores:
         return [u.name for u in self.units]
 
     def ranking(self) -> list[str]:
-        """Unit names by importance, descending; ties keep model order."""
-        order = sorted(range(len(self.units)), key=lambda i: (-self.units[i].importance, i))
+        """Unit names by importance, descending; ties keep model order.
+
+        For ILA the ranking follows raw s where sigmoid(s) ties (a saturated float), so
+        a saturation never turns into a bias towards earlier units.
+        """
+        by_raw = self.method == "ila"
+        order = sorted(
+            range(len(self.units)),
+            key=lambda i: (-self.units[i].importance, -self.units[i].raw if by_raw else 0.0, i),
+        )
         return [self.units[i].name for i in order]
 
     def top(self, fraction: float) -> list[str]:

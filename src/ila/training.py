@@ -11,6 +11,7 @@ Trainer's logs, which are averaged over processes, so every rank takes the same 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -37,6 +38,7 @@ __all__ = [
     "make_training_args",
     "progress_bars_enabled",
     "run_trainer",
+    "stage_seed",
 ]
 
 
@@ -55,6 +57,16 @@ def progress_bars_enabled() -> bool:
     return sys.stderr.isatty()
 
 
+def stage_seed(seed: int, stage: str) -> int:
+    """A seed for ``stage`` derived from the run's ``seed``: independent of other stages'.
+
+    Stage 2 draws its own data order with it (docs/method.md, "Stage 2"): with the run's
+    seed it would replay stage 1's first batches and dropout masks in the same order.
+    """
+    digest = hashlib.sha256(f"{seed}:{stage}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31 - 1)
+
+
 def make_training_args(
     train: TrainConfig,
     *,
@@ -64,17 +76,22 @@ def make_training_args(
     warmup_steps: int = 0,
     scheduler: str = "constant_with_warmup",
     device: str = "auto",
+    seed: int | None = None,
+    grad_accum: int | None = None,
 ) -> TrainingArguments:
     """TrainingArguments for one ILA stage.
 
     Logs every step (the stability test needs per-step losses; the metrics file keeps
-    them all) while the terminal shows a progress bar only.
+    them all) while the terminal shows a progress bar only. ``seed`` (default
+    ``train.seed``) seeds the data order and the Trainer's RNG; ``grad_accum`` (default
+    ``train.grad_accum``) overrides the accumulation steps.
     """
+    seed = train.seed if seed is None else seed
     on_cpu = device == "cpu" or not torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=train.batch_size,
-        gradient_accumulation_steps=train.grad_accum,
+        gradient_accumulation_steps=train.grad_accum if grad_accum is None else grad_accum,
         learning_rate=learning_rate,
         max_steps=max_steps,
         warmup_steps=warmup_steps,
@@ -88,8 +105,8 @@ def make_training_args(
         save_steps=train.save_steps or 500,
         save_total_limit=2,
         report_to=[] if train.report_to == "none" else [train.report_to],
-        seed=train.seed,
-        data_seed=train.seed,
+        seed=seed,
+        data_seed=seed,
         bf16=train.bf16,
         use_cpu=on_cpu,
         dataloader_num_workers=0,
@@ -103,16 +120,25 @@ class IlaTrainer(Trainer):
     """A Trainer whose loss may carry an extra term (the stage-2 sparsity budget).
 
     ``extra_loss`` is called once per forward pass and added to the model's loss; it must
-    return a scalar tensor on the loss's device.
+    return a scalar tensor on the loss's device. With ``eval_mode`` the model runs its
+    forward and backward passes in eval mode (no dropout): the Trainer switches it to
+    train mode at every step, so the switch back happens right before the loss.
     """
 
     def __init__(
-        self, *args: Any, extra_loss: Callable[[], torch.Tensor] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        extra_loss: Callable[[], torch.Tensor] | None = None,
+        eval_mode: bool = False,
+        **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.extra_loss = extra_loss
+        self.eval_mode = eval_mode
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.eval_mode:
+            model.eval()
         result = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
@@ -141,6 +167,8 @@ class StepValues:
 
     loss: list[float] = field(default_factory=list)
     extra: dict[str, list[float]] = field(default_factory=dict)
+    unit_values: dict[int, list[float]] = field(default_factory=dict)
+    """Per-unit values at some steps (stage 1: update norms at the stopping rule's checks)."""
 
 
 class MetricsLogger(TrainerCallback):
@@ -224,12 +252,13 @@ def run_trainer(
     callbacks: Sequence[TrainerCallback] = (),
     extra_loss: Callable[[], torch.Tensor] | None = None,
     resume_from: Path | None = None,
+    eval_mode: bool = False,
 ) -> tuple[IlaTrainer, float]:
     """Train ``model`` with an :class:`IlaTrainer`; returns it and the wall time in seconds.
 
     With ``resume_from`` (a ``checkpoint-N`` folder, see :mod:`ila.checkpoints`), training
     continues from that checkpoint: model or adapter weights, optimizer, scheduler, RNG
-    states and data position.
+    states and data position. ``eval_mode``: see :class:`IlaTrainer`.
     """
     trainer = IlaTrainer(
         model=model,
@@ -238,6 +267,7 @@ def run_trainer(
         data_collator=collator,
         callbacks=list(callbacks),
         extra_loss=extra_loss,
+        eval_mode=eval_mode,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)  # disable_tqdm's: a printed line per step

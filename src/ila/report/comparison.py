@@ -37,29 +37,37 @@ def comparison_markdown(comparison: Comparison) -> str:
         f"{c.num_units} {c.unit_kind} units per run. The important set at fraction K is the "
         "top k = max(1, floor(K N + 0.5)) units of a ranking; overlap is the Jaccard index "
         "|A n B| / |A u B| of two runs' sets, shown next to the Jaccard expected of two random "
-        "sets of k units. Spearman and Kendall tau-b correlate the importances of all units.",
+        "sets of k units and to the structural null: the Jaccard expected when each run's "
+        "units are redrawn within module type, keeping how many of each type its top set "
+        "holds (what agreeing only on which kinds of module matter gives). Spearman and "
+        "Kendall tau-b correlate the importances of all units.",
         "",
         "## Runs",
         "",
-        "| run | method | data fingerprint | seed | T | source |",
-        "|---|---|---|---:|---:|---|",
+        "| run | method | data fingerprint | seed | T | Spearman vs stage-1 norm | source |",
+        "|---|---|---|---:|---:|---:|---|",
     ]
     for run in c.runs:
+        rho = run.get("spearman_vs_update_norm")
+        seed = _cell(run["seed"])
+        if run.get("ensemble_runs"):
+            seed = f"ensemble of {run['ensemble_runs']}"
         lines.append(
             f"| {run['label']} | {run['method']} | {run['data_fingerprint'] or '-'} | "
-            f"{_cell(run['seed'])} | {_cell(run['T'])} | {run['source'] or '-'} |"
+            f"{seed} | {_cell(run['T'])} | {'-' if rho is None else f'{rho:.2f}'} | "
+            f"{run['source'] or '-'} |"
         )
     lines += [
         "",
         "## Overlap by fraction (all pairs)",
         "",
-        "| fraction | k | mean Jaccard | min | max | random |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| fraction | k | mean Jaccard | min | max | random | structural null |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in c.by_fraction:
         lines.append(
             f"| {_percent(s.fraction)} | {s.k} | {s.mean_jaccard:.3f} | {s.min_jaccard:.3f} | "
-            f"{s.max_jaccard:.3f} | {s.random_jaccard:.3f} |"
+            f"{s.max_jaccard:.3f} | {s.random_jaccard:.3f} | {s.structural_null_jaccard:.3f} |"
         )
     head = " | ".join(f"Jaccard {_percent(f)}" for f in c.fractions)
     lines += [

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from ila.rundir import (
 from ila.scorers.base import ScoringContext
 from ila.scorers.common import preserved_model_state
 from ila.scores import LayerScores, UnitScore
-from ila.stability import StabilityDetector
+from ila.stability import make_detector, top_set
 from ila.training import (
     AfterStep,
     MetricsLogger,
@@ -57,9 +58,10 @@ from ila.training import (
     StopWhen,
     make_training_args,
     run_trainer,
+    stage_seed,
 )
 
-__all__ = ["run_stage1", "run_stage2", "score_ila"]
+__all__ = ["run_stage1", "run_stage2", "score_ila", "tail_mean"]
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,14 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         load_adapter_weights(model, out / "adapter")
         log.info("stage 1 finished before the interruption; reusing %s", out)
         return read_json(out / "summary.json")
-    detector = StabilityDetector(
-        epsilon=cfg.epsilon, window=cfg.window, patience=cfg.patience, min_steps=cfg.min_steps
+    detector = make_detector(
+        cfg.criterion,
+        epsilon=cfg.epsilon,
+        window=cfg.window,
+        patience=cfg.patience,
+        min_steps=cfg.min_steps,
+        rank_epsilon=cfg.rank_epsilon,
+        rank_fraction=cfg.rank_fraction,
     )
     values = StepValues()
     track_update = cfg.criterion == "loss+update"
@@ -110,14 +118,20 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         return step
 
     def stable() -> bool:
-        return detector.update(step_values(-1)).stable
+        step = len(values.loss)
+        units = None
+        if detector.wants_unit_values(step):
+            # The ranking check reads the per-unit update norms (r x r products, cheap).
+            units = lora_update_norms(model, ctx.layer_map).tolist()
+            values.unit_values[step] = units
+        return detector.update(step_values(-1), units).stable
 
     checkpoint = _resume_point(ctx, out / "trainer", "stage1")
     seconds_before = 0.0
     if checkpoint is not None:
         checkpoint.restore_values(values)
         for i in range(len(values.loss)):  # the detector sees the history it saw before
-            detector.update(step_values(i))
+            detector.update(step_values(i), values.unit_values.get(i + 1))
         seconds_before = checkpoint.seconds
 
     args = make_training_args(
@@ -166,6 +180,10 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         "epsilon": cfg.epsilon,
         "window": cfg.window,
         "patience": cfg.patience,
+        "rank_epsilon": cfg.rank_epsilon if cfg.criterion == "drop+ranking" else None,
+        "ranking_checks": _ranking_checks(values.unit_values, cfg.rank_fraction),
+        # ||Delta_i|| at the end of stage 1: what the gates scale (and the lora-norm scorer).
+        "unit_update_norms": lora_update_norms(model, ctx.layer_map).tolist(),
     }
     if not summary["stable"]:
         log.warning(
@@ -184,9 +202,15 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
 def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
     """Learn the gate scores s on a peft ``model`` whose LoRA weights are then frozen.
 
+    docs/method.md, "Stage 2": only s is trained (Adam), on the task loss plus the
+    sparsity budget, with the stage's own data order (:func:`ila.training.stage_seed`),
+    ``stage2.grad_accum`` micro-batches per step and, with ``stage2.eval_mode``, no
+    dropout. The reported loss is the task loss without the budget term. The importance
+    is s averaged over the last ``stage2.tail_fraction`` of the steps (:func:`tail_mean`).
+
     With ``ctx.resume``, training continues from the last complete checkpoint: the gate
-    scores (which peft's adapter checkpoint does not hold) and their trajectory come from
-    its ``ila_state.json``, Adam's moments from the Trainer's optimizer state.
+    scores (which peft's adapter checkpoint does not hold) and their trajectories come
+    from its ``ila_state.json``, Adam's moments from the Trainer's optimizer state.
     """
     cfg, train = ctx.config.stage2, ctx.config.train
     out = ctx.output_dir / "stage2"
@@ -197,6 +221,7 @@ def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         param.requires_grad_(False)
     gated = attach_gates(model, ctx.layer_map, granularity=cfg.unit, init_score=cfg.init_score)
     trajectory: list[list[float]] = [gated.gate_values().tolist()]
+    score_trajectory: list[list[float]] = [gated.raw_scores().tolist()]
     values = StepValues()
     checkpoint = _resume_point(ctx, out / "trainer", "stage2")
     if checkpoint is not None:
@@ -210,6 +235,7 @@ def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         with torch.no_grad():
             gated.bank.scores.copy_(torch.tensor(scores, dtype=gated.bank.scores.dtype))
         trajectory = [list(row) for row in checkpoint.state["trajectory"]]
+        score_trajectory = [list(row) for row in checkpoint.state["score_trajectory"]]
     callbacks = []
     if cfg.budget == "project":
 
@@ -219,24 +245,39 @@ def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         if checkpoint is None:  # restored scores are already projected
             project()
             trajectory = [gated.gate_values().tolist()]
+            score_trajectory = [gated.raw_scores().tolist()]
         callbacks.append(AfterStep(project))
 
-    def record_gates() -> dict[str, float]:
-        gammas = gated.gate_values()
-        trajectory.append(gammas.tolist())
-        with torch.no_grad():
-            return {"mean_gate": float(gammas.mean()), "budget": float(budget())}
+    # The budget term of the step being logged (gates do not change within a step), so the
+    # reported task loss is the logged objective minus it.
+    last_budget = [0.0]
 
     def budget() -> torch.Tensor:
-        return budget_loss(
+        value = budget_loss(
             gated.bank(),
             kind=cfg.budget,
             weight=cfg.budget_weight,
             target_fraction=cfg.target_fraction,
         )
+        last_budget[0] = float(value.detach())
+        return value
+
+    def record_gates() -> dict[str, float]:
+        gammas = gated.gate_values()
+        trajectory.append(gammas.tolist())
+        score_trajectory.append(gated.raw_scores().tolist())
+        return {
+            "mean_gate": float(gammas.mean()),
+            "budget": last_budget[0],
+            "task_loss": values.loss[-1] - last_budget[0],
+        }
 
     def gate_state() -> dict[str, Any]:
-        return {"gate_scores": gated.raw_scores().tolist(), "trajectory": trajectory}
+        return {
+            "gate_scores": gated.raw_scores().tolist(),
+            "trajectory": trajectory,
+            "score_trajectory": score_trajectory,
+        }
 
     args = make_training_args(
         train,
@@ -245,6 +286,8 @@ def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         max_steps=cfg.steps,
         scheduler="constant",
         device=ctx.config.model.device,
+        seed=stage_seed(train.seed, "stage2"),
+        grad_accum=train.grad_accum * cfg.grad_accum,
     )
     seconds_before = checkpoint.seconds if checkpoint is not None else 0.0
     try:
@@ -260,32 +303,90 @@ def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
             ],
             extra_loss=budget,
             resume_from=checkpoint.folder if checkpoint is not None else None,
+            eval_mode=cfg.eval_mode,
         )
-        raw = gated.raw_scores()
-        gammas = gated.gate_values()
     finally:
         gated.detach()
     seconds += seconds_before
+    raw = tail_mean(score_trajectory, cfg.tail_fraction)
+    task_loss = values.extra.get("task_loss", [])
     summary = {
         "unit": cfg.unit,
         "gate_names": list(gated.gate_names),
         "steps": trainer.state.global_step,
         "seconds": seconds,
         "seconds_per_step": seconds / max(trainer.state.global_step, 1),
-        "final_loss": values.loss[-1] if values.loss else None,
-        "loss_curve": values.loss,
-        "mean_gate": float(gammas.mean()),
-        "raw_scores": raw.tolist(),
-        "gates": gammas.tolist(),
+        "examples_per_step": train.batch_size * args.gradient_accumulation_steps * args.world_size,
+        "eval_mode": cfg.eval_mode,
+        "tail_fraction": cfg.tail_fraction,
+        "tail_steps": _tail_length(len(score_trajectory) - 1, cfg.tail_fraction),
+        "final_loss": task_loss[-1] if task_loss else None,
+        "loss_curve": task_loss,
+        "objective_curve": values.loss,
+        "mean_gate": float(sum(trajectory[-1]) / len(trajectory[-1])),
+        "raw_scores": raw,
+        "gates": [_sigmoid(x) for x in raw],
+        "last_raw_scores": score_trajectory[-1],
+        # How much the ranking still moved over the tail: top-25% Jaccard of the tail's
+        # first and last step (1.0: settled).
+        "tail_top25_jaccard": _tail_jaccard(score_trajectory, cfg.tail_fraction),
     }
     if is_main_process():
         atomic_write_json(
             out / "gate_trajectory.json",
-            {"gate_names": list(gated.gate_names), "values": trajectory},
+            {
+                "gate_names": list(gated.gate_names),
+                "values": trajectory,
+                "scores": score_trajectory,
+            },
         )
         atomic_write_json(out / "summary.json", summary)
         mark_stage(ctx.output_dir, "stage2")
     return summary
+
+
+def _tail_length(steps: int, tail_fraction: float) -> int:
+    return max(1, math.ceil(tail_fraction * steps)) if steps else 1
+
+
+def tail_mean(score_trajectory: list[list[float]], tail_fraction: float) -> list[float]:
+    """Each gate score s averaged over the last ``tail_fraction`` of the steps.
+
+    ``score_trajectory[0]`` is the initial s and row j the s after step j. The tail
+    holds the last max(1, ceil(tail_fraction x steps)) rows (the last row alone when the
+    fraction is 0). Averaging s over the tail makes the importance independent of where
+    a still moving process happened to stop (docs/method.md, "Stage 2").
+    """
+    steps = len(score_trajectory) - 1
+    rows = score_trajectory[-_tail_length(steps, tail_fraction) :]
+    return [sum(col) / len(rows) for col in zip(*rows, strict=True)]
+
+
+def _tail_jaccard(score_trajectory: list[list[float]], tail_fraction: float) -> float:
+    steps = len(score_trajectory) - 1
+    first = score_trajectory[-_tail_length(steps, tail_fraction)]
+    a, b = top_set(first, 0.25), top_set(score_trajectory[-1], 0.25)
+    return len(a & b) / len(a | b)
+
+
+def _sigmoid(x: float) -> float:
+    """sigmoid in float64 (float32 rounds it to 1.0 from s of about 16.6 on)."""
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def _ranking_checks(unit_values: dict[int, list[float]], fraction: float) -> list[dict[str, Any]]:
+    """Top-set Jaccard of consecutive stage-1 checks (the ranking the update norms imply)."""
+    steps = sorted(unit_values)
+    return [
+        {
+            "step": b,
+            "jaccard_with_previous": len(
+                top_set(unit_values[a], fraction) & top_set(unit_values[b], fraction)
+            )
+            / len(top_set(unit_values[a], fraction) | top_set(unit_values[b], fraction)),
+        }
+        for a, b in pairwise(steps)
+    ]
 
 
 def _completed(ctx: ScoringContext, stage: str) -> bool:
@@ -338,13 +439,35 @@ def _to_scores(ctx: ScoringContext, stage1: dict[str, Any], stage2: dict[str, An
         "data_fingerprint": ctx.data_fingerprint,
         "num_train_examples": len(ctx.train_features),
         "lora": {"rank": ctx.config.lora.rank, "alpha": ctx.config.lora.alpha},
+        "stage1": {
+            "criterion": stage1.get("criterion"),
+            "epsilon": stage1.get("epsilon"),
+            "window": stage1.get("window"),
+            "patience": stage1.get("patience"),
+        },
         "stage2": {
             "budget": ctx.config.stage2.budget,
             "budget_weight": ctx.config.stage2.budget_weight,
             "target_fraction": ctx.config.stage2.target_fraction,
             "learning_rate": ctx.config.stage2.learning_rate,
             "init_score": ctx.config.stage2.init_score,
+            "grad_accum": ctx.config.stage2.grad_accum,
+            "tail_fraction": ctx.config.stage2.tail_fraction,
+            "eval_mode": ctx.config.stage2.eval_mode,
+            "examples_per_step": stage2.get("examples_per_step"),
         },
+        # What one run can say about its own stability (docs/method.md, "Stability"):
+        # how much the stage-1 norm ranking moved at the last check, and how much the
+        # gate ranking moved over the stage-2 tail (top-25% Jaccard; 1.0 = settled).
+        "self_stability": {
+            "stage1_last_ranking_check": (stage1.get("ranking_checks") or [{}])[-1].get(
+                "jaccard_with_previous"
+            ),
+            "stage2_tail_top25_jaccard": stage2.get("tail_top25_jaccard"),
+        },
+        # ||Delta_i|| of every module at the end of stage 1 (layout order): the update the
+        # gates scale; `ila compare` correlates the ranking with it.
+        "stage1_update_norms": stage1.get("unit_update_norms"),
     }
     return LayerScores(
         method="ila",

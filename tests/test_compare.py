@@ -232,3 +232,46 @@ def test_load_runs_reads_directories_and_files(tmp_path):
     assert [r.label for r in loaded] == ["data0", "data1"]
     assert loaded[1].scores.ranking()[0] == "layers.0.self_attn.q_proj"
     assert math.isclose(loaded[0].scores.units[0].importance, 0.0)
+
+
+def test_structural_null_keeps_each_top_sets_composition():
+    from ila.compare import structural_null_jaccard
+
+    n = 200
+    names = [f"u{i}" for i in range(n)]
+    types = [TYPES[i % 4] for i in range(n)]
+    # Both top sets hold only up_proj units, all 50 of them: the null is exactly 1.
+    ups = {names[i] for i in range(n) if types[i] == "mlp.up_proj"}
+    assert structural_null_jaccard(names, types, ups, ups) == 1.0
+    # Sets spread evenly over the types: the null is the random-set expectation.
+    rng = random.Random(0)
+    even_a = {names[i] for t in range(4) for i in rng.sample(range(t, n, 4), 12)}
+    even_b = {names[i] for t in range(4) for i in rng.sample(range(t, n, 4), 12)}
+    expected = expected_random_jaccard(n, 48)
+    assert structural_null_jaccard(names, types, even_a, even_b) == pytest.approx(
+        expected, abs=0.01
+    )
+    # Sets concentrated on two types: between chance and 1, and deterministic.
+    mlp = [i for i in range(n) if types[i].startswith("mlp")]
+    a = {names[i] for i in rng.sample(mlp, 50)}
+    b = {names[i] for i in rng.sample(mlp, 50)}
+    null = structural_null_jaccard(names, types, a, b)
+    assert expected_random_jaccard(n, 50) + 0.1 < null < 0.5
+    assert null == structural_null_jaccard(names, types, a, b)
+
+
+def test_compare_reports_the_structural_null_and_the_norm_correlation():
+    rng = random.Random(3)
+    runs = [make_scores([rng.random() for _ in range(40)]) for _ in range(2)]
+    norms = [u.importance * 2 + 1 for u in runs[0].units]
+    runs[0].meta["stage1_update_norms"] = norms
+    comparison = compare_scores(runs, ["a", "b"])
+    for summary in comparison.by_fraction:
+        assert 0 < summary.structural_null_jaccard < 1
+        assert summary.structural_null_jaccard == pytest.approx(
+            comparison.pairs[0].structural_null[summary.fraction]
+        )
+    assert comparison.runs[0]["spearman_vs_update_norm"] == pytest.approx(1.0)
+    assert comparison.runs[1]["spearman_vs_update_norm"] is None
+    saved = comparison.to_dict()
+    assert "structural_null_jaccard" in saved["by_fraction"][0]

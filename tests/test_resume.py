@@ -33,7 +33,8 @@ ARGS = [
     "--max-length", "64", "--limit", "80", "--batch-size", "4", "--device", "cpu",
     "--threads", "1", "--save-steps", "4", "--stage1-learning-rate", "0.01",
     "--stage1-max-steps", "60", "--stage1-min-steps", "30", "--stage1-window", "5",
-    "--stage1-patience", "3", "--stage1-epsilon", "0.01", "--stage2-steps", "40",
+    "--stage1-patience", "2", "--stage1-epsilon", "0.3", "--stage1-rank-epsilon", "0.5",
+    "--stage2-steps", "40",
 ]  # fmt: skip
 TOLERANCE = 1e-6  # resumed vs uninterrupted, on every loss and raw gate score
 

@@ -221,3 +221,35 @@ def test_selected_units_checks_the_model(layer_map):
     other = find_layers(build_tiny_llama(100, num_layers=3))
     with pytest.raises(IlaError, match="re-run 'ila select'"):
         selection.selected_units(other)
+
+
+def test_parameter_matched_and_random_within_type_controls(tiny_llama):
+    from ila.controls import (
+        parameter_matched,
+        random_order,
+        random_within_type,
+        trainable_parameters,
+    )
+    from ila.layers import find_layers
+
+    layer_map = find_layers(tiny_llama)
+    by_size = sorted(
+        layer_map.units, key=lambda u: -(u.in_features + u.out_features)
+    )  # big MLP modules first, as ILA tends to rank them
+    reference = [u.name for u in by_size[: len(by_size) // 3]]
+    budget = trainable_parameters([layer_map.unit(n) for n in reference], method="lora")
+    order = random_order(layer_map, seed=0)
+    matched = parameter_matched(order, layer_map, budget)
+    total = trainable_parameters([layer_map.unit(n) for n in matched], method="lora")
+    smallest = min(trainable_parameters([u], method="lora") for u in layer_map.units)
+    assert budget - smallest < total <= budget
+    # More units than the reference: the random order picks smaller modules too.
+    assert len(matched) >= len(reference)
+    assert random_order(layer_map, seed=0) == order != random_order(layer_map, seed=1)
+    drawn = random_within_type(reference, layer_map, seed=3)
+    count = lambda names: sorted(layer_map.unit(n).module_type for n in names)  # noqa: E731
+    assert count(drawn) == count(reference) and set(drawn) != set(reference)
+    with pytest.raises(IlaError, match="unknown fine-tuning method"):
+        trainable_parameters(layer_map.units, method="dora")
+    with pytest.raises(IlaError, match="no unit fits"):
+        parameter_matched(order, layer_map, 1)

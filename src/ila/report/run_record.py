@@ -81,9 +81,12 @@ def load_run_record(run_dir: Path) -> RunRecord:
     data = read_json(run_dir / "data.json") if (run_dir / "data.json").is_file() else None
     stage1 = stage2 = trajectory = None
     if scores.method == "ila":
-        stage1 = read_json(run_dir / "stage1" / "summary.json")
-        stage2 = read_json(run_dir / "stage2" / "summary.json")
-        trajectory = read_json(run_dir / "stage2" / "gate_trajectory.json")
+        # An ensemble (--seeds N) shows the curves of its first member.
+        members = (scores.meta.get("ensemble") or {}).get("members") or [""]
+        stages_dir = run_dir / members[0]
+        stage1 = read_json(stages_dir / "stage1" / "summary.json")
+        stage2 = read_json(stages_dir / "stage2" / "summary.json")
+        trajectory = read_json(stages_dir / "stage2" / "gate_trajectory.json")
     selection = read_json(run_dir / "selection.json") if "select" in stages else None
     finetunes = {}
     for stage, name in (("finetune", "selected"), ("finetune-all-units", "all-units")):

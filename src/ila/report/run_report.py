@@ -206,6 +206,35 @@ def _reproduce(record: RunRecord) -> Section:
     return Section("Reproduce", "reproduce", blocks)
 
 
+def _stability(record: RunRecord) -> Section | None:
+    """What the run says about its own reproducibility (ila.ensemble.stability_lines)."""
+    from ila.ensemble import stability_lines
+
+    lines = stability_lines(record.scores)
+    if not lines:
+        return None
+    blocks: list[Any] = [" ".join(line[0].upper() + line[1:] + "." for line in lines)]
+    ensemble = record.scores.meta.get("ensemble")
+    if ensemble:
+        row = next(r for r in ensemble["stability"]["by_fraction"] if r["fraction"] == 0.25)
+        frequency = row["top_frequency"]
+        ranking = record.scores.ranking()[: row["k"]]
+        blocks.append(
+            f"The consensus of {ensemble['stability']['runs']} runs ranks the units below "
+            "(importance averaged over the runs); the last column is the share of the runs "
+            "that put the unit in their own top 25%. The stage curves above are those of the "
+            f"first run (`{ensemble['members'][0]}`)."
+        )
+        blocks.append(
+            Table(
+                ["rank", "unit", "share of runs in top 25%"],
+                [[str(i + 1), f"`{n}`", f"{frequency[n]:.2f}"] for i, n in enumerate(ranking)],
+                [True, False, True],
+            )
+        )
+    return Section("Stability", "stability", blocks)
+
+
 def build_run_document(record: RunRecord, figures: dict[str, str]) -> Document:
     """The report of ``record``; ``figures`` maps 'heatmap' and 'blocks' to their files."""
     sections = [_summary(record)]
@@ -217,6 +246,9 @@ def build_run_document(record: RunRecord, figures: dict[str, str]) -> Document:
     if "heatmap" in figures:
         unit_figures.insert(0, Figure(figures["heatmap"], "Importance: blocks x module types"))
     sections.append(_units(record, unit_figures))
+    stability = _stability(record)
+    if stability is not None:
+        sections.append(stability)
     if record.selection is not None:
         sections.append(_selection(record.selection))
     if record.finetunes:

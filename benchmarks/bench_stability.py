@@ -1,0 +1,359 @@
+"""Is the ILA ranking a stable measurement? Stage-1 stopping rules and stage-2 settings.
+
+Reads the long stage-1 recordings of ``benchmarks/record_stage1.py`` (loss of every step,
+per-unit update norms every 10 steps, LoRA snapshots every 20 steps; one per dataset and
+seed under one clean protocol: max length 128, split seed 0, batch 4, lr 1e-3) and:
+
+1. applies every stopping rule offline to the same curves: the first, relative rule
+   (its old defaults) and the drop rule with and without the ranking check. T per rule,
+   in steps and epochs;
+2. learns stage 2 (the current defaults) from the snapshot at the default rule's T and
+   from the recording's last snapshot, and measures the paper's epsilon-stable claim as
+   Jaccard(mask at T, mask at the end), next to the seed-to-seed and cross-dataset
+   overlap at both points, chance and the structural null (shuffle within module type);
+3. on one adapter (the first recording, at its T), learns stage 2 with several
+   stage-2 seeds for each gradient accumulation in ``--accums``, and compares the
+   same-adapter agreement of the last iterate and of the tail-averaged s.
+
+Writes its sections of docs/results.md. Usage::
+
+    python benchmarks/record_stage1.py --data ila-instruct chitchat --seeds 0 1
+    python benchmarks/bench_stability.py --work-dir runs/bench-stability
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ila.compare import spearman, structural_null_jaccard
+from ila.config import ScoreConfig, Stage1Config
+from ila.scores import expected_random_jaccard, jaccard, top_count
+from ila.stability import detect_stable
+from record_stage1 import LIMIT, MAX_LENGTH, SPLIT_SEED
+from results_file import write_section
+
+# Rules applied offline: (label, detect_stable keyword arguments).
+_DEFAULT = Stage1Config()
+RULES = [
+    (
+        "relative (first rule: W 20, eps 0.1, 5 steps)",
+        {"criterion": "loss", "epsilon": 0.1, "window": 20, "patience": 5, "min_steps": 20},
+    ),
+    (
+        "drop (W 20, eps 0.1, 2 checks)",
+        {"criterion": "drop", "epsilon": 0.1, "window": 20, "patience": 2, "min_steps": 20},
+    ),
+    (
+        "drop+ranking (default)",
+        {
+            "criterion": _DEFAULT.criterion,
+            "epsilon": _DEFAULT.epsilon,
+            "window": _DEFAULT.window,
+            "patience": _DEFAULT.patience,
+            "min_steps": _DEFAULT.min_steps,
+            "rank_epsilon": _DEFAULT.rank_epsilon,
+            "rank_fraction": _DEFAULT.rank_fraction,
+        },
+    ),
+    (
+        "drop+ranking (W 20, eps 0.05, rank eps 0.05)",
+        {
+            "criterion": "drop+ranking",
+            "epsilon": 0.05,
+            "window": 20,
+            "patience": 2,
+            "min_steps": 20,
+            "rank_epsilon": 0.05,
+        },
+    ),
+]
+DEFAULT_RULE = "drop+ranking (default)"
+FRACTION = 0.25
+
+
+def load_recordings(work_dir: Path) -> dict[tuple[str, int], dict]:
+    found = {}
+    for path in sorted(work_dir.glob("*/seed*/curve.json")):
+        curve = json.loads(path.read_text())
+        curve["dir"] = path.parent
+        found[(curve["data"], curve["seed"])] = curve
+    if not found:
+        raise SystemExit(f"no recordings under {work_dir}; run benchmarks/record_stage1.py")
+    return found
+
+
+def rule_t(curve: dict, kwargs: dict) -> int | None:
+    norms = {int(k): v for k, v in curve["norms"].items()}
+    loss = curve["loss"]
+    if kwargs["criterion"] == "drop+ranking":
+        # Check steps past the recorded norms cannot be decided: cut the curve there.
+        loss = loss[: max(norms)]
+    return detect_stable(loss, unit_values=norms, **kwargs)
+
+
+def snapshot_step(curve: dict, t: int | None) -> int:
+    """The snapshot at T (rounded up to the snapshot grid), or the last one."""
+    steps = sorted(int(p.stem.split("-")[1]) for p in (curve["dir"] / "snapshots").glob("*"))
+    if t is None:
+        return steps[-1]
+    return min((s for s in steps if s >= t), default=steps[-1])
+
+
+class Stage2Runner:
+    """Learns stage 2 from a recording's snapshot (model loaded once per process)."""
+
+    def __init__(self) -> None:
+        from ila.data import PaddingCollator
+        from ila.layers import find_layers
+        from ila.models import load_model
+
+        self.model, self.tokenizer = load_model("smollm2-135m", device="cpu")
+        self.layer_map = find_layers(self.model)
+        self.collator = PaddingCollator(self.tokenizer.pad_token_id)
+        self.features: dict[str, tuple[list, str]] = {}
+
+    def _features(self, data: str):
+        if data not in self.features:
+            from ila.data import data_fingerprint, load_examples, split_examples
+            from ila.tokenization import tokenize_examples
+
+            train, _ = split_examples(
+                load_examples(data, limit=LIMIT.get(data)), eval_fraction=0.1, seed=SPLIT_SEED
+            )
+            features = tokenize_examples(train, self.tokenizer, max_length=MAX_LENGTH).features
+            self.features[data] = (features, data_fingerprint(train))
+        return self.features[data]
+
+    def run(self, curve: dict, step: int, seed: int, accum: int, out: Path) -> dict:
+        summary_path = out / "stage2" / "summary.json"
+        if summary_path.is_file():
+            return json.loads(summary_path.read_text())
+        import torch
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from ila.config import LoraSettings
+        from ila.lora import add_lora
+        from ila.scorers.base import ScoringContext
+        from ila.scorers.ila import run_stage2
+
+        features, fingerprint = self._features(curve["data"])
+        peft_model = add_lora(self.model, self.layer_map.units, LoraSettings(), seed=0)
+        weights = load_file(str(curve["dir"] / "snapshots" / f"step-{step}.safetensors"))
+        set_peft_model_state_dict(peft_model, weights)
+        config = ScoreConfig()
+        config = dataclasses.replace(
+            config,
+            train=dataclasses.replace(config.train, seed=seed),
+            stage2=dataclasses.replace(config.stage2, grad_accum=accum),
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        ctx = ScoringContext(
+            model=peft_model,
+            tokenizer=self.tokenizer,
+            layer_map=self.layer_map,
+            model_id="smollm2-135m",
+            train_features=features,
+            collator=self.collator,
+            config=config,
+            output_dir=out,
+            data_fingerprint=fingerprint,
+        )
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        try:
+            summary = run_stage2(ctx, peft_model)
+        finally:
+            self.model = peft_model.unload()
+        print(f"stage 2 {out}: {time.perf_counter() - start:.0f} s", flush=True)
+        return summary
+
+
+def top(values: list[float], fraction: float = FRACTION) -> set[int]:
+    k = top_count(len(values), fraction)
+    return set(sorted(range(len(values)), key=lambda i: (-values[i], i))[:k])
+
+
+def tail_scores(out: Path, fraction: float) -> list[float]:
+    from ila.scorers.ila import tail_mean
+
+    trajectory = json.loads((out / "stage2" / "gate_trajectory.json").read_text())["scores"]
+    return tail_mean(trajectory, fraction)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-stability"))
+    parser.add_argument("--variant-seeds", type=int, nargs="+", default=[10, 11, 12])
+    parser.add_argument("--accums", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--skip-variants", action="store_true")
+    args = parser.parse_args()
+
+    recordings = load_recordings(args.work_dir)
+    first = next(iter(recordings.values()))
+    names = first["unit_names"]
+    types = [n.split(".", 2)[2] for n in names]
+    n = len(names)
+    k = top_count(n, FRACTION)
+    chance = expected_random_jaccard(n, k)
+
+    # 1. T of every rule on every recording.
+    t_rows = [
+        "| data | seed | steps/epoch | " + " | ".join(r for r, _ in RULES) + " |",
+        "|---|---:|---:|" + "---:|" * len(RULES),
+    ]
+    default_t = {}
+    for key, curve in recordings.items():
+        cells = []
+        for label, kwargs in RULES:
+            t = rule_t(curve, kwargs)
+            if label == DEFAULT_RULE:
+                default_t[key] = t
+            epochs = "" if t is None else f" ({t / curve['steps_per_epoch']:.2f} ep)"
+            cells.append(f"not by {len(curve['loss'])}" if t is None else f"{t}{epochs}")
+        t_rows.append(
+            f"| {key[0]} | {key[1]} | {curve['steps_per_epoch']} | " + " | ".join(cells) + " |"
+        )
+
+    # 2. Stage 2 at T and at the end of each recording, stage-2 seed = the recording's.
+    runner = Stage2Runner()
+    masks: dict[tuple[str, int, str], list[float]] = {}
+    steps_used = {}
+    for key, curve in recordings.items():
+        at_t = snapshot_step(curve, default_t[key])
+        end = snapshot_step(curve, None)
+        steps_used[key] = (at_t, end)
+        for label, step in (("T", at_t), ("end", end)):
+            out = curve["dir"] / "stage2" / f"step-{step}-accum2-seed{key[1]}"
+            runner.run(curve, step, key[1], 2, out)
+            masks[(*key, label)] = tail_scores(out, ScoreConfig().stage2.tail_fraction)
+
+    def pair_row(label: str, pairs: list[tuple[list[float], list[float]]]) -> str:
+        js = [jaccard(top(a), top(b)) for a, b in pairs]
+        nulls = [
+            structural_null_jaccard(
+                names, types, {names[i] for i in top(a)}, {names[i] for i in top(b)}, draws=4000
+            )
+            for a, b in pairs
+        ]
+        rhos = [spearman(a, b) for a, b in pairs]
+        return (
+            f"| {label} | {len(pairs)} | {statistics.fmean(js):.2f} ({min(js):.2f}-"
+            f"{max(js):.2f}) | {statistics.fmean(nulls):.2f} | {chance:.2f} | "
+            f"{statistics.fmean(rhos):.2f} |"
+        )
+
+    datasets = sorted({d for d, _ in recordings})
+    overlap_rows = [
+        "| comparison | pairs | top-25% Jaccard mean (range) | structural null | "
+        "chance | Spearman |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for data in datasets:
+        keys = [key for key in recordings if key[0] == data]
+        overlap_rows.append(
+            pair_row(
+                f"{data}: mask at T vs at the end (same run)",
+                [(masks[(*key, "T")], masks[(*key, "end")]) for key in keys],
+            )
+        )
+        for point in ("T", "end"):
+            pairs = [
+                (masks[(*a, point)], masks[(*b, point)]) for a, b in itertools.combinations(keys, 2)
+            ]
+            if pairs:
+                overlap_rows.append(pair_row(f"{data}: seed vs seed, at {point}", pairs))
+    for point in ("T", "end"):
+        pairs = [
+            (masks[(*a, point)], masks[(*b, point)])
+            for a, b in itertools.combinations(recordings, 2)
+            if a[0] != b[0]
+        ]
+        if pairs:
+            overlap_rows.append(pair_row(f"cross-dataset, at {point}", pairs))
+    norm_rows = []
+    for key, curve in recordings.items():
+        at_t = steps_used[key][0]
+        norms = curve["norms"].get(str(at_t))
+        if norms:
+            norm_rows.append(f"{key[0]} seed {key[1]}: {spearman(masks[(*key, 'T')], norms):.2f}")
+
+    # 3. Stage-2 variants on one adapter.
+    variant_rows = []
+    if not args.skip_variants:
+        key = sorted(recordings)[0]
+        curve = recordings[key]
+        step = steps_used[key][0]
+        variant_rows = [
+            "| gradient accumulation (examples per step) | tail | stage-2 seeds | "
+            "same-adapter top-25% Jaccard mean (range) | s/step |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for accum in args.accums:
+            outs = []
+            for seed in args.variant_seeds:
+                out = curve["dir"] / "stage2" / f"step-{step}-accum{accum}-seed{seed}"
+                summary = runner.run(curve, step, seed, accum, out)
+                outs.append((out, summary["seconds_per_step"]))
+            for tail in (0.0, 0.2, 0.4):
+                scores = [tail_scores(o, tail) for o, _ in outs]
+                js = [jaccard(top(a), top(b)) for a, b in itertools.combinations(scores, 2)]
+                sec = statistics.fmean(s for _, s in outs)
+                label = "last step" if tail == 0 else f"mean s over last {tail:.0%}"
+                variant_rows.append(
+                    f"| {accum} ({4 * accum}) | {label} | {len(outs)} | "
+                    f"{statistics.fmean(js):.2f} ({min(js):.2f}-{max(js):.2f}) | {sec:.2f} |"
+                )
+        variant_rows.insert(0, f"Adapter: {key[0]} seed {key[1]} at step {step}.\n")
+
+    protocol = (
+        f"SmolLM2-135M, float32, 2-core CPU. Clean protocol: max length {MAX_LENGTH} for "
+        f"every dataset, train/held-out split seed {SPLIT_SEED} (apart from the training "
+        f"seed), batch 4, LoRA r 8 / alpha 16 / lr 1e-3 constant after 5 warm-up steps; "
+        f"chitchat limited to its first {LIMIT['chitchat']} conversations. Each recording "
+        "runs stage 1 to a fixed number of steps without a rule; every rule is applied to "
+        "the same curves. Stage 2 uses the current defaults (60 steps, hinge H 0.5, "
+        "accumulation 2, eval mode, own data order, importance = s averaged over the last "
+        f"20% of steps). Top 25%: k = {k} of {n} units, chance {chance:.3f}."
+    )
+    lines = [
+        "## Ranking stability: stage-1 stopping rules and stage-2 settings "
+        "(`benchmarks/bench_stability.py`)",
+        "",
+        protocol,
+        "",
+        "### T of each stopping rule",
+        "",
+        *t_rows,
+        "",
+        "### Overlap at T and at the end of the recording",
+        "",
+        "Stage-1 snapshots used (T rounded up to the 20-step snapshot grid, end): "
+        + "; ".join(f"{d} seed {s}: {a}, {b}" for (d, s), (a, b) in steps_used.items()),
+        "",
+        *overlap_rows,
+        "",
+        "Spearman of the ILA importance (at T) with the stage-1 update norms ||Delta_i|| of the "
+        "same adapter (what the `lora-norm` scorer ranks by): " + "; ".join(norm_rows) + ".",
+    ]
+    if variant_rows:
+        lines += ["", "### Stage 2 on one adapter: batch and tail averaging", "", *variant_rows]
+    markdown = "\n".join(lines)
+    write_section("bench_stability", markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

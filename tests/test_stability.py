@@ -1,4 +1,4 @@
-"""The epsilon-stable detector on synthetic loss curves (ILA-METHOD, Stage 1)."""
+"""The epsilon-stable detector on synthetic loss curves (docs/method.md, "Stage 1")."""
 
 import math
 import random

@@ -2,7 +2,7 @@
 
 The paper's headline (arXiv 2410.17875) is an overlap figure: the important units found
 on very different alignment datasets largely coincide. For every pair of runs this module
-measures, on the same model and the same kind of unit (ILA-METHOD, "Output"):
+measures, on the same model and the same kind of unit (docs/method.md, "Output"):
 
 - the Jaccard index of the important sets at several fractions K (top ``k(K)`` units),
   next to the Jaccard expected of two random sets of that size, so an overlap can be

@@ -267,7 +267,7 @@ class Stage1Config:
 
 @dataclass
 class Stage2Config:
-    """Stage 2: learn one gate score s_i per unit (ILA-METHOD, Stage 2).
+    """Stage 2: learn one gate score s_i per unit (docs/method.md, Stage 2).
 
     The masked model is theta_0 + sigmoid(s) * Delta; only s is trained, with Adam, on the
     task loss plus a sparsity budget. [choice] defaults are documented in docs/method.md
@@ -346,7 +346,7 @@ class ScoreConfig:
 
 @dataclass
 class FinetuneSettings:
-    """Stage 3: fine-tune only the selected units (ILA-METHOD, "Stage 3")."""
+    """Stage 3: fine-tune only the selected units (docs/method.md, "Stage 3")."""
 
     method: str = _opt(
         "lora",

@@ -1,6 +1,6 @@
 """Exports: a selection written as configuration that other trainers read.
 
-ILA stage 3 (ILA-METHOD.md, "Stage 3: use the ranking"; docs/method.md, "Output") tunes
+ILA stage 3 (docs/method.md, "Stage 3: use the ranking" and "Output") tunes
 only the selected units, with LoRA or full fine-tuning. Users who train with another
 tool should not need to import ila in their trainer, so a :class:`~ila.selection.Selection`
 is exported in that tool's own terms, and each export names exactly the selected modules:

@@ -1,4 +1,4 @@
-"""Stage 3: fine-tune only the selected units (ILA-METHOD.md, "Stage 3").
+"""Stage 3: fine-tune only the selected units (docs/method.md, "Stage 3").
 
 Methods:
 - ``lora``: a peft LoRA adapter on exactly the selected modules (module-level precision);

@@ -1,6 +1,6 @@
 """Per-unit gates on LoRA updates: the relaxed binary mask of ILA stage 2.
 
-ILA-METHOD.md, "Stage 2": the masked model is theta_0 + gamma * Delta, where unit i's
+docs/method.md, "Stage 2": the masked model is theta_0 + gamma * Delta, where unit i's
 LoRA update Delta_i = (alpha / r) B_i A_i is scaled by gamma_i = sigmoid(s_i). Only the
 scores s are learned; the base weights and the stage-1 LoRA weights stay frozen.
 
@@ -56,7 +56,7 @@ class GateBank(nn.Module):
 def budget_loss(
     gates: torch.Tensor, *, kind: str, weight: float, target_fraction: float
 ) -> torch.Tensor:
-    """The relaxed sparsity budget on gamma (ILA-METHOD, Stage 2: ||gamma||_0 <= H).
+    """The relaxed sparsity budget on gamma (docs/method.md, Stage 2: ||gamma||_0 <= H).
 
     [choice] ``hinge``: weight * max(0, mean(gamma) - target_fraction): no pressure once
     the mean gate is within the budget H, so only the loss decides which units keep their

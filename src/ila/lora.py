@@ -1,6 +1,6 @@
 """The stage-1 LoRA adapter: build it on chosen units, measure each unit's update.
 
-Unit i's LoRA update is Delta_i = (alpha / r) B_i A_i (ILA-METHOD.md, "Notation"). Its
+Unit i's LoRA update is Delta_i = (alpha / r) B_i A_i (docs/method.md, "Notation"). Its
 Frobenius norm is computed without forming the d_out x d_in product:
 ||B A||_F^2 = trace((B^T B)(A A^T)), two r x r matrices.
 """

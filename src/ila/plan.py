@@ -5,7 +5,7 @@ loaded. The model is built on PyTorch's ``meta`` device (shapes, no storage) fro
 config, :func:`ila.layers.find_layers` finds the units exactly as a real run would, and
 every count below is computed from those shapes.
 
-Per stage (ILA-METHOD.md: stage 1 LoRA, stage 2 gates, stage 3 selective fine-tune):
+Per stage (docs/method.md: stage 1 LoRA, stage 2 gates, stage 3 selective fine-tune):
 
 - trainable parameters: stage 1, LoRA ``r * (d_in + d_out)`` on every unit; stage 2, one
   gate per unit (or per block); fine-tune, LoRA or the full weights (and biases) of the

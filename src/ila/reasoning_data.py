@@ -1,7 +1,7 @@
 """The generated reasoning dataset "ila-reasoning": multi-step arithmetic word problems.
 
 The paper compares layer rankings learned on alignment data with rankings learned on
-reasoning data (ILA-METHOD.md, "The idea", use 3: ~86% overlap between two reasoning
+reasoning data (docs/method.md, "The idea", use 3: ~86% overlap between two reasoning
 datasets). No reasoning dataset can be downloaded where this project is built, so a small
 one is generated here, deterministically, and shipped as
 ``ila/resources/ila_reasoning.jsonl`` (regenerate it with ``scripts/generate_data.py``).

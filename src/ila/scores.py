@@ -1,6 +1,6 @@
 """LayerScores: one importance value per unit, its ranking, important sets and overlap.
 
-ILA-METHOD.md, "Output": the importance of unit i is sigmoid(s_i) at the end of stage 2
+docs/method.md, "Output": the importance of unit i is sigmoid(s_i) at the end of stage 2
 (raw s is kept too); units are ranked by importance, descending, ties broken by the
 unit's position in the model (earlier first), so a ranking is deterministic. The
 important set at fraction K is the top ``k(K) = max(1, floor(K * N + 0.5))`` units
@@ -103,7 +103,7 @@ class LayerScores:
         return self.ranking()[len(self.units) - top_count(len(self.units), fraction) :]
 
     def block_scores(self) -> dict[int, float]:
-        """Block view: mean importance of each block's units (ILA-METHOD, "Unit")."""
+        """Block view: mean importance of each block's units (docs/method.md, "Unit")."""
         sums: dict[int, list[float]] = {}
         for unit in self.units:
             sums.setdefault(unit.block, []).append(unit.importance)

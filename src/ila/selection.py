@@ -1,6 +1,6 @@
 """Selection: which units to fine-tune, decided from a ranking or typed by hand.
 
-ILA-METHOD.md, "Stage 3: use the ranking": tune only the top fraction of the units, or
+docs/method.md, "Stage 3: use the ranking": tune only the top fraction of the units, or
 freeze the bottom fraction and tune the rest (docs/method.md, "Output", defines the
 ranking). A :class:`Selection` records the outcome as module unit names in model order,
 with the layout of the model they name, so training and :mod:`ila.exports` never need

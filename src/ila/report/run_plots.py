@@ -1,6 +1,6 @@
 """Plots of one ILA run's training: the stage-1 loss with T marked, the stage-2 gates.
 
-Both read the stage summaries the scorer writes (ILA-METHOD, "Stage 1" and "Stage 2"):
+Both read the stage summaries the scorer writes (docs/method.md, "Stage 1" and "Stage 2"):
 ``stage1/summary.json`` (``loss_curve``, ``update_norm_curve``, ``T``, ``window``) and
 ``stage2/gate_trajectory.json`` (the gate values before the first step and after each).
 """

@@ -1,6 +1,6 @@
 """The ILA scorer: stage 1 (LoRA until epsilon-stable) then stage 2 (learned gates).
 
-ILA-METHOD.md:
+docs/method.md:
 - Stage 1 trains a LoRA adapter on every unit with the next-token loss on response tokens
   and stops at the first step T at which training is epsilon-stable
   (:mod:`ila.stability`), or at the hard cap ``stage1.max_steps``.

@@ -5,7 +5,7 @@ trained on the response-token loss until epsilon-stable or ``stage1.max_steps``)
 scores unit i by ||Delta_i||_F = (alpha / r) ||B_i A_i||_F (:func:`ila.lora.lora_update_norms`).
 Importance is the norm divided by the largest norm; raw is the norm. This is the
 natural ablation of ILA's stage 2: the same adapter, ranked by how far training moved
-each unit instead of by a learned gate (ILA-METHOD.md, "Notation"; the paper, arXiv
+each unit instead of by a learned gate (docs/method.md, "Notation"; the paper, arXiv
 2410.17875, motivates its gates against this magnitude view).
 
 Cost: ILA's stage 1 (T LoRA training steps), no stage 2. Artifacts as ILA's stage 1:

@@ -49,6 +49,9 @@ bench: install
 	$(OFFLINE) $(PY) benchmarks/bench_finetune.py --scores runs/bench-score/seed0
 	$(OFFLINE) $(PY) benchmarks/bench_plan.py --work-dir runs/bench-plan
 	$(OFFLINE) $(PY) benchmarks/bench_selection.py --reuse-ila runs/bench-score/seed0
+	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data ila-instruct chitchat --seeds 0 1 \
+		--steps 240 --work-dir runs/bench-stability
+	$(OFFLINE) $(PY) benchmarks/bench_stability.py --work-dir runs/bench-stability
 	$(OFFLINE) $(PY) benchmarks/bench_overlap.py --work-dir runs/bench-overlap
 	$(OFFLINE) $(PY) benchmarks/bench_quality.py --ila-scores runs/bench-score/seed0
 	$(OFFLINE) $(PY) benchmarks/bench_cost.py --ila-runs runs/bench-score/seed0 \

@@ -196,7 +196,10 @@ def tail_scores(out: Path, fraction: float) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-stability"))
-    parser.add_argument("--variant-seeds", type=int, nargs="+", default=[10, 11, 12])
+    parser.add_argument("--variant-seeds", type=int, nargs="+", default=[0, 10, 11])
+    parser.add_argument(
+        "--report-only", action="store_true", help="report the finished stage-2 runs only"
+    )
     parser.add_argument("--accums", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-variants", action="store_true")
     args = parser.parse_args()
@@ -227,20 +230,27 @@ def main() -> None:
             f"| {key[0]} | {key[1]} | {curve['steps_per_epoch']} | " + " | ".join(cells) + " |"
         )
 
-    # 2. Stage 2 at T and at the end of each recording, stage-2 seed = the recording's.
-    runner = Stage2Runner()
+    # 2. Stage 2 at T and at a common later step (the last snapshot every recording has),
+    # stage-2 seed = the recording's. Jobs run in order of importance: every T first.
+    runner = None if args.report_only else Stage2Runner()
     masks: dict[tuple[str, int, str], list[float]] = {}
-    steps_used = {}
-    for key, curve in recordings.items():
-        at_t = snapshot_step(curve, default_t[key])
-        end = snapshot_step(curve, None)
-        steps_used[key] = (at_t, end)
-        for label, step in (("T", at_t), ("end", end)):
+    end = min(snapshot_step(curve, None) for curve in recordings.values())
+    steps_used = {
+        key: (snapshot_step(curve, default_t[key]), end) for key, curve in recordings.items()
+    }
+    for index, label in ((0, "T"), (1, "end")):
+        for key, curve in recordings.items():
+            step = steps_used[key][index]
             out = curve["dir"] / "stage2" / f"step-{step}-accum2-seed{key[1]}"
-            runner.run(curve, step, key[1], 2, out)
-            masks[(*key, label)] = tail_scores(out, ScoreConfig().stage2.tail_fraction)
+            if runner is not None:
+                runner.run(curve, step, key[1], 2, out)
+            if (out / "stage2" / "summary.json").is_file():
+                masks[(*key, label)] = tail_scores(out, ScoreConfig().stage2.tail_fraction)
 
     def pair_row(label: str, pairs: list[tuple[list[float], list[float]]]) -> str:
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        if not pairs:
+            return f"| {label} | 0 | not measured yet | | | |"
         js = [jaccard(top(a), top(b)) for a, b in pairs]
         nulls = [
             structural_null_jaccard(
@@ -266,18 +276,19 @@ def main() -> None:
         overlap_rows.append(
             pair_row(
                 f"{data}: mask at T vs at the end (same run)",
-                [(masks[(*key, "T")], masks[(*key, "end")]) for key in keys],
+                [(masks.get((*key, "T")), masks.get((*key, "end"))) for key in keys],
             )
         )
         for point in ("T", "end"):
             pairs = [
-                (masks[(*a, point)], masks[(*b, point)]) for a, b in itertools.combinations(keys, 2)
+                (masks.get((*a, point)), masks.get((*b, point)))
+                for a, b in itertools.combinations(keys, 2)
             ]
             if pairs:
                 overlap_rows.append(pair_row(f"{data}: seed vs seed, at {point}", pairs))
     for point in ("T", "end"):
         pairs = [
-            (masks[(*a, point)], masks[(*b, point)])
+            (masks.get((*a, point)), masks.get((*b, point)))
             for a, b in itertools.combinations(recordings, 2)
             if a[0] != b[0]
         ]
@@ -287,7 +298,7 @@ def main() -> None:
     for key, curve in recordings.items():
         at_t = steps_used[key][0]
         norms = curve["norms"].get(str(at_t))
-        if norms:
+        if norms and (*key, "T") in masks:
             norm_rows.append(f"{key[0]} seed {key[1]}: {spearman(masks[(*key, 'T')], norms):.2f}")
 
     # 3. Stage-2 variants on one adapter.
@@ -305,8 +316,13 @@ def main() -> None:
             outs = []
             for seed in args.variant_seeds:
                 out = curve["dir"] / "stage2" / f"step-{step}-accum{accum}-seed{seed}"
-                summary = runner.run(curve, step, seed, accum, out)
-                outs.append((out, summary["seconds_per_step"]))
+                if runner is not None:
+                    runner.run(curve, step, seed, accum, out)
+                if (out / "stage2" / "summary.json").is_file():
+                    summary = json.loads((out / "stage2" / "summary.json").read_text())
+                    outs.append((out, summary["seconds_per_step"]))
+            if len(outs) < 2:
+                continue
             for tail in (0.0, 0.2, 0.4):
                 scores = [tail_scores(o, tail) for o, _ in outs]
                 js = [jaccard(top(a), top(b)) for a, b in itertools.combinations(scores, 2)]
@@ -340,7 +356,8 @@ def main() -> None:
         "",
         "### Overlap at T and at the end of the recording",
         "",
-        "Stage-1 snapshots used (T rounded up to the 20-step snapshot grid, end): "
+        "Stage-1 snapshots used (T rounded up to the 20-step snapshot grid; 'end' is the "
+        "last snapshot every recording has): "
         + "; ".join(f"{d} seed {s}: {a}, {b}" for (d, s), (a, b) in steps_used.items()),
         "",
         *overlap_rows,

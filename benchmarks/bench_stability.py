@@ -202,8 +202,19 @@ def main() -> None:
     )
     parser.add_argument("--accums", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-variants", action="store_true")
+    parser.add_argument(
+        "--data", nargs="+", help="learn stage 2 for these datasets only (the report uses all)"
+    )
+    parser.add_argument(
+        "--points", nargs="+", default=["T", "end"], help="stage-1 points to learn stage 2 at"
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     recordings = load_recordings(args.work_dir)
     first = next(iter(recordings.values()))
     names = first["unit_names"]
@@ -242,7 +253,8 @@ def main() -> None:
         for key, curve in recordings.items():
             step = steps_used[key][index]
             out = curve["dir"] / "stage2" / f"step-{step}-accum2-seed{key[1]}"
-            if runner is not None:
+            wanted = label in args.points and (not args.data or key[0] in args.data)
+            if runner is not None and wanted:
                 runner.run(curve, step, key[1], 2, out)
             if (out / "stage2" / "summary.json").is_file():
                 masks[(*key, label)] = tail_scores(out, ScoreConfig().stage2.tail_fraction)
@@ -304,7 +316,7 @@ def main() -> None:
     # 3. Stage-2 variants on one adapter.
     variant_rows = []
     if not args.skip_variants:
-        key = sorted(recordings)[0]
+        key = min(recordings, key=lambda k: (k[0] != "ila-instruct", k))
         curve = recordings[key]
         step = steps_used[key][0]
         variant_rows = [
@@ -316,7 +328,7 @@ def main() -> None:
             outs = []
             for seed in args.variant_seeds:
                 out = curve["dir"] / "stage2" / f"step-{step}-accum{accum}-seed{seed}"
-                if runner is not None:
+                if runner is not None and (not args.data or key[0] in args.data):
                     runner.run(curve, step, seed, accum, out)
                 if (out / "stage2" / "summary.json").is_file():
                     summary = json.loads((out / "stage2" / "summary.json").read_text())

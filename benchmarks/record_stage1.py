@@ -35,6 +35,7 @@ LIMIT = {"chitchat": 3000, "sharegpt": 3000}
 
 
 def record(data: str, seed: int, steps: int, norm_every: int, snapshot_every: int, out: Path):
+    """One recording; ``curve.json`` is complete once written (partial runs leave none)."""
     import torch
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -123,7 +124,12 @@ def main() -> None:
     parser.add_argument("--norm-every", type=int, default=10)
     parser.add_argument("--snapshot-every", type=int, default=20)
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-stability"))
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     for seed in args.seeds:
         for data in args.data:
             out = args.work_dir / data / f"seed{seed}"

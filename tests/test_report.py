@@ -32,7 +32,7 @@ RUN_EXTRA = [
     "--eval-generate-examples", "2",
     "--eval-max-new-tokens", "4",
 ]  # fmt: skip
-SECTIONS = ["summary", "stage1", "stage2", "units", "data", "versions", "reproduce"]
+SECTIONS = ["summary", "stage1", "stage2", "units", "stability", "data", "versions", "reproduce"]
 RUN_SECTIONS = ["selection", "finetune", "evaluation"]
 
 

@@ -179,6 +179,68 @@ def test_model_directory_that_is_not_a_model(tiny_model_dir, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_corrupt_weights_and_a_gguf_of_random_bytes(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("ILA_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    truncated = tmp_path / "truncated-model"
+    shutil.copytree(tiny_model_dir, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    argv = ["score", "--output-dir", str(out), *TINY_RUN]
+    fails([*argv, "--model", str(truncated)], capsys, "corrupt or truncated", "save the model")
+    gguf = tmp_path / "random.gguf"
+    gguf.write_bytes(bytes(range(256)) * 16)
+    fails([*argv, "--model", str(gguf)], capsys, f"GGUF file {gguf} could not be read")
+    assert not out.exists()
+    models = tmp_path / "cache" / "models"
+    assert not models.exists() or list(models.iterdir()) == []  # no half conversion left
+
+
+@pytest.fixture(scope="module")
+def encoder_model_dirs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
+    """Config-only directories of a tiny BERT (encoder-only) and T5 (encoder-decoder)."""
+    from transformers import BertConfig, T5Config
+
+    dirs = {}
+    configs = {
+        "bert": BertConfig(
+            vocab_size=400,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+        ),
+        "t5": T5Config(vocab_size=400, d_model=32, d_ff=64, num_layers=2, num_heads=4),
+    }
+    for name, config in configs.items():
+        path = tmp_path_factory.mktemp(name)
+        config.save_pretrained(path)
+        for item in os.listdir(tiny_model_dir):  # a tokenizer, so only the config can fail
+            if "token" in item or item.endswith(".jinja"):
+                shutil.copy(tiny_model_dir / item, path / item)
+        dirs[name] = path
+    return dirs
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("bert", ["is an encoder-only model (bert)", "needs a causal (decoder-only)"]),
+        ("t5", ["is an encoder-decoder model (t5)", "needs a causal (decoder-only)"]),
+    ],
+)
+@pytest.mark.parametrize("command", ["score", "plan"])
+def test_model_that_is_not_a_causal_decoder(
+    command, name, words, encoder_model_dirs, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    argv = ["score", "--output-dir", str(out), *TINY_RUN] if command == "score" else ["plan"]
+    fails([*argv, "--model", str(encoder_model_dirs[name])], capsys, *words)
+    assert not out.exists()
+
+
 # -- architectures whose blocks cannot be found -------------------------------------------
 
 

@@ -105,6 +105,31 @@ def test_missing_data_file_and_unknown_format(tiny_model_dir, tmp_path, capsys):
     assert not out.exists()
 
 
+# -- config files -------------------------------------------------------------------------
+
+
+def test_config_whose_top_level_is_not_a_mapping(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    config = tmp_path / "list.yaml"
+    config.write_text("- model: smollm2-135m\n- data: ila-instruct\n")
+    argv = ["score", "--config", str(config), "--model", str(tiny_model_dir)]
+    fails(
+        [*argv, "--output-dir", str(out)],
+        capsys,
+        f"--config {config}: the top level is a list, not a mapping of sections",
+    )
+    assert not out.exists()
+
+
+def test_config_with_a_duplicate_key(tiny_model_dir, tmp_path, capsys):
+    config = tmp_path / "twice.yaml"
+    config.write_text("train:\n  batch_size: 4\n  seed: 1\n  batch_size: 8\n")
+    words = [f"{config}:4: key 'batch_size' appears twice", "first on line 2"]
+    fails(["plan", "--config", str(config), "--model", str(tiny_model_dir)], capsys, *words)
+    config.write_text("train:\n  seed: 1\ntrain:\n  seed: 2\n")
+    fails(["plan", "--config", str(config)], capsys, "key 'train' appears twice")
+
+
 # -- prompts longer than --max-length -----------------------------------------------------
 
 

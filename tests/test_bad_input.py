@@ -204,9 +204,7 @@ def test_model_directory_that_is_not_a_model(tiny_model_dir, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_corrupt_weights_and_a_gguf_of_random_bytes(
-    tiny_model_dir, tmp_path, capsys, monkeypatch
-):
+def test_corrupt_weights_and_a_gguf_of_random_bytes(tiny_model_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ILA_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "out"
     truncated = tmp_path / "truncated-model"
@@ -497,10 +495,16 @@ def test_output_dir_with_another_run_is_refused(command, finished_run, tiny_mode
 def test_overwrite_replaces_the_other_run(finished_run, tiny_model_dir, tmp_path, capsys):
     copy = tmp_path / "run"
     shutil.copytree(finished_run, copy)
-    (copy / "stale.txt").write_text("from the old run")
-    argv = ["-q", "finetune", "--model", str(tiny_model_dir), "--blocks", "1", "--max-steps", "1"]
-    assert main([*argv, "--output-dir", str(copy), "--overwrite", *TINY_RUN]) == 0
-    assert not (copy / "stale.txt").exists()
+    (copy / "notes.txt").write_text("not written by ila")
+    before = tree(copy)
+    argv = ["finetune", "--model", str(tiny_model_dir), "--blocks", "1", "--max-steps", "1"]
+    argv += ["--output-dir", str(copy), "--overwrite", *TINY_RUN]
+    fails(argv, capsys, "holds files ila did not write (notes.txt)", "move them out")
+    assert tree(copy) == before
+    (copy / "notes.txt").unlink()
+    (copy / "adapter" / "stale.bin").write_text("from the old run")  # inside an ila entry
+    assert main(["-q", *argv]) == 0
+    assert not (copy / "adapter" / "stale.bin").exists()
     assert json.loads((copy / "selection.json").read_text())["value"] == [1]
 
 

@@ -525,6 +525,16 @@ def test_select_refuses_an_existing_selection_and_a_file_as_output_dir(
     )
 
 
+def test_export_output_that_is_a_directory(tiny_llama, tmp_path, capsys):
+    scores = _scores_of(tiny_llama, tmp_path / "layer_scores.json")
+    assert main(["select", str(scores), "--blocks", "2"]) == 0
+    target = tmp_path / "configs"
+    target.mkdir()
+    argv = ["export", str(tmp_path), "--format", "peft", "--output", str(target)]
+    fails(argv, capsys, f"--output {target} is a directory", "pass a file path")
+    assert list(target.iterdir()) == []
+
+
 # -- exit codes seen from a shell ---------------------------------------------------------
 
 

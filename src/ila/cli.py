@@ -481,9 +481,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.output is None:
         print(text, end="" if text.endswith("\n") else "\n")
     else:
-        atomic_write_text(args.output, text)
+        if args.output.is_dir():
+            raise IlaError(
+                f"--output {args.output} is a directory; pass a file path, e.g. "
+                f"{args.output / ('selection.' + _EXPORT_SUFFIX[args.format])}"
+            )
+        try:
+            atomic_write_text(args.output, text)
+        except OSError as exc:
+            raise IlaError(f"--output {args.output}: cannot write it ({exc.strerror})") from exc
         print(f"ila export: {args.format} written to {args.output}")
     return 0
+
+
+_EXPORT_SUFFIX = {
+    "peft": "json",
+    "axolotl": "yaml",
+    "llama-factory": "yaml",
+    "swift": "yaml",
+    "list": "txt",
+    "json": "json",
+}
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:

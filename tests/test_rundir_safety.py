@@ -326,11 +326,24 @@ def test_cli_job_holds_the_lock_while_it_writes_and_releases_it(
 
 
 def test_interrupt_message_points_at_resume(tmp_path, capsys, monkeypatch):
-    def interrupted(*args, **kwargs):
+    def interrupted(config, output_dir, **kwargs):
+        prepare_output_dir(output_dir, command="score")
+        release_run_lock(output_dir)
         raise KeyboardInterrupt
 
     monkeypatch.setattr("ila.pipeline.score", interrupted)
     out = tmp_path / "run"
     assert main(["-q", "score", "--output-dir", str(out)]) == 130
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ila: interrupted;") and "same command with --resume" in err
+    assert err.startswith("ila: interrupted; the run in")
+    assert "run the same command with --resume" in err
+    # Interrupted before the run started (no run_state.json), or by a command that cannot
+    # resume: no hint.
+    monkeypatch.setattr(
+        "ila.pipeline.score", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+    )
+    assert main(["-q", "score", "--output-dir", str(tmp_path / "other")]) == 130
+    assert capsys.readouterr().err.strip() == "ila: interrupted"
+    monkeypatch.setattr("ila.eval_run.evaluate", lambda *a, **k: interrupted(None, tmp_path / "e"))
+    assert main(["-q", "eval", "--output-dir", str(tmp_path / "e")]) == 130
+    assert capsys.readouterr().err.strip() == "ila: interrupted"

@@ -620,7 +620,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         hint = ""
-        if getattr(args, "resume", None) is False and getattr(args, "output_dir", None):
+        if (
+            args.command in ("score", "run", "finetune")
+            and (args.output_dir / "run_state.json").is_file()
+        ):
             hint = (
                 f"; the run in {args.output_dir} is kept: run the same command with --resume "
                 "to continue it"

@@ -177,6 +177,18 @@ def test_compare_overwrite_replaces_only_report_files(tmp_path, capsys):
     assert (out / "comparison.json").is_file()
 
 
+def test_compare_refuses_a_symlinked_output_dir(tmp_path, capsys):
+    from test_compare import _write_runs
+
+    runs = _write_runs(tmp_path, [range(8), range(8, 0, -1)])
+    target = tmp_path / "target"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    fails(["compare", *map(str, runs), "--output-dir", str(link)], capsys, "is a symbolic link")
+    assert link.is_symlink() and list(target.iterdir()) == []
+
+
 # -- a read-only place ----------------------------------------------------------------------
 
 

@@ -31,6 +31,11 @@ def report_directory(
                 f"--output-dir {output_dir} would replace the input {path}; choose a directory "
                 "outside it (e.g. RUN/report or a new one)"
             )
+    if Path(output_dir).is_symlink():  # the directory is replaced as a whole, link and all
+        raise IlaError(
+            f"--output-dir {output_dir} is a symbolic link; pass the directory it points to "
+            f"({Path(output_dir).resolve()}) or a new directory"
+        )
     check_output_dir(Path(output_dir), overwrite=overwrite, inputs=inputs, report=command)
     with atomic_directory(Path(output_dir)) as tmp:
         yield tmp

@@ -108,6 +108,8 @@ def run_seed(seed: int, work_dir: Path, extra: list[str], *, reuse: bool) -> Pat
     if reuse and (out / "bench_wall_s.txt").is_file() and (out / "layer_scores.json").is_file():
         return out
     argv = ["-q", "score", "--output-dir", str(out), "--overwrite", "--seed", str(seed), *extra]
+    # Not a file ila writes: --overwrite refuses a run directory holding it.
+    (out / "bench_wall_s.txt").unlink(missing_ok=True)
     t0 = time.perf_counter()
     if ila_main(argv) != 0:
         raise SystemExit(f"ila score failed for seed {seed}")

@@ -105,6 +105,31 @@ def test_missing_data_file_and_unknown_format(tiny_model_dir, tmp_path, capsys):
     assert not out.exists()
 
 
+# -- config files -------------------------------------------------------------------------
+
+
+def test_config_whose_top_level_is_not_a_mapping(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    config = tmp_path / "list.yaml"
+    config.write_text("- model: smollm2-135m\n- data: ila-instruct\n")
+    argv = ["score", "--config", str(config), "--model", str(tiny_model_dir)]
+    fails(
+        [*argv, "--output-dir", str(out)],
+        capsys,
+        f"--config {config}: the top level is a list, not a mapping of sections",
+    )
+    assert not out.exists()
+
+
+def test_config_with_a_duplicate_key(tiny_model_dir, tmp_path, capsys):
+    config = tmp_path / "twice.yaml"
+    config.write_text("train:\n  batch_size: 4\n  seed: 1\n  batch_size: 8\n")
+    words = [f"{config}:4: key 'batch_size' appears twice", "first on line 2"]
+    fails(["plan", "--config", str(config), "--model", str(tiny_model_dir)], capsys, *words)
+    config.write_text("train:\n  seed: 1\ntrain:\n  seed: 2\n")
+    fails(["plan", "--config", str(config)], capsys, "key 'train' appears twice")
+
+
 # -- prompts longer than --max-length -----------------------------------------------------
 
 
@@ -176,6 +201,66 @@ def test_model_directory_that_is_not_a_model(tiny_model_dir, tmp_path, capsys):
     (corrupt / "config.json").write_text("{not json")
     for argv in (["score", "--output-dir", str(out)], ["plan"]):
         fails([*argv, "--model", str(corrupt)], capsys, "could not be loaded", "config.json")
+    assert not out.exists()
+
+
+def test_corrupt_weights_and_a_gguf_of_random_bytes(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ILA_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    truncated = tmp_path / "truncated-model"
+    shutil.copytree(tiny_model_dir, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    argv = ["score", "--output-dir", str(out), *TINY_RUN]
+    fails([*argv, "--model", str(truncated)], capsys, "corrupt or truncated", "save the model")
+    gguf = tmp_path / "random.gguf"
+    gguf.write_bytes(bytes(range(256)) * 16)
+    fails([*argv, "--model", str(gguf)], capsys, f"GGUF file {gguf} could not be read")
+    assert not out.exists()
+    models = tmp_path / "cache" / "models"
+    assert not models.exists() or list(models.iterdir()) == []  # no half conversion left
+
+
+@pytest.fixture(scope="module")
+def encoder_model_dirs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
+    """Config-only directories of a tiny BERT (encoder-only) and T5 (encoder-decoder)."""
+    from transformers import BertConfig, T5Config
+
+    dirs = {}
+    configs = {
+        "bert": BertConfig(
+            vocab_size=400,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+        ),
+        "t5": T5Config(vocab_size=400, d_model=32, d_ff=64, num_layers=2, num_heads=4),
+    }
+    for name, config in configs.items():
+        path = tmp_path_factory.mktemp(name)
+        config.save_pretrained(path)
+        for item in os.listdir(tiny_model_dir):  # a tokenizer, so only the config can fail
+            if "token" in item or item.endswith(".jinja"):
+                shutil.copy(tiny_model_dir / item, path / item)
+        dirs[name] = path
+    return dirs
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("bert", ["is an encoder-only model (bert)", "needs a causal (decoder-only)"]),
+        ("t5", ["is an encoder-decoder model (t5)", "needs a causal (decoder-only)"]),
+    ],
+)
+@pytest.mark.parametrize("command", ["score", "plan"])
+def test_model_that_is_not_a_causal_decoder(
+    command, name, words, encoder_model_dirs, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    argv = ["score", "--output-dir", str(out), *TINY_RUN] if command == "score" else ["plan"]
+    fails([*argv, "--model", str(encoder_model_dirs[name])], capsys, *words)
     assert not out.exists()
 
 
@@ -410,10 +495,16 @@ def test_output_dir_with_another_run_is_refused(command, finished_run, tiny_mode
 def test_overwrite_replaces_the_other_run(finished_run, tiny_model_dir, tmp_path, capsys):
     copy = tmp_path / "run"
     shutil.copytree(finished_run, copy)
-    (copy / "stale.txt").write_text("from the old run")
-    argv = ["-q", "finetune", "--model", str(tiny_model_dir), "--blocks", "1", "--max-steps", "1"]
-    assert main([*argv, "--output-dir", str(copy), "--overwrite", *TINY_RUN]) == 0
-    assert not (copy / "stale.txt").exists()
+    (copy / "notes.txt").write_text("not written by ila")
+    before = tree(copy)
+    argv = ["finetune", "--model", str(tiny_model_dir), "--blocks", "1", "--max-steps", "1"]
+    argv += ["--output-dir", str(copy), "--overwrite", *TINY_RUN]
+    fails(argv, capsys, "holds files ila did not write (notes.txt)", "move them out")
+    assert tree(copy) == before
+    (copy / "notes.txt").unlink()
+    (copy / "adapter" / "stale.bin").write_text("from the old run")  # inside an ila entry
+    assert main(["-q", *argv]) == 0
+    assert not (copy / "adapter" / "stale.bin").exists()
     assert json.loads((copy / "selection.json").read_text())["value"] == [1]
 
 
@@ -432,6 +523,16 @@ def test_select_refuses_an_existing_selection_and_a_file_as_output_dir(
         capsys,
         f"--output-dir {a_file} is a file; pass a directory",
     )
+
+
+def test_export_output_that_is_a_directory(tiny_llama, tmp_path, capsys):
+    scores = _scores_of(tiny_llama, tmp_path / "layer_scores.json")
+    assert main(["select", str(scores), "--blocks", "2"]) == 0
+    target = tmp_path / "configs"
+    target.mkdir()
+    argv = ["export", str(tmp_path), "--format", "peft", "--output", str(target)]
+    fails(argv, capsys, f"--output {target} is a directory", "pass a file path")
+    assert list(target.iterdir()) == []
 
 
 # -- exit codes seen from a shell ---------------------------------------------------------

@@ -222,8 +222,14 @@ def test_cli_refusals_write_nothing(tmp_path, capsys):
     assert main(["compare", *map(str, runs), "--output-dir", str(runs[0]), "--overwrite"]) == 2
     assert "would replace the input" in capsys.readouterr().err
     assert (runs[0] / "layer_scores.json").is_file() and (out / "keep.txt").is_file()
+    # --overwrite replaces only ila's own outputs, never a file it did not write.
+    assert main(["compare", *map(str, runs), "--output-dir", str(out), "--overwrite"]) == 2
+    assert "not an ila run directory" in capsys.readouterr().err
+    (out / "keep.txt").unlink()
+    (out / "comparison.md").write_text("an older comparison")
     assert main(["compare", *map(str, runs), "--output-dir", str(out), "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "comparison.json").is_file()
+    assert (out / "comparison.json").is_file()
+    assert (out / "comparison.md").read_text() != "an older comparison"
 
 
 def test_load_runs_reads_directories_and_files(tmp_path):

@@ -11,6 +11,7 @@ from ila.rundir import (
     mark_stage,
     prepare_output_dir,
     read_run_state,
+    release_run_lock,
 )
 
 
@@ -38,6 +39,7 @@ def test_prepare_refuses_an_occupied_dir_unless_overwrite(tmp_path):
     with pytest.raises(IlaError, match="already holds files; pass --overwrite"):
         prepare_output_dir(out, command="score")
     prepare_output_dir(out, command="score", overwrite=True)
+    release_run_lock(out)  # prepare_output_dir locks the run for this process
     assert sorted(p.name for p in out.iterdir()) == ["run_state.json"]
 
 

@@ -408,7 +408,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             )
 
     result = finetune(
-        config, selection, args.output_dir, overwrite=args.overwrite, resume=args.resume
+        config,
+        selection,
+        args.output_dir,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        inputs=[args.scores, args.selection],
     )
     _print_finetune(result, "ila finetune")
     return 0
@@ -476,9 +481,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.output is None:
         print(text, end="" if text.endswith("\n") else "\n")
     else:
-        atomic_write_text(args.output, text)
+        if args.output.is_dir():
+            raise IlaError(
+                f"--output {args.output} is a directory; pass a file path, e.g. "
+                f"{args.output / ('selection.' + _EXPORT_SUFFIX[args.format])}"
+            )
+        try:
+            atomic_write_text(args.output, text)
+        except OSError as exc:
+            raise IlaError(f"--output {args.output}: cannot write it ({exc.strerror})") from exc
         print(f"ila export: {args.format} written to {args.output}")
     return 0
+
+
+_EXPORT_SUFFIX = {
+    "peft": "json",
+    "axolotl": "yaml",
+    "llama-factory": "yaml",
+    "swift": "yaml",
+    "list": "txt",
+    "json": "json",
+}
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -506,7 +529,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         args.fractions if args.fractions is not None else DEFAULT_FRACTIONS,
         sources=[r.source for r in runs],
     )
-    with report_directory(args.output_dir, inputs=args.runs, overwrite=args.overwrite) as tmp:
+    with report_directory(
+        args.output_dir, inputs=args.runs, overwrite=args.overwrite, command="compare"
+    ) as tmp:
         write_comparison_report(comparison, tmp)
     print(
         f"ila compare: {len(runs)} runs of {comparison.model_id}, "
@@ -528,7 +553,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from ila.report.run_report import RUN_REPORT_HTML, write_run_report
 
     record = load_run_record(args.run)
-    with report_directory(args.output_dir, inputs=[args.run], overwrite=args.overwrite) as tmp:
+    with report_directory(
+        args.output_dir, inputs=[args.run], overwrite=args.overwrite, command="report"
+    ) as tmp:
         write_run_report(record, tmp)
     print(f"ila report: {args.output_dir / RUN_REPORT_HTML} (and report.md)")
     return 0
@@ -592,5 +619,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ila: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ila: interrupted", file=sys.stderr)
+        hint = ""
+        if (
+            args.command in ("score", "run", "finetune")
+            and (args.output_dir / "run_state.json").is_file()
+        ):
+            hint = (
+                f"; the run in {args.output_dir} is kept: run the same command with --resume "
+                "to continue it"
+            )
+        print(f"ila: interrupted{hint}", file=sys.stderr)
         return 130

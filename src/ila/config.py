@@ -45,6 +45,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "flag_name",
+    "input_paths",
     "iter_settings",
     "load_yaml_config",
     "section_prefix",
@@ -547,6 +548,16 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def input_paths(config: Any) -> list[str]:
+    """The files a job reads by the settings of ``config`` (model, data, MC questions); a
+    run directory that contains one of them is never replaced (see ila.rundir)."""
+    paths = [config.model.model, config.data.data]
+    settings = getattr(config, "eval", None)
+    if settings is not None and settings.mc_data:
+        paths.append(settings.mc_data)
+    return paths
+
+
 def config_from_dict(config_cls: type, data: dict[str, Any], *, origin: str = "config") -> Any:
     """Build ``config_cls`` from a nested dict, refusing unknown sections and keys."""
     if not isinstance(data, dict):
@@ -596,12 +607,51 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise IlaError(f"--config {path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except _DuplicateKeyError as exc:
+        raise IlaError(
+            f"{path}:{exc.line}: key '{exc.key}' appears twice in one section (first on line "
+            f"{exc.first_line}); keep one of them"
+        ) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         raise IlaError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
-    return data or {}
+    except UnicodeDecodeError as exc:
+        raise IlaError(f"--config {path}: not UTF-8 text; pass a YAML file") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise IlaError(
+            f"--config {path}: the top level is a {type(data).__name__}, not a mapping of "
+            "sections; write it as 'section:' lines with 'key: value' entries (e.g. "
+            "'model:' then '  model: smollm2-135m')"
+        )
+    return data
+
+
+class _DuplicateKeyError(Exception):
+    def __init__(self, key: Any, line: int, first_line: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, except that a key given twice in one mapping is an error (the
+    plain loader silently keeps the last value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKeyError(key, line, seen[key])
+            except TypeError:  # an unhashable key; the base class reports it
+                continue
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _suggest(word: str, options: set[str]) -> str:

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ila.config import DataConfig, EvalConfig, EvalSettings, ModelConfig, config_to_dict
+from ila.config import (
+    DataConfig,
+    EvalConfig,
+    EvalSettings,
+    ModelConfig,
+    config_to_dict,
+    input_paths,
+)
 from ila.data_formats import Example
 from ila.errors import IlaError
 from ila.evaluation import EvalResult, evaluate_model, load_model_for_eval
@@ -33,6 +40,7 @@ from ila.rundir import (
     log_to_file,
     mark_stage,
     prepare_output_dir,
+    runs_locked,
     write_environment,
     write_yaml,
 )
@@ -81,6 +89,7 @@ def load_eval_examples(data: DataConfig, settings: EvalSettings) -> list[Example
     return held_out
 
 
+@runs_locked
 def evaluate(
     config: EvalConfig, output_dir: Path, *, adapter: Path | None = None, overwrite: bool = False
 ) -> EvalRun:
@@ -91,8 +100,9 @@ def evaluate(
     """
     output_dir = Path(output_dir)
     main = is_main_process()
+    inputs = [*input_paths(config), adapter]
     if main:
-        check_output_dir(output_dir, overwrite=overwrite)
+        check_output_dir(output_dir, overwrite=overwrite, inputs=inputs)
     check_eval_inputs(config.eval)
     examples = load_eval_examples(config.data, config.eval)
     model, tokenizer = load_model_for_eval(
@@ -103,7 +113,7 @@ def evaluate(
         threads=config.model.threads,
     )
     if main:
-        prepare_output_dir(output_dir, command="eval", overwrite=overwrite)
+        prepare_output_dir(output_dir, command="eval", overwrite=overwrite, inputs=inputs)
     with log_to_file(output_dir) if main else contextlib.nullcontext():
         if main:
             resolved = config_to_dict(config)

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import resource
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from ila.checkpoints import (
     last_complete_checkpoint,
     rewind_metrics,
 )
-from ila.config import FinetuneConfig, config_to_dict
+from ila.config import FinetuneConfig, config_to_dict, input_paths
 from ila.errors import IlaError
 from ila.layers import LayerMap
 from ila.lora import add_lora
@@ -51,6 +51,7 @@ from ila.rundir import (
     read_json,
     read_run_state,
     require_resumable,
+    runs_locked,
     write_environment,
     write_yaml,
 )
@@ -101,6 +102,7 @@ def trainable_summary(model: nn.Module) -> dict[str, int]:
     return {"parameters": total, "trainable_parameters": trainable}
 
 
+@runs_locked
 def finetune(
     config: FinetuneConfig,
     selection: Selection | Callable[[LayerMap], Selection],
@@ -108,6 +110,7 @@ def finetune(
     *,
     overwrite: bool = False,
     resume: bool = False,
+    inputs: Sequence[Path | None] = (),
 ) -> FinetuneRun:
     """Fine-tune ``config.model.model`` on ``config.data.data``, tuning only ``selection``.
 
@@ -115,6 +118,8 @@ def finetune(
     model's :class:`LayerMap` (for rules typed by hand, which need the model's units).
     ``resume`` continues an interrupted run in ``output_dir`` from its last checkpoint
     (made with ``--save-steps``); the selection must be the one recorded there.
+    ``inputs``: further files the job reads (the scores or selection), which
+    ``overwrite`` must not delete.
     """
     from ila.data import PaddingCollator, load_examples, split_examples, tokenize_examples
     from ila.layers import find_layers
@@ -130,8 +135,9 @@ def finetune(
         raise IlaError("--resume and --overwrite contradict each other; pass one of them")
     if resume:
         require_resumable(output_dir, resolved, finished_stage="finetune")
-    elif main:
-        check_output_dir(output_dir, overwrite=overwrite)
+    all_inputs = [*input_paths(config), *inputs]
+    if not resume and main:
+        check_output_dir(output_dir, overwrite=overwrite, inputs=all_inputs)
     examples = load_examples(
         config.data.data, format=config.data.data_format, limit=config.data.limit
     )
@@ -161,7 +167,9 @@ def finetune(
     )
 
     if main:
-        prepare_output_dir(output_dir, command="finetune", overwrite=overwrite, resume=resume)
+        prepare_output_dir(
+            output_dir, command="finetune", overwrite=overwrite, resume=resume, inputs=all_inputs
+        )
     with log_to_file(output_dir) if main else contextlib.nullcontext():
         if resume:
             recorded = Selection.load(output_dir / "selection.json")

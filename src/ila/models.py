@@ -186,6 +186,9 @@ def load_model(
     source = _resolve(model, cache)
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
         raise IlaError(f"model directory {model} has no config.json; pass a saved model directory")
+    from transformers import AutoConfig
+
+    _require_causal_decoder(_from_pretrained(AutoConfig, model, source), model)
     tokenizer = _load_tokenizer(model, source)
     if quantize_4bit:
         loaded = _from_pretrained(
@@ -226,7 +229,9 @@ def load_model_config(model: str, *, cache: Path | None = None) -> Any:
     source = _resolve(model, cache)
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
         raise IlaError(f"model directory {model} has no config.json; pass a saved model directory")
-    return _from_pretrained(AutoConfig, model, source)
+    config = _from_pretrained(AutoConfig, model, source)
+    _require_causal_decoder(config, model)
+    return config
 
 
 def _nf4_config(target: torch.device, compute_dtype: torch.dtype) -> Any:
@@ -321,13 +326,72 @@ def _check_hub_id(repo_id: str) -> None:
 def _from_pretrained(factory: Any, model: str, source: str, **kwargs: Any) -> Any:
     """Call ``factory.from_pretrained``; its OSError/ValueError becomes a one-line IlaError.
 
-    transformers raises these for a missing hub repo, missing files or an unknown model type.
+    transformers raises these for a missing hub repo, missing files or an unknown model type;
+    safetensors raises ``SafetensorError`` for a corrupt or truncated weights file.
     """
+    from safetensors import SafetensorError
+
     try:
         return factory.from_pretrained(source, **kwargs)
+    except SafetensorError as exc:
+        raise IlaError(
+            f"model {model!r} could not be loaded: a .safetensors file in {source} is corrupt or "
+            f"truncated ({_first_line(exc)}); download or save the model again"
+        ) from exc
     except (OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IlaError(f"model {model!r} could not be loaded: {first_line}") from exc
+        raise IlaError(f"model {model!r} could not be loaded: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# Encoder-only architectures: AutoModelForCausalLM loads some of them (BertLMHeadModel), but
+# they read the whole sequence at once, so ILA's causal LM training does not apply.
+_ENCODER_MODEL_TYPES = frozenset(
+    {
+        "albert",
+        "bert",
+        "camembert",
+        "deberta",
+        "deberta-v2",
+        "distilbert",
+        "electra",
+        "ernie",
+        "flaubert",
+        "funnel",
+        "layoutlm",
+        "longformer",
+        "mobilebert",
+        "modernbert",
+        "mpnet",
+        "nezha",
+        "rembert",
+        "roberta",
+        "roberta-prelayernorm",
+        "roformer",
+        "squeezebert",
+        "xlm",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+    }
+)
+
+
+def _require_causal_decoder(config: Any, model: str) -> None:
+    """Refuse an encoder-only or encoder-decoder model: ila needs a decoder-only causal LM."""
+    model_type = getattr(config, "model_type", None)
+    if getattr(config, "is_encoder_decoder", False):
+        kind = "an encoder-decoder model"
+    elif model_type in _ENCODER_MODEL_TYPES and not getattr(config, "is_decoder", False):
+        kind = "an encoder-only model"
+    else:
+        return
+    raise IlaError(
+        f"model {model!r} is {kind} ({model_type}); ila needs a causal (decoder-only) language "
+        "model such as Llama, Qwen, Mistral, GPT-2 or SmolLM2"
+    )
 
 
 def _converted(gguf: Path, name: str, key: str, cache: Path | None) -> Path:
@@ -373,8 +437,11 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
-    except OSError as exc:
-        raise IlaError(f"GGUF file {gguf} could not be read: {exc}") from exc
+    except Exception as exc:  # a truncated or foreign file fails in many ways inside the reader
+        raise IlaError(
+            f"GGUF file {gguf} could not be read ({type(exc).__name__}: {_first_line(exc)}); "
+            "pass a complete .gguf model file"
+        ) from exc
     # The weights are already dequantised; without this, save_pretrained would record a
     # GGUF quantizer that a plain directory load cannot honour.
     model.hf_quantizer = None

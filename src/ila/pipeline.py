@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ila.config import RunConfig, ScoreConfig, config_to_dict
+from ila.config import RunConfig, ScoreConfig, config_to_dict, input_paths
 from ila.ensemble import stability_lines
 from ila.errors import IlaError
 from ila.parallel import require_supported_launch
@@ -46,6 +46,7 @@ from ila.rundir import (
     read_json,
     read_run_state,
     require_resumable,
+    runs_locked,
     write_environment,
     write_yaml,
 )
@@ -158,6 +159,7 @@ def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float
     return inputs, seconds
 
 
+@runs_locked
 def score(
     config: ScoreConfig,
     output_dir: Path,
@@ -201,7 +203,7 @@ def score(
         finished = "score" if command == "score" else None  # `ila run` checks its own end
         require_resumable(output_dir, resolved, finished_stage=finished)
     elif main:
-        check_output_dir(output_dir, overwrite=overwrite)
+        check_output_dir(output_dir, overwrite=overwrite, inputs=input_paths(config))
     inputs, seconds = load_score_inputs(config)
     if resume:
         _require_same_data(output_dir, inputs.data_stats)
@@ -211,7 +213,13 @@ def score(
             return ScoreRun(output_dir, scores, seconds, sorted((output_dir / "report").iterdir()))
 
     if main:
-        prepare_output_dir(output_dir, command=command, overwrite=overwrite, resume=resume)
+        prepare_output_dir(
+            output_dir,
+            command=command,
+            overwrite=overwrite,
+            resume=resume,
+            inputs=input_paths(config),
+        )
     with log_to_file(output_dir) if main else contextlib.nullcontext():
         if main and not resume:
             write_yaml(output_dir / "config.yaml", resolved)
@@ -285,9 +293,15 @@ def _score_ensemble(
             scores = LayerScores.load(output_dir / SCORES_FILE)
             return ScoreRun(output_dir, scores, {}, sorted((output_dir / "report").iterdir()))
     elif main:
-        check_output_dir(output_dir, overwrite=overwrite)
+        check_output_dir(output_dir, overwrite=overwrite, inputs=input_paths(config))
     if main:
-        prepare_output_dir(output_dir, command=command, overwrite=overwrite, resume=resume)
+        prepare_output_dir(
+            output_dir,
+            command=command,
+            overwrite=overwrite,
+            resume=resume,
+            inputs=input_paths(config),
+        )
     seeds = [config.train.seed + k for k in range(config.ensemble.seeds)]
     with log_to_file(output_dir) if main else contextlib.nullcontext():
         if main and not resume:
@@ -347,6 +361,7 @@ class RunResult:
     evaluation: dict[str, dict[str, Any]] | None = None
 
 
+@runs_locked
 def run(
     config: RunConfig, output_dir: Path, *, overwrite: bool = False, resume: bool = False
 ) -> RunResult:

@@ -4,11 +4,23 @@ Files are written atomically (temporary file in the same directory, then ``os.re
 so a crash never leaves a half-written artifact that looks complete. A run directory holds
 ``run_state.json`` describing which stages have completed; a directory that holds another
 run is refused unless ``overwrite`` is set.
+
+``overwrite`` is safe: it replaces only a directory that holds an ila run (its
+``run_state.json``) or, for ``ila compare`` / ``ila report``, only ila's report files, and it
+deletes only the entries ila writes there (:data:`RUN_ENTRIES`). It refuses, before anything
+is loaded or deleted, the current, home and root directories, a symlink, a directory that
+contains the job's own inputs and a directory holding anything else.
+
+While a job runs, its main process holds an exclusive ``fcntl.flock`` on ``.ila.lock`` in
+the run directory (pid and command written into it); a second job into the same directory
+is refused. The file is deleted when the job ends; the operating system releases the lock
+when the process ends, however it ends (a file left by a killed job locks nothing).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -18,16 +30,24 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs there are not locked
+    fcntl = None  # type: ignore[assignment]
 
 import yaml
 
 from ila.errors import IlaError
 
 __all__ = [
+    "LOCK_FILE",
+    "REPORT_ENTRIES",
+    "RUN_ENTRIES",
     "RUN_STATE_FILE",
     "append_jsonl",
     "atomic_directory",
@@ -42,13 +62,64 @@ __all__ = [
     "prepare_output_dir",
     "read_json",
     "read_run_state",
+    "release_run_lock",
     "require_resumable",
     "require_schema_version",
+    "run_lock",
+    "runs_locked",
     "write_environment",
     "write_yaml",
 ]
 
 RUN_STATE_FILE = "run_state.json"
+LOCK_FILE = ".ila.lock"
+
+# Every top-level name ila writes into a run directory, per command (the command recorded
+# in run_state.json). --overwrite deletes these and nothing else.
+_COMMON_ENTRIES = frozenset(
+    {RUN_STATE_FILE, "config.yaml", "environment.json", "ila.log", "metrics.jsonl", LOCK_FILE}
+)
+_SCORE_ENTRIES = _COMMON_ENTRIES | {
+    "data.json",
+    "stage1",
+    "stage2",
+    "layer_scores.json",
+    "report",
+    "seeds",
+    "selection.json",  # `ila select RUN` writes it beside the scores
+}
+RUN_ENTRIES: dict[str, frozenset[str]] = {
+    "score": _SCORE_ENTRIES,
+    "score-member": _SCORE_ENTRIES,
+    "run": _SCORE_ENTRIES | {"finetune", "finetune-all-units", "eval"},
+    "finetune": _COMMON_ENTRIES
+    | {
+        "selection.json",
+        "trainer",
+        "adapter",
+        "changed_weights",
+        "merged",
+        "finetune_summary.json",
+    },
+    "eval": _COMMON_ENTRIES | {"eval_results.json", "generations.jsonl"},
+}
+# `ila compare` and `ila report` write a directory of report files (no run_state.json).
+REPORT_ENTRIES: dict[str, frozenset[str]] = {
+    "compare": frozenset(
+        {"comparison.json", "comparison.md", "pairwise.png", "overlap_curves.png"}
+    ),
+    "report": frozenset(
+        {
+            "report.html",
+            "report.md",
+            "ranking.md",
+            "blocks.png",
+            "heatmap.png",
+            "stage1_loss.png",
+            "stage2_gates.png",
+        }
+    ),
+}
 _TRACKED_PACKAGES = (
     "ila",
     "torch",
@@ -187,30 +258,181 @@ def read_run_state(output_dir: Path) -> dict[str, Any] | None:
     return read_json(state) if state.is_file() else None
 
 
-def check_output_dir(output_dir: Path, *, overwrite: bool = False, resume: bool = False) -> None:
-    """Refuse, before any work, an output dir that holds another run (see prepare_output_dir)."""
+def check_output_dir(
+    output_dir: Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    inputs: Iterable[str | Path | None] = (),
+    report: str | None = None,
+) -> None:
+    """Refuse, before any work, an output dir this job may not write (see prepare_output_dir).
+
+    Refused: a file; a directory whose parent cannot be written; a directory another job
+    holds (its lock); a directory that holds files, unless ``overwrite`` or ``resume``; and
+    with ``overwrite``, any directory :func:`_check_overwrite` refuses. ``inputs`` are the
+    job's input paths (model, data, scores, adapter); ``report`` names the report command
+    (``compare`` or ``report``) for directories without a run_state.json.
+    """
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise IlaError(f"--output-dir {output_dir} is a file; pass a directory")
-    occupied = output_dir.is_dir() and any(output_dir.iterdir())
+    _require_writable(output_dir)
+    _refuse_if_locked(output_dir)
+    occupied = bool(_entries(output_dir))
     if occupied and not (overwrite or resume):
         raise IlaError(
             f"--output-dir {output_dir} already holds files; pass --overwrite to replace "
             "them, --resume to continue, or choose another directory"
         )
+    if occupied and overwrite:
+        _check_overwrite(output_dir, inputs=inputs, report=report)
+
+
+def _entries(output_dir: Path) -> list[Path]:
+    """The entries of ``output_dir`` other than its lock file (none if it does not exist)."""
+    if not output_dir.is_dir():
+        return []
+    return sorted(p for p in output_dir.iterdir() if p.name != LOCK_FILE)
+
+
+def _require_writable(output_dir: Path) -> None:
+    """Refuse an output dir that cannot be created or written, before the model is loaded."""
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise IlaError(f"--output-dir {output_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "it" if existing == output_dir else f"its parent {existing}"
+        raise IlaError(
+            f"--output-dir {output_dir}: cannot write in {what} (read-only or no permission); "
+            "choose a writable directory"
+        )
+
+
+def _is_ila_temporary(name: str, known: frozenset[str]) -> bool:
+    """A temporary file or directory of an interrupted atomic write of a known entry."""
+    return name.endswith(".tmp") and any(name.startswith(f".{entry}.") for entry in known)
+
+
+def _known_entries(output_dir: Path, report: str | None) -> frozenset[str]:
+    """The names ila writes in ``output_dir``; refuse a directory that holds no ila output."""
+    state_file = output_dir / RUN_STATE_FILE
+    if state_file.is_file():
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            state = None
+        command = state.get("command") if isinstance(state, dict) else None
+        if command not in RUN_ENTRIES:
+            raise IlaError(
+                f"--overwrite: {state_file} is not a run state ila wrote (command {command!r}); "
+                "delete the directory yourself if it is no longer needed, or choose another"
+            )
+        return RUN_ENTRIES[command]
+    if report is not None:
+        known = REPORT_ENTRIES[report]
+        if all(p.name in known or _is_ila_temporary(p.name, known) for p in _entries(output_dir)):
+            return known
+    raise IlaError(
+        f"--overwrite: {output_dir} holds files but no {RUN_STATE_FILE}, so it is not an ila "
+        "run directory; ila replaces only its own runs: choose another --output-dir (or empty "
+        "this one yourself)"
+    )
+
+
+def _check_overwrite(
+    output_dir: Path, *, inputs: Iterable[str | Path | None], report: str | None
+) -> None:
+    """Refuse to replace a directory whose deletion could lose anything ila did not write."""
+    if output_dir.is_symlink():
+        raise IlaError(
+            f"--overwrite: --output-dir {output_dir} is a symbolic link; pass the directory it "
+            f"points to ({output_dir.resolve()}) or a new directory"
+        )
+    resolved = output_dir.resolve()
+    home = Path.home().resolve()
+    cwd = Path.cwd().resolve()
+    special = (
+        "a filesystem root"
+        if resolved == resolved.parent
+        else "your home directory"
+        if resolved == home
+        else "the current directory"
+        if resolved == cwd
+        else "a directory that contains the current directory"
+        if resolved in cwd.parents
+        else None
+    )
+    if special is not None:
+        raise IlaError(
+            f"--overwrite: --output-dir {output_dir} is {special}; ila never replaces it: "
+            "pass a dedicated run directory such as runs/my-run"
+        )
+    for item in inputs:
+        if item is None or str(item) == "":
+            continue
+        path = Path(item).expanduser()
+        if not path.exists():
+            continue  # a hub id, a preset name: not a file here
+        source = path.resolve()
+        if source == resolved or resolved in source.parents:
+            raise IlaError(
+                f"--overwrite: --output-dir {output_dir} contains the input {item}; replacing "
+                "the run would delete it: move the input out or choose another --output-dir"
+            )
+    known = _known_entries(output_dir, report)
+    unknown = [
+        p.name
+        for p in _entries(output_dir)
+        if p.name not in known and not _is_ila_temporary(p.name, known)
+    ]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        raise IlaError(
+            f"--overwrite: {output_dir} holds files ila did not write ({shown}); move them out "
+            "or choose another --output-dir"
+        )
+
+
+def _remove_ila_entries(output_dir: Path, known: frozenset[str]) -> None:
+    """Delete the entries ila wrote in ``output_dir`` (never the lock, never anything else)."""
+    for path in _entries(output_dir):
+        if path.name not in known and not _is_ila_temporary(path.name, known):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def prepare_output_dir(
-    output_dir: Path, *, command: str, overwrite: bool = False, resume: bool = False
+    output_dir: Path,
+    *,
+    command: str,
+    overwrite: bool = False,
+    resume: bool = False,
+    inputs: Iterable[str | Path | None] = (),
 ) -> Path:
-    """Create ``output_dir`` for a new run of ``command``.
+    """Create ``output_dir`` for a new run of ``command`` and lock it for this process.
 
-    A directory that already holds files is refused unless ``overwrite`` (delete it and
-    start again) or ``resume`` (continue the run recorded there) is given.
+    A directory that already holds files is refused unless ``overwrite`` (delete what ila
+    wrote there and start again) or ``resume`` (continue the run recorded there) is given.
+    Every check is made again under the lock, before anything is deleted.
     """
     output_dir = Path(output_dir)
-    check_output_dir(output_dir, overwrite=overwrite, resume=resume)
-    occupied = output_dir.is_dir() and any(output_dir.iterdir())
+    inputs = list(inputs)
+    check_output_dir(output_dir, overwrite=overwrite, resume=resume, inputs=inputs)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IlaError(f"--output-dir {output_dir}: cannot create it ({exc.strerror})") from exc
+    run_lock(output_dir, command)
+    check_output_dir(output_dir, overwrite=overwrite, resume=resume, inputs=inputs)
+    occupied = bool(_entries(output_dir))
     if occupied and resume:
         state = read_run_state(output_dir)
         if state is None:
@@ -222,13 +444,125 @@ def prepare_output_dir(
             )
         return output_dir
     if occupied:
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+        _remove_ila_entries(output_dir, _known_entries(output_dir, None))
     atomic_write_json(
         output_dir / RUN_STATE_FILE,
         {"command": command, "completed_stages": [], "started_at": _now()},
     )
     return output_dir
+
+
+# -- the run lock --------------------------------------------------------------------------
+
+# Locks this process holds: resolved run directory -> open lock file descriptor. flock locks
+# belong to an open file description, so a second open() in this process would conflict
+# with the first: the same directory is locked once and shared.
+_HELD_LOCKS: dict[Path, int] = {}
+_LOCK_SCOPE_DEPTH = 0
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def run_lock(output_dir: Path, command: str) -> None:
+    """Take the exclusive lock of ``output_dir`` (no-op if this process holds it already).
+
+    The lock file records this process's pid and command line, which a refused job names.
+    It is released by :func:`release_run_lock`, at the end of the outermost
+    :func:`runs_locked` call, or by the operating system when the process exits.
+    """
+    if fcntl is None:
+        return
+    key = Path(output_dir).resolve()
+    if key in _HELD_LOCKS:
+        return
+    path = key / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The holder before us deletes the file as it lets go: the lock counts only if
+            # the file we locked is still the one at ``path``.
+            current = os.stat(path).st_ino if path.exists() else None
+        except BlockingIOError:
+            os.close(fd)
+            raise IlaError(_locked_message(Path(output_dir), path)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    holder = {"pid": os.getpid(), "command": command, "argv": sys.argv, "started_at": _now()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
+    _HELD_LOCKS[key] = fd
+
+
+def release_run_lock(output_dir: Path) -> None:
+    """Release the lock this process holds on ``output_dir`` (if any)."""
+    key = Path(output_dir).resolve()
+    fd = _HELD_LOCKS.pop(key, None)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        (key / LOCK_FILE).unlink()  # while still holding it: see run_lock
+    os.close(fd)  # closing the only descriptor releases the flock
+
+
+def runs_locked(function: _F) -> _F:
+    """Decorate a job: locks taken during its outermost call are released when it returns
+    or raises (nested jobs, e.g. `ila run` calling score and finetune, keep them)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        global _LOCK_SCOPE_DEPTH
+        before = set(_HELD_LOCKS)
+        _LOCK_SCOPE_DEPTH += 1
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _LOCK_SCOPE_DEPTH -= 1
+            if _LOCK_SCOPE_DEPTH == 0:
+                for key in [k for k in _HELD_LOCKS if k not in before]:
+                    release_run_lock(key)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _refuse_if_locked(output_dir: Path) -> None:
+    """Refuse at once a directory whose lock another live process holds."""
+    path = output_dir / LOCK_FILE
+    if fcntl is None or not path.is_file() or output_dir.resolve() in _HELD_LOCKS:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise IlaError(_locked_message(output_dir, path)) from None
+    finally:
+        os.close(fd)  # also releases the probe's lock when it was taken
+
+
+def _locked_message(output_dir: Path, path: Path) -> str:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        holder = {}  # the holder is writing it this very moment
+    if not isinstance(holder, dict):
+        holder = {}
+    who = f"pid {holder.get('pid', 'unknown')}"
+    if holder.get("command"):
+        who += f", ila {holder['command']}"
+    argv = [str(a) for a in holder.get("argv") or []]
+    if len(argv) > 1:
+        shown = " ".join([Path(argv[0]).name, *argv[1:]])
+        who += f", started as '{shown if len(shown) <= 160 else shown[:157] + '...'}'"
+    return (
+        f"--output-dir {output_dir} is in use by another ila job ({who}); wait for it to "
+        "finish or choose another directory"
+    )
 
 
 def require_resumable(
@@ -244,6 +578,9 @@ def require_resumable(
     state = read_run_state(output_dir)
     if state is None:
         raise IlaError(f"--resume: {output_dir} holds no {RUN_STATE_FILE}; nothing to resume")
+    if is_main_process():  # the other ranks of a launch never write (nor lock) the run
+        _require_writable(output_dir)
+        _refuse_if_locked(output_dir)
     if finished_stage is not None and finished_stage in state.get("completed_stages", []):
         raise IlaError(
             f"--resume: the run in {output_dir} has finished; nothing to resume (pass "

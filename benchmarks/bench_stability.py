@@ -262,7 +262,7 @@ def main() -> None:
     def pair_row(label: str, pairs: list[tuple[list[float], list[float]]]) -> str:
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
         if not pairs:
-            return f"| {label} | 0 | not measured yet | | | |"
+            return f"| {label} | 0 | not measured (no finished pair) | | | |"
         js = [jaccard(top(a), top(b)) for a, b in pairs]
         nulls = [
             structural_null_jaccard(
@@ -288,7 +288,12 @@ def main() -> None:
         overlap_rows.append(
             pair_row(
                 f"{data}: mask at T vs at the end (same run)",
-                [(masks.get((*key, "T")), masks.get((*key, "end"))) for key in keys],
+                # Only where T comes before the late snapshot (else the two are one mask).
+                [
+                    (masks.get((*key, "T")), masks.get((*key, "end")))
+                    for key in keys
+                    if steps_used[key][0] < steps_used[key][1]
+                ],
             )
         )
         for point in ("T", "end"):
@@ -306,6 +311,23 @@ def main() -> None:
         ]
         if pairs:
             overlap_rows.append(pair_row(f"cross-dataset, at {point}", pairs))
+    # The same comparisons for the stage-1 update norms ||Delta_i|| at T (the ranking the
+    # `lora-norm` scorer gives on the same adapters): the reference the gates must beat.
+    norm_at_t = {
+        key: curve["norms"].get(str(steps_used[key][0])) for key, curve in recordings.items()
+    }
+    for data in datasets:
+        keys = [key for key in recordings if key[0] == data]
+        pairs = [(norm_at_t[a], norm_at_t[b]) for a, b in itertools.combinations(keys, 2)]
+        if pairs:
+            overlap_rows.append(pair_row(f"{data}: seed vs seed, update norms at T", pairs))
+    pairs = [
+        (norm_at_t[a], norm_at_t[b])
+        for a, b in itertools.combinations(recordings, 2)
+        if a[0] != b[0]
+    ]
+    if pairs:
+        overlap_rows.append(pair_row("cross-dataset, update norms at T", pairs))
     norm_rows = []
     for key, curve in recordings.items():
         at_t = steps_used[key][0]

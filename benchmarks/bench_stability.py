@@ -378,6 +378,15 @@ def main() -> None:
         "accumulation 2, eval mode, own data order, importance = s averaged over the last "
         f"20% of steps). Top 25%: k = {k} of {n} units, chance {chance:.3f}."
     )
+    recorded = "; ".join(
+        f"{d} seed {sd}: {len(c['loss'])} steps" for (d, sd), c in sorted(recordings.items())
+    )
+    protocol += (
+        f" Recordings: {recorded} (`benchmarks/record_stage1.py`). Command: `python "
+        f"benchmarks/bench_stability.py --work-dir {args.work_dir}` (stage-2 runs already in "
+        "the work dir are reused; `--report-only` reports them without running more). Times "
+        "per step were measured with other jobs on the machine."
+    )
     lines = [
         "## Ranking stability: stage-1 stopping rules and stage-2 settings "
         "(`benchmarks/bench_stability.py`)",

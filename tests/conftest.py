@@ -180,3 +180,28 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 def embedded_cache(tmp_path_factory) -> Path:
     """ILA_CACHE_DIR for the embedded model in tests: converted once per session, in tmp."""
     return tmp_path_factory.mktemp("ila-cache")
+
+
+# Shared by the bad-input tests: a CLI call that must fail cleanly, and a file snapshot.
+def fails(argv: list[str], capsys, *words: str) -> str:
+    """Run the CLI; assert exit 2, no traceback and one `ila: error:` line with ``words``."""
+    from ila.cli import main
+
+    assert main(["-q", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    # A progress bar may share the terminal line (it ends in "\r"), so split on the prefix;
+    # the bar's last redraw may follow the message on the next line.
+    errors = err.split("ila: error: ")[1:]
+    assert len(errors) == 1, err
+    message = errors[0].splitlines()[0].strip()
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def tree(path: Path) -> dict[str, int]:
+    """Every file under ``path`` with its modification time, to prove nothing changed."""
+    return {
+        p.relative_to(path).as_posix(): p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()
+    }

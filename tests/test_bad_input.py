@@ -20,34 +20,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from conftest import build_tiny_llama
+from conftest import build_tiny_llama, fails, tree
 from ila.cli import main
 from ila.layers import find_layers
 from ila.scores import LayerScores, UnitScore
 
 TINY_RUN = ["--limit", "24", "--max-length", "64", "--batch-size", "4", "--device", "cpu"]
-
-
-def fails(argv: list[str], capsys: pytest.CaptureFixture[str], *words: str) -> str:
-    """Run the CLI; assert exit 2, no traceback and one `ila: error:` line with ``words``."""
-    assert main(["-q", *argv]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    # A progress bar may share the terminal line (it ends in "\r"), so split on the prefix;
-    # the bar's last redraw may follow the message on the next line.
-    errors = err.split("ila: error: ")[1:]
-    assert len(errors) == 1, err
-    message = errors[0].splitlines()[0].strip()
-    for word in words:
-        assert word in message, message
-    return message
-
-
-def tree(path: Path) -> dict[str, int]:
-    """Every file under ``path`` with its modification time, to prove nothing changed."""
-    return {
-        p.relative_to(path).as_posix(): p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()
-    }
 
 
 # -- data files ---------------------------------------------------------------------------

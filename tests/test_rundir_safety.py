@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import fails, tree
 from ila.cli import main
 from ila.errors import IlaError
 from ila.rundir import (
@@ -30,25 +31,6 @@ from ila.rundir import (
 
 TINY_RUN = ["--limit", "24", "--max-length", "64", "--batch-size", "4", "--device", "cpu"]
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def fails(argv: list[str], capsys: pytest.CaptureFixture[str], *words: str) -> str:
-    """Run the CLI; assert exit 2 and one `ila: error:` line holding ``words``."""
-    assert main(["-q", *argv]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    errors = err.split("ila: error: ")[1:]
-    assert len(errors) == 1, err
-    message = errors[0].splitlines()[0].strip()
-    for word in words:
-        assert word in message, message
-    return message
-
-
-def tree(path: Path) -> dict[str, int]:
-    return {
-        p.relative_to(path).as_posix(): p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()
-    }
 
 
 def a_run(path: Path, command: str = "score") -> Path:

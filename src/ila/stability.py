@@ -117,6 +117,18 @@ def _jaccard(a: frozenset[int], b: frozenset[int]) -> float:
     return len(a & b) / len(union) if union else 1.0
 
 
+def _check_rule(
+    epsilon: float, window: int, patience: int, min_steps: int, *, min_window: int
+) -> None:
+    if not 0 < epsilon < 1:
+        raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+    if window < min_window or patience < 1 or min_steps < 0:
+        raise ValueError(
+            f"window must be >= {min_window}, patience >= 1 and min_steps >= 0; got "
+            f"{window}, {patience}, {min_steps}"
+        )
+
+
 def _check_value(name: str, value: float, step: int) -> float:
     if not math.isfinite(value):
         raise ValueError(f"non-finite {name} ({value}) at step {step}")
@@ -151,10 +163,7 @@ class DropDetector:
     step: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.epsilon < 1:
-            raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
-        if self.window < 2 or self.patience < 1 or self.min_steps < 0:
-            raise ValueError("window must be >= 2, patience >= 1 and min_steps >= 0")
+        _check_rule(self.epsilon, self.window, self.patience, self.min_steps, min_window=2)
         if self.rank_epsilon is not None and not 0 <= self.rank_epsilon < 1:
             raise ValueError(f"rank_epsilon must be in [0, 1), got {self.rank_epsilon}")
         if not 0 < self.rank_fraction < 1:
@@ -239,10 +248,7 @@ class StabilityDetector:
     step: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.epsilon < 1:
-            raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
-        if self.window < 1 or self.patience < 1 or self.min_steps < 0:
-            raise ValueError("window and patience must be >= 1 and min_steps >= 0")
+        _check_rule(self.epsilon, self.window, self.patience, self.min_steps, min_window=1)
 
     def wants_unit_values(self, step: int) -> bool:
         return False

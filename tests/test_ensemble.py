@@ -133,3 +133,28 @@ def test_score_with_seeds_writes_members_and_consensus(tiny_model_dir, tmp_path,
     text = (report / "report.md").read_text()
     assert "## Stability" in text and "share of runs in top 25%" in text
     assert "seeds/seed-5" in text
+
+
+def test_run_selects_from_the_consensus_of_several_seeds(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [
+        "run",
+        "--model",
+        str(tiny_model_dir),
+        "--output-dir",
+        str(out),
+        "--seeds",
+        "2",
+        *FAST,
+        "--select-fraction",
+        "0.25",
+        "--finetune-steps",
+        "2",
+        "--no-evaluate",
+    ]
+    assert main(argv) == 0
+    assert "stability: 2 runs (seeds 0, 1)" in capsys.readouterr().out
+    consensus = LayerScores.load(out)
+    selection = json.loads((out / "selection.json").read_text())
+    assert sorted(selection["selected"]) == sorted(consensus.top(0.25))
+    assert (out / "finetune" / "finetune_summary.json").is_file()

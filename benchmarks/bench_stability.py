@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import math
 import os
 import statistics
 import sys
@@ -328,6 +329,51 @@ def main() -> None:
     ]
     if pairs:
         overlap_rows.append(pair_row("cross-dataset, update norms at T", pairs))
+    # Block view (docs/method.md, "Unit"): block score = mean gate of its modules.
+    blocks = sorted({int(name.split(".")[1]) for name in names})
+    block_of = [int(name.split(".")[1]) for name in names]
+
+    def block_view(raw: list[float] | None) -> list[float] | None:
+        if raw is None:
+            return None
+        gates = [1 / (1 + math.exp(-x)) for x in raw]
+        return [
+            statistics.fmean(g for g, b in zip(gates, block_of, strict=True) if b == block)
+            for block in blocks
+        ]
+
+    kb = top_count(len(blocks), FRACTION)
+    block_rows = [
+        f"Block view ({len(blocks)} blocks, top 25% = {kb} blocks, chance "
+        f"{expected_random_jaccard(len(blocks), kb):.2f}; block score = mean gate of its "
+        "modules):",
+        "",
+        "| comparison | pairs | top-25% Jaccard of blocks, mean (range) |",
+        "|---|---:|---:|",
+    ]
+    block_pairs = {
+        f"{data}: seed vs seed, at T": [
+            (a, b) for a, b in itertools.combinations(recordings, 2) if a[0] == b[0] == data
+        ]
+        for data in datasets
+    }
+    block_pairs["cross-dataset, at T"] = [
+        (a, b) for a, b in itertools.combinations(recordings, 2) if a[0] != b[0]
+    ]
+    for label, keys in block_pairs.items():
+        views = [
+            (block_view(masks.get((*a, "T"))), block_view(masks.get((*b, "T")))) for a, b in keys
+        ]
+        js = [
+            len(top(x, FRACTION) & top(y, FRACTION)) / len(top(x, FRACTION) | top(y, FRACTION))
+            for x, y in views
+            if x is not None and y is not None
+        ]
+        if js:
+            block_rows.append(
+                f"| {label} | {len(js)} | {statistics.fmean(js):.2f} ({min(js):.2f}-"
+                f"{max(js):.2f}) |"
+            )
     norm_rows = []
     for key, curve in recordings.items():
         at_t = steps_used[key][0]
@@ -404,6 +450,8 @@ def main() -> None:
         + "; ".join(f"{d} seed {s}: {a}, {b}" for (d, s), (a, b) in steps_used.items()),
         "",
         *overlap_rows,
+        "",
+        *block_rows,
         "",
         "Spearman of the ILA importance (at T) with the stage-1 update norms ||Delta_i|| of the "
         "same adapter (what the `lora-norm` scorer ranks by): " + "; ".join(norm_rows) + ".",

@@ -545,13 +545,23 @@ def _refuse_if_locked(output_dir: Path) -> None:
         os.close(fd)  # also releases the probe's lock when it was taken
 
 
+def _read_holder(path: Path, attempts: int = 20) -> dict[str, Any]:
+    """The lock holder's record; a holder that has just taken the lock may still be
+    writing it, so an empty or partial file is read again for up to about a second."""
+    for attempt in range(attempts):
+        try:
+            holder = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(holder, dict) and "pid" in holder:
+                return holder
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            pass
+        if attempt + 1 < attempts:
+            time.sleep(0.05)
+    return {}
+
+
 def _locked_message(output_dir: Path, path: Path) -> str:
-    try:
-        holder = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        holder = {}  # the holder is writing it this very moment
-    if not isinstance(holder, dict):
-        holder = {}
+    holder = _read_holder(path)
     who = f"pid {holder.get('pid', 'unknown')}"
     if holder.get("command"):
         who += f", ila {holder['command']}"

@@ -312,9 +312,20 @@ def plan_run(
         weight_bytes=base_weights + (adapter + gates) * _FLOAT32,
         gradient_bytes=gates * _FLOAT32,
         optimizer_bytes=2 * gates * _FLOAT32,
-        activation_bytes=activation_bytes(shape, kept="gates", units=lora_units, **common),
+        # Stage 2 runs in eval mode by default (no dropout masks kept) and accumulates
+        # --stage2-grad-accum micro-batches per step.
+        activation_bytes=activation_bytes(
+            shape,
+            kept="gates",
+            units=lora_units,
+            **{**common, "dropout": dropout and not config.stage2.eval_mode},
+        ),
         max_steps=config.stage2.steps,
-        seconds=seconds(config.stage2.steps),
+        seconds=seconds(config.stage2.steps * config.stage2.grad_accum),
+        notes=[
+            f"each step accumulates {config.stage2.grad_accum} micro-batches "
+            "(--stage2-grad-accum)"
+        ],
     )
     tuned, lowest, how = _finetune_units(shape, config, selection)
     finetune = _finetune_stage(config, shape, tuned, lowest, how, common, seconds)

@@ -98,6 +98,7 @@ def worker(model_spec: str, stage: str, batch: int, length: int, steps: int, out
         args,
         train_features=features,
         collator=PaddingCollator(tokenizer.pad_token_id),
+        eval_mode=stage == "stage 2",  # as `ila score` runs stage 2 (--stage2-eval-mode)
     )
     row = {
         "model": model_spec,
@@ -185,7 +186,8 @@ def _table(rows: list[tuple], steps: int) -> str:
         "",
         f"Measured {started} on {os.cpu_count()} CPU cores, float32, {steps} training steps "
         "per run on the HF Trainer, each run in a fresh process, batches of exactly "
-        "max-length random tokens. Stages 1 and 2: LoRA r=8 (dropout 0.05) on every unit; "
+        "max-length random tokens. Stages 1 and 2: LoRA r=8 (dropout 0.05; stage 2 in eval "
+        "mode, as by default) on every unit; "
         "full: every unit's weights trained. Measured training = peak resident memory "
         "during the steps minus resident memory just before them (`VmHWM` after "
         "`clear_refs`, weights already resident); predicted training = the plan's "

@@ -199,18 +199,13 @@ def score(
     output_dir = Path(output_dir)
     resolved = config_to_dict(config)
     resolved["method"] = method
-    if resume:
-        finished = "score" if command == "score" else None  # `ila run` checks its own end
-        require_resumable(output_dir, resolved, finished_stage=finished)
-    elif main:
-        check_output_dir(output_dir, overwrite=overwrite, inputs=input_paths(config))
+    _check_score_dir(output_dir, config, resolved, command, overwrite=overwrite, resume=resume)
     inputs, seconds = load_score_inputs(config)
     if resume:
         _require_same_data(output_dir, inputs.data_stats)
-        state = read_run_state(output_dir) or {}
-        if "score" in state.get("completed_stages", []):
-            scores = LayerScores.load(output_dir / SCORES_FILE)
-            return ScoreRun(output_dir, scores, seconds, sorted((output_dir / "report").iterdir()))
+        finished = _finished_score(output_dir, seconds)
+        if finished is not None:
+            return finished
 
     if main:
         prepare_output_dir(
@@ -263,6 +258,32 @@ def score(
     return ScoreRun(output_dir, scores, seconds, report_files)
 
 
+def _check_score_dir(
+    output_dir: Path,
+    config: ScoreConfig,
+    resolved: dict[str, Any],
+    command: str,
+    *,
+    overwrite: bool,
+    resume: bool,
+) -> None:
+    """Before anything is loaded: ``--resume`` needs a resumable run of these settings,
+    a new run an output directory it may use."""
+    if resume:
+        finished = "score" if command == "score" else None  # `ila run` checks its own end
+        require_resumable(output_dir, resolved, finished_stage=finished)
+    elif is_main_process():
+        check_output_dir(output_dir, overwrite=overwrite, inputs=input_paths(config))
+
+
+def _finished_score(output_dir: Path, seconds: dict[str, float]) -> ScoreRun | None:
+    """The run in ``output_dir`` if its scoring stage completed (a resumed `ila run`)."""
+    if "score" not in (read_run_state(output_dir) or {}).get("completed_stages", []):
+        return None
+    scores = LayerScores.load(output_dir / SCORES_FILE)
+    return ScoreRun(output_dir, scores, seconds, sorted((output_dir / "report").iterdir()))
+
+
 def _score_ensemble(
     config: ScoreConfig,
     output_dir: Path,
@@ -285,15 +306,10 @@ def _score_ensemble(
 
     main = is_main_process()
     resolved = {**config_to_dict(config), "method": method}
-    if resume:
-        require_resumable(
-            output_dir, resolved, finished_stage="score" if command == "score" else None
-        )
-        if "score" in (read_run_state(output_dir) or {}).get("completed_stages", []):
-            scores = LayerScores.load(output_dir / SCORES_FILE)
-            return ScoreRun(output_dir, scores, {}, sorted((output_dir / "report").iterdir()))
-    elif main:
-        check_output_dir(output_dir, overwrite=overwrite, inputs=input_paths(config))
+    _check_score_dir(output_dir, config, resolved, command, overwrite=overwrite, resume=resume)
+    finished = _finished_score(output_dir, {}) if resume else None
+    if finished is not None:
+        return finished
     if main:
         prepare_output_dir(
             output_dir,

@@ -323,8 +323,7 @@ def plan_run(
         max_steps=config.stage2.steps,
         seconds=seconds(config.stage2.steps * config.stage2.grad_accum),
         notes=[
-            f"each step accumulates {config.stage2.grad_accum} micro-batches "
-            "(--stage2-grad-accum)"
+            f"each step accumulates {config.stage2.grad_accum} micro-batches (--stage2-grad-accum)"
         ],
     )
     tuned, lowest, how = _finetune_units(shape, config, selection)

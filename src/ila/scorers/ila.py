@@ -49,7 +49,7 @@ from ila.rundir import (
 )
 from ila.scorers.base import ScoringContext
 from ila.scorers.common import preserved_model_state
-from ila.scores import LayerScores, UnitScore
+from ila.scores import LayerScores, UnitScore, jaccard
 from ila.stability import make_detector, top_set
 from ila.training import (
     AfterStep,
@@ -365,8 +365,7 @@ def tail_mean(score_trajectory: list[list[float]], tail_fraction: float) -> list
 def _tail_jaccard(score_trajectory: list[list[float]], tail_fraction: float) -> float:
     steps = len(score_trajectory) - 1
     first = score_trajectory[-_tail_length(steps, tail_fraction)]
-    a, b = top_set(first, 0.25), top_set(score_trajectory[-1], 0.25)
-    return len(a & b) / len(a | b)
+    return jaccard(top_set(first, 0.25), top_set(score_trajectory[-1], 0.25))
 
 
 def _sigmoid(x: float) -> float:
@@ -376,16 +375,9 @@ def _sigmoid(x: float) -> float:
 
 def _ranking_checks(unit_values: dict[int, list[float]], fraction: float) -> list[dict[str, Any]]:
     """Top-set Jaccard of consecutive stage-1 checks (the ranking the update norms imply)."""
-    steps = sorted(unit_values)
+    tops = {step: top_set(values, fraction) for step, values in sorted(unit_values.items())}
     return [
-        {
-            "step": b,
-            "jaccard_with_previous": len(
-                top_set(unit_values[a], fraction) & top_set(unit_values[b], fraction)
-            )
-            / len(top_set(unit_values[a], fraction) | top_set(unit_values[b], fraction)),
-        }
-        for a, b in pairwise(steps)
+        {"step": b, "jaccard_with_previous": jaccard(tops[a], tops[b])} for a, b in pairwise(tops)
     ]
 
 

@@ -172,7 +172,8 @@ def test_cli_table_json_and_time(tiny_model_dir, capsys):
     plan = json.loads(capsys.readouterr().out)
     assert plan["tokens_per_step"] == 384
     stage1, stage2, finetune = plan["stages"]
-    assert stage1["seconds"] == 300 * 384 / 96 and stage2["seconds"] == 60 * 2 * 384 / 96  # --stage2-grad-accum 2
+    # A stage-2 step accumulates 2 micro-batches (--stage2-grad-accum).
+    assert stage1["seconds"] == 300 * 384 / 96 and stage2["seconds"] == 60 * 2 * 384 / 96
     assert finetune["seconds"] == 100 * 384 / 96
     assert stage1["peak_bytes"] == sum(
         stage1[k] for k in ("weight_bytes", "gradient_bytes", "optimizer_bytes", "activation_bytes")

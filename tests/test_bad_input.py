@@ -144,6 +144,17 @@ def test_prompts_longer_than_max_length_are_dropped_with_a_count(
     assert main(argv) == 0
     assert json.loads((out / "data.json").read_text())["num_dropped"] == 3
     assert "dropped 3 of 13 examples with no response token within 32 tokens" in caplog.text
+    recorded = json.loads((out / "data.json").read_text())["warnings"]
+    assert recorded == ["dropped 3 of 13 examples with no response token within 32 tokens"]
+
+
+def test_data_whose_responses_are_all_empty_is_refused(tiny_model_dir, tmp_path, capsys):
+    data, out = tmp_path / "empty.jsonl", tmp_path / "out"
+    rows = [{"instruction": f"add {i} and one", "output": ""} for i in range(6)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["score", "--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(out)]
+    fails([*argv, "--eval-fraction", "0"], capsys, "empty assistant response", "response field")
+    assert not out.exists()
 
 
 # -- models -------------------------------------------------------------------------------
@@ -501,6 +512,11 @@ def test_select_refuses_an_existing_selection_and_a_file_as_output_dir(
         capsys,
         f"--output-dir {a_file} is a file; pass a directory",
     )
+
+
+def test_export_of_a_scores_file_says_to_select_first(tiny_llama, tmp_path, capsys):
+    scores = _scores_of(tiny_llama, tmp_path / "layer_scores.json")
+    fails(["export", str(scores), "--format", "list"], capsys, "layer scores", "ila select")
 
 
 def test_export_output_that_is_a_directory(tiny_llama, tmp_path, capsys):

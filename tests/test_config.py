@@ -25,7 +25,9 @@ def test_defaults_round_trip_through_a_dict():
 
 def test_precedence_default_yaml_flag(tmp_path):
     yaml_file = tmp_path / "run.yaml"
-    yaml_file.write_text("stage1:\n  max_steps: 7\n  epsilon: 0.1\nlora:\n  rank: 4\n")
+    yaml_file.write_text(
+        "stage1:\n  max_steps: 7\n  min_steps: 5\n  epsilon: 0.1\nlora:\n  rank: 4\n"
+    )
     config = _resolve_config(parse("--config", str(yaml_file), "--stage1-max-steps", "9"))
     assert config.stage1.max_steps == 9  # flag beats YAML
     assert config.stage1.epsilon == 0.1  # YAML beats default
@@ -43,6 +45,10 @@ def test_list_and_bool_flags():
     [
         ({"epsilon": 0.0}, "--stage1-epsilon"),
         ({"max_steps": 0}, "--stage1-max-steps"),
+        (
+            {"max_steps": 10, "min_steps": 11},
+            "--stage1-min-steps: 11 is above --stage1-max-steps 10",
+        ),
         ({"window": 0}, "--stage1-window"),
     ],
 )

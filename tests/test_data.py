@@ -395,6 +395,44 @@ def test_truncation_and_drop_counts(tiny_tokenizer):
         tokenize_examples([long_prompt], tiny_tokenizer, max_length=8)
 
 
+def test_empty_responses_and_all_truncated_are_said(tiny_tokenizer, caplog):
+    answered = ex(("user", "hi"), ("assistant", "a long answer with many words in it"))
+    blank = ex(("user", "hi"), ("assistant", "  "))
+    data = tokenize_examples([answered, blank, blank], tiny_tokenizer, max_length=512)
+    assert data.num_empty_responses == 2 and len(data.features) == 3
+    assert data.warnings == [
+        "2 of 3 examples have an empty assistant response (only its end-of-turn token is learned)"
+    ]
+    assert data.warnings[0] in caplog.text
+    with pytest.raises(IlaError, match="every one of the 2 examples has an empty assistant"):
+        tokenize_examples([blank, blank], tiny_tokenizer, max_length=512)
+    full = tokenize_examples([answered], tiny_tokenizer, max_length=512).features[0]
+    cut = tokenize_examples([answered], tiny_tokenizer, max_length=len(full["input_ids"]) - 2)
+    assert cut.warnings == [
+        f"every one of the 1 examples was cut at --max-length {len(full['input_ids']) - 2}: "
+        "the ends of all responses are lost; raise --max-length if they matter"
+    ]
+    assert tokenize_examples([answered], tiny_tokenizer, max_length=512).warnings == []
+
+
+def test_a_huge_text_is_cut_before_tokenizing_with_the_same_tokens(tiny_tokenizer, monkeypatch):
+    from ila import tokenization
+
+    answer = " ".join(f"w{i % 97}x{i}" for i in range(60_000))  # about 0.5 MB in one line
+    example = ex(("user", "hi"), ("assistant", answer))
+    text, spans = tokenization.render_conversation(example.messages, tiny_tokenizer, "auto")
+    bos = tokenization._bos_ids(tiny_tokenizer)
+    whole_ids, whole_labels = tokenization._encode(text, spans, tiny_tokenizer, bos)
+    seen = []
+    real = tokenization._encode
+    monkeypatch.setattr(tokenization, "_encode", lambda t, *a: seen.append(len(t)) or real(t, *a))
+    data = tokenize_examples([example], tiny_tokenizer, max_length=64)
+    assert seen[0] < 10_000 < len(text)  # the tokenizer never saw the whole line
+    (feature,) = data.features
+    assert feature["input_ids"] == whole_ids[:64] and feature["labels"] == whole_labels[:64]
+    assert data.num_truncated == 1
+
+
 def test_prompt_matches_the_training_prefix(tiny_tokenizer, plain_tokenizer):
     single = ex(("user", "hello"), ("assistant", "hi there"))
     assert format_prompt(single.messages, tiny_tokenizer) == (

@@ -341,3 +341,29 @@ def test_interrupt_message_points_at_resume(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("ila.eval_run.evaluate", lambda *a, **k: interrupted(None, tmp_path / "e"))
     assert main(["-q", "eval", "--output-dir", str(tmp_path / "e")]) == 130
     assert capsys.readouterr().err.strip() == "ila: interrupted"
+
+
+# -- a write that the file system refuses ------------------------------------------------------
+
+
+def test_a_file_size_limit_hit_while_saving_is_one_error_line(tiny_model_dir, tmp_path):
+    """The weights file passes the limit; safetensors reports it in its own exception."""
+    import resource
+
+    limit = (tiny_model_dir / "model.safetensors").stat().st_size // 2
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "ft"
+    argv = [sys.executable, "-m", "ila", "-q", "finetune", "--model", str(tiny_model_dir)]
+    argv += ["--output-dir", str(out), "--all-units", "--method", "full", "--max-steps", "1"]
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(
+        [*argv, *TINY_RUN], preexec_fn=limited, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("ila: error:")]
+    assert "File too large" in line and "file-size limit" in line and "--resume" in line
+    assert not (out / "changed_weights").exists()  # nothing half-written

@@ -14,7 +14,8 @@ def test_score_embedded_model_few_steps(tmp_path, embedded_cache, monkeypatch):
     out = tmp_path / "run"
     argv = [
         "score", "--output-dir", str(out), "--limit", "40", "--max-length", "96",
-        "--stage1-max-steps", "3", "--stage2-steps", "3", "--device", "cpu",
+        "--stage1-max-steps", "3", "--stage1-min-steps", "0", "--stage2-steps", "3",
+        "--device", "cpu",
     ]  # fmt: skip
     assert main(argv) == 0
     scores = LayerScores.load(out)

@@ -262,6 +262,7 @@ def test_cli_score_then_select_with_a_peer_scorer(method, tiny_model_dir, tmp_pa
     out = tmp_path / "run"
     argv = ["score", "--model", str(tiny_model_dir), "--output-dir", str(out), "--method", method]
     fast = ["--max-length", "96", "--limit", "40", "--stage1-max-steps", "5"]
+    fast += ["--stage1-min-steps", "0"]
     assert main([*argv, *fast]) == 0
     scores = LayerScores.load(out)
     assert scores.method == method and len(scores.units) == 28

@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scores", type=Path, help="a score run directory or layer_scores.json")
     _add_rule_flags(p, with_all=True, with_selection=True)
+    _add_allow_other_model(p)
     _add_config_flags(p, FinetuneConfig)
 
     p = sub.add_parser(
@@ -201,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a peft adapter directory, or an `ila finetune` output directory (adapter/ "
         "or changed_weights/) to apply to --model",
     )
+    _add_allow_other_model(p)
 
     p = sub.add_parser(
         "plan",
@@ -237,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fractions of units in the important set, each in (0, 1] (default: 0.1 0.25 0.5 0.75)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
+    _add_allow_other_model(
+        p,
+        "compare runs of models with one layout but different files (fingerprints), e.g. a "
+        "base and its fine-tune; the comparison says so",
+    )
 
     p = sub.add_parser(
         "report",
@@ -253,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ls", help="list available things: scorers, data presets")
     p.add_argument("what", choices=["scorers", "presets"])
     return parser
+
+
+_ALLOW_HELP = (
+    "use a ranking, adapter or run made on another model than --model (their fingerprints "
+    "differ), e.g. a ranking moved between two fine-tunes of one base; the run records it"
+)
+
+
+def _add_allow_other_model(p: argparse.ArgumentParser, help_text: str = _ALLOW_HELP) -> None:
+    p.add_argument("--allow-other-model", action="store_true", help=help_text)
 
 
 def _add_rule_flags(
@@ -357,7 +374,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ila.eval_run import EVAL_FILE, evaluate
 
     config = _resolve_config(args, EvalConfig)
-    result = evaluate(config, args.output_dir, adapter=args.adapter, overwrite=args.overwrite)
+    result = evaluate(
+        config,
+        args.output_dir,
+        adapter=args.adapter,
+        overwrite=args.overwrite,
+        allow_other_model=args.allow_other_model,
+    )
     target = config.model.model + (f" + {args.adapter}" if args.adapter else "")
     print(f"ila eval: {target} on {config.data.data} ({config.eval.split} split)")
     _print_metrics(result.result.metrics, "  ")
@@ -414,6 +437,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resume=args.resume,
         inputs=[args.scores, args.selection],
+        allow_other_model=args.allow_other_model,
     )
     _print_finetune(result, "ila finetune")
     return 0
@@ -430,6 +454,8 @@ def _print_finetune(result: Any, header: str) -> None:
     print(f"{pad}{s['steps']} steps in {s['seconds']:.1f}s ({s['seconds_per_step']:.3f} s/step)")
     if s["eval_loss"] is not None:
         print(f"{pad}held-out loss: {s['eval_loss']:.4f} on {s['num_eval_examples']} examples")
+    if s.get("other_model"):
+        print(f"{pad}note: {s['other_model']}")
     print(f"{pad}outputs: {result.output_dir}")
 
 
@@ -528,6 +554,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         [r.label for r in runs],
         args.fractions if args.fractions is not None else DEFAULT_FRACTIONS,
         sources=[r.source for r in runs],
+        allow_other_model=args.allow_other_model,
     )
     with report_directory(
         args.output_dir, inputs=args.runs, overwrite=args.overwrite, command="compare"
@@ -537,6 +564,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         f"ila compare: {len(runs)} runs of {comparison.model_id}, "
         f"{comparison.num_units} {comparison.unit_kind} units, {len(comparison.pairs)} pairs"
     )
+    if comparison.models_differ:
+        print("  note: the runs come from models with different files (--allow-other-model)")
     for s in comparison.by_fraction:
         print(
             f"  top {100 * s.fraction:g}% (k = {s.k}): mean Jaccard {s.mean_jaccard:.3f} "
@@ -619,14 +648,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ila: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = ""
-        if (
-            args.command in ("score", "run", "finetune")
-            and (args.output_dir / "run_state.json").is_file()
-        ):
-            hint = (
-                f"; the run in {args.output_dir} is kept: run the same command with --resume "
-                "to continue it"
-            )
-        print(f"ila: interrupted{hint}", file=sys.stderr)
+        print(f"ila: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from ila.rundir import storage_failure
+
+        reason = storage_failure(exc)
+        if reason is None:
+            raise
+        print(
+            f"ila: error: {reason}; free disk space or raise the file-size limit"
+            f"{_resume_hint(args)}",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """For a stopped score / run / finetune that left a run directory: how to go on."""
+    if (
+        args.command in ("score", "run", "finetune")
+        and (args.output_dir / "run_state.json").is_file()
+    ):
+        return (
+            f"; the run in {args.output_dir} is kept: run the same command with --resume "
+            "to continue it"
+        )
+    return ""

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ila.errors import IlaError
+from ila.model_identity import fingerprint_of_record
 from ila.scores import SCORES_FILE, LayerScores, expected_random_jaccard, jaccard, top_count
 
 __all__ = [
@@ -102,6 +103,9 @@ class Comparison:
     curve: dict[str, Any]
     """Jaccard at :data:`CURVE_FRACTIONS`: ``fraction``, ``k``, ``random``, ``mean`` and
     ``pairs`` (one list per pair, keyed 'A vs B')."""
+    models_differ: bool = False
+    """The runs come from models with one layout but different files (allowed by
+    ``allow_other_model``)."""
 
     @property
     def labels(self) -> list[str]:
@@ -136,6 +140,7 @@ class Comparison:
         return {
             "schema_version": COMPARISON_SCHEMA_VERSION,
             "model_id": self.model_id,
+            "models_differ": self.models_differ,
             "unit_kind": self.unit_kind,
             "num_units": self.num_units,
             "fractions": self.fractions,
@@ -228,19 +233,22 @@ def compare_scores(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     *,
     sources: Sequence[str] | None = None,
+    allow_other_model: bool = False,
 ) -> Comparison:
     """Compare every pair of ``scores`` (one model, one unit kind) at ``fractions``.
 
-    Raises :class:`IlaError` for fewer than two runs, runs of different models or unit
-    kinds, fractions outside (0, 1] or repeated, and a run whose importances are all equal
-    (its rank correlation is undefined).
+    Raises :class:`IlaError` for fewer than two runs, runs of different models (by
+    fingerprint, ila.model_identity, unless ``allow_other_model``; by resolved path for
+    runs that record none) or unit kinds or layouts, fractions outside (0, 1] or
+    repeated, and a run whose importances are all equal (its rank correlation is
+    undefined).
     """
     if len(scores) < 2:
         raise IlaError(f"compare needs at least 2 runs, got {len(scores)}")
     if len(labels) != len(scores) or len(set(labels)) != len(labels):
         raise IlaError(f"need one distinct label per run, got {list(labels)}")
     fractions = _check_fractions(fractions)
-    _check_comparable(scores, labels)
+    models_differ = _check_comparable(scores, labels, allow_other_model=allow_other_model)
     first = scores[0]
     n = len(first.units)
     for label, s in zip(labels, scores, strict=True):
@@ -312,6 +320,7 @@ def compare_scores(
         pairs=pairs,
         by_fraction=by_fraction,
         curve=curve,
+        models_differ=models_differ,
     )
 
 
@@ -436,25 +445,41 @@ def _model_identity(model_id: str) -> str:
     return str(path.resolve()) if path.exists() else model_id
 
 
-def _check_comparable(scores: Sequence[LayerScores], labels: Sequence[str]) -> None:
+def _same_model(a: LayerScores, b: LayerScores) -> bool:
+    """By fingerprint when both runs record one, else by the resolved model path."""
+    fa, fb = (fingerprint_of_record(s.meta.get("model_fingerprint")) for s in (a, b))
+    if fa is not None and fb is not None:
+        return fa.same_model(fb)
+    return _model_identity(a.model_id) == _model_identity(b.model_id)
+
+
+def _check_comparable(
+    scores: Sequence[LayerScores], labels: Sequence[str], *, allow_other_model: bool
+) -> bool:
+    """Raise unless the runs are comparable; return whether their models differ (allowed)."""
     first, label0 = scores[0], labels[0]
+    models_differ = False
     for s, label in zip(scores[1:], labels[1:], strict=True):
         if s.unit_kind != first.unit_kind:
             raise IlaError(
                 f"runs {label0} and {label} score different unit kinds ({first.unit_kind} vs "
                 f"{s.unit_kind}); compare runs made with the same --stage2-unit"
             )
-        if _model_identity(s.model_id) != _model_identity(first.model_id):
-            raise IlaError(
-                f"runs {label0} and {label} come from different models ({first.model_id} vs "
-                f"{s.model_id}); compare runs of one model"
-            )
+        if not _same_model(s, first):
+            if not allow_other_model:
+                raise IlaError(
+                    f"runs {label0} and {label} come from different models ({first.model_id} "
+                    f"vs {s.model_id}); compare runs of one model, or pass "
+                    "--allow-other-model if comparing these models is what you mean"
+                )
+            models_differ = True
         if _layout_key(s.layout) != _layout_key(first.layout) or s.names != first.names:
             raise IlaError(
                 f"runs {label0} and {label} have different model layouts (unit names or "
                 "shapes differ, e.g. another --lora-module-types); compare runs of one model "
                 "with the same units"
             )
+    return models_differ
 
 
 def _importance_vector(scores: LayerScores, order: list[str]) -> np.ndarray:

@@ -258,6 +258,12 @@ class Stage1Config:
         _require(self.learning_rate > 0, "--stage1-learning-rate", "must be > 0")
         _require(self.max_steps >= 1, "--stage1-max-steps", "must be >= 1")
         _require(self.min_steps >= 0, "--stage1-min-steps", "must be >= 0")
+        _require(
+            self.min_steps <= self.max_steps,
+            "--stage1-min-steps",
+            f"{self.min_steps} is above --stage1-max-steps {self.max_steps}, so stage 1 could "
+            "only stop at the cap; lower it (0 for a capped trial run) or raise the cap",
+        )
         _require(self.warmup_steps >= 0, "--stage1-warmup-steps", "must be >= 0")
         _fraction(self.epsilon, "--stage1-epsilon")
         _require(self.window >= 2, "--stage1-window", "must be >= 2")

@@ -91,12 +91,18 @@ def load_eval_examples(data: DataConfig, settings: EvalSettings) -> list[Example
 
 @runs_locked
 def evaluate(
-    config: EvalConfig, output_dir: Path, *, adapter: Path | None = None, overwrite: bool = False
+    config: EvalConfig,
+    output_dir: Path,
+    *,
+    adapter: Path | None = None,
+    overwrite: bool = False,
+    allow_other_model: bool = False,
 ) -> EvalRun:
     """`ila eval`: measure ``config.model.model`` (with ``adapter``) on ``config.data``.
 
-    Inputs are read and checked (data, lm-eval availability, model, adapter) before the
-    output directory is created, so bad input leaves nothing behind.
+    Inputs are read and checked (data, lm-eval availability, model, adapter and that the
+    adapter was made on this model, unless ``allow_other_model``) before the output
+    directory is created, so bad input leaves nothing behind.
     """
     output_dir = Path(output_dir)
     main = is_main_process()
@@ -105,12 +111,13 @@ def evaluate(
         check_output_dir(output_dir, overwrite=overwrite, inputs=inputs)
     check_eval_inputs(config.eval)
     examples = load_eval_examples(config.data, config.eval)
-    model, tokenizer = load_model_for_eval(
+    model, tokenizer, other_model = load_model_for_eval(
         config.model.model,
         adapter,
         dtype=config.model.dtype,
         device=config.model.device,
         threads=config.model.threads,
+        allow_other_model=allow_other_model,
     )
     if main:
         prepare_output_dir(output_dir, command="eval", overwrite=overwrite, inputs=inputs)
@@ -136,6 +143,7 @@ def evaluate(
                 data=config.data,
                 settings=config.eval,
                 adapter=adapter,
+                other_model=other_model,
             )
             mark_stage(output_dir, "eval")
     return EvalRun(output_dir, result)
@@ -149,8 +157,10 @@ def write_eval_results(
     data: DataConfig,
     settings: EvalSettings,
     adapter: Path | None,
+    other_model: str | None = None,
 ) -> None:
-    """Write ``eval_results.json`` and ``generations.jsonl`` into ``output_dir``."""
+    """Write ``eval_results.json`` and ``generations.jsonl`` into ``output_dir``
+    (``other_model``: the note that the adapter was made on another model)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         output_dir / GENERATIONS_FILE,
@@ -162,6 +172,7 @@ def write_eval_results(
             "schema_version": SCHEMA_VERSION,
             "model": model.model,
             "adapter": str(adapter) if adapter is not None else None,
+            "other_model": other_model,
             "data": data.data,
             "split": settings.split,
             "metrics": result.metrics,
@@ -184,7 +195,7 @@ def evaluate_variants(
     examples = load_eval_examples(data, settings)
     compared: dict[str, dict[str, Any]] = {}
     for name, adapter in variants.items():
-        loaded, tokenizer = load_model_for_eval(
+        loaded, tokenizer, _ = load_model_for_eval(
             model.model, adapter, dtype=model.dtype, device=model.device, threads=model.threads
         )
         log.info("evaluating %s", name)

@@ -20,13 +20,14 @@ A few generations are saved for reading, since numbers alone hide how a model an
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -43,6 +44,7 @@ from ila.tokenization import (
 
 __all__ = [
     "EvalResult",
+    "ModelForEval",
     "evaluate_model",
     "exact_match_score",
     "greedy_generate",
@@ -295,6 +297,14 @@ def evaluate_model(
     return EvalResult(metrics, generations, lm_eval_results)
 
 
+class ModelForEval(NamedTuple):
+    """A model loaded for evaluation, and whether its adapter was made on another model."""
+
+    model: Any
+    tokenizer: Any
+    other_model: str | None
+
+
 def load_model_for_eval(
     model_spec: str,
     adapter: Path | None,
@@ -302,19 +312,22 @@ def load_model_for_eval(
     dtype: str = "float32",
     device: str = "auto",
     threads: int | None = None,
-) -> tuple[Any, Any]:
+    allow_other_model: bool = False,
+) -> ModelForEval:
     """Load a model to evaluate: the base, plus ``adapter`` when given.
 
     ``adapter`` is a peft adapter directory (``adapter_config.json``), or an `ila finetune`
     run directory: its ``adapter/`` (LoRA) or ``changed_weights/`` (full fine-tuning: the
-    tuned tensors replace the base's).
+    tuned tensors replace the base's). An adapter made on another model than
+    ``model_spec`` (ila.model_identity) is refused unless ``allow_other_model``.
     """
     from ila.models import load_model
 
     adapter_dir = _resolve_adapter(adapter) if adapter is not None else None
     model, tokenizer = load_model(model_spec, dtype=dtype, device=device, threads=threads)
     if adapter_dir is None:
-        return model, tokenizer
+        return ModelForEval(model, tokenizer, None)
+    other = _check_adapter_base(adapter_dir, model_spec, allow=allow_other_model)
     if (adapter_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
@@ -325,8 +338,54 @@ def load_model_for_eval(
                 f"adapter {adapter_dir} does not fit model {model_spec}: {err}; pass the base "
                 "model the adapter was trained on"
             ) from err
-        return model, tokenizer
-    return _apply_changed_weights(model, adapter_dir / "changed_weights.safetensors"), tokenizer
+        return ModelForEval(model, tokenizer, other)
+    changed = adapter_dir / "changed_weights.safetensors"
+    return ModelForEval(_apply_changed_weights(model, changed), tokenizer, other)
+
+
+def _check_adapter_base(adapter_dir: Path, model_spec: str, *, allow: bool) -> str | None:
+    """Check that ``adapter_dir`` was trained on ``model_spec``: against the fingerprint
+    `ila finetune` saved beside it, else against the adapter's recorded base model when
+    that model is on this machine (a foreign adapter whose base is not is not checked)."""
+    from ila.model_identity import BASE_MODEL_FILE, check_same_model, model_fingerprint
+
+    recorded = adapter_dir / BASE_MODEL_FILE
+    what = f"--adapter {adapter_dir}"
+    hint = "pass the base model it was trained on as --model"
+    if recorded.is_file():
+        from ila.rundir import read_json
+
+        ours = model_fingerprint(model_spec)
+        note = check_same_model(read_json(recorded), ours, what=what, allow=allow, hint=hint)
+    else:
+        note = _check_foreign_adapter_base(adapter_dir, model_spec, what, allow=allow, hint=hint)
+    if note is not None:
+        log.warning("%s", note)
+    return note
+
+
+def _check_foreign_adapter_base(
+    adapter_dir: Path, model_spec: str, what: str, *, allow: bool, hint: str
+) -> str | None:
+    """A peft adapter not made by ila: its ``base_model_name_or_path``, if that model is
+    on this machine, must be ``model_spec``'s model."""
+    from ila.model_identity import check_same_model, local_fingerprint, model_fingerprint
+
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():  # changed weights saved before ila recorded the base
+        return None
+    try:
+        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise IlaError(f"{config_file} is not a readable adapter config ({exc})") from exc
+    if not isinstance(base, str) or not base or base == model_spec:
+        return None
+    theirs = local_fingerprint(base)
+    if theirs is None:
+        log.info("%s names base model %s, which is not on this machine; not checked", what, base)
+        return None
+    ours = model_fingerprint(model_spec)
+    return check_same_model(theirs, ours, what=f"{what} (base {base})", allow=allow, hint=hint)
 
 
 def _resolve_adapter(path: Path) -> Path:

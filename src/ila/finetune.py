@@ -39,6 +39,7 @@ from ila.config import FinetuneConfig, config_to_dict, input_paths
 from ila.errors import IlaError
 from ila.layers import LayerMap
 from ila.lora import add_lora
+from ila.model_identity import BASE_MODEL_FILE, check_same_model, model_fingerprint
 from ila.parallel import require_supported_launch
 from ila.rundir import (
     atomic_directory,
@@ -50,7 +51,9 @@ from ila.rundir import (
     prepare_output_dir,
     read_json,
     read_run_state,
+    record_model,
     require_resumable,
+    require_same_model,
     runs_locked,
     write_environment,
     write_yaml,
@@ -111,6 +114,7 @@ def finetune(
     overwrite: bool = False,
     resume: bool = False,
     inputs: Sequence[Path | None] = (),
+    allow_other_model: bool = False,
 ) -> FinetuneRun:
     """Fine-tune ``config.model.model`` on ``config.data.data``, tuning only ``selection``.
 
@@ -119,7 +123,9 @@ def finetune(
     ``resume`` continues an interrupted run in ``output_dir`` from its last checkpoint
     (made with ``--save-steps``); the selection must be the one recorded there.
     ``inputs``: further files the job reads (the scores or selection), which
-    ``overwrite`` must not delete.
+    ``overwrite`` must not delete. A selection ranked on another model than this one (by
+    fingerprint, ila.model_identity) is refused unless ``allow_other_model``; then the
+    summary and the run record say so.
     """
     from ila.data import PaddingCollator, load_examples, split_examples, tokenize_examples
     from ila.layers import find_layers
@@ -152,9 +158,21 @@ def finetune(
         quantize_4bit=settings.method == "qlora",
     )
     layer_map = find_layers(model, blocks_path=config.model.blocks_path)
+    identity = model_fingerprint(config.model.model)
+    if resume:
+        require_same_model(output_dir, identity)
     if callable(selection) and not isinstance(selection, Selection):
         selection = selection(layer_map)
     units = selection.selected_units(layer_map)  # checks the selection's model layout
+    other_model = check_same_model(
+        selection.source.get("model_fingerprint"),
+        identity,
+        what=f"the ranking in {selection.source.get('scores_file') or 'the selection'}",
+        allow=allow_other_model,
+        hint="pass scores made on this model ('ila score' it)",
+    )
+    if other_model is not None:
+        log.warning("%s", other_model)
     features = tokenize_examples(
         train, tokenizer, max_length=config.data.max_length, template=config.data.template
     )
@@ -181,6 +199,7 @@ def finetune(
         if main and not resume:
             write_yaml(output_dir / "config.yaml", resolved)
             write_environment(output_dir)
+            record_model(output_dir, identity)
             selection.save(output_dir / "selection.json")
 
         if settings.method in ("lora", "qlora"):
@@ -259,13 +278,15 @@ def finetune(
             "final_train_loss": values.loss[-1] if values.loss else None,
             "eval_loss": eval_loss,
             "num_eval_examples": len(held_out),
+            "model_fingerprint": identity.id,
+            "other_model": other_model,
             "peak_rss_mb": _peak_rss_mb(),
             "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20
             if torch.cuda.is_available()
             else None,
         }
         if trainer.is_world_process_zero():
-            _save(model, tokenizer, layer_map, units, settings, output_dir)
+            _save(model, tokenizer, layer_map, units, settings, output_dir, identity)
             atomic_write_json(output_dir / "finetune_summary.json", summary)
             mark_stage(output_dir, "finetune")
         return FinetuneRun(output_dir, selection, summary)
@@ -311,10 +332,13 @@ def finetune_step(
     return finetune(config, selection, output_dir, resume=started, overwrite=resume and not started)
 
 
-def _save(model, tokenizer, layer_map, units, settings, output_dir: Path) -> None:
+def _save(model, tokenizer, layer_map, units, settings, output_dir: Path, identity) -> None:
+    """Save what was tuned; beside it, the base model's fingerprint (``ila eval --adapter``
+    checks it)."""
     if settings.method in ("lora", "qlora"):
         with atomic_directory(output_dir / "adapter") as tmp:
             model.save_pretrained(tmp)
+            atomic_write_json(tmp / BASE_MODEL_FILE, identity.to_dict())
     else:
         from safetensors.torch import save_file
 
@@ -325,6 +349,7 @@ def _save(model, tokenizer, layer_map, units, settings, output_dir: Path) -> Non
         }
         with atomic_directory(output_dir / "changed_weights") as tmp:
             save_file(changed, str(tmp / "changed_weights.safetensors"))
+            atomic_write_json(tmp / BASE_MODEL_FILE, identity.to_dict())
     if settings.merge:
         merged = model.merge_and_unload() if settings.method in ("lora", "qlora") else model
         with atomic_directory(output_dir / "merged") as tmp:

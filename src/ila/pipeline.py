@@ -35,6 +35,7 @@ from typing import Any
 from ila.config import RunConfig, ScoreConfig, config_to_dict, input_paths
 from ila.ensemble import stability_lines
 from ila.errors import IlaError
+from ila.model_identity import ModelFingerprint, model_fingerprint
 from ila.parallel import require_supported_launch
 from ila.rundir import (
     atomic_write_json,
@@ -45,7 +46,9 @@ from ila.rundir import (
     prepare_output_dir,
     read_json,
     read_run_state,
+    record_model,
     require_resumable,
+    require_same_model,
     runs_locked,
     write_environment,
     write_yaml,
@@ -103,6 +106,7 @@ class ScoreInputs:
     train_features: Any
     data_stats: dict[str, Any]
     fingerprint: str
+    model_fingerprint: ModelFingerprint
 
 
 def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float]]:
@@ -129,6 +133,7 @@ def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float
     layer_map = find_layers(
         model, blocks_path=config.model.blocks_path, module_types=config.lora.module_types or None
     )
+    identity = model_fingerprint(config.model.model)
     seconds["load_model"] = time.perf_counter() - start
     tokenized = tokenize_examples(
         train, tokenizer, max_length=data.max_length, template=data.template
@@ -144,7 +149,9 @@ def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float
         "num_train_features": len(tokenized.features),
         "num_dropped": tokenized.num_dropped,
         "num_truncated": tokenized.num_truncated,
+        "num_empty_responses": tokenized.num_empty_responses,
         "num_response_tokens": tokenized.num_response_tokens,
+        "warnings": tokenized.warnings,
     }
     inputs = ScoreInputs(
         model,
@@ -155,6 +162,7 @@ def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float
         tokenized.features,
         stats,
         fingerprint,
+        identity,
     )
     return inputs, seconds
 
@@ -203,6 +211,7 @@ def score(
     inputs, seconds = load_score_inputs(config)
     if resume:
         _require_same_data(output_dir, inputs.data_stats)
+        require_same_model(output_dir, inputs.model_fingerprint)
         finished = _finished_score(output_dir, seconds)
         if finished is not None:
             return finished
@@ -220,6 +229,7 @@ def score(
             write_yaml(output_dir / "config.yaml", resolved)
             write_environment(output_dir)
             atomic_write_json(output_dir / "data.json", inputs.data_stats)
+            record_model(output_dir, inputs.model_fingerprint)
         ctx = ScoringContext(
             model=inputs.model,
             tokenizer=inputs.tokenizer,
@@ -244,6 +254,7 @@ def score(
         seconds["score"] = time.perf_counter() - start
         if not isinstance(scores, LayerScores):
             raise TypeError(f"scorer {method!r} returned {type(scores).__name__}, not LayerScores")
+        scores.meta["model_fingerprint"] = inputs.model_fingerprint.to_dict()
         for key in ("stage1_seconds", "stage2_seconds"):
             if key in scores.meta:
                 seconds[key.removesuffix("_seconds")] = scores.meta[key]

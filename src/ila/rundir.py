@@ -20,6 +20,7 @@ when the process ends, however it ends (a file left by a killed job locks nothin
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -43,6 +44,7 @@ except ImportError:  # Windows: no flock; runs there are not locked
 import yaml
 
 from ila.errors import IlaError
+from ila.model_identity import ModelFingerprint, check_same_model
 
 __all__ = [
     "LOCK_FILE",
@@ -62,11 +64,14 @@ __all__ = [
     "prepare_output_dir",
     "read_json",
     "read_run_state",
+    "record_model",
     "release_run_lock",
     "require_resumable",
+    "require_same_model",
     "require_schema_version",
     "run_lock",
     "runs_locked",
+    "storage_failure",
     "write_environment",
     "write_yaml",
 ]
@@ -452,6 +457,35 @@ def prepare_output_dir(
     return output_dir
 
 
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+_STORAGE_MESSAGES = (
+    "No space left on device",
+    "File too large",
+    "Disk quota exceeded",
+    "Read-only file system",
+)
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """What stopped a write, if ``exc`` (or what caused it) is a full disk, a file-size
+    limit, a quota or a read-only file system; else ``None``.
+
+    Writers report these differently: ``OSError`` (Python), ``SafetensorError`` and the
+    ``RuntimeError`` of ``torch.save`` (their message holds the system's text).
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _STORAGE_ERRNOS:
+            where = f" {seen.filename}" if seen.filename else ""
+            return f"cannot write{where}: {seen.strerror}"
+        text = str(seen)
+        for message in _STORAGE_MESSAGES:
+            if message in text:
+                return f"a write failed: {message} ({text.splitlines()[0][:200]})"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 # -- the run lock --------------------------------------------------------------------------
 
 # Locks this process holds: resolved run directory -> open lock file descriptor. flock locks
@@ -627,6 +661,28 @@ def _flag_of(key: str) -> str:
 
     section, _, name = key.partition(".")
     return flag_name(section, name) if name and "." not in name else "--" + key.replace("_", "-")
+
+
+def record_model(output_dir: Path, fingerprint: ModelFingerprint) -> None:
+    """Record in the run state which model the run in ``output_dir`` uses
+    (ila.model_identity), for ``--resume`` to check."""
+    state = read_run_state(output_dir) or {"completed_stages": []}
+    state["model_fingerprint"] = fingerprint.to_dict()
+    atomic_write_json(Path(output_dir) / RUN_STATE_FILE, state)
+
+
+def require_same_model(output_dir: Path, fingerprint: ModelFingerprint) -> None:
+    """``--resume``: refuse to continue a run with another model than it started with.
+
+    Runs recorded before ila wrote fingerprints are not checked.
+    """
+    state = read_run_state(output_dir) or {}
+    check_same_model(
+        state.get("model_fingerprint"),
+        fingerprint,
+        what=f"--resume: the run in {output_dir}",
+        hint="resume with the model the run started with, or start a new run",
+    )
 
 
 def mark_stage(output_dir: Path, stage: str) -> None:

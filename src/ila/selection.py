@@ -48,7 +48,8 @@ class Selection:
 
     ``selected`` and ``frozen`` partition the layout's unit names and are in model order.
     ``source`` says where the ranking came from: ``method``, ``model_id``,
-    ``scores_file`` and ``unit_kind`` of the scores (all None for hand-typed rules).
+    ``scores_file``, ``unit_kind`` and ``model_fingerprint`` (ila.model_identity) of the
+    scores (all None for hand-typed rules).
     """
 
     rule: str
@@ -99,6 +100,11 @@ class Selection:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, origin: str = "selection") -> Selection:
+        if isinstance(data, dict) and "units" in data and "rule" not in data:
+            raise IlaError(
+                f"{origin} holds layer scores (a ranking), not a selection; make one with "
+                f"'ila select {origin} --tune-top-fraction F' (or another rule) first"
+            )
         require_schema_version(data, SCHEMA_VERSION, origin=origin, command="ila select")
         try:
             return cls(
@@ -196,6 +202,7 @@ def select_units(
             "model_id": scores.model_id,
             "scores_file": None if scores_file is None else str(scores_file),
             "unit_kind": scores.unit_kind,
+            "model_fingerprint": scores.meta.get("model_fingerprint"),
         }
         if not tuned:
             k = top_count(len(scores.units), value)

@@ -30,6 +30,7 @@ text does not already start with it, so it never appears twice.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_WHITESPACE = re.compile(r"\s")
 
 IGNORE_INDEX = -100
 TEMPLATES = ("auto", "chat", "plain")
@@ -72,14 +74,18 @@ class TokenizedData:
 
     ``features`` hold ``input_ids``, ``attention_mask`` and ``labels`` lists;
     ``num_dropped`` examples had no response token left after truncation;
-    ``num_truncated`` kept examples were cut to ``max_length``; ``num_response_tokens``
-    counts the labelled tokens over all features.
+    ``num_truncated`` kept examples were cut to ``max_length``; ``num_empty_responses``
+    kept examples have assistant turns with no text (only the end-of-turn token is
+    learned); ``num_response_tokens`` counts the labelled tokens over all features.
+    ``warnings`` says what of this a user should know (also logged).
     """
 
     features: list[dict[str, list[int]]] = field(default_factory=list)
     num_dropped: int = 0
     num_truncated: int = 0
+    num_empty_responses: int = 0
     num_response_tokens: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 def resolve_template(tokenizer: Any, template: str = "auto") -> str:
@@ -125,7 +131,9 @@ def tokenize_examples(
 
     Sequences longer than ``max_length`` are cut from the right; an example left without
     a labelled token is dropped and counted, and if every example is dropped the error
-    says to raise ``--max-length``.
+    says to raise ``--max-length``. Data whose every response is empty is refused (it
+    would teach only the end-of-turn token); a warning says when some responses are empty
+    and when every kept example was cut.
     """
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise IlaError(f"--max-length must be an integer >= 2, got {max_length!r}")
@@ -138,23 +146,25 @@ def tokenize_examples(
         )
     resolve_template(tokenizer, template)  # validate once, before the loop
     bos = _bos_ids(tokenizer)
+    text_limit = _text_limit(tokenizer, max_length)
     result = TokenizedData()
     for example in examples:
         try:
             text, spans = render_conversation(example.messages, tokenizer, template)
         except IlaError as exc:
             raise IlaError(f"{example.source}: {exc}") from exc
-        input_ids, labels = _encode(text, spans, tokenizer, bos)
+        cut = _cut_text(text, text_limit)
+        input_ids, labels = _encode(cut, spans, tokenizer, bos)
+        truncated = len(cut) < len(text)
         if len(input_ids) > max_length:
             input_ids, labels = input_ids[:max_length], labels[:max_length]
             truncated = True
-        else:
-            truncated = False
         num_labelled = sum(label != IGNORE_INDEX for label in labels)
         if num_labelled == 0:
             result.num_dropped += 1
             continue
         result.num_truncated += truncated
+        result.num_empty_responses += _empty_response(example.messages)
         result.num_response_tokens += num_labelled
         result.features.append(
             {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
@@ -164,14 +174,36 @@ def tokenize_examples(
             f"all {len(examples)} examples were dropped: no response token fits in "
             f"{max_length} tokens; raise --max-length"
         )
-    if result.num_dropped:
-        logger.warning(
-            "dropped %d of %d examples with no response token within %d tokens",
-            result.num_dropped,
-            len(examples),
-            max_length,
+    kept = len(result.features)
+    if result.num_empty_responses == kept:
+        raise IlaError(
+            f"every one of the {kept} examples has an empty assistant response, so only the "
+            "end-of-turn token would be learned; check the data's response field"
         )
+    if result.num_dropped:
+        result.warnings.append(
+            f"dropped {result.num_dropped} of {len(examples)} examples with no response "
+            f"token within {max_length} tokens"
+        )
+    if result.num_empty_responses:
+        result.warnings.append(
+            f"{result.num_empty_responses} of {kept} examples have an empty assistant "
+            "response (only its end-of-turn token is learned)"
+        )
+    if result.num_truncated == kept:
+        result.warnings.append(
+            f"every one of the {kept} examples was cut at --max-length {max_length}: the ends "
+            "of all responses are lost; raise --max-length if they matter"
+        )
+    for warning in result.warnings:
+        logger.warning("%s", warning)
     return result
+
+
+def _empty_response(messages: Sequence[Mapping[str, str]]) -> bool:
+    """True if the example has assistant turns and all of them are blank."""
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    return bool(replies) and all(not reply.strip() for reply in replies)
 
 
 def format_prompt(
@@ -264,6 +296,27 @@ def _apply_chat_template(
     if not isinstance(text, str):
         raise IlaError(f"apply_chat_template returned {type(text).__name__}, not text")
     return text
+
+
+def _text_limit(tokenizer: Any, max_length: int) -> int:
+    """Characters of a text that surely hold its first ``max_length`` tokens.
+
+    No token covers more characters than its longest vocabulary entry has, so
+    ``max_length`` tokens never reach past ``(max_length + 1) * longest`` characters; the
+    rest of a longer text is not tokenized (a 5 MB line would take about a gigabyte).
+    """
+    longest = max((len(token) for token in tokenizer.get_vocab()), default=1)
+    return (max_length + 1) * max(longest, 1)
+
+
+def _cut_text(text: str, limit: int) -> str:
+    """``text`` cut after ``limit`` characters, at the next whitespace within 1,024
+    characters, so that the word at the cut (which a BPE tokenizer encodes as one piece)
+    is not split; texts within the limit are returned whole."""
+    if len(text) <= limit:
+        return text
+    space = _WHITESPACE.search(text, limit, limit + 1024)
+    return text[: space.start() if space else limit]
 
 
 def _encode(

@@ -42,6 +42,15 @@ def comparison_markdown(comparison: Comparison) -> str:
         "holds (what agreeing only on which kinds of module matter gives). Spearman and "
         "Kendall tau-b correlate the importances of all units.",
         "",
+        *(
+            [
+                "**The runs come from different models** (same layout, different files; "
+                "compared with --allow-other-model).",
+                "",
+            ]
+            if c.models_differ
+            else []
+        ),
         "## Runs",
         "",
         "| run | method | data fingerprint | seed | T | Spearman vs stage-1 norm | source |",

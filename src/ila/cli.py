@@ -438,9 +438,17 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         resume=args.resume,
         inputs=[args.scores, args.selection],
         allow_other_model=args.allow_other_model,
+        stage1_run=_run_dir_of(args.scores),
     )
     _print_finetune(result, "ila finetune")
     return 0
+
+
+def _run_dir_of(scores: Path | None) -> Path | None:
+    """The run directory of ``--scores`` (a run directory or its layer_scores.json)."""
+    if scores is None:
+        return None
+    return scores if scores.is_dir() else scores.parent
 
 
 def _print_finetune(result: Any, header: str) -> None:

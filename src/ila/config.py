@@ -370,10 +370,20 @@ class FinetuneSettings:
         False, "with --method full, also train the input embeddings and the LM head"
     )
     merge: bool = _opt(False, "also write a merged full model directory (merged/)")
+    init_from_stage1: bool = _opt(
+        False,
+        "start the selected units' LoRA from the stage-1 adapter of the scores run (--scores), "
+        "so the stage-1 steps count toward the fine-tune; lora/qlora only",
+    )
 
     def __post_init__(self) -> None:
         _require(
             self.learning_rate is None or self.learning_rate > 0, "--learning-rate", "must be > 0"
+        )
+        _require(
+            not self.init_from_stage1 or self.method in ("lora", "qlora"),
+            "--init-from-stage1",
+            f"starts from a LoRA adapter, so it needs --method lora or qlora (not {self.method})",
         )
         _require(self.max_steps >= 1, "--max-steps", "must be >= 1")
         _require(self.warmup_steps >= 0, "--warmup-steps", "must be >= 0")
@@ -470,6 +480,11 @@ class RunSettings:
     evaluate: bool = _opt(
         True, "evaluate after fine-tuning (see the eval- settings); needs --finetune-steps > 0"
     )
+    finetune_init_from_stage1: bool = _opt(
+        False,
+        "start the fine-tunes' LoRA (selection and all-units baseline) from the run's stage-1 "
+        "adapter; lora/qlora only",
+    )
     compare_all_units: bool = _opt(
         True,
         "also fine-tune every unit with the same steps (into finetune-all-units/) and "
@@ -479,6 +494,12 @@ class RunSettings:
     def __post_init__(self) -> None:
         _fraction(self.select_fraction, "--select-fraction")
         _require(self.finetune_steps >= 0, "--finetune-steps", "must be >= 0")
+        _require(
+            not self.finetune_init_from_stage1 or self.finetune_method in ("lora", "qlora"),
+            "--finetune-init-from-stage1",
+            "starts from a LoRA adapter, so it needs --finetune-method lora or qlora (not "
+            f"{self.finetune_method})",
+        )
         _require(
             self.finetune_learning_rate is None or self.finetune_learning_rate > 0,
             "--finetune-learning-rate",

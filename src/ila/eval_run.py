@@ -253,6 +253,7 @@ def evaluate_run(
             lambda layer_map: select_units(layer_map, all_units=True),
             baseline,
             resume,
+            stage1_run=run_dir,
         )
         if is_main_process():
             mark_stage(run_dir, "finetune-all-units")

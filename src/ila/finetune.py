@@ -38,7 +38,7 @@ from ila.checkpoints import (
 from ila.config import FinetuneConfig, config_to_dict, input_paths
 from ila.errors import IlaError
 from ila.layers import LayerMap
-from ila.lora import add_lora
+from ila.lora import add_lora, read_unit_lora, set_unit_lora
 from ila.model_identity import BASE_MODEL_FILE, check_same_model, model_fingerprint
 from ila.parallel import require_supported_launch
 from ila.rundir import (
@@ -115,6 +115,7 @@ def finetune(
     resume: bool = False,
     inputs: Sequence[Path | None] = (),
     allow_other_model: bool = False,
+    stage1_run: Path | None = None,
 ) -> FinetuneRun:
     """Fine-tune ``config.model.model`` on ``config.data.data``, tuning only ``selection``.
 
@@ -125,7 +126,9 @@ def finetune(
     ``inputs``: further files the job reads (the scores or selection), which
     ``overwrite`` must not delete. A selection ranked on another model than this one (by
     fingerprint, ila.model_identity) is refused unless ``allow_other_model``; then the
-    summary and the run record say so.
+    summary and the run record say so. With ``finetune.init_from_stage1`` the selected
+    units' LoRA starts from the stage-1 adapter of ``stage1_run`` (default: the scores run
+    the selection was made from).
     """
     from ila.data import PaddingCollator, load_examples, split_examples, tokenize_examples
     from ila.layers import find_layers
@@ -144,6 +147,8 @@ def finetune(
     all_inputs = [*input_paths(config), *inputs]
     if not resume and main:
         check_output_dir(output_dir, overwrite=overwrite, inputs=all_inputs)
+    if settings.init_from_stage1 and (stage1_run is not None or isinstance(selection, Selection)):
+        _stage1_adapter(selection, stage1_run)  # fail before loading anything
     examples = load_examples(
         config.data.data, format=config.data.data_format, limit=config.data.limit
     )
@@ -173,6 +178,8 @@ def finetune(
     )
     if other_model is not None:
         log.warning("%s", other_model)
+    start = _stage1_adapter(selection, stage1_run) if settings.init_from_stage1 else None
+    start_weights = read_unit_lora(start, units, config.lora) if start is not None else None
     features = tokenize_examples(
         train, tokenizer, max_length=config.data.max_length, template=config.data.template
     )
@@ -208,6 +215,9 @@ def finetune(
 
                 model = prepare_model_for_kbit_training(model)
             model = add_lora(model, units, config.lora, seed=config.train.seed)
+            if start_weights is not None:  # a resumed checkpoint's weights replace these
+                set_unit_lora(model, start_weights)
+                log.info("the selected units' LoRA starts from the stage-1 adapter %s", start)
         else:
             freeze_all_but(
                 model,
@@ -280,6 +290,7 @@ def finetune(
             "num_eval_examples": len(held_out),
             "model_fingerprint": identity.id,
             "other_model": other_model,
+            "init_from_stage1": None if start is None else str(start),
             "peak_rss_mb": _peak_rss_mb(),
             "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20
             if torch.cuda.is_available()
@@ -290,6 +301,26 @@ def finetune(
             atomic_write_json(output_dir / "finetune_summary.json", summary)
             mark_stage(output_dir, "finetune")
         return FinetuneRun(output_dir, selection, summary)
+
+
+def _stage1_adapter(selection: Any, stage1_run: Path | None) -> Path:
+    """The stage-1 adapter ``--init-from-stage1`` starts from: ``stage1_run``'s, or that of
+    the scores run the selection was ranked in."""
+    if stage1_run is None:
+        scores_file = selection.source.get("scores_file")
+        if not scores_file:
+            raise IlaError(
+                "--init-from-stage1 starts from the stage-1 adapter of a scores run: pass "
+                "--scores RUN (or a selection made from one)"
+            )
+        stage1_run = Path(scores_file).parent
+    adapter = Path(stage1_run) / "stage1" / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        hint = "pass an 'ila score' run of the ila or lora-norm scorer"
+        if (Path(stage1_run) / "seeds").is_dir():
+            hint = "an ensemble (--seeds) has one per member under seeds/; pass a member's scores"
+        raise IlaError(f"--init-from-stage1: {stage1_run} holds no stage-1 adapter; {hint}")
+    return adapter
 
 
 def _resume_point(output_dir: Path, values: StepValues) -> StageCheckpoint | None:
@@ -318,6 +349,8 @@ def finetune_step(
     selection: Selection | Callable[[LayerMap], Selection],
     output_dir: Path,
     resume: bool,
+    *,
+    stage1_run: Path | None = None,
 ) -> FinetuneRun:
     """A fine-tune inside a larger job (`ila run`): with ``resume``, a finished one in
     ``output_dir`` is reused, a started one continues from its last complete checkpoint,
@@ -329,7 +362,14 @@ def finetune_step(
         recorded = Selection.load(output_dir / "selection.json")
         return FinetuneRun(output_dir, recorded, summary)
     started = state is not None and (output_dir / "config.yaml").is_file()
-    return finetune(config, selection, output_dir, resume=started, overwrite=resume and not started)
+    return finetune(
+        config,
+        selection,
+        output_dir,
+        resume=started,
+        overwrite=resume and not started,
+        stage1_run=stage1_run,
+    )
 
 
 def _save(model, tokenizer, layer_map, units, settings, output_dir: Path, identity) -> None:

@@ -7,7 +7,9 @@ Frobenius norm is computed without forming the d_out x d_in product:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,7 +18,7 @@ from ila.config import LoraSettings
 from ila.errors import IlaError
 from ila.layers import LayerMap, Unit, peft_target_modules
 
-__all__ = ["add_lora", "lora_update_norms", "unit_lora_layer"]
+__all__ = ["add_lora", "lora_update_norms", "read_unit_lora", "set_unit_lora", "unit_lora_layer"]
 
 
 def add_lora(
@@ -42,6 +44,55 @@ def add_lora(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return get_peft_model(model, config)
+
+
+def read_unit_lora(
+    folder: Path, units: Sequence[Unit], settings: LoraSettings
+) -> dict[str, torch.Tensor]:
+    """The LoRA A and B weights of ``units`` in the adapter saved in ``folder`` (peft
+    ``save_pretrained``), checked to fit a LoRA of ``settings`` on ``units``.
+
+    For ``ila finetune --init-from-stage1`` (docs/method.md, "Stage 3"): the fine-tune
+    starts where stage 1 left the selected units. Load them with :func:`set_unit_lora`.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config_file, weights_file = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not config_file.is_file() or not weights_file.is_file():
+        raise IlaError(f"{folder} holds no saved LoRA adapter (adapter_config.json and weights)")
+    saved = json.loads(config_file.read_text(encoding="utf-8"))
+    theirs = (saved.get("r"), saved.get("lora_alpha"))
+    if theirs != (settings.rank, settings.alpha):
+        raise IlaError(
+            f"the adapter in {folder} has rank {theirs[0]} and alpha {theirs[1]}, this "
+            f"fine-tune rank {settings.rank} and alpha {settings.alpha}; pass --lora-rank "
+            f"{theirs[0]} --lora-alpha {theirs[1]} to start from it"
+        )
+    weights = load_file(str(weights_file))
+    chosen: dict[str, torch.Tensor] = {}
+    for unit in units:
+        prefix = f"base_model.model.{unit.module_path}.lora_"
+        found = {k: v for k, v in weights.items() if k.startswith(prefix)}
+        if not found:
+            raise IlaError(
+                f"the adapter in {folder} has no LoRA on unit {unit.name}; it was trained "
+                "on other units (another --lora-module-types?)"
+            )
+        chosen.update(found)
+    return chosen
+
+
+def set_unit_lora(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load LoRA weights from :func:`read_unit_lora` into ``model`` (from :func:`add_lora`)."""
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, weights)
+    if list(getattr(result, "unexpected_keys", [])):
+        raise IlaError(
+            f"the stage-1 LoRA weights do not fit this model's LoRA layers "
+            f"({list(result.unexpected_keys)[:3]})"
+        )
 
 
 def unit_lora_layer(model: nn.Module, unit: Unit) -> nn.Module:

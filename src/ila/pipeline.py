@@ -409,6 +409,12 @@ def run(
     from ila.layers import LayerMap
     from ila.selection import select_units
 
+    if config.run.finetune_init_from_stage1 and config.ensemble.seeds > 1:
+        raise IlaError(
+            "--finetune-init-from-stage1 needs one stage-1 adapter, but --seeds "
+            f"{config.ensemble.seeds} trains one per member; run without --seeds, or fine-tune "
+            "from one member with 'ila finetune --scores RUN/seeds/seed-S --init-from-stage1'"
+        )
     if config.run.evaluate and config.run.finetune_steps > 0:
         from ila.eval_run import check_eval_inputs
 
@@ -443,9 +449,16 @@ def run(
                 method=settings.finetune_method,
                 learning_rate=settings.finetune_learning_rate,
                 max_steps=settings.finetune_steps,
+                init_from_stage1=settings.finetune_init_from_stage1,
             ),
         )
-        tuned = finetune_step(finetune_config, selection, scored.output_dir / "finetune", resume)
+        tuned = finetune_step(
+            finetune_config,
+            selection,
+            scored.output_dir / "finetune",
+            resume,
+            stage1_run=scored.output_dir,
+        )
         if is_main_process():
             mark_stage(scored.output_dir, "finetune")
         if settings.evaluate:

@@ -1,0 +1,91 @@
+"""`ila finetune --init-from-stage1`: the selected units' LoRA starts from stage 1's."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import fails
+from ila.cli import main
+from ila.selection import Selection
+
+TINY = ["--max-length", "64", "--limit", "40", "--batch-size", "4", "--device", "cpu"]
+SCORE = ["--stage1-max-steps", "4", "--stage1-min-steps", "0", "--stage2-steps", "2"]
+# The first optimizer step of a linear warm-up has learning rate 0: the saved adapter is
+# the one training started from.
+NO_STEP = ["--max-steps", "1", "--warmup-steps", "5", "--learning-rate", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def score_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("warm") / "scores"
+    argv = ["-q", "score", "--model", str(tiny_model_dir), "--output-dir", str(out)]
+    assert main([*argv, *TINY, *SCORE]) == 0
+    return out
+
+
+def _finetune(model_dir, out, *extra) -> list[str]:
+    return ["finetune", "--model", str(model_dir), "--output-dir", str(out), *TINY, *extra]
+
+
+def test_selected_units_start_from_the_stage1_adapter(score_run, tiny_model_dir, tmp_path):
+    stage1 = load_file(str(score_run / "stage1" / "adapter" / "adapter_model.safetensors"))
+    warm, cold = tmp_path / "warm", tmp_path / "cold"
+    rule = ["--scores", str(score_run), "--tune-top-fraction", "0.25", *NO_STEP]
+    assert main(["-q", *_finetune(tiny_model_dir, warm, *rule, "--init-from-stage1")]) == 0
+    assert main(["-q", *_finetune(tiny_model_dir, cold, *rule)]) == 0
+    tuned = load_file(str(warm / "adapter" / "adapter_model.safetensors"))
+    selected = Selection.load(warm / "selection.json").selected
+    assert len(tuned) == 2 * len(selected)  # A and B of the selected units only
+    for key, value in tuned.items():
+        assert torch.equal(value, stage1[key]), key
+    assert any("lora_B" in k and stage1[k].abs().sum() > 0 for k in tuned)  # stage 1 moved B
+    # A cold start has LoRA's usual init: B is zero.
+    coldly = load_file(str(cold / "adapter" / "adapter_model.safetensors"))
+    assert all(not v.any() for k, v in coldly.items() if "lora_B" in k)
+    summary = json.loads((warm / "finetune_summary.json").read_text())
+    assert summary["init_from_stage1"] == str(score_run / "stage1" / "adapter")
+    assert json.loads((cold / "finetune_summary.json").read_text())["init_from_stage1"] is None
+
+
+def test_init_from_stage1_refusals(score_run, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "ft"
+    rule = ["--scores", str(score_run), "--tune-top-fraction", "0.25", "--init-from-stage1"]
+    fails(_finetune(tiny_model_dir, out, *rule, "--method", "full"), capsys, "--method lora")
+    fails(
+        _finetune(tiny_model_dir, out, *rule, "--lora-rank", "4"),
+        capsys,
+        "rank 8",
+        "--lora-rank 8",
+    )
+    fails(
+        _finetune(tiny_model_dir, out, "--all-units", "--init-from-stage1"),
+        capsys,
+        "pass --scores RUN",
+    )
+    random_run = tmp_path / "random"
+    argv = ["-q", "score", "--method", "random", "--model", str(tiny_model_dir)]
+    assert main([*argv, "--output-dir", str(random_run), *TINY]) == 0
+    fails(
+        _finetune(
+            tiny_model_dir,
+            out,
+            "--scores",
+            str(random_run),
+            "--tune-top-fraction",
+            "0.25",
+            "--init-from-stage1",
+        ),
+        capsys,
+        "holds no stage-1 adapter",
+    )
+    assert not out.exists()
+
+
+def test_run_refuses_init_from_stage1_it_cannot_honour(tiny_model_dir, tmp_path, capsys):
+    argv = ["run", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "run"), *TINY]
+    flag = "--finetune-init-from-stage1"
+    fails([*argv, flag, "--finetune-method", "full"], capsys, flag, "--finetune-method lora")
+    fails([*argv, flag, "--seeds", "2"], capsys, flag, "--seeds 2")
+    assert not (tmp_path / "run").exists()

@@ -158,7 +158,13 @@ class TrainConfig:
 
     batch_size: int = _opt(4, "examples per device per step")
     grad_accum: int = _opt(1, "gradient accumulation steps")
-    bf16: bool = _opt(False, "bf16 autocast (faster on CPUs with AVX512-BF16 and on GPUs)")
+    precision: str = _opt(
+        "auto",
+        "training precision: auto (bf16 autocast on GPUs with bf16 and CPUs with AVX512-BF16 "
+        "or AMX, else float32), fp32, bf16, or fp16 (CUDA only)",
+        choices=["auto", "fp32", "bf16", "fp16"],
+    )
+    bf16: bool = _opt(False, "the same as --precision bf16 (kept for older configs)")
     seed: int = _opt(0, "random seed for data order, LoRA init and gates")
     logging_steps: int = _opt(10, "log metrics every N optimizer steps")
     report_to: str = _opt("none", "Trainer integrations to report to (none, tensorboard, ...)")
@@ -171,7 +177,17 @@ class TrainConfig:
         _require(self.save_steps >= 0, "--save-steps", "must be >= 0")
         _require(self.grad_accum >= 1, "--grad-accum", "must be >= 1")
         _require(self.logging_steps >= 1, "--logging-steps", "must be >= 1")
+        _require(
+            not self.bf16 or self.precision in ("auto", "bf16"),
+            "--bf16",
+            f"contradicts --precision {self.precision}; pass one of them",
+        )
         _check_reporter(self.report_to)
+
+    @property
+    def requested_precision(self) -> str:
+        """``--precision``, with the older ``--bf16`` read as ``bf16``."""
+        return "bf16" if self.bf16 else self.precision
 
 
 # Trainer integrations (transformers' report_to names) and the packages each one needs.

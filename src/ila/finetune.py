@@ -59,7 +59,13 @@ from ila.rundir import (
     write_yaml,
 )
 from ila.selection import Selection
-from ila.training import MetricsLogger, StepValues, make_training_args, run_trainer
+from ila.training import (
+    MetricsLogger,
+    StepValues,
+    make_training_args,
+    run_trainer,
+    train_precision,
+)
 
 __all__ = ["FinetuneRun", "finetune", "finetune_step", "freeze_all_but", "trainable_summary"]
 
@@ -136,6 +142,7 @@ def finetune(
 
     settings = config.finetune
     require_supported_launch(config.model.device)
+    precision = train_precision(config.train, config.model.device)  # fp16 on CPU fails here
     output_dir = Path(output_dir)
     main = is_main_process()
     resolved = config_to_dict(config)
@@ -205,7 +212,7 @@ def finetune(
                 )
         if main and not resume:
             write_yaml(output_dir / "config.yaml", resolved)
-            write_environment(output_dir)
+            write_environment(output_dir, {"precision": precision.to_dict()})
             record_model(output_dir, identity)
             selection.save(output_dir / "selection.json")
 

@@ -203,6 +203,9 @@ def score(
     require_supported_launch(
         config.model.device, project_budget=method == "ila" and config.stage2.budget == "project"
     )
+    from ila.training import train_precision
+
+    precision = train_precision(config.train, config.model.device)  # fp16 on CPU fails here
     main = is_main_process()
     output_dir = Path(output_dir)
     resolved = config_to_dict(config)
@@ -227,7 +230,7 @@ def score(
     with log_to_file(output_dir) if main else contextlib.nullcontext():
         if main and not resume:
             write_yaml(output_dir / "config.yaml", resolved)
-            write_environment(output_dir)
+            write_environment(output_dir, {"precision": precision.to_dict()})
             atomic_write_json(output_dir / "data.json", inputs.data_stats)
             record_model(output_dir, inputs.model_fingerprint)
         ctx = ScoringContext(

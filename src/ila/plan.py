@@ -21,7 +21,8 @@ Per stage (docs/method.md: stage 1 LoRA, stage 2 gates, stage 3 selective fine-t
 
   with ``n_grad`` the blocks autograd keeps activations for (all of them in stages 1-2;
   from the lowest selected block up in a fine-tune with a known selection), ``b_act``
-  the activation dtype's bytes (2 under ``--bf16`` or a 16-bit ``--dtype``, else 4), and
+  the activation dtype's bytes (2 under 16-bit ``--precision`` or a 16-bit ``--dtype``,
+  else 4), and
   per token and block ``a_layer = 2h + 2q + 2kv + n_heads + M + X``: the two norm inputs,
   the attention kernel's saved q, k, v, output and log-sum-exp (no ``s x s`` matrix:
   SDPA), ``M = 3I`` for a gated MLP (gate, activation and up outputs) or ``I`` otherwise,
@@ -262,6 +263,17 @@ def activation_bytes(
     return act_bytes * blocks + logits
 
 
+def _autocast_16bit(train: Any, device: str) -> bool:
+    """Whether the stages train under 16-bit autocast (ila.precision); ``auto`` for a CUDA
+    device is read as bf16, which every GPU of this size class supports."""
+    requested = train.requested_precision
+    if requested == "auto" and device.startswith("cuda"):
+        return True
+    from ila.training import train_precision
+
+    return train_precision(train, device).precision != "fp32"
+
+
 def plan_run(
     config: PlanConfig, *, selection: Any | None = None, cache: Path | None = None
 ) -> Plan:
@@ -279,7 +291,7 @@ def plan_run(
     train, lora = config.train, config.lora
     dtype = config.model.dtype
     b, s = train.batch_size, config.data.max_length
-    act = 2 if train.bf16 or dtype != "float32" else 4
+    act = 2 if _autocast_16bit(train, config.model.device) or dtype != "float32" else 4
     tokens_per_step = b * train.grad_accum * s
     tps = config.plan.tokens_per_second
     base_weights = shape.parameters * _DTYPE_BYTES[dtype]

@@ -724,9 +724,12 @@ def collect_environment() -> dict[str, Any]:
     return env
 
 
-def write_environment(output_dir: Path) -> None:
-    """Write ``environment.json`` into the run directory."""
-    atomic_write_json(Path(output_dir) / "environment.json", collect_environment())
+def write_environment(output_dir: Path, extra: Mapping[str, Any] | None = None) -> None:
+    """Write ``environment.json`` into the run directory, with ``extra`` facts of the run
+    (e.g. the training precision chosen for this machine)."""
+    atomic_write_json(
+        Path(output_dir) / "environment.json", {**collect_environment(), **(extra or {})}
+    )
 
 
 def _git_sha() -> str | None:

@@ -27,6 +27,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ila.config import TrainConfig
 from ila.errors import IlaError
+from ila.precision import PrecisionChoice, choose_precision
 from ila.rundir import append_jsonl
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "progress_bars_enabled",
     "run_trainer",
     "stage_seed",
+    "train_precision",
 ]
 
 
@@ -67,6 +69,13 @@ def stage_seed(seed: int, stage: str) -> int:
     return int.from_bytes(digest[:4], "big") % (2**31 - 1)
 
 
+def train_precision(train: TrainConfig, device: str) -> PrecisionChoice:
+    """The precision the stages train in on ``device`` (ila.precision)."""
+    from ila.models import resolve_device
+
+    return choose_precision(train.requested_precision, resolve_device(device))
+
+
 def make_training_args(
     train: TrainConfig,
     *,
@@ -88,6 +97,7 @@ def make_training_args(
     """
     seed = train.seed if seed is None else seed
     on_cpu = device == "cpu" or not torch.cuda.is_available()
+    precision = train_precision(train, device).precision
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=train.batch_size,
@@ -107,7 +117,8 @@ def make_training_args(
         report_to=[] if train.report_to == "none" else [train.report_to],
         seed=seed,
         data_seed=seed,
-        bf16=train.bf16,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         use_cpu=on_cpu,
         dataloader_num_workers=0,
         dataloader_pin_memory=not on_cpu,

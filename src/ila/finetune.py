@@ -37,6 +37,7 @@ from ila.checkpoints import (
 )
 from ila.config import FinetuneConfig, config_to_dict, input_paths
 from ila.errors import IlaError
+from ila.evaluation import response_loss
 from ila.layers import LayerMap
 from ila.lora import add_lora, read_unit_lora, set_unit_lora
 from ila.model_identity import BASE_MODEL_FILE, check_same_model, model_fingerprint
@@ -276,8 +277,13 @@ def finetune(
             seconds += checkpoint.seconds
         eval_loss = None
         if eval_features is not None:
-            eval_loss = float(
-                trainer.evaluate(eval_dataset=list(eval_features.features))["eval_loss"]
+            # The response loss `ila eval` reports (token-weighted), not the Trainer's mean
+            # of per-batch means, so that one model on one split has one held-out loss.
+            eval_loss, _ = response_loss(
+                model,
+                eval_features.features,
+                pad_token_id=tokenizer.pad_token_id,
+                batch_size=config.train.batch_size,
             )
 
         summary: dict[str, Any] = {

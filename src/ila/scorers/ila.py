@@ -95,6 +95,13 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         load_adapter_weights(model, out / "adapter")
         log.info("stage 1 finished before the interruption; reusing %s", out)
         return read_json(out / "summary.json")
+    log.info(
+        "stage 1: LoRA on %d units until stable (%s rule, checks every %d steps, at most %d)",
+        len(ctx.layer_map.units),
+        cfg.criterion,
+        cfg.window,
+        cfg.max_steps,
+    )
     detector = make_detector(
         cfg.criterion,
         epsilon=cfg.epsilon,
@@ -220,6 +227,13 @@ def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
     for param in model.parameters():
         param.requires_grad_(False)
     gated = attach_gates(model, ctx.layer_map, granularity=cfg.unit, init_score=cfg.init_score)
+    log.info(
+        "stage 2: %d %s gates for %d steps of %d micro-batches",
+        len(gated.gate_names),
+        cfg.unit,
+        cfg.steps,
+        cfg.grad_accum,
+    )
     trajectory: list[list[float]] = [gated.gate_values().tolist()]
     score_trajectory: list[list[float]] = [gated.raw_scores().tolist()]
     values = StepValues()

@@ -66,6 +66,24 @@ def test_unknown_yaml_section_and_bad_yaml(tmp_path):
         _resolve_config(parse("--config", str(bad)))
 
 
+def test_one_yaml_drives_every_command():
+    from ila.config import EvalConfig, FinetuneConfig, RunConfig
+
+    shared = {
+        "data": {"max_length": 96},
+        "stage1": {"max_steps": 30},
+        "run": {"select_fraction": 0.2},
+        "finetune": {"max_steps": 7},
+        "eval": {"generate_examples": 3},
+    }
+    assert config_from_dict(ScoreConfig, shared).stage1.max_steps == 30  # run/eval skipped
+    assert config_from_dict(FinetuneConfig, shared).finetune.max_steps == 7
+    assert config_from_dict(EvalConfig, shared).eval.generate_examples == 3
+    assert config_from_dict(RunConfig, shared).run.select_fraction == 0.2
+    with pytest.raises(IlaError, match="unknown section 'evaluate'; did you mean eval"):
+        config_from_dict(FinetuneConfig, {"evaluate": {}})
+
+
 def test_yaml_value_of_the_wrong_type_is_an_error():
     with pytest.raises(IlaError, match=r"stage1\.max_steps"):
         config_from_dict(ScoreConfig, {"stage1": {"max_steps": "many"}})

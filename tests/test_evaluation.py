@@ -249,3 +249,11 @@ def test_cli_eval_bad_inputs_leave_nothing(tiny_model_dir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
         assert not out.exists()
+
+
+def test_eval_offers_no_resume_it_would_ignore(capsys):
+    from ila.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "--output-dir", "out", "--resume"])
+    assert "unrecognized arguments: --resume" in capsys.readouterr().err

@@ -88,18 +88,21 @@ def _base_type(hint: Any) -> type:
     return hint
 
 
-def _score_flags(parser: argparse.ArgumentParser, config_cls: type = ScoreConfig) -> None:
+def _score_flags(
+    parser: argparse.ArgumentParser, config_cls: type = ScoreConfig, *, resumable: bool = True
+) -> None:
     parser.add_argument("--output-dir", type=Path, required=True, help="run directory (created)")
     parser.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing run in --output-dir"
     )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the interrupted run in --output-dir (same settings): finished stages "
-        "are kept, a stage continues from its last --save-steps checkpoint",
-    )
+    if resumable:
+        parser.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the interrupted run in --output-dir (same settings): finished "
+            "stages are kept, a stage continues from its last --save-steps checkpoint",
+        )
     _add_config_flags(parser, config_cls)
 
 
@@ -195,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checkable answers, multiple-choice accuracy from MMLU-layout files "
         "(--eval-mc-data), and lm-evaluation-harness tasks when it is installed.",
     )
-    _score_flags(p, EvalConfig)
+    _score_flags(p, EvalConfig, resumable=False)  # an evaluation is re-run, not resumed
     p.add_argument(
         "--adapter",
         type=Path,

@@ -602,15 +602,23 @@ def input_paths(config: Any) -> list[str]:
 
 
 def config_from_dict(config_cls: type, data: dict[str, Any], *, origin: str = "config") -> Any:
-    """Build ``config_cls`` from a nested dict, refusing unknown sections and keys."""
+    """Build ``config_cls`` from a nested dict, refusing unknown sections and keys.
+
+    Sections that belong to another command (``run:`` or ``eval:`` read by ``ila score``)
+    are skipped, so one YAML file can drive every step of a job; a section no command
+    knows is refused, with the closest names.
+    """
     if not isinstance(data, dict):
         raise IlaError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
     hints = get_type_hints(config_cls)
     sections = {f.name for f in dataclasses.fields(config_cls)}
+    every_section = {f.name for cls in _COMMAND_CONFIGS for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
+        if key not in sections and key in every_section:
+            continue  # another command's settings
         if key not in sections:
-            raise IlaError(f"{origin}: unknown section '{key}'{_suggest(key, sections)}")
+            raise IlaError(f"{origin}: unknown section '{key}'{_suggest(key, every_section)}")
         section_cls = hints[key]
         names = {f.name for f in dataclasses.fields(section_cls)}
         if not isinstance(value, dict):
@@ -702,3 +710,7 @@ def _suggest(word: str, options: set[str]) -> str:
     return (
         f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(options))}"
     )
+
+
+# The top-level settings of every command, whose sections a shared YAML file may hold.
+_COMMAND_CONFIGS = (ScoreConfig, FinetuneConfig, EvalConfig, RunConfig, PlanConfig)

@@ -4,10 +4,39 @@ The method is described in docs/method.md. Stage 1 fine-tunes LoRA until trainin
 epsilon-stable, stage 2 learns a relaxed binary mask over each unit's LoRA update under
 a sparsity budget, and the mask ranks the units; stage 3 tunes only the units that matter.
 
-Importing this package is cheap: heavy modules (torch, transformers) are imported by the
-submodules that need them.
+Every command is a function here (ila.api): ``ila.score``, ``ila.select``,
+``ila.finetune``, ``ila.evaluate``, ``ila.run``, ``ila.compare``, ``ila.report``,
+``ila.export`` and ``ila.plan``. Importing this package is cheap: the functions, and the
+heavy modules (torch, transformers) behind them, are imported on first use.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "__version__",
+    "compare",
+    "evaluate",
+    "export",
+    "finetune",
+    "plan",
+    "report",
+    "run",
+    "score",
+    "select",
+]
+_API = frozenset(__all__) - {"__version__"}
+
+if TYPE_CHECKING:
+    from ila.api import compare, evaluate, export, finetune, plan, report, run, score, select
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from ila import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'ila' has no attribute {name!r}")

@@ -337,21 +337,26 @@ def _print_score(result: Any, header: str) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from ila.pipeline import score
+    from ila import api
 
-    config = _resolve_config(args)
-    result = score(
-        config, args.output_dir, method=args.method, overwrite=args.overwrite, resume=args.resume
+    result = api.score(
+        config=_resolve_config(args),
+        output_dir=args.output_dir,
+        scorer=args.method,
+        overwrite=args.overwrite,
+        resume=args.resume,
     )
     _print_score(result, "ila score")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ila.pipeline import run
+    from ila import api
 
     config = _resolve_config(args, RunConfig)
-    result = run(config, args.output_dir, overwrite=args.overwrite, resume=args.resume)
+    result = api.run(
+        config=config, output_dir=args.output_dir, overwrite=args.overwrite, resume=args.resume
+    )
     _print_score(result.score, "ila run")
     selection = result.selection
     total = len(selection.selected) + len(selection.frozen)
@@ -374,12 +379,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ila.eval_run import EVAL_FILE, evaluate
+    from ila import api
+    from ila.eval_run import EVAL_FILE
 
     config = _resolve_config(args, EvalConfig)
-    result = evaluate(
-        config,
-        args.output_dir,
+    result = api.evaluate(
+        config=config,
+        output_dir=args.output_dir,
         adapter=args.adapter,
         overwrite=args.overwrite,
         allow_other_model=args.allow_other_model,
@@ -404,54 +410,24 @@ def _print_metrics(metrics: dict[str, Any], pad: str) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from ila.finetune import finetune
-    from ila.layers import LayerMap
-    from ila.scores import SCORES_FILE, LayerScores
-    from ila.selection import Selection, select_units
+    from ila import api
 
-    config = _resolve_config(args, FinetuneConfig)
-    if args.selection is not None:
-        selection: Any = Selection.load(args.selection)
-    else:
-        ranked = args.tune_top_fraction is not None or args.freeze_bottom_fraction is not None
-        if ranked and args.scores is None:
-            raise IlaError("--tune-top-fraction/--freeze-bottom-fraction need --scores RUN_OR_JSON")
-        scores = LayerScores.load(args.scores) if args.scores is not None else None
-        scores_file = None
-        if args.scores is not None:
-            scores_file = args.scores / SCORES_FILE if args.scores.is_dir() else args.scores
-
-        def selection(layer_map: LayerMap) -> Selection:
-            return select_units(
-                layer_map,
-                scores=scores,
-                tune_top_fraction=args.tune_top_fraction,
-                freeze_bottom_fraction=args.freeze_bottom_fraction,
-                units=args.units,
-                blocks=args.blocks,
-                all_units=args.all_units,
-                scores_file=scores_file,
-            )
-
-    result = finetune(
-        config,
-        selection,
-        args.output_dir,
+    result = api.finetune(
+        config=_resolve_config(args, FinetuneConfig),
+        output_dir=args.output_dir,
+        scores=args.scores,
+        selection=args.selection,
+        tune_top_fraction=args.tune_top_fraction,
+        freeze_bottom_fraction=args.freeze_bottom_fraction,
+        units=args.units,
+        blocks=args.blocks,
+        all_units=args.all_units,
         overwrite=args.overwrite,
         resume=args.resume,
-        inputs=[args.scores, args.selection],
         allow_other_model=args.allow_other_model,
-        stage1_run=_run_dir_of(args.scores),
     )
     _print_finetune(result, "ila finetune")
     return 0
-
-
-def _run_dir_of(scores: Path | None) -> Path | None:
-    """The run directory of ``--scores`` (a run directory or its layer_scores.json)."""
-    if scores is None:
-        return None
-    return scores if scores.is_dir() else scores.parent
 
 
 def _print_finetune(result: Any, header: str) -> None:
@@ -471,27 +447,21 @@ def _print_finetune(result: Any, header: str) -> None:
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    from ila.layers import LayerMap
-    from ila.scores import SCORES_FILE, LayerScores
-    from ila.selection import SELECTION_FILE, select_units
+    from ila import api
+    from ila.scores import SCORES_FILE
+    from ila.selection import SELECTION_FILE
 
-    scores = LayerScores.load(args.scores)
     scores_file = args.scores / SCORES_FILE if args.scores.is_dir() else args.scores
-    out = args.output_dir or scores_file.parent
-    target = out / SELECTION_FILE
-    if target.exists() and not args.overwrite:
-        raise IlaError(f"{target} exists; pass --overwrite or another --output-dir")
-    selection = select_units(
-        LayerMap.from_dict(scores.layout),
-        scores=scores,
+    target = (args.output_dir or scores_file.parent) / SELECTION_FILE
+    selection = api.select(
+        args.scores,
         tune_top_fraction=args.tune_top_fraction,
         freeze_bottom_fraction=args.freeze_bottom_fraction,
         units=args.units,
         blocks=args.blocks,
-        scores_file=scores_file,
+        output=target,
+        overwrite=args.overwrite,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    selection.save(target)
     total = len(selection.selected) + len(selection.frozen)
     print(
         f"ila select: {len(selection.selected)} of {total} units to tune "
@@ -501,16 +471,12 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ila.exports import export_selection
-    from ila.layers import LayerMap
-    from ila.rundir import atomic_write_text
-    from ila.selection import Selection
+    from ila import api
 
-    selection = Selection.load(args.selection)
-    text = export_selection(
-        selection,
-        LayerMap.from_dict(selection.layout),
-        args.format,
+    text = api.export(
+        args.selection,
+        format=args.format,
+        output=args.output,
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
@@ -518,61 +484,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.output is None:
         print(text, end="" if text.endswith("\n") else "\n")
     else:
-        if args.output.is_dir():
-            raise IlaError(
-                f"--output {args.output} is a directory; pass a file path, e.g. "
-                f"{args.output / ('selection.' + _EXPORT_SUFFIX[args.format])}"
-            )
-        try:
-            atomic_write_text(args.output, text)
-        except OSError as exc:
-            raise IlaError(f"--output {args.output}: cannot write it ({exc.strerror})") from exc
         print(f"ila export: {args.format} written to {args.output}")
     return 0
-
-
-_EXPORT_SUFFIX = {
-    "peft": "json",
-    "axolotl": "yaml",
-    "llama-factory": "yaml",
-    "swift": "yaml",
-    "list": "txt",
-    "json": "json",
-}
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     import json
 
-    from ila.plan import plan_run
-    from ila.selection import Selection
+    from ila import api
 
-    config = _resolve_config(args, PlanConfig)
-    selection = Selection.load(args.selection) if args.selection is not None else None
-    plan = plan_run(config, selection=selection)
+    plan = api.plan(config=_resolve_config(args, PlanConfig), selection=args.selection)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.to_table())
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from ila.compare import DEFAULT_FRACTIONS, compare_scores, load_runs
-    from ila.report.comparison import write_comparison_report
-    from ila.report.output import report_directory
+    from ila import api
 
-    runs = load_runs(args.runs)
-    comparison = compare_scores(
-        [r.scores for r in runs],
-        [r.label for r in runs],
-        args.fractions if args.fractions is not None else DEFAULT_FRACTIONS,
-        sources=[r.source for r in runs],
+    comparison = api.compare(
+        args.runs,
+        output_dir=args.output_dir,
+        fractions=args.fractions,
+        overwrite=args.overwrite,
         allow_other_model=args.allow_other_model,
     )
-    with report_directory(
-        args.output_dir, inputs=args.runs, overwrite=args.overwrite, command="compare"
-    ) as tmp:
-        write_comparison_report(comparison, tmp)
     print(
-        f"ila compare: {len(runs)} runs of {comparison.model_id}, "
+        f"ila compare: {len(comparison.runs)} runs of {comparison.model_id}, "
         f"{comparison.num_units} {comparison.unit_kind} units, {len(comparison.pairs)} pairs"
     )
     if comparison.models_differ:
@@ -588,16 +525,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ila.report.output import report_directory
-    from ila.report.run_record import load_run_record
-    from ila.report.run_report import RUN_REPORT_HTML, write_run_report
+    from ila import api
 
-    record = load_run_record(args.run)
-    with report_directory(
-        args.output_dir, inputs=[args.run], overwrite=args.overwrite, command="report"
-    ) as tmp:
-        write_run_report(record, tmp)
-    print(f"ila report: {args.output_dir / RUN_REPORT_HTML} (and report.md)")
+    page = api.report(args.run, output_dir=args.output_dir, overwrite=args.overwrite)
+    print(f"ila report: {page} (and report.md)")
     return 0
 
 

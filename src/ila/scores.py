@@ -109,6 +109,28 @@ class LayerScores:
             sums.setdefault(unit.block, []).append(unit.importance)
         return {block: sum(v) / len(v) for block, v in sorted(sums.items())}
 
+    def to_dataframe(self) -> Any:
+        """One row per unit in model order (name, block, module_type, importance, raw,
+        rank: 1 for the most important), as a pandas DataFrame (pandas must be installed)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise IlaError("to_dataframe needs pandas: pip install pandas") from exc
+        rank = {name: i + 1 for i, name in enumerate(self.ranking())}
+        return pd.DataFrame(
+            [
+                {
+                    "name": u.name,
+                    "block": u.block,
+                    "module_type": u.module_type,
+                    "importance": u.importance,
+                    "raw": u.raw,
+                    "rank": rank[u.name],
+                }
+                for u in self.units
+            ]
+        )
+
     def to_dict(self) -> dict[str, Any]:
         ranking = self.ranking()
         rank_of = {name: i + 1 for i, name in enumerate(ranking)}

@@ -1,0 +1,398 @@
+"""The Python API: every `ila` command as a typed function (``import ila; ila.score(...)``).
+
+Each function takes what its command takes: ``model`` and ``data`` (an embedded name, a
+path or a hub id), an ``output_dir`` for jobs that write a run directory, a ``config``
+(a YAML path, a nested mapping such as a run's ``config.yaml``, or a config object) and
+settings as keyword arguments named like the command-line flags with underscores
+(``stage1_max_steps=30`` is ``--stage1-max-steps 30``; the error messages name the flags).
+Keywords override ``config``, which overrides the defaults (docs/method.md lists them).
+The command-line interface (ila.cli) calls these functions and only prints.
+
+Results are the objects the jobs produce: :class:`ila.pipeline.ScoreRun` (``.scores`` is
+a :class:`ila.scores.LayerScores` with ``.top(fraction)`` and ``.to_dataframe()``),
+:class:`ila.selection.Selection`, :class:`ila.finetune.FinetuneRun`,
+:class:`ila.eval_run.EvalRun`, :class:`ila.pipeline.RunResult`,
+:class:`ila.compare.Comparison` and :class:`ila.plan.Plan`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ila.config import (
+    EvalConfig,
+    FinetuneConfig,
+    PlanConfig,
+    RunConfig,
+    ScoreConfig,
+    config_from_dict,
+    config_to_dict,
+    flag_name,
+    iter_settings,
+    load_yaml_config,
+)
+from ila.errors import IlaError
+
+if TYPE_CHECKING:
+    from ila.compare import Comparison
+    from ila.eval_run import EvalRun
+    from ila.finetune import FinetuneRun
+    from ila.pipeline import RunResult, ScoreRun
+    from ila.plan import Plan
+    from ila.scores import LayerScores
+    from ila.selection import Selection
+
+__all__ = [
+    "compare",
+    "evaluate",
+    "export",
+    "finetune",
+    "make_config",
+    "plan",
+    "report",
+    "run",
+    "score",
+    "select",
+]
+
+ConfigSource = str | Path | Mapping[str, Any] | None
+_C = TypeVar("_C")
+
+
+def make_config(config_cls: type[_C], config: Any = None, **settings: Any) -> _C:
+    """A ``config_cls`` (e.g. :class:`ila.config.ScoreConfig`) from ``config`` and settings.
+
+    ``config`` is a YAML path, a nested mapping, or a config object of any command (its
+    sections this command does not use are skipped); ``settings`` are flat keywords named
+    like the flags (``max_length=96``, ``stage1_max_steps=30``), which win. ``None`` values
+    are ignored, so optional arguments can be passed through.
+    """
+    if config is None:
+        data: dict[str, Any] = {}
+    elif isinstance(config, (str, Path)):
+        data = load_yaml_config(Path(config))
+    elif isinstance(config, Mapping):
+        data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in config.items()}
+    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
+        data = config_to_dict(config)
+    else:
+        raise IlaError(f"config must be a YAML path, a mapping or a config object, not {config!r}")
+    data.pop("method", None)  # a run's config.yaml records its scorer
+    names = _setting_names(config_cls)
+    for key, value in settings.items():
+        if value is None:
+            continue
+        if key not in names:
+            close = difflib.get_close_matches(key, sorted(names), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise IlaError(f"unknown setting {key!r} for {config_cls.__name__}{hint}")
+        section, name = names[key]
+        section_data = data.setdefault(section, {})
+        if not isinstance(section_data, dict):
+            raise IlaError(f"config: section '{section}' must be a mapping")
+        section_data[name] = list(value) if isinstance(value, tuple) else value
+    return config_from_dict(config_cls, data, origin="settings")
+
+
+def _setting_names(config_cls: type) -> dict[str, tuple[str, str]]:
+    """Keyword name (the flag without dashes) -> (section, field) for ``config_cls``."""
+    return {
+        flag_name(section, f.name).removeprefix("--").replace("-", "_"): (section, f.name)
+        for section, f, _ in iter_settings(config_cls)
+    }
+
+
+def score(
+    model: str | None = None,
+    data: str | None = None,
+    *,
+    output_dir: str | Path,
+    scorer: str = "ila",
+    config: Any = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    **settings: Any,
+) -> ScoreRun:
+    """`ila score`: rank the units of ``model`` for aligning it to ``data`` with ``scorer``
+    (ILA stages 1-2 by default; docs/scorers.md lists the others)."""
+    from ila.pipeline import score as score_job
+
+    resolved = make_config(ScoreConfig, config, model=model, data=data, **settings)
+    return score_job(resolved, Path(output_dir), method=scorer, overwrite=overwrite, resume=resume)
+
+
+def select(
+    scores: LayerScores | str | Path,
+    *,
+    tune_top_fraction: float | None = None,
+    freeze_bottom_fraction: float | None = None,
+    units: Sequence[str] | None = None,
+    blocks: Sequence[int] | None = None,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+) -> Selection:
+    """`ila select`: apply one rule to a ranking (a LayerScores, a run directory or its
+    ``layer_scores.json``); with ``output`` (a file or directory) write ``selection.json``."""
+    from ila.layers import LayerMap
+    from ila.scores import SCORES_FILE, LayerScores
+    from ila.selection import SELECTION_FILE, select_units
+
+    scores_file = None
+    if not isinstance(scores, LayerScores):
+        path = Path(scores)
+        scores_file = path / SCORES_FILE if path.is_dir() else path
+        scores = LayerScores.load(path)
+    target = None
+    if output is not None:
+        target = Path(output)
+        target = target / SELECTION_FILE if target.is_dir() or not target.suffix else target
+        if target.exists() and not overwrite:
+            raise IlaError(f"{target} exists; pass --overwrite or another --output-dir")
+    selection = select_units(
+        LayerMap.from_dict(scores.layout),
+        scores=scores,
+        tune_top_fraction=tune_top_fraction,
+        freeze_bottom_fraction=freeze_bottom_fraction,
+        units=units,
+        blocks=blocks,
+        scores_file=scores_file,
+    )
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        selection.save(target)
+    return selection
+
+
+def finetune(
+    model: str | None = None,
+    data: str | None = None,
+    *,
+    output_dir: str | Path,
+    scores: LayerScores | str | Path | None = None,
+    selection: Selection | str | Path | None = None,
+    tune_top_fraction: float | None = None,
+    freeze_bottom_fraction: float | None = None,
+    units: Sequence[str] | None = None,
+    blocks: Sequence[int] | None = None,
+    all_units: bool = False,
+    config: Any = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    allow_other_model: bool = False,
+    **settings: Any,
+) -> FinetuneRun:
+    """`ila finetune`: tune only the units chosen by one rule (a ranking rule on ``scores``,
+    a saved ``selection``, ``units``/``blocks`` by hand, or ``all_units``); the fine-tune
+    method (``method="lora"``, ``"full"``, ``"qlora"``) and its steps are settings."""
+    from ila.finetune import finetune as finetune_job
+    from ila.layers import LayerMap
+    from ila.scores import SCORES_FILE, LayerScores
+    from ila.selection import Selection, select_units
+
+    resolved = make_config(FinetuneConfig, config, model=model, data=data, **settings)
+    inputs: list[Path | None] = []
+    stage1_run = None
+    chosen: Any
+    if selection is not None:
+        if not isinstance(selection, Selection):
+            inputs.append(Path(selection))
+            selection = Selection.load(Path(selection))
+        chosen = selection
+    else:
+        ranked = tune_top_fraction is not None or freeze_bottom_fraction is not None
+        if ranked and scores is None:
+            raise IlaError("--tune-top-fraction/--freeze-bottom-fraction need --scores RUN_OR_JSON")
+        scores_file = None
+        if scores is not None and not isinstance(scores, LayerScores):
+            path = Path(scores)
+            inputs.append(path)
+            scores_file = path / SCORES_FILE if path.is_dir() else path
+            stage1_run = scores_file.parent
+            scores = LayerScores.load(path)
+        ranking = scores
+
+        def chosen(layer_map: LayerMap) -> Selection:
+            return select_units(
+                layer_map,
+                scores=ranking,
+                tune_top_fraction=tune_top_fraction,
+                freeze_bottom_fraction=freeze_bottom_fraction,
+                units=units,
+                blocks=blocks,
+                all_units=all_units,
+                scores_file=scores_file,
+            )
+
+    return finetune_job(
+        resolved,
+        chosen,
+        Path(output_dir),
+        overwrite=overwrite,
+        resume=resume,
+        inputs=inputs,
+        allow_other_model=allow_other_model,
+        stage1_run=stage1_run,
+    )
+
+
+def evaluate(
+    model: str | None = None,
+    data: str | None = None,
+    *,
+    output_dir: str | Path,
+    adapter: str | Path | None = None,
+    config: Any = None,
+    overwrite: bool = False,
+    allow_other_model: bool = False,
+    **settings: Any,
+) -> EvalRun:
+    """`ila eval`: held-out loss, exact match and generations of ``model`` (with an
+    ``adapter`` or an `ila finetune` run directory applied)."""
+    from ila.eval_run import evaluate as evaluate_job
+
+    resolved = make_config(EvalConfig, config, model=model, data=data, **settings)
+    return evaluate_job(
+        resolved,
+        Path(output_dir),
+        adapter=None if adapter is None else Path(adapter),
+        overwrite=overwrite,
+        allow_other_model=allow_other_model,
+    )
+
+
+def run(
+    model: str | None = None,
+    data: str | None = None,
+    *,
+    output_dir: str | Path,
+    config: Any = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    **settings: Any,
+) -> RunResult:
+    """`ila run`: score with ILA, select, fine-tune the selection, and (by default) compare
+    it with all units and the base model."""
+    from ila.pipeline import run as run_job
+
+    resolved = make_config(RunConfig, config, model=model, data=data, **settings)
+    return run_job(resolved, Path(output_dir), overwrite=overwrite, resume=resume)
+
+
+def compare(
+    runs: Sequence[str | Path],
+    *,
+    output_dir: str | Path | None = None,
+    fractions: Sequence[float] | None = None,
+    overwrite: bool = False,
+    allow_other_model: bool = False,
+) -> Comparison:
+    """`ila compare`: overlap of the important units of two or more runs of one model;
+    with ``output_dir`` also write comparison.json, comparison.md and the figures."""
+    from ila.compare import DEFAULT_FRACTIONS, compare_scores, load_runs
+
+    loaded = load_runs([Path(r) for r in runs])
+    comparison = compare_scores(
+        [r.scores for r in loaded],
+        [r.label for r in loaded],
+        DEFAULT_FRACTIONS if fractions is None else fractions,
+        sources=[r.source for r in loaded],
+        allow_other_model=allow_other_model,
+    )
+    if output_dir is not None:
+        from ila.report.comparison import write_comparison_report
+        from ila.report.output import report_directory
+
+        with report_directory(
+            Path(output_dir),
+            inputs=[Path(r) for r in runs],
+            overwrite=overwrite,
+            command="compare",
+        ) as tmp:
+            write_comparison_report(comparison, tmp)
+    return comparison
+
+
+def report(run_dir: str | Path, *, output_dir: str | Path, overwrite: bool = False) -> Path:
+    """`ila report`: one HTML page (and report.md) of a finished run; returns the page."""
+    from ila.report.output import report_directory
+    from ila.report.run_record import load_run_record
+    from ila.report.run_report import RUN_REPORT_HTML, write_run_report
+
+    record = load_run_record(Path(run_dir))
+    with report_directory(
+        Path(output_dir), inputs=[Path(run_dir)], overwrite=overwrite, command="report"
+    ) as tmp:
+        write_run_report(record, tmp)
+    return Path(output_dir) / RUN_REPORT_HTML
+
+
+def export(
+    selection: Selection | str | Path,
+    *,
+    format: str,
+    output: str | Path | None = None,
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+    lora_dropout: float = 0.05,
+) -> str:
+    """`ila export`: the selection as configuration for another trainer (peft, axolotl,
+    llama-factory, swift, list, json); with ``output`` also written to that file."""
+    from ila.exports import export_selection
+    from ila.layers import LayerMap
+    from ila.rundir import atomic_write_text
+    from ila.selection import Selection
+
+    if not isinstance(selection, Selection):
+        selection = Selection.load(Path(selection))
+    text = export_selection(
+        selection,
+        LayerMap.from_dict(selection.layout),
+        format,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+    )
+    if output is not None:
+        output = Path(output)
+        if output.is_dir():
+            raise IlaError(
+                f"--output {output} is a directory; pass a file path, e.g. "
+                f"{output / ('selection.' + EXPORT_SUFFIX[format])}"
+            )
+        try:
+            atomic_write_text(output, text)
+        except OSError as exc:
+            raise IlaError(f"--output {output}: cannot write it ({exc.strerror})") from exc
+    return text
+
+
+EXPORT_SUFFIX = {
+    "peft": "json",
+    "axolotl": "yaml",
+    "llama-factory": "yaml",
+    "swift": "yaml",
+    "list": "txt",
+    "json": "json",
+}
+
+
+def plan(
+    model: str | None = None,
+    *,
+    selection: Selection | str | Path | None = None,
+    config: Any = None,
+    **settings: Any,
+) -> Plan:
+    """`ila plan`: memory (and, given ``tokens_per_second``, time) of stages 1, 2 and the
+    selective fine-tune, from the model's config alone."""
+    from ila.plan import plan_run
+    from ila.selection import Selection
+
+    resolved = make_config(PlanConfig, config, model=model, **settings)
+    if selection is not None and not isinstance(selection, Selection):
+        selection = Selection.load(Path(selection))
+    return plan_run(resolved, selection=selection)

@@ -1,0 +1,108 @@
+"""The Python API (ila.api): every command as a function, called directly (no argv)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ila
+from ila.config import ScoreConfig
+from ila.errors import IlaError
+from ila.scores import LayerScores
+from ila.selection import Selection
+
+TINY = {"max_length": 64, "limit": 40, "batch_size": 4, "device": "cpu"}
+QUICK_ILA = {"stage1_max_steps": 4, "stage1_min_steps": 0, "stage2_steps": 2}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_import_is_cheap_and_lazy():
+    code = "import sys, ila; print('torch' in sys.modules, callable(ila.score))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'scores_of_everything'"):
+        ila.scores_of_everything  # noqa: B018
+
+
+def test_make_config_layers_defaults_config_and_keywords(tmp_path):
+    from ila.api import make_config
+
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("stage1:\n  max_steps: 7\n  min_steps: 5\nrun:\n  select_fraction: 0.2\n")
+    config = make_config(ScoreConfig, yaml_file, stage1_max_steps=9, max_length=None)
+    assert config.stage1.max_steps == 9 and config.stage1.min_steps == 5  # keyword wins
+    assert config.data.max_length == ScoreConfig().data.max_length  # None is "not given"
+    assert make_config(ScoreConfig, config).stage1.max_steps == 9  # a config object
+    with pytest.raises(IlaError, match=r"unknown setting .stage1_max_step.*stage1_max_steps"):
+        make_config(ScoreConfig, stage1_max_step=3)
+    with pytest.raises(IlaError, match="--stage1-max-steps: must be >= 1"):
+        make_config(ScoreConfig, stage1_max_steps=0)
+
+
+def test_score_select_finetune_evaluate_compare_export_plan(tiny_model_dir, tmp_path):
+    model = str(tiny_model_dir)
+    first = ila.score(model, output_dir=tmp_path / "ila", **TINY, **QUICK_ILA)
+    second = ila.score(model, output_dir=tmp_path / "random", scorer="random", **TINY)
+    assert isinstance(first.scores, LayerScores) and first.scores.method == "ila"
+    frame = first.scores.to_dataframe()
+    assert len(frame) == len(first.scores.units) == 28
+    assert list(frame.sort_values("rank")["name"][:7]) == first.scores.top(0.25)
+
+    selection = ila.select(tmp_path / "ila", tune_top_fraction=0.25, output=tmp_path / "sel")
+    assert isinstance(selection, Selection) and len(selection.selected) == 7
+    assert Selection.load(tmp_path / "sel").selected == selection.selected
+    with pytest.raises(IlaError, match="exists; pass --overwrite"):
+        ila.select(first.scores, tune_top_fraction=0.5, output=tmp_path / "sel")
+
+    tuned = ila.finetune(
+        model,
+        output_dir=tmp_path / "ft",
+        scores=tmp_path / "ila",
+        tune_top_fraction=0.25,
+        max_steps=2,
+        init_from_stage1=True,
+        **TINY,
+    )
+    assert tuned.summary["num_selected"] == 7 and tuned.summary["init_from_stage1"]
+
+    evaluated = ila.evaluate(
+        model, output_dir=tmp_path / "ev", adapter=tmp_path / "ft", eval_generate_examples=0, **TINY
+    )
+    assert evaluated.result.metrics["loss"] > 0
+
+    comparison = ila.compare([tmp_path / "ila", tmp_path / "random"], output_dir=tmp_path / "cmp")
+    assert len(comparison.pairs) == 1 and (tmp_path / "cmp" / "comparison.json").is_file()
+
+    text = ila.export(selection, format="json")
+    assert set(json.loads(text)["selected"]) == set(selection.selected)
+
+    page = ila.report(tmp_path / "ila", output_dir=tmp_path / "report")
+    assert page.is_file()
+
+    plan = ila.plan(model, selection=tmp_path / "sel", max_length=64)
+    assert plan.to_dict()["stages"]
+    assert second.scores.method == "random"
+
+
+@pytest.mark.slow
+def test_example_script_runs(tmp_path, embedded_cache):
+    """examples/python_api.py, the README's "Python" example, at its --quick size."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "python_api.py"), "--quick", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**_env(embedded_cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        timeout=1800,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "top 10% of units:" in out.stdout and "held-out loss" in out.stdout
+
+
+def _env(cache: Path) -> dict[str, str]:
+    import os
+
+    src = str(REPO / "src")
+    path = src + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": path, "ILA_CACHE_DIR": str(cache)}

@@ -4,7 +4,7 @@ The paper (arXiv 2410.17875) reports that the important layers found on very dif
 alignment datasets largely coincide (~90% overlap). This script ranks the units of
 SmolLM2-135M with `ila score` (default settings) on three alignment datasets (the
 embedded ila-instruct, chitchat, sharegpt) with several seeds each, and on the generated
-reasoning dataset ila-reasoning, then measures with ``ila.compare``:
+reasoning dataset ila-reasoning, then measures with ``ila.analysis.compare``:
 
 1. seed-to-seed overlap within each dataset (what one dataset agrees with itself);
 2. cross-dataset overlap: every pair of runs from two different alignment datasets;
@@ -37,9 +37,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ila.analysis.compare import compare_scores
 from ila.cli import main as ila_main
-from ila.compare import compare_scores
-from ila.report.figures import pyplot, save_png
+from ila.reporting.figures import pyplot, save_png
 from ila.scores import LayerScores, UnitScore, expected_random_jaccard, top_count
 from results_file import write_section
 

@@ -49,8 +49,8 @@ def worker(model_spec: str, stage: str, batch: int, length: int, steps: int, out
     import torch
 
     from ila.config import LoraSettings, TrainConfig
-    from ila.finetune import freeze_all_but
     from ila.gates import attach_gates
+    from ila.jobs.finetune import freeze_all_but
     from ila.layers import find_layers
     from ila.lora import add_lora
     from ila.models import load_model
@@ -116,8 +116,8 @@ def worker(model_spec: str, stage: str, batch: int, length: int, steps: int, out
 
 def predicted(model_spec: str, stage: str, batch: int, length: int) -> dict[str, int]:
     """The plan's numbers for one measurement (full: a selection of every unit)."""
+    from ila.analysis.plan import model_shape, plan_run
     from ila.config import DataConfig, FinetuneSettings, ModelConfig, PlanConfig, TrainConfig
-    from ila.plan import model_shape, plan_run
     from ila.selection import select_units
 
     config = PlanConfig(

@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ila.compare import spearman, structural_null_jaccard
+from ila.analysis.compare import spearman, structural_null_jaccard
 from ila.config import ScoreConfig, Stage1Config
 from ila.scores import expected_random_jaccard, jaccard, top_count
 from ila.stability import detect_stable

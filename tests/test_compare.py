@@ -1,4 +1,4 @@
-"""`ila compare` and ila.compare: overlap, rank correlation, outputs and refusals.
+"""`ila compare` and ila.analysis.compare: overlap, rank correlation, outputs and refusals.
 
 Scores are built in memory with known rankings (no model), written as real
 layer_scores.json files where the CLI is exercised.
@@ -11,8 +11,7 @@ import random
 import numpy as np
 import pytest
 
-from ila.cli import main
-from ila.compare import (
+from ila.analysis.compare import (
     CURVE_FRACTIONS,
     compare_scores,
     kendall_tau_b,
@@ -20,6 +19,7 @@ from ila.compare import (
     run_labels,
     spearman,
 )
+from ila.cli import main
 from ila.errors import IlaError
 from ila.scores import LayerScores, UnitScore, expected_random_jaccard
 
@@ -241,7 +241,7 @@ def test_load_runs_reads_directories_and_files(tmp_path):
 
 
 def test_structural_null_keeps_each_top_sets_composition():
-    from ila.compare import structural_null_jaccard
+    from ila.analysis.compare import structural_null_jaccard
 
     n = 200
     names = [f"u{i}" for i in range(n)]

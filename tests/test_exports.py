@@ -17,8 +17,8 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from conftest import build_tiny_llama
+from ila.analysis.exports import EXPORT_FORMATS, export_selection, module_regex, parameter_regex
 from ila.errors import IlaError
-from ila.exports import EXPORT_FORMATS, export_selection, module_regex, parameter_regex
 from ila.layers import find_layers
 from ila.scores import LayerScores, UnitScore
 from ila.selection import Selection, select_units

@@ -17,7 +17,7 @@ from ila.config import (
     TrainConfig,
 )
 from ila.errors import IlaError
-from ila.finetune import finetune, freeze_all_but
+from ila.jobs.finetune import finetune, freeze_all_but
 from ila.layers import find_layers
 from ila.selection import Selection, select_units
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import build_tiny_llama, fails
+from ila.analysis.compare import compare_scores
 from ila.cli import main
-from ila.compare import compare_scores
 from ila.errors import IlaError
 from ila.model_identity import (
     BASE_MODEL_FILE,

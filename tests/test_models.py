@@ -230,9 +230,10 @@ def test_interrupted_conversion_leaves_no_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def embedded(embedded_cache):
-    """One conversion of the embedded GGUF per session: (model, tokenizer, seconds, cache)."""
-    cache = embedded_cache
+def embedded(tmp_path_factory):
+    """A conversion of the embedded GGUF into a cache of its own, so that it is a first
+    load whatever ran before: (model, tokenizer, seconds, cache)."""
+    cache = tmp_path_factory.mktemp("ila-cache-first-load")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ILA_CACHE_DIR", str(cache))
         start = time.perf_counter()

@@ -9,14 +9,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from ila.analysis.plan import activation_bytes, model_shape, plan_run
 from ila.cli import main
 from ila.config import FinetuneSettings, LoraSettings, ModelConfig, PlanConfig, PlanSettings
 from ila.errors import IlaError
-from ila.finetune import freeze_all_but, trainable_summary
 from ila.gates import attach_gates
+from ila.jobs.finetune import freeze_all_but, trainable_summary
 from ila.layers import find_layers
 from ila.lora import add_lora
-from ila.plan import activation_bytes, model_shape, plan_run
 from ila.selection import select_units
 
 LLAMA2 = {  # the published Llama-2 shapes

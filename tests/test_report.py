@@ -15,8 +15,8 @@ import subprocess
 import pytest
 
 from ila.cli import main
-from ila.report.run_record import load_run_record
-from ila.report.run_report import reproduce_command
+from ila.reporting.run_record import load_run_record
+from ila.reporting.run_report import reproduce_command
 from ila.scores import LayerScores
 
 TINY = [

@@ -294,14 +294,14 @@ def test_cli_job_is_refused_while_another_holds_the_directory(tiny_model_dir, tm
 def test_cli_job_holds_the_lock_while_it_writes_and_releases_it(
     tiny_model_dir, tmp_path, monkeypatch
 ):
-    from ila import pipeline
+    from ila.jobs import pipeline
 
     seen = []
     real = pipeline.write_environment
 
-    def spy(output_dir):
+    def spy(output_dir, *rest):
         seen.append(json.loads((Path(output_dir) / LOCK_FILE).read_text()))
-        real(output_dir)
+        real(output_dir, *rest)
 
     monkeypatch.setattr(pipeline, "write_environment", spy)
     out = tmp_path / "run"
@@ -310,7 +310,7 @@ def test_cli_job_holds_the_lock_while_it_writes_and_releases_it(
     assert seen and seen[0]["pid"] == os.getpid() and seen[0]["command"] == "score"
     assert not (out / LOCK_FILE).exists()  # released (and removed) when the job ended
     # Released even when the job fails part way.
-    monkeypatch.setattr(pipeline, "write_environment", lambda _: (_ for _ in ()).throw(OSError()))
+    monkeypatch.setattr(pipeline, "write_environment", lambda *_: (_ for _ in ()).throw(OSError()))
     with pytest.raises(OSError):
         main([*argv, "--output-dir", str(out), "--overwrite", *TINY_RUN])
     assert not (out / LOCK_FILE).exists()
@@ -325,7 +325,7 @@ def test_interrupt_message_points_at_resume(tmp_path, capsys, monkeypatch):
         release_run_lock(output_dir)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ila.pipeline.score", interrupted)
+    monkeypatch.setattr("ila.jobs.pipeline.score", interrupted)
     out = tmp_path / "run"
     assert main(["-q", "score", "--output-dir", str(out)]) == 130
     err = capsys.readouterr().err.strip()
@@ -334,11 +334,13 @@ def test_interrupt_message_points_at_resume(tmp_path, capsys, monkeypatch):
     # Interrupted before the run started (no run_state.json), or by a command that cannot
     # resume: no hint.
     monkeypatch.setattr(
-        "ila.pipeline.score", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+        "ila.jobs.pipeline.score", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
     )
     assert main(["-q", "score", "--output-dir", str(tmp_path / "other")]) == 130
     assert capsys.readouterr().err.strip() == "ila: interrupted"
-    monkeypatch.setattr("ila.eval_run.evaluate", lambda *a, **k: interrupted(None, tmp_path / "e"))
+    monkeypatch.setattr(
+        "ila.jobs.evaluate.evaluate", lambda *a, **k: interrupted(None, tmp_path / "e")
+    )
     assert main(["-q", "eval", "--output-dir", str(tmp_path / "e")]) == 130
     assert capsys.readouterr().err.strip() == "ila: interrupted"
 

@@ -8,11 +8,11 @@ settings as keyword arguments named like the command-line flags with underscores
 Keywords override ``config``, which overrides the defaults (docs/method.md lists them).
 The command-line interface (ila.cli) calls these functions and only prints.
 
-Results are the objects the jobs produce: :class:`ila.pipeline.ScoreRun` (``.scores`` is
+Results are the objects the jobs produce: :class:`ila.jobs.pipeline.ScoreRun` (``.scores`` is
 a :class:`ila.scores.LayerScores` with ``.top(fraction)`` and ``.to_dataframe()``),
-:class:`ila.selection.Selection`, :class:`ila.finetune.FinetuneRun`,
-:class:`ila.eval_run.EvalRun`, :class:`ila.pipeline.RunResult`,
-:class:`ila.compare.Comparison` and :class:`ila.plan.Plan`.
+:class:`ila.selection.Selection`, :class:`ila.jobs.finetune.FinetuneRun`,
+:class:`ila.jobs.evaluate.EvalRun`, :class:`ila.jobs.pipeline.RunResult`,
+:class:`ila.analysis.compare.Comparison` and :class:`ila.analysis.plan.Plan`.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from ila.config import (
 from ila.errors import IlaError
 
 if TYPE_CHECKING:
-    from ila.compare import Comparison
-    from ila.eval_run import EvalRun
-    from ila.finetune import FinetuneRun
-    from ila.pipeline import RunResult, ScoreRun
-    from ila.plan import Plan
+    from ila.analysis.compare import Comparison
+    from ila.analysis.plan import Plan
+    from ila.jobs.evaluate import EvalRun
+    from ila.jobs.finetune import FinetuneRun
+    from ila.jobs.pipeline import RunResult, ScoreRun
     from ila.scores import LayerScores
     from ila.selection import Selection
 
@@ -119,7 +119,7 @@ def score(
 ) -> ScoreRun:
     """`ila score`: rank the units of ``model`` for aligning it to ``data`` with ``scorer``
     (ILA stages 1-2 by default; docs/scorers.md lists the others)."""
-    from ila.pipeline import score as score_job
+    from ila.jobs.pipeline import score as score_job
 
     resolved = make_config(ScoreConfig, config, model=model, data=data, **settings)
     return score_job(resolved, Path(output_dir), method=scorer, overwrite=overwrite, resume=resume)
@@ -188,7 +188,7 @@ def finetune(
     """`ila finetune`: tune only the units chosen by one rule (a ranking rule on ``scores``,
     a saved ``selection``, ``units``/``blocks`` by hand, or ``all_units``); the fine-tune
     method (``method="lora"``, ``"full"``, ``"qlora"``) and its steps are settings."""
-    from ila.finetune import finetune as finetune_job
+    from ila.jobs.finetune import finetune as finetune_job
     from ila.layers import LayerMap
     from ila.scores import SCORES_FILE, LayerScores
     from ila.selection import Selection, select_units
@@ -252,7 +252,7 @@ def evaluate(
 ) -> EvalRun:
     """`ila eval`: held-out loss, exact match and generations of ``model`` (with an
     ``adapter`` or an `ila finetune` run directory applied)."""
-    from ila.eval_run import evaluate as evaluate_job
+    from ila.jobs.evaluate import evaluate as evaluate_job
 
     resolved = make_config(EvalConfig, config, model=model, data=data, **settings)
     return evaluate_job(
@@ -276,7 +276,7 @@ def run(
 ) -> RunResult:
     """`ila run`: score with ILA, select, fine-tune the selection, and (by default) compare
     it with all units and the base model."""
-    from ila.pipeline import run as run_job
+    from ila.jobs.pipeline import run as run_job
 
     resolved = make_config(RunConfig, config, model=model, data=data, **settings)
     return run_job(resolved, Path(output_dir), overwrite=overwrite, resume=resume)
@@ -292,7 +292,7 @@ def compare(
 ) -> Comparison:
     """`ila compare`: overlap of the important units of two or more runs of one model;
     with ``output_dir`` also write comparison.json, comparison.md and the figures."""
-    from ila.compare import DEFAULT_FRACTIONS, compare_scores, load_runs
+    from ila.analysis.compare import DEFAULT_FRACTIONS, compare_scores, load_runs
 
     loaded = load_runs([Path(r) for r in runs])
     comparison = compare_scores(
@@ -303,8 +303,8 @@ def compare(
         allow_other_model=allow_other_model,
     )
     if output_dir is not None:
-        from ila.report.comparison import write_comparison_report
-        from ila.report.output import report_directory
+        from ila.reporting.comparison import write_comparison_report
+        from ila.reporting.output import report_directory
 
         with report_directory(
             Path(output_dir),
@@ -318,9 +318,9 @@ def compare(
 
 def report(run_dir: str | Path, *, output_dir: str | Path, overwrite: bool = False) -> Path:
     """`ila report`: one HTML page (and report.md) of a finished run; returns the page."""
-    from ila.report.output import report_directory
-    from ila.report.run_record import load_run_record
-    from ila.report.run_report import RUN_REPORT_HTML, write_run_report
+    from ila.reporting.output import report_directory
+    from ila.reporting.run_record import load_run_record
+    from ila.reporting.run_report import RUN_REPORT_HTML, write_run_report
 
     record = load_run_record(Path(run_dir))
     with report_directory(
@@ -341,7 +341,7 @@ def export(
 ) -> str:
     """`ila export`: the selection as configuration for another trainer (peft, axolotl,
     llama-factory, swift, list, json); with ``output`` also written to that file."""
-    from ila.exports import export_selection
+    from ila.analysis.exports import export_selection
     from ila.layers import LayerMap
     from ila.rundir import atomic_write_text
     from ila.selection import Selection
@@ -389,7 +389,7 @@ def plan(
 ) -> Plan:
     """`ila plan`: memory (and, given ``tokens_per_second``, time) of stages 1, 2 and the
     selective fine-tune, from the model's config alone."""
-    from ila.plan import plan_run
+    from ila.analysis.plan import plan_run
     from ila.selection import Selection
 
     resolved = make_config(PlanConfig, config, model=model, **settings)

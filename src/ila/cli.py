@@ -305,7 +305,7 @@ def _int_list(text: str) -> list[int]:
 def _resolve_config(args: argparse.Namespace, config_cls: type = ScoreConfig) -> Any:
     data: dict[str, Any] = load_yaml_config(args.config) if args.config else {}
     origin = str(args.config) if args.config else "flags"
-    # A run's config.yaml also records its scorer ('method', see ila.pipeline), so that
+    # A run's config.yaml also records its scorer ('method', see ila.jobs.pipeline), so that
     # `--config RUN/config.yaml` re-runs it; the scorer must be the one of this command.
     recorded = data.pop("method", None) if isinstance(data, dict) else None
     method = getattr(args, "method", "ila")
@@ -380,7 +380,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ila import api
-    from ila.eval_run import EVAL_FILE
+    from ila.jobs.evaluate import EVAL_FILE
 
     config = _resolve_config(args, EvalConfig)
     result = api.evaluate(

@@ -533,7 +533,7 @@ class RunConfig(ScoreConfig):
 
 @dataclass
 class PlanSettings:
-    """What `ila plan` estimates besides the stages' own settings (see ila.plan)."""
+    """What `ila plan` estimates besides the stages' own settings (see ila.analysis.plan)."""
 
     select_fraction: float = _opt(
         0.3, "fraction of the units the selective fine-tune tunes (ignored with --selection)"

@@ -3,7 +3,7 @@
 docs/method.md, "Stage 3: use the ranking": tune only the top fraction of the units, or
 freeze the bottom fraction and tune the rest (docs/method.md, "Output", defines the
 ranking). A :class:`Selection` records the outcome as module unit names in model order,
-with the layout of the model they name, so training and :mod:`ila.exports` never need
+with the layout of the model they name, so training and :mod:`ila.analysis.exports` never need
 the scores again. Exactly one rule per selection: ``tune-top-fraction`` F,
 ``freeze-bottom-fraction`` F, ``units`` (module unit names) or ``blocks`` (0-based).
 

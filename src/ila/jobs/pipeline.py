@@ -17,7 +17,7 @@ Layout of a run directory (every file written atomically)::
     layer_scores.json   the ranking (schema_version 1)
     report/             ranking.md, heatmap.png, blocks.png
     selection.json      `ila run` only: the units selected from the ranking
-    finetune/           `ila run` only: the selective fine-tune (see ila.finetune)
+    finetune/           `ila run` only: the selective fine-tune (see ila.jobs.finetune)
     finetune-all-units/ `ila run` only: the all-units baseline, same method and steps
     eval/               `ila run` only: base/, all-units/, selected/, comparison.json
 """
@@ -185,7 +185,7 @@ def score(
     stage from its last complete ``--save-steps`` checkpoint; other scorers start again.
     """
     from ila.data import PaddingCollator
-    from ila.report import write_score_report
+    from ila.reporting import write_score_report
     from ila.scorers import ScoringContext, get_scorer
 
     if resume and overwrite:
@@ -315,7 +315,7 @@ def _score_ensemble(
     interrupted one.
     """
     from ila.ensemble import consensus_scores
-    from ila.report import write_score_report
+    from ila.reporting import write_score_report
     from ila.rundir import RUN_STATE_FILE
 
     main = is_main_process()
@@ -401,14 +401,14 @@ def run(
     ``layer_scores.json``, and the fine-tune into ``output_dir/finetune`` (skipped with
     ``finetune_steps`` 0). With ``run.evaluate`` it then fine-tunes all units as a baseline
     (``run.compare_all_units``) and evaluates base, all units and the selection side by
-    side into ``output_dir/eval`` (see ila.eval_run).
+    side into ``output_dir/eval`` (see ila.jobs.evaluate).
 
     ``resume`` continues an interrupted run: scoring as :func:`score` resumes it, the
     selection is made again, the fine-tune continues from its last complete checkpoint
     (or starts again when it has none).
     """
     from ila.config import FinetuneConfig, FinetuneSettings
-    from ila.finetune import finetune_step
+    from ila.jobs.finetune import finetune_step
     from ila.layers import LayerMap
     from ila.selection import select_units
 
@@ -419,7 +419,7 @@ def run(
             "from one member with 'ila finetune --scores RUN/seeds/seed-S --init-from-stage1'"
         )
     if config.run.evaluate and config.run.finetune_steps > 0:
-        from ila.eval_run import check_eval_inputs
+        from ila.jobs.evaluate import check_eval_inputs
 
         check_eval_inputs(config.eval)
     if resume:
@@ -465,7 +465,7 @@ def run(
         if is_main_process():
             mark_stage(scored.output_dir, "finetune")
         if settings.evaluate:
-            from ila.eval_run import evaluate_run
+            from ila.jobs.evaluate import evaluate_run
 
             evaluation = evaluate_run(config, finetune_config, scored.output_dir, resume=resume)
             return RunResult(scored, selection, tuned, evaluation)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ila.compare import Comparison
-from ila.report.figures import pyplot, save_png
+from ila.analysis.compare import Comparison
+from ila.reporting.figures import pyplot, save_png
 from ila.rundir import atomic_write_json, atomic_write_text
 
 __all__ = [

@@ -4,7 +4,7 @@ Sections: summary, stage 1 (loss with T marked), stage 2 (gate trajectories), th
 (blocks x module types heatmap, block bars, top of the ranking), and when the run has
 them the selection, the fine-tunes and the evaluation; then the data, the versions and
 the command that reproduces the run from its resolved ``config.yaml``. Built from the
-run's JSON files only (:mod:`ila.report.run_record`).
+run's JSON files only (:mod:`ila.reporting.run_record`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ila.report.document import Code, Document, Figure, Section, Table, to_html, to_markdown
-from ila.report.plots import plot_block_bars, plot_unit_heatmap
-from ila.report.run_plots import plot_gate_trajectories, plot_stage1_loss
-from ila.report.run_record import RunRecord
-from ila.report.tables import ranking_markdown
+from ila.reporting.document import Code, Document, Figure, Section, Table, to_html, to_markdown
+from ila.reporting.plots import plot_block_bars, plot_unit_heatmap
+from ila.reporting.run_plots import plot_gate_trajectories, plot_stage1_loss
+from ila.reporting.run_record import RunRecord
+from ila.reporting.tables import ranking_markdown
 from ila.rundir import atomic_write_text
 
 __all__ = ["RUN_REPORT_HTML", "build_run_document", "reproduce_command", "write_run_report"]

@@ -2,12 +2,12 @@
 
 Plot functions use matplotlib's non-interactive Agg backend, so they work without a
 display. ``write_score_report`` is the report every score run writes; ``ila report``
-(:mod:`ila.report.run_report`) and ``ila compare`` (:mod:`ila.report.comparison`) build
+(:mod:`ila.reporting.run_report`) and ``ila compare`` (:mod:`ila.reporting.comparison`) build
 the larger ones.
 """
 
-from ila.report.plots import plot_block_bars, plot_unit_heatmap
-from ila.report.tables import ranking_markdown
+from ila.reporting.plots import plot_block_bars, plot_unit_heatmap
+from ila.reporting.tables import ranking_markdown
 
 __all__ = ["plot_block_bars", "plot_unit_heatmap", "ranking_markdown", "write_score_report"]
 

@@ -242,7 +242,7 @@ def evaluate_run(
     writing on rank 0 only (other ranks return an empty dict). With ``resume`` a finished
     baseline is reused and a started one continues; the evaluation is made again.
     """
-    from ila.finetune import finetune_step
+    from ila.jobs.finetune import finetune_step
     from ila.selection import select_units
 
     variants: dict[str, Path | None] = {"base": None}

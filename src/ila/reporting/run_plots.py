@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ila.report.figures import pyplot, save_png
+from ila.reporting.figures import pyplot, save_png
 
 __all__ = ["plot_gate_trajectories", "plot_stage1_loss"]
 

@@ -131,7 +131,7 @@ def main() -> None:
     for method in args.methods:
         scores = args.work_dir / f"score-{method}"
         if not (scores / "layer_scores.json").is_file():
-            ila("score", "--method", method, "--output-dir", str(scores), "--overwrite",
+            ila("score", "--scorer", method, "--output-dir", str(scores), "--overwrite",
                 "--seed", "0")  # fmt: skip
         configs[f"{method}: tune top 30%"] = ["--scores", str(scores), "--tune-top-fraction", "0.3"]
 

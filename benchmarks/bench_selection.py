@@ -33,7 +33,7 @@ DATA = ["--limit", "600", "--max-length", "128", "--eval-fraction", "0.1", "--de
 
 def score(method: str, out: Path) -> float:
     start = time.perf_counter()
-    ila("score", "--method", method, "--output-dir", str(out), "--overwrite", "--seed", "0")
+    ila("score", "--scorer", method, "--output-dir", str(out), "--overwrite", "--seed", "0")
     return time.perf_counter() - start
 
 

@@ -65,7 +65,7 @@ def test_init_from_stage1_refusals(score_run, tiny_model_dir, tmp_path, capsys):
         "pass --scores RUN",
     )
     random_run = tmp_path / "random"
-    argv = ["-q", "score", "--method", "random", "--model", str(tiny_model_dir)]
+    argv = ["-q", "score", "--scorer", "random", "--model", str(tiny_model_dir)]
     assert main([*argv, "--output-dir", str(random_run), *TINY]) == 0
     fails(
         _finetune(

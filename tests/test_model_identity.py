@@ -38,7 +38,7 @@ def twin_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 @pytest.fixture(scope="module")
 def scores_run(tiny_model_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("identity") / "scores"
-    argv = ["-q", "score", "--method", "random", "--model", str(tiny_model_dir)]
+    argv = ["-q", "score", "--scorer", "random", "--model", str(tiny_model_dir)]
     assert main([*argv, "--output-dir", str(out), *TINY_RUN]) == 0
     return out
 
@@ -179,7 +179,7 @@ def test_resume_refuses_a_model_whose_files_changed(
 ):
     model = shutil.copytree(tiny_model_dir, tmp_path / "model")
     out = tmp_path / "run"
-    argv = ["score", "--method", "random", "--model", str(model), "--output-dir", str(out)]
+    argv = ["score", "--scorer", "random", "--model", str(model), "--output-dir", str(out)]
     assert main(["-q", *argv, *TINY_RUN]) == 0
     state_file = out / "run_state.json"
     state = json.loads(state_file.read_text())

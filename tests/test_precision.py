@@ -59,7 +59,7 @@ def test_training_arguments_follow_the_choice(monkeypatch, tmp_path):
 
 def test_runs_record_the_choice_and_fp16_on_cpu_is_refused_first(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["score", "--method", "random", "--model", str(tiny_model_dir), "--device", "cpu"]
+    argv = ["score", "--scorer", "random", "--model", str(tiny_model_dir), "--device", "cpu"]
     argv += ["--limit", "24", "--max-length", "64", "--output-dir", str(out)]
     fails([*argv, "--precision", "fp16"], capsys, "--precision fp16 needs a CUDA device")
     assert not out.exists()

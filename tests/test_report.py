@@ -125,7 +125,7 @@ def test_report_of_a_score_run_has_no_run_sections(score_run, tmp_path):
 def test_reproduce_command_reproduces_the_run(score_run, tmp_path):
     record = load_run_record(score_run)
     command = reproduce_command(record, output_dir=str(tmp_path / "again"))
-    assert command.startswith(f"ila score --config {score_run}/config.yaml --method ila ")
+    assert command.startswith(f"ila score --config {score_run}/config.yaml --scorer ila ")
     argv = shlex.split(command)
     assert argv[0] == "ila" and main(argv[1:]) == 0
     first, again = LayerScores.load(score_run), LayerScores.load(tmp_path / "again")
@@ -134,7 +134,7 @@ def test_reproduce_command_reproduces_the_run(score_run, tmp_path):
 
 
 def test_config_method_must_match_the_command(score_run, tmp_path, capsys):
-    argv = ["score", "--config", str(score_run / "config.yaml"), "--method", "snr"]
+    argv = ["score", "--config", str(score_run / "config.yaml"), "--scorer", "snr"]
     assert main([*argv, "--output-dir", str(tmp_path / "x")]) == 2
     assert "records method 'ila' but this command scores with 'snr'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

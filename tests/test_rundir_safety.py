@@ -305,7 +305,7 @@ def test_cli_job_holds_the_lock_while_it_writes_and_releases_it(
 
     monkeypatch.setattr(pipeline, "write_environment", spy)
     out = tmp_path / "run"
-    argv = ["-q", "score", "--method", "random", "--model", str(tiny_model_dir)]
+    argv = ["-q", "score", "--scorer", "random", "--model", str(tiny_model_dir)]
     assert main([*argv, "--output-dir", str(out), *TINY_RUN]) == 0
     assert seen and seen[0]["pid"] == os.getpid() and seen[0]["command"] == "score"
     assert not (out / LOCK_FILE).exists()  # released (and removed) when the job ended

@@ -135,7 +135,7 @@ def test_output_dir_with_another_run_is_refused(score_run, tiny_model_dir, capsy
     [
         (["--stage1-epsilon", "2"], "--stage1-epsilon: must be in (0, 1)"),
         (["--eval-fraction", "1.0"], "--eval-fraction: must be in [0, 1)"),
-        (["--method", "illa"], "unknown scorer 'illa'; did you mean ila?"),
+        (["--scorer", "illa"], "unknown scorer 'illa'; did you mean ila?"),
         (["--model", "./no/such/model"], "does not exist"),
         (["--data", "no-such-preset-or-file"], "not a preset"),
     ],
@@ -213,3 +213,13 @@ def test_run_chains_score_select_finetune(tiny_model_dir, tmp_path, capsys):
     summary = json.loads((out / "finetune" / "finetune_summary.json").read_text())
     assert summary["steps"] == 3 and summary["num_selected"] == 7
     assert (out / "finetune" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_method_is_the_older_spelling_of_scorer(tiny_model_dir, tmp_path, capsys, caplog):
+    argv = ["score", "--model", str(tiny_model_dir), "--limit", "24", "--max-length", "64"]
+    argv += ["--device", "cpu", "--output-dir", str(tmp_path / "run")]
+    assert main([*argv, "--method", "random"]) == 0
+    assert LayerScores.load(tmp_path / "run").method == "random"
+    assert "'ila score --method' is deprecated, use --scorer" in caplog.text
+    assert main([*argv, "--method", "random", "--scorer", "snr", "--overwrite"]) == 2
+    assert "--scorer snr and --method random disagree" in capsys.readouterr().err

@@ -260,7 +260,7 @@ def test_cli_score_then_select_with_a_peer_scorer(method, tiny_model_dir, tmp_pa
     from ila.selection import Selection
 
     out = tmp_path / "run"
-    argv = ["score", "--model", str(tiny_model_dir), "--output-dir", str(out), "--method", method]
+    argv = ["score", "--model", str(tiny_model_dir), "--output-dir", str(out), "--scorer", method]
     fast = ["--max-length", "96", "--limit", "40", "--stage1-max-steps", "5"]
     fast += ["--stage1-min-steps", "0"]
     assert main([*argv, *fast]) == 0

@@ -134,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         "a sigmoid gate per unit under a sparsity budget; the gates rank the units. "
         "Writes layer_scores.json and a report under --output-dir.",
     )
-    p.add_argument("--method", default="ila", help="scorer to use (see 'ila ls scorers')")
+    p.add_argument("--scorer", help="ranking method (default ila; see 'ila ls scorers')")
+    p.add_argument(
+        "--method", dest="scorer_old", help="the older spelling of --scorer (deprecated)"
+    )
     _score_flags(p)
 
     p = sub.add_parser(
@@ -312,7 +315,7 @@ def _resolve_config(args: argparse.Namespace, config_cls: type = ScoreConfig) ->
     if recorded is not None and recorded != method:
         raise IlaError(
             f"{origin}: records method '{recorded}' but this command scores with '{method}'; "
-            f"pass --method {recorded} to 'ila score'"
+            f"pass --scorer {recorded} to 'ila score'"
         )
     for key, value in vars(args).items():
         if "." in key:
@@ -336,8 +339,22 @@ def _print_score(result: Any, header: str) -> None:
     print(f"  report: {s['report_dir']}")
 
 
+def _scorer(args: argparse.Namespace) -> str:
+    """``--scorer``, or the deprecated ``--method`` of `ila score` (one release more)."""
+    if args.scorer_old is not None:
+        if args.scorer is not None and args.scorer != args.scorer_old:
+            raise IlaError(f"--scorer {args.scorer} and --method {args.scorer_old} disagree")
+        logging.getLogger("ila").warning(
+            "'ila score --method' is deprecated, use --scorer (--method now names the "
+            "fine-tune kind only)"
+        )
+    return args.scorer or args.scorer_old or "ila"
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from ila import api
+
+    args.method = _scorer(args)
 
     result = api.score(
         config=_resolve_config(args),

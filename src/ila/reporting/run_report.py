@@ -36,7 +36,7 @@ def reproduce_command(record: RunRecord, output_dir: str | None = None) -> str:
     target = output_dir or f"{run_dir.as_posix().rstrip('/')}-reproduced"
     parts = ["ila", record.command, "--config", (run_dir / "config.yaml").as_posix()]
     if record.command == "score":
-        parts += ["--method", record.method]
+        parts += ["--scorer", record.method]
     parts += ["--output-dir", target]
     return shlex.join(parts)
 

@@ -106,3 +106,23 @@ def _env(cache: Path) -> dict[str, str]:
     src = str(REPO / "src")
     path = src + os.pathsep + os.environ.get("PYTHONPATH", "")
     return {**os.environ, "PYTHONPATH": path, "ILA_CACHE_DIR": str(cache)}
+
+
+def test_rows_in_memory_are_data(tiny_model_dir, tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    from ila.api import data_source
+
+    monkeypatch.setenv("ILA_CACHE_DIR", str(tmp_path / "cache"))
+    rows = [{"instruction": f"add {i} and 2", "output": str(i + 2)} for i in range(30)]
+    path = data_source(rows)
+    assert path == data_source(Dataset.from_list(rows))  # named by content: one file
+    assert Path(path).parent == tmp_path / "cache" / "data"
+    run = ila.score(str(tiny_model_dir), rows, output_dir=tmp_path / "s", scorer="random", **TINY)
+    recorded = json.loads((tmp_path / "s" / "data.json").read_text())
+    assert recorded["source"] == path and recorded["num_examples"] == 30
+    assert run.scores.method == "random"
+    with pytest.raises(IlaError, match=r"data\[1\] is a str, not a record"):
+        data_source([{"text": "a"}, "b"])
+    with pytest.raises(IlaError, match="non-empty list of records"):
+        data_source([])

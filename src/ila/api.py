@@ -1,10 +1,11 @@
 """The Python API: every `ila` command as a typed function (``import ila; ila.score(...)``).
 
 Each function takes what its command takes: ``model`` and ``data`` (an embedded name, a
-path or a hub id), an ``output_dir`` for jobs that write a run directory, a ``config``
-(a YAML path, a nested mapping such as a run's ``config.yaml``, or a config object) and
-settings as keyword arguments named like the command-line flags with underscores
-(``stage1_max_steps=30`` is ``--stage1-max-steps 30``; the error messages name the flags).
+path or a hub id; ``data`` may also be rows in memory, see :func:`data_source`), an
+``output_dir`` for jobs that write a run directory, a ``config`` (a YAML path, a nested
+mapping such as a run's ``config.yaml``, or a config object) and settings as keyword
+arguments named like the command-line flags with underscores (``stage1_max_steps=30`` is
+``--stage1-max-steps 30``; the error messages name the flags).
 Keywords override ``config``, which overrides the defaults (docs/method.md lists them).
 The command-line interface (ila.cli) calls these functions and only prints.
 
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "compare",
+    "data_source",
     "evaluate",
     "export",
     "finetune",
@@ -98,6 +100,45 @@ def make_config(config_cls: type[_C], config: Any = None, **settings: Any) -> _C
     return config_from_dict(config_cls, data, origin="settings")
 
 
+DataArgument = str | Path | Sequence[Mapping[str, Any]] | Any
+
+
+def data_source(data: DataArgument) -> str | None:
+    """``data`` as the ``--data`` value a job records: a name or path as it is; rows in
+    memory (a list of dicts, or a ``datasets.Dataset``) are written once to a JSONL file
+    named by their content under ``<ila cache>/data/`` (the cache of ila.models), so the
+    run's config.yaml names a file that ``--resume`` and the reproduce command can read.
+    The rows must be in one of the formats a file may hold (docs: README, "Data").
+    """
+    if data is None or isinstance(data, (str, Path)):
+        return None if data is None else str(data)
+    rows = data.to_list() if hasattr(data, "to_list") and callable(data.to_list) else data
+    if not isinstance(rows, Sequence) or not rows:
+        raise IlaError(
+            "data must be a name, a path, or a non-empty list of records (dicts) or a "
+            f"datasets.Dataset; got {type(data).__name__}"
+        )
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise IlaError(f"data[{i}] is a {type(row).__name__}, not a record (a dict)")
+    import hashlib
+    import json
+
+    from ila.models import cache_dir
+    from ila.rundir import atomic_write_text
+
+    try:
+        lines = "".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in rows)
+    except (TypeError, ValueError) as exc:
+        raise IlaError(f"data holds a value that is not JSON ({exc})") from exc
+    digest = hashlib.sha256(lines.encode()).hexdigest()[:16]
+    path = cache_dir() / "data" / f"rows-{digest}.jsonl"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, lines)
+    return str(path)
+
+
 def _setting_names(config_cls: type) -> dict[str, tuple[str, str]]:
     """Keyword name (the flag without dashes) -> (section, field) for ``config_cls``."""
     return {
@@ -108,7 +149,7 @@ def _setting_names(config_cls: type) -> dict[str, tuple[str, str]]:
 
 def score(
     model: str | None = None,
-    data: str | None = None,
+    data: DataArgument = None,
     *,
     output_dir: str | Path,
     scorer: str = "ila",
@@ -121,7 +162,7 @@ def score(
     (ILA stages 1-2 by default; docs/scorers.md lists the others)."""
     from ila.jobs.pipeline import score as score_job
 
-    resolved = make_config(ScoreConfig, config, model=model, data=data, **settings)
+    resolved = make_config(ScoreConfig, config, model=model, data=data_source(data), **settings)
     return score_job(resolved, Path(output_dir), method=scorer, overwrite=overwrite, resume=resume)
 
 
@@ -169,7 +210,7 @@ def select(
 
 def finetune(
     model: str | None = None,
-    data: str | None = None,
+    data: DataArgument = None,
     *,
     output_dir: str | Path,
     scores: LayerScores | str | Path | None = None,
@@ -193,7 +234,7 @@ def finetune(
     from ila.scores import SCORES_FILE, LayerScores
     from ila.selection import Selection, select_units
 
-    resolved = make_config(FinetuneConfig, config, model=model, data=data, **settings)
+    resolved = make_config(FinetuneConfig, config, model=model, data=data_source(data), **settings)
     inputs: list[Path | None] = []
     stage1_run = None
     chosen: Any
@@ -241,7 +282,7 @@ def finetune(
 
 def evaluate(
     model: str | None = None,
-    data: str | None = None,
+    data: DataArgument = None,
     *,
     output_dir: str | Path,
     adapter: str | Path | None = None,
@@ -254,7 +295,7 @@ def evaluate(
     ``adapter`` or an `ila finetune` run directory applied)."""
     from ila.jobs.evaluate import evaluate as evaluate_job
 
-    resolved = make_config(EvalConfig, config, model=model, data=data, **settings)
+    resolved = make_config(EvalConfig, config, model=model, data=data_source(data), **settings)
     return evaluate_job(
         resolved,
         Path(output_dir),
@@ -266,7 +307,7 @@ def evaluate(
 
 def run(
     model: str | None = None,
-    data: str | None = None,
+    data: DataArgument = None,
     *,
     output_dir: str | Path,
     config: Any = None,
@@ -278,7 +319,7 @@ def run(
     it with all units and the base model."""
     from ila.jobs.pipeline import run as run_job
 
-    resolved = make_config(RunConfig, config, model=model, data=data, **settings)
+    resolved = make_config(RunConfig, config, model=model, data=data_source(data), **settings)
     return run_job(resolved, Path(output_dir), overwrite=overwrite, resume=resume)
 
 

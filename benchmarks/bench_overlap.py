@@ -26,6 +26,7 @@ step costs about what an ila-instruct step does.
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import os
 import statistics
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ila.analysis.compare import compare_scores
 from ila.cli import main as ila_main
 from ila.reporting.figures import pyplot, save_png
-from ila.scores import LayerScores, UnitScore, expected_random_jaccard, top_count
+from ila.scores import LayerScores, UnitScore, expected_random_jaccard, jaccard, top_count
 from results_file import write_section
 
 ALIGNMENT = ("ila-instruct", "chitchat", "sharegpt")
@@ -116,6 +117,52 @@ def pair_stats(
     return values
 
 
+def block_top(scores: LayerScores, fraction: float) -> set[int]:
+    """The block view: the top ``fraction`` of blocks by mean unit importance."""
+    blocks = scores.block_scores()
+    order = sorted(blocks, key=lambda b: -blocks[b])
+    return set(order[: top_count(len(blocks), fraction)])
+
+
+def block_pair_stats(
+    groups: dict[str, list[LayerScores]], pairs: list[tuple[str, str]], fraction: float = 0.25
+) -> list[float]:
+    """Jaccard of the top blocks over every run pair across the group pairs."""
+    out = []
+    for a, b in pairs:
+        for x, y in itertools.product(range(len(groups[a])), range(len(groups[b]))):
+            if a == b and x >= y:
+                continue
+            top_a, top_b = block_top(groups[a][x], fraction), block_top(groups[b][y], fraction)
+            out.append(jaccard(sorted(top_a), sorted(top_b)))
+    return out
+
+
+def run_facts(groups: dict[str, list[LayerScores]], seeds: dict[str, list[int]]) -> list[str]:
+    """One row per run: T, whether stage 1 was stable, examples seen, and the module types
+    of its top 25%."""
+    lines = [
+        "| run | T | stage 1 | stage-1 examples | top 25% by module type |",
+        "|---|---:|---|---:|---|",
+    ]
+    for data, runs in groups.items():
+        for seed, scores in zip(seeds[data], runs, strict=True):
+            meta = scores.meta
+            kinds = collections.Counter(
+                u.module_type for u in scores.units if u.name in set(scores.top(0.25))
+            )
+            t = meta.get("T")
+            batch = 4  # the default --batch-size every run here uses
+            lines.append(
+                f"| {data} seed {seed} | {t} | "
+                f"{'stable' if meta.get('stage1_stable') else 'cap'} | "
+                f"{t * batch if isinstance(t, int) else '-'} | "
+                + ", ".join(f"{k} {n}" for k, n in kinds.most_common())
+                + " |"
+            )
+    return lines
+
+
 def fmt(values: list[float]) -> str:
     if not values:
         return "n/a"
@@ -149,19 +196,22 @@ def main() -> None:
     random = {str(f): expected_random_jaccard(n, top_count(n, f)) for f in FRACTIONS}
 
     rows: list[tuple[str, str, dict[str, list[float]]]] = []
+    row_pairs: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def add(name: str, kind: str, pairs: list[tuple[str, str]]) -> None:
+        rows.append((name, kind, pair_stats(groups, pairs)))
+        row_pairs.append((name, pairs))
+
     for data in groups:
         if len(groups[data]) > 1:
-            rows.append((f"seed vs seed: {data}", "within", pair_stats(groups, [(data, data)])))
+            add(f"seed vs seed: {data}", "within", [(data, data)])
     cross = list(itertools.combinations(alignment, 2))
     for a, b in cross:
-        rows.append((f"{a} vs {b}", "cross", pair_stats(groups, [(a, b)])))
+        add(f"{a} vs {b}", "cross", [(a, b)])
     if len(cross) > 1:
-        rows.append(("all cross-dataset alignment pairs", "cross", pair_stats(groups, cross)))
+        add("all cross-dataset alignment pairs", "cross", cross)
     if REASONING in groups:
-        reasoning_pairs = [(REASONING, d) for d in alignment]
-        rows.append(
-            ("ila-reasoning vs alignment", "reasoning", pair_stats(groups, reasoning_pairs))
-        )
+        add("ila-reasoning vs alignment", "reasoning", [(REASONING, d) for d in alignment])
 
     head = "| comparison | pairs | " + " | ".join(f"top {int(f * 100)}%" for f in FRACTIONS)
     head += " | structural null, top 25%"
@@ -208,6 +258,20 @@ def main() -> None:
         for pair in cons.pairs:
             cells = " | ".join(f"{pair.jaccard[f]:.2f}" for f in FRACTIONS)
             lines.append(f"| {pair.a} vs {pair.b} | {cells} | {pair.spearman:.2f} |")
+    n_blocks = len(next(iter(groups.values()))[0].block_scores())
+    block_rows = [(name, block_pair_stats(groups, pairs)) for name, pairs in row_pairs]
+    lines += [
+        "",
+        "Block view: Jaccard of the top 25% of blocks (a block's importance is the mean of its "
+        f"units'; {top_count(n_blocks, 0.25)} of {n_blocks} blocks; random sets "
+        f"{expected_random_jaccard(n_blocks, top_count(n_blocks, 0.25)):.2f}):",
+        "",
+        "| comparison | pairs | top 25% of blocks |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {len(v)} | {fmt(v)} |" for name, v in block_rows if v]
+    lines += ["", "Each run (T is stage 1's stopping step; batch 4):", ""]
+    lines += run_facts(groups, seeds_used)
     lines += ["", "![overlap vs fraction](img/overlap.png)", ""]
     lines += verdict(rows, random)
     plot(groups, alignment, cross)

@@ -294,23 +294,23 @@ def test_cli_job_is_refused_while_another_holds_the_directory(tiny_model_dir, tm
 def test_cli_job_holds_the_lock_while_it_writes_and_releases_it(
     tiny_model_dir, tmp_path, monkeypatch
 ):
-    from ila.jobs import pipeline
+    from ila import rundir
 
     seen = []
-    real = pipeline.write_environment
+    real = rundir.write_environment
 
     def spy(output_dir, *rest):
         seen.append(json.loads((Path(output_dir) / LOCK_FILE).read_text()))
         real(output_dir, *rest)
 
-    monkeypatch.setattr(pipeline, "write_environment", spy)
+    monkeypatch.setattr(rundir, "write_environment", spy)
     out = tmp_path / "run"
     argv = ["-q", "score", "--scorer", "random", "--model", str(tiny_model_dir)]
     assert main([*argv, "--output-dir", str(out), *TINY_RUN]) == 0
     assert seen and seen[0]["pid"] == os.getpid() and seen[0]["command"] == "score"
     assert not (out / LOCK_FILE).exists()  # released (and removed) when the job ended
     # Released even when the job fails part way.
-    monkeypatch.setattr(pipeline, "write_environment", lambda *_: (_ for _ in ()).throw(OSError()))
+    monkeypatch.setattr(rundir, "write_environment", lambda *_: (_ for _ in ()).throw(OSError()))
     with pytest.raises(OSError):
         main([*argv, "--output-dir", str(out), "--overwrite", *TINY_RUN])
     assert not (out / LOCK_FILE).exists()

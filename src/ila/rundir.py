@@ -69,6 +69,7 @@ __all__ = [
     "require_resumable",
     "require_same_model",
     "require_schema_version",
+    "run_directory",
     "run_lock",
     "runs_locked",
     "storage_failure",
@@ -661,6 +662,37 @@ def _flag_of(key: str) -> str:
 
     section, _, name = key.partition(".")
     return flag_name(section, name) if name and "." not in name else "--" + key.replace("_", "-")
+
+
+@contextlib.contextmanager
+def run_directory(
+    output_dir: Path,
+    *,
+    command: str,
+    resolved: Mapping[str, Any],
+    overwrite: bool = False,
+    resume: bool = False,
+    inputs: Iterable[str | Path | None] = (),
+    environment: Mapping[str, Any] | None = None,
+) -> Iterator[bool]:
+    """The run-directory lifecycle every job shares; yields whether this is the main process.
+
+    The main process prepares and locks ``output_dir`` (:func:`prepare_output_dir`), logs
+    into it for the duration, and for a new run (not ``resume``) writes ``config.yaml``
+    (``resolved``, every setting) and ``environment.json`` (with ``environment`` facts).
+    Other ranks of a launch only run the block. The job marks its stages itself.
+    """
+    output_dir = Path(output_dir)
+    main = is_main_process()
+    if main:
+        prepare_output_dir(
+            output_dir, command=command, overwrite=overwrite, resume=resume, inputs=inputs
+        )
+    with log_to_file(output_dir) if main else contextlib.nullcontext():
+        if main and not resume:
+            write_yaml(output_dir / "config.yaml", dict(resolved))
+            write_environment(output_dir, environment)
+        yield main
 
 
 def record_model(output_dir: Path, fingerprint: ModelFingerprint) -> None:

@@ -14,7 +14,6 @@ every unit, same steps) and ``selected`` (the selective fine-tune).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -37,12 +36,9 @@ from ila.rundir import (
     atomic_write_text,
     check_output_dir,
     is_main_process,
-    log_to_file,
     mark_stage,
-    prepare_output_dir,
+    run_directory,
     runs_locked,
-    write_environment,
-    write_yaml,
 )
 
 __all__ = [
@@ -119,14 +115,11 @@ def evaluate(
         threads=config.model.threads,
         allow_other_model=allow_other_model,
     )
-    if main:
-        prepare_output_dir(output_dir, command="eval", overwrite=overwrite, inputs=inputs)
-    with log_to_file(output_dir) if main else contextlib.nullcontext():
-        if main:
-            resolved = config_to_dict(config)
-            resolved["adapter"] = str(adapter) if adapter is not None else None
-            write_yaml(output_dir / "config.yaml", resolved)
-            write_environment(output_dir)
+    resolved = config_to_dict(config)
+    resolved["adapter"] = str(adapter) if adapter is not None else None
+    with run_directory(
+        output_dir, command="eval", resolved=resolved, overwrite=overwrite, inputs=inputs
+    ):
         result = evaluate_model(
             model,
             tokenizer,

@@ -16,7 +16,6 @@ the lowest trainable block (nothing there requires a gradient).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import resource
 import sys
@@ -47,17 +46,14 @@ from ila.rundir import (
     atomic_write_json,
     check_output_dir,
     is_main_process,
-    log_to_file,
     mark_stage,
-    prepare_output_dir,
     read_json,
     read_run_state,
     record_model,
     require_resumable,
     require_same_model,
+    run_directory,
     runs_locked,
-    write_environment,
-    write_yaml,
 )
 from ila.selection import Selection
 from ila.training import (
@@ -199,11 +195,15 @@ def finetune(
         else None
     )
 
-    if main:
-        prepare_output_dir(
-            output_dir, command="finetune", overwrite=overwrite, resume=resume, inputs=all_inputs
-        )
-    with log_to_file(output_dir) if main else contextlib.nullcontext():
+    with run_directory(
+        output_dir,
+        command="finetune",
+        resolved=resolved,
+        overwrite=overwrite,
+        resume=resume,
+        inputs=all_inputs,
+        environment={"precision": precision.to_dict()},
+    ):
         if resume:
             recorded = Selection.load(output_dir / "selection.json")
             if recorded.selected != selection.selected:
@@ -212,8 +212,6 @@ def finetune(
                     "command; resume with the same selection rule and scores"
                 )
         if main and not resume:
-            write_yaml(output_dir / "config.yaml", resolved)
-            write_environment(output_dir, {"precision": precision.to_dict()})
             record_model(output_dir, identity)
             selection.save(output_dir / "selection.json")
 

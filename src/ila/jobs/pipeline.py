@@ -24,7 +24,6 @@ Layout of a run directory (every file written atomically)::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
@@ -41,17 +40,14 @@ from ila.rundir import (
     atomic_write_json,
     check_output_dir,
     is_main_process,
-    log_to_file,
     mark_stage,
-    prepare_output_dir,
     read_json,
     read_run_state,
     record_model,
     require_resumable,
     require_same_model,
+    run_directory,
     runs_locked,
-    write_environment,
-    write_yaml,
 )
 from ila.scores import SCORES_FILE, LayerScores
 
@@ -219,18 +215,16 @@ def score(
         if finished is not None:
             return finished
 
-    if main:
-        prepare_output_dir(
-            output_dir,
-            command=command,
-            overwrite=overwrite,
-            resume=resume,
-            inputs=input_paths(config),
-        )
-    with log_to_file(output_dir) if main else contextlib.nullcontext():
+    with run_directory(
+        output_dir,
+        command=command,
+        resolved=resolved,
+        overwrite=overwrite,
+        resume=resume,
+        inputs=input_paths(config),
+        environment={"precision": precision.to_dict()},
+    ):
         if main and not resume:
-            write_yaml(output_dir / "config.yaml", resolved)
-            write_environment(output_dir, {"precision": precision.to_dict()})
             atomic_write_json(output_dir / "data.json", inputs.data_stats)
             record_model(output_dir, inputs.model_fingerprint)
         ctx = ScoringContext(
@@ -324,19 +318,15 @@ def _score_ensemble(
     finished = _finished_score(output_dir, {}) if resume else None
     if finished is not None:
         return finished
-    if main:
-        prepare_output_dir(
-            output_dir,
-            command=command,
-            overwrite=overwrite,
-            resume=resume,
-            inputs=input_paths(config),
-        )
     seeds = [config.train.seed + k for k in range(config.ensemble.seeds)]
-    with log_to_file(output_dir) if main else contextlib.nullcontext():
-        if main and not resume:
-            write_yaml(output_dir / "config.yaml", resolved)
-            write_environment(output_dir)
+    with run_directory(
+        output_dir,
+        command=command,
+        resolved=resolved,
+        overwrite=overwrite,
+        resume=resume,
+        inputs=input_paths(config),
+    ):
         runs, members, seconds = [], [], {}
         for seed in seeds:
             member_dir = output_dir / "seeds" / f"seed-{seed}"

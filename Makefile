@@ -32,8 +32,8 @@ test-fast: install
 	$(OFFLINE) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks scripts
-	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts examples
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts examples
 
 format: install
 	$(VENV)/bin/ruff format src tests benchmarks scripts

@@ -36,8 +36,8 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts examples
 
 format: install
-	$(VENV)/bin/ruff format src tests benchmarks scripts
-	$(VENV)/bin/ruff check --fix src tests benchmarks scripts
+	$(VENV)/bin/ruff format src tests benchmarks scripts examples
+	$(VENV)/bin/ruff check --fix src tests benchmarks scripts examples
 
 # Benchmarks write their sections of docs/results.md (several hours on a 2-core CPU in all;
 # bench_overlap and bench_quality reuse the finished runs in their work dirs).

@@ -37,10 +37,16 @@ from ila.checkpoints import (
 from ila.config import FinetuneConfig, config_to_dict, input_paths
 from ila.errors import IlaError
 from ila.evaluation import response_loss
-from ila.layers import LayerMap
+from ila.layers import LayerMap, Unit
 from ila.lora import add_lora, read_unit_lora, set_unit_lora
-from ila.model_identity import BASE_MODEL_FILE, check_same_model, model_fingerprint
+from ila.model_identity import (
+    BASE_MODEL_FILE,
+    ModelFingerprint,
+    check_same_model,
+    model_fingerprint,
+)
 from ila.parallel import require_supported_launch
+from ila.precision import PrecisionChoice
 from ila.rundir import (
     atomic_directory,
     atomic_write_json,
@@ -109,6 +115,24 @@ def trainable_summary(model: nn.Module) -> dict[str, int]:
 
 
 @runs_locked
+@dataclass
+class _Inputs:
+    """What a fine-tune works on, read and checked before its run directory is touched."""
+
+    model: Any
+    tokenizer: Any
+    layer_map: LayerMap
+    selection: Selection
+    units: list[Unit]
+    identity: ModelFingerprint
+    other_model: str | None
+    start: Path | None
+    start_weights: dict[str, torch.Tensor] | None
+    features: Any
+    eval_features: Any
+    num_eval_examples: int
+
+
 def finetune(
     config: FinetuneConfig,
     selection: Selection | Callable[[LayerMap], Selection],
@@ -132,27 +156,105 @@ def finetune(
     summary and the run record say so. With ``finetune.init_from_stage1`` the selected
     units' LoRA starts from the stage-1 adapter of ``stage1_run`` (default: the scores run
     the selection was made from).
-    """
-    from ila.data import PaddingCollator, load_examples, split_examples, tokenize_examples
-    from ila.layers import find_layers
-    from ila.models import load_model
 
+    Phases: check the request, load and check the inputs, open the run directory, set up
+    the trainable parameters, train, measure, save.
+    """
     settings = config.finetune
-    require_supported_launch(config.model.device)
-    precision = train_precision(config.train, config.model.device)  # fp16 on CPU fails here
     output_dir = Path(output_dir)
-    main = is_main_process()
     resolved = config_to_dict(config)
     resolved["finetune"]["learning_rate"] = settings.resolved_learning_rate()
+    all_inputs = [*input_paths(config), *inputs]
+    precision = _check_request(
+        config, selection, output_dir, resolved, all_inputs, overwrite, resume, stage1_run
+    )
+    loaded = _load_inputs(config, selection, output_dir, resume, allow_other_model, stage1_run)
+    with run_directory(
+        output_dir,
+        command="finetune",
+        resolved=resolved,
+        overwrite=overwrite,
+        resume=resume,
+        inputs=all_inputs,
+        environment={"precision": precision.to_dict()},
+    ) as main:
+        if resume:
+            recorded = Selection.load(output_dir / "selection.json")
+            if recorded.selected != loaded.selection.selected:
+                raise IlaError(
+                    f"--resume: {output_dir / 'selection.json'} selects other units than this "
+                    "command; resume with the same selection rule and scores"
+                )
+        if main and not resume:
+            record_model(output_dir, loaded.identity)
+            loaded.selection.save(output_dir / "selection.json")
+        model, counts = _trainable_model(config, loaded)
+        trainer, seconds, values = _train(config, model, loaded, output_dir, resume)
+        eval_loss = None
+        if loaded.eval_features is not None:
+            # The response loss `ila eval` reports (token-weighted), not the Trainer's mean
+            # of per-batch means, so that one model on one split has one held-out loss.
+            eval_loss, _ = response_loss(
+                model,
+                loaded.eval_features.features,
+                pad_token_id=loaded.tokenizer.pad_token_id,
+                batch_size=config.train.batch_size,
+            )
+        summary = _summary(settings, loaded, counts, trainer, seconds, values, eval_loss)
+        if trainer.is_world_process_zero():
+            _save(
+                model,
+                loaded.tokenizer,
+                loaded.layer_map,
+                loaded.units,
+                settings,
+                output_dir,
+                loaded.identity,
+            )
+            atomic_write_json(output_dir / "finetune_summary.json", summary)
+            mark_stage(output_dir, "finetune")
+        return FinetuneRun(output_dir, loaded.selection, summary)
+
+
+def _check_request(
+    config: FinetuneConfig,
+    selection: Any,
+    output_dir: Path,
+    resolved: dict[str, Any],
+    all_inputs: list[Any],
+    overwrite: bool,
+    resume: bool,
+    stage1_run: Path | None,
+) -> PrecisionChoice:
+    """Everything that can be refused before data and model are loaded."""
+    require_supported_launch(config.model.device)
+    precision = train_precision(config.train, config.model.device)  # fp16 on CPU fails here
     if resume and overwrite:
         raise IlaError("--resume and --overwrite contradict each other; pass one of them")
     if resume:
         require_resumable(output_dir, resolved, finished_stage="finetune")
-    all_inputs = [*input_paths(config), *inputs]
-    if not resume and main:
+    elif is_main_process():
         check_output_dir(output_dir, overwrite=overwrite, inputs=all_inputs)
-    if settings.init_from_stage1 and (stage1_run is not None or isinstance(selection, Selection)):
-        _stage1_adapter(selection, stage1_run)  # fail before loading anything
+    initialised = config.finetune.init_from_stage1
+    if initialised and (stage1_run is not None or isinstance(selection, Selection)):
+        _stage1_adapter(selection, stage1_run)
+    return precision
+
+
+def _load_inputs(
+    config: FinetuneConfig,
+    selection: Any,
+    output_dir: Path,
+    resume: bool,
+    allow_other_model: bool,
+    stage1_run: Path | None,
+) -> _Inputs:
+    """Data, model, the selection's units on it, and the checks that need the model."""
+    from ila.data import load_examples, split_examples, tokenize_examples
+    from ila.layers import find_layers
+    from ila.models import load_model
+
+    settings = config.finetune
     examples = load_examples(
         config.data.data, format=config.data.data_format, limit=config.data.limit
     )
@@ -183,135 +285,136 @@ def finetune(
     if other_model is not None:
         log.warning("%s", other_model)
     start = _stage1_adapter(selection, stage1_run) if settings.init_from_stage1 else None
-    start_weights = read_unit_lora(start, units, config.lora) if start is not None else None
-    features = tokenize_examples(
-        train, tokenizer, max_length=config.data.max_length, template=config.data.template
-    )
-    eval_features = (
-        tokenize_examples(
-            held_out, tokenizer, max_length=config.data.max_length, template=config.data.template
+    data = config.data
+    return _Inputs(
+        model=model,
+        tokenizer=tokenizer,
+        layer_map=layer_map,
+        selection=selection,
+        units=units,
+        identity=identity,
+        other_model=other_model,
+        start=start,
+        start_weights=read_unit_lora(start, units, config.lora) if start else None,
+        features=tokenize_examples(
+            train, tokenizer, max_length=data.max_length, template=data.template
+        ),
+        eval_features=tokenize_examples(
+            held_out, tokenizer, max_length=data.max_length, template=data.template
         )
         if held_out
-        else None
+        else None,
+        num_eval_examples=len(held_out),
     )
 
-    with run_directory(
-        output_dir,
-        command="finetune",
-        resolved=resolved,
-        overwrite=overwrite,
-        resume=resume,
-        inputs=all_inputs,
-        environment={"precision": precision.to_dict()},
-    ):
-        if resume:
-            recorded = Selection.load(output_dir / "selection.json")
-            if recorded.selected != selection.selected:
-                raise IlaError(
-                    f"--resume: {output_dir / 'selection.json'} selects other units than this "
-                    "command; resume with the same selection rule and scores"
-                )
-        if main and not resume:
-            record_model(output_dir, identity)
-            selection.save(output_dir / "selection.json")
 
-        if settings.method in ("lora", "qlora"):
-            if settings.method == "qlora":
-                from peft import prepare_model_for_kbit_training
+def _trainable_model(config: FinetuneConfig, loaded: _Inputs) -> tuple[Any, dict[str, int]]:
+    """The model with only the selected units trainable (LoRA on them, or their weights)."""
+    settings, model = config.finetune, loaded.model
+    if settings.method in ("lora", "qlora"):
+        if settings.method == "qlora":
+            from peft import prepare_model_for_kbit_training
 
-                model = prepare_model_for_kbit_training(model)
-            model = add_lora(model, units, config.lora, seed=config.train.seed)
-            if start_weights is not None:  # a resumed checkpoint's weights replace these
-                set_unit_lora(model, start_weights)
-                log.info("the selected units' LoRA starts from the stage-1 adapter %s", start)
-        else:
-            freeze_all_but(
-                model,
-                layer_map,
-                {u.name for u in units},
-                train_embeddings=settings.train_embeddings,
-            )
-        counts = trainable_summary(model)
-        log.info(
-            "fine-tuning %d of %d units with %s: %d of %d parameters trainable",
-            len(units),
-            len(layer_map.units),
-            settings.method,
-            counts["trainable_parameters"],
-            counts["parameters"],
-        )
-        if counts["trainable_parameters"] == 0:
-            raise IlaError("the selection leaves no trainable parameter; select at least one unit")
-
-        values = StepValues()
-        checkpoint = _resume_point(output_dir, values) if resume else None
-        args = make_training_args(
-            config.train,
-            output_dir=output_dir / "trainer",
-            learning_rate=settings.resolved_learning_rate(),
-            max_steps=settings.max_steps,
-            warmup_steps=settings.warmup_steps,
-            scheduler="linear",
-            device=config.model.device,
-        )
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        trainer, seconds = run_trainer(
+            model = prepare_model_for_kbit_training(model)
+        model = add_lora(model, loaded.units, config.lora, seed=config.train.seed)
+        if loaded.start_weights is not None:  # a resumed checkpoint's weights replace these
+            set_unit_lora(model, loaded.start_weights)
+            log.info("the selected units' LoRA starts from the stage-1 adapter %s", loaded.start)
+    else:
+        freeze_all_but(
             model,
-            args,
-            train_features=features.features,
-            collator=PaddingCollator(tokenizer.pad_token_id),
-            callbacks=[
-                MetricsLogger("finetune", output_dir / "metrics.jsonl", values),
-                CheckpointState(
-                    "finetune",
-                    values,
-                    seconds_before=checkpoint.seconds if checkpoint is not None else 0.0,
-                ),
-            ],
-            resume_from=checkpoint.folder if checkpoint is not None else None,
+            loaded.layer_map,
+            {u.name for u in loaded.units},
+            train_embeddings=settings.train_embeddings,
         )
-        if checkpoint is not None:
-            seconds += checkpoint.seconds
-        eval_loss = None
-        if eval_features is not None:
-            # The response loss `ila eval` reports (token-weighted), not the Trainer's mean
-            # of per-batch means, so that one model on one split has one held-out loss.
-            eval_loss, _ = response_loss(
-                model,
-                eval_features.features,
-                pad_token_id=tokenizer.pad_token_id,
-                batch_size=config.train.batch_size,
-            )
+    counts = trainable_summary(model)
+    log.info(
+        "fine-tuning %d of %d units with %s: %d of %d parameters trainable",
+        len(loaded.units),
+        len(loaded.layer_map.units),
+        settings.method,
+        counts["trainable_parameters"],
+        counts["parameters"],
+    )
+    if counts["trainable_parameters"] == 0:
+        raise IlaError("the selection leaves no trainable parameter; select at least one unit")
+    return model, counts
 
-        summary: dict[str, Any] = {
-            "method": settings.method,
-            "selection_rule": selection.rule,
-            "selection_value": selection.value,
-            "num_units": len(layer_map.units),
-            "num_selected": len(units),
-            "lowest_trainable_block": min(u.block for u in units),
-            **counts,
-            "optimizer_state_bytes": _optimizer_state_bytes(trainer.optimizer),
-            "steps": trainer.state.global_step,
-            "seconds": seconds,
-            "seconds_per_step": seconds / max(trainer.state.global_step, 1),
-            "final_train_loss": values.loss[-1] if values.loss else None,
-            "eval_loss": eval_loss,
-            "num_eval_examples": len(held_out),
-            "model_fingerprint": identity.id,
-            "other_model": other_model,
-            "init_from_stage1": None if start is None else str(start),
-            "peak_rss_mb": _peak_rss_mb(),
-            "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20
-            if torch.cuda.is_available()
-            else None,
-        }
-        if trainer.is_world_process_zero():
-            _save(model, tokenizer, layer_map, units, settings, output_dir, identity)
-            atomic_write_json(output_dir / "finetune_summary.json", summary)
-            mark_stage(output_dir, "finetune")
-        return FinetuneRun(output_dir, selection, summary)
+
+def _train(
+    config: FinetuneConfig, model: Any, loaded: _Inputs, output_dir: Path, resume: bool
+) -> tuple[Any, float, StepValues]:
+    """Run the Trainer (continuing from the last complete checkpoint when resuming)."""
+    from ila.data import PaddingCollator
+
+    settings = config.finetune
+    values = StepValues()
+    checkpoint = _resume_point(output_dir, values) if resume else None
+    args = make_training_args(
+        config.train,
+        output_dir=output_dir / "trainer",
+        learning_rate=settings.resolved_learning_rate(),
+        max_steps=settings.max_steps,
+        warmup_steps=settings.warmup_steps,
+        scheduler="linear",
+        device=config.model.device,
+    )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer, seconds = run_trainer(
+        model,
+        args,
+        train_features=loaded.features.features,
+        collator=PaddingCollator(loaded.tokenizer.pad_token_id),
+        callbacks=[
+            MetricsLogger("finetune", output_dir / "metrics.jsonl", values),
+            CheckpointState(
+                "finetune",
+                values,
+                seconds_before=checkpoint.seconds if checkpoint is not None else 0.0,
+            ),
+        ],
+        resume_from=checkpoint.folder if checkpoint is not None else None,
+    )
+    if checkpoint is not None:
+        seconds += checkpoint.seconds
+    return trainer, seconds, values
+
+
+def _summary(
+    settings: Any,
+    loaded: _Inputs,
+    counts: dict[str, int],
+    trainer: Any,
+    seconds: float,
+    values: StepValues,
+    eval_loss: float | None,
+) -> dict[str, Any]:
+    """finetune_summary.json: what was trained, its cost and its held-out loss."""
+    steps = trainer.state.global_step
+    return {
+        "method": settings.method,
+        "selection_rule": loaded.selection.rule,
+        "selection_value": loaded.selection.value,
+        "num_units": len(loaded.layer_map.units),
+        "num_selected": len(loaded.units),
+        "lowest_trainable_block": min(u.block for u in loaded.units),
+        **counts,
+        "optimizer_state_bytes": _optimizer_state_bytes(trainer.optimizer),
+        "steps": steps,
+        "seconds": seconds,
+        "seconds_per_step": seconds / max(steps, 1),
+        "final_train_loss": values.loss[-1] if values.loss else None,
+        "eval_loss": eval_loss,
+        "num_eval_examples": loaded.num_eval_examples,
+        "model_fingerprint": loaded.identity.id,
+        "other_model": loaded.other_model,
+        "init_from_stage1": None if loaded.start is None else str(loaded.start),
+        "peak_rss_mb": _peak_rss_mb(),
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20
+        if torch.cuda.is_available()
+        else None,
+    }
 
 
 def _stage1_adapter(selection: Any, stage1_run: Path | None) -> Path:

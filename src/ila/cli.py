@@ -116,155 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser(
-        "run",
-        help="the main job: identify important units with ILA (then select, fine-tune, evaluate)",
-        description="Run ILA end to end on a model and dataset (defaults: the embedded "
-        "SmolLM2-135M and the embedded ila-instruct data): score the units (stages 1-2), "
-        "select the top ones (--select-rule, --select-fraction), fine-tune only those "
-        "(--finetune-method, --finetune-steps) into OUTPUT_DIR/finetune.",
-    )
-    _score_flags(p, RunConfig)
-
-    p = sub.add_parser(
-        "score",
-        help="rank the units of a model on alignment data (ILA stages 1-2, or another scorer)",
-        description="Stage 1 fine-tunes LoRA until training is epsilon-stable; stage 2 learns "
-        "a sigmoid gate per unit under a sparsity budget; the gates rank the units. "
-        "Writes layer_scores.json and a report under --output-dir.",
-    )
-    p.add_argument("--scorer", help="ranking method (default ila; see 'ila ls scorers')")
-    p.add_argument(
-        "--method", dest="scorer_old", help="the older spelling of --scorer (deprecated)"
-    )
-    _score_flags(p)
-
-    p = sub.add_parser(
-        "finetune",
-        help="fine-tune only the selected units (LoRA, full or QLoRA) on the HF Trainer",
-        description="Stage 3 of ILA: tune the units chosen from a ranking (--scores with one "
-        "rule), from a selection.json (--selection), or typed by hand (--units/--blocks); "
-        "everything else is frozen. --all-units tunes every unit (the baseline).",
-    )
-    p.add_argument("--output-dir", type=Path, required=True, help="run directory (created)")
-    p.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the interrupted run in --output-dir from its last --save-steps checkpoint",
-    )
-    p.add_argument("--scores", type=Path, help="a score run directory or layer_scores.json")
-    _add_rule_flags(p, with_all=True, with_selection=True)
-    _add_allow_other_model(p)
-    _add_config_flags(p, FinetuneConfig)
-
-    p = sub.add_parser(
-        "select",
-        help="choose the units to tune from a ranking (or by hand); writes selection.json",
-        description="Apply one selection rule to a ranking (ILA stage 3). Rounding: "
-        "k = max(1, floor(F * N + 0.5)) units. No model is loaded: the model layout is "
-        "read from the scores file.",
-    )
-    p.add_argument("scores", type=Path, help="a run directory or a layer_scores.json file")
-    p.add_argument(
-        "--output-dir", type=Path, help="where selection.json goes (default: beside the scores)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing selection.json")
-    _add_rule_flags(p, with_all=False, with_selection=False)
-
-    p = sub.add_parser(
-        "export",
-        help="write a selection as configuration for other trainers (peft, axolotl, ...)",
-        description="Export selection.json for peft, Axolotl, LLaMA-Factory, ms-swift, or as a "
-        "plain list/JSON, so the trainer you already use tunes exactly the selected units.",
-    )
-    p.add_argument("selection", type=Path, help="a directory with selection.json, or the file")
-    p.add_argument(
-        "--format",
-        required=True,
-        choices=["peft", "axolotl", "llama-factory", "swift", "list", "json"],
-        help="export format",
-    )
-    p.add_argument("--output", type=Path, help="file to write (default: print)")
-    p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank in LoRA formats")
-    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha in LoRA formats")
-    p.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout")
-
-    p = sub.add_parser(
-        "eval",
-        help="measure a model (and adapter): held-out loss, exact match, generations",
-        description="Evaluate a model, optionally with an adapter or an `ila finetune` run "
-        "directory, on held-out examples of --data (the split training made, by default): "
-        "response loss and perplexity, exact match of greedy answers where the data has "
-        "checkable answers, multiple-choice accuracy from MMLU-layout files "
-        "(--eval-mc-data), and lm-evaluation-harness tasks when it is installed.",
-    )
-    _score_flags(p, EvalConfig, resumable=False)  # an evaluation is re-run, not resumed
-    p.add_argument(
-        "--adapter",
-        type=Path,
-        help="a peft adapter directory, or an `ila finetune` output directory (adapter/ "
-        "or changed_weights/) to apply to --model",
-    )
-    _add_allow_other_model(p)
-
-    p = sub.add_parser(
-        "plan",
-        help="estimate memory (and time) of score and fine-tune without loading weights",
-        description="Build the model from its config on the meta device and print, per stage "
-        "(stage 1 LoRA, stage 2 gates, the selective fine-tune): trainable parameters, "
-        "weight, gradient, Adam and activation memory, tokens per step, and a time estimate "
-        "when --tokens-per-second is given. Same settings as 'ila score' and 'ila finetune'.",
-    )
-    p.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
-    p.add_argument(
-        "--selection", type=Path, help="a selection.json (or its directory) for the fine-tune"
-    )
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    _add_config_flags(p, PlanConfig)
-
-    p = sub.add_parser(
-        "compare",
-        help="overlap of the important units of several runs (Jaccard, rank correlation)",
-        description="For every pair of runs of one model: Jaccard of the important sets at "
-        "each fraction (next to the overlap expected of random sets), Spearman and Kendall "
-        "tau-b of the importances. Writes comparison.json, comparison.md, pairwise.png and "
-        "overlap_curves.png into --output-dir.",
-    )
-    p.add_argument(
-        "runs", nargs="+", type=Path, metavar="RUN", help="run directories or layer_scores.json"
-    )
-    p.add_argument("--output-dir", type=Path, required=True, help="directory for the outputs")
-    p.add_argument(
-        "--fractions",
-        type=float,
-        nargs="+",
-        metavar="K",
-        help="fractions of units in the important set, each in (0, 1] (default: 0.1 0.25 0.5 0.75)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
-    _add_allow_other_model(
-        p,
-        "compare runs of models with one layout but different files (fingerprints), e.g. a "
-        "base and its fine-tune; the comparison says so",
-    )
-
-    p = sub.add_parser(
-        "report",
-        help="one self-contained HTML page (and markdown) describing a finished run",
-        description="Build report.html (opens from the file, no server), report.md and its "
-        "figures from a finished 'ila score' or 'ila run' directory: stage-1 loss with T, "
-        "stage-2 gates, unit heatmap, block bars, selection, fine-tune and evaluation "
-        "metrics, versions and the command that reproduces the run.",
-    )
-    p.add_argument("run", type=Path, help="a finished run directory")
-    p.add_argument("--output-dir", type=Path, required=True, help="directory for the report")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
-
-    p = sub.add_parser("ls", help="list available things: scorers, data presets")
-    p.add_argument("what", choices=["scorers", "presets"])
+    for add in (
+        _run_parser,
+        _score_parser,
+        _finetune_parser,
+        _select_parser,
+        _export_parser,
+        _eval_parser,
+        _plan_parser,
+        _compare_parser,
+        _report_parser,
+        _ls_parser,
+    ):
+        add(sub)
     return parser
 
 
@@ -351,6 +215,21 @@ def _scorer(args: argparse.Namespace) -> str:
     return args.scorer or args.scorer_old or "ila"
 
 
+def _score_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "score",
+        help="rank the units of a model on alignment data (ILA stages 1-2, or another scorer)",
+        description="Stage 1 fine-tunes LoRA until training is epsilon-stable; stage 2 learns "
+        "a sigmoid gate per unit under a sparsity budget; the gates rank the units. "
+        "Writes layer_scores.json and a report under --output-dir.",
+    )
+    p.add_argument("--scorer", help="ranking method (default ila; see 'ila ls scorers')")
+    p.add_argument(
+        "--method", dest="scorer_old", help="the older spelling of --scorer (deprecated)"
+    )
+    _score_flags(p)
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from ila import api
 
@@ -365,6 +244,18 @@ def _cmd_score(args: argparse.Namespace) -> int:
     )
     _print_score(result, "ila score")
     return 0
+
+
+def _run_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the main job: identify important units with ILA (then select, fine-tune, evaluate)",
+        description="Run ILA end to end on a model and dataset (defaults: the embedded "
+        "SmolLM2-135M and the embedded ila-instruct data): score the units (stages 1-2), "
+        "select the top ones (--select-rule, --select-fraction), fine-tune only those "
+        "(--finetune-method, --finetune-steps) into OUTPUT_DIR/finetune.",
+    )
+    _score_flags(p, RunConfig)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -393,6 +284,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 f"perplexity {metrics['perplexity']:.3f}{em_text}"
             )
     return 0
+
+
+def _eval_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="measure a model (and adapter): held-out loss, exact match, generations",
+        description="Evaluate a model, optionally with an adapter or an `ila finetune` run "
+        "directory, on held-out examples of --data (the split training made, by default): "
+        "response loss and perplexity, exact match of greedy answers where the data has "
+        "checkable answers, multiple-choice accuracy from MMLU-layout files "
+        "(--eval-mc-data), and lm-evaluation-harness tasks when it is installed.",
+    )
+    _score_flags(p, EvalConfig, resumable=False)  # an evaluation is re-run, not resumed
+    p.add_argument(
+        "--adapter",
+        type=Path,
+        help="a peft adapter directory, or an `ila finetune` output directory (adapter/ "
+        "or changed_weights/) to apply to --model",
+    )
+    _add_allow_other_model(p)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -424,6 +335,28 @@ def _print_metrics(metrics: dict[str, Any], pad: str) -> None:
         print(f"{pad}exact match {m['exact_match']:.3f} on {m['exact_match_examples']} answers")
     if m.get("mc_accuracy") is not None:
         print(f"{pad}multiple choice {m['mc_accuracy']:.3f} on {m['mc_questions']} questions")
+
+
+def _finetune_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune only the selected units (LoRA, full or QLoRA) on the HF Trainer",
+        description="Stage 3 of ILA: tune the units chosen from a ranking (--scores with one "
+        "rule), from a selection.json (--selection), or typed by hand (--units/--blocks); "
+        "everything else is frozen. --all-units tunes every unit (the baseline).",
+    )
+    p.add_argument("--output-dir", type=Path, required=True, help="run directory (created)")
+    p.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --output-dir from its last --save-steps checkpoint",
+    )
+    p.add_argument("--scores", type=Path, help="a score run directory or layer_scores.json")
+    _add_rule_flags(p, with_all=True, with_selection=True)
+    _add_allow_other_model(p)
+    _add_config_flags(p, FinetuneConfig)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
@@ -463,6 +396,22 @@ def _print_finetune(result: Any, header: str) -> None:
     print(f"{pad}outputs: {result.output_dir}")
 
 
+def _select_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "select",
+        help="choose the units to tune from a ranking (or by hand); writes selection.json",
+        description="Apply one selection rule to a ranking (ILA stage 3). Rounding: "
+        "k = max(1, floor(F * N + 0.5)) units. No model is loaded: the model layout is "
+        "read from the scores file.",
+    )
+    p.add_argument("scores", type=Path, help="a run directory or a layer_scores.json file")
+    p.add_argument(
+        "--output-dir", type=Path, help="where selection.json goes (default: beside the scores)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing selection.json")
+    _add_rule_flags(p, with_all=False, with_selection=False)
+
+
 def _cmd_select(args: argparse.Namespace) -> int:
     from ila import api
     from ila.scores import SCORES_FILE
@@ -487,6 +436,26 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a selection as configuration for other trainers (peft, axolotl, ...)",
+        description="Export selection.json for peft, Axolotl, LLaMA-Factory, ms-swift, or as a "
+        "plain list/JSON, so the trainer you already use tunes exactly the selected units.",
+    )
+    p.add_argument("selection", type=Path, help="a directory with selection.json, or the file")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=["peft", "axolotl", "llama-factory", "swift", "list", "json"],
+        help="export format",
+    )
+    p.add_argument("--output", type=Path, help="file to write (default: print)")
+    p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank in LoRA formats")
+    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha in LoRA formats")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout")
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from ila import api
 
@@ -505,6 +474,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="estimate memory (and time) of score and fine-tune without loading weights",
+        description="Build the model from its config on the meta device and print, per stage "
+        "(stage 1 LoRA, stage 2 gates, the selective fine-tune): trainable parameters, "
+        "weight, gradient, Adam and activation memory, tokens per step, and a time estimate "
+        "when --tokens-per-second is given. Same settings as 'ila score' and 'ila finetune'.",
+    )
+    p.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
+    p.add_argument(
+        "--selection", type=Path, help="a selection.json (or its directory) for the fine-tune"
+    )
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _add_config_flags(p, PlanConfig)
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     import json
 
@@ -513,6 +499,34 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     plan = api.plan(config=_resolve_config(args, PlanConfig), selection=args.selection)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.to_table())
     return 0
+
+
+def _compare_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="overlap of the important units of several runs (Jaccard, rank correlation)",
+        description="For every pair of runs of one model: Jaccard of the important sets at "
+        "each fraction (next to the overlap expected of random sets), Spearman and Kendall "
+        "tau-b of the importances. Writes comparison.json, comparison.md, pairwise.png and "
+        "overlap_curves.png into --output-dir.",
+    )
+    p.add_argument(
+        "runs", nargs="+", type=Path, metavar="RUN", help="run directories or layer_scores.json"
+    )
+    p.add_argument("--output-dir", type=Path, required=True, help="directory for the outputs")
+    p.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        metavar="K",
+        help="fractions of units in the important set, each in (0, 1] (default: 0.1 0.25 0.5 0.75)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
+    _add_allow_other_model(
+        p,
+        "compare runs of models with one layout but different files (fingerprints), e.g. a "
+        "base and its fine-tune; the comparison says so",
+    )
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -541,12 +555,31 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page (and markdown) describing a finished run",
+        description="Build report.html (opens from the file, no server), report.md and its "
+        "figures from a finished 'ila score' or 'ila run' directory: stage-1 loss with T, "
+        "stage-2 gates, unit heatmap, block bars, selection, fine-tune and evaluation "
+        "metrics, versions and the command that reproduces the run.",
+    )
+    p.add_argument("run", type=Path, help="a finished run directory")
+    p.add_argument("--output-dir", type=Path, required=True, help="directory for the report")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from ila import api
 
     page = api.report(args.run, output_dir=args.output_dir, overwrite=args.overwrite)
     print(f"ila report: {page} (and report.md)")
     return 0
+
+
+def _ls_parser(sub: Any) -> None:
+    p = sub.add_parser("ls", help="list available things: scorers, data presets")
+    p.add_argument("what", choices=["scorers", "presets"])
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:

@@ -100,7 +100,7 @@ def test_report_content_comes_from_the_run_files(full_run, full_report):
     assert f"| 1 | `{top}` |" in markdown and f"<code>{top}</code>" in page
     selection = json.loads((full_run / "selection.json").read_text())
     assert all(f"`{name}`" in markdown for name in selection["selected"])
-    variants = json.loads((full_run / "eval" / "comparison.json").read_text())["variants"]
+    variants = json.loads((full_run / "eval" / "variants.json").read_text())["variants"]
     assert "| metric | " + " | ".join(variants) + " |" in markdown
     loss_row = "| loss | " + " | ".join(f"{v['loss']:.4g}" for v in variants.values()) + " |"
     assert loss_row in markdown
@@ -151,7 +151,7 @@ def test_refusals_are_one_line_and_write_nothing(score_run, full_run, tmp_path, 
     state = json.loads((unfinished / "run_state.json").read_text())
     (unfinished / "run_state.json").write_text(json.dumps({**state, "completed_stages": []}))
     bad_eval = _copy_run(full_run, tmp_path, "bad-eval")
-    (bad_eval / "eval" / "comparison.json").write_text('{"schema_version": 7, "variants": {}}')
+    (bad_eval / "eval" / "variants.json").write_text('{"schema_version": 7, "variants": {}}')
     no_state = tmp_path / "no-state"
     no_state.mkdir()
     out = tmp_path / "out"

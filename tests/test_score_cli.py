@@ -187,7 +187,7 @@ def test_run_chains_score_select_finetune(tiny_model_dir, tmp_path, capsys):
     assert state["command"] == "run"
     stages = ["score", "select", "finetune", "finetune-all-units", "eval"]
     assert [s for s in state["completed_stages"] if s in stages] == stages
-    compared = json.loads((out / "eval" / "comparison.json").read_text())["variants"]
+    compared = json.loads((out / "eval" / "variants.json").read_text())["variants"]
     assert list(compared) == ["base", "all-units", "selected"]
     assert len({round(v["loss"], 6) for v in compared.values()}) == 3  # three different models
     assert all(v["exact_match_examples"] == 2 for v in compared.values())
@@ -204,7 +204,7 @@ def test_run_chains_score_select_finetune(tiny_model_dir, tmp_path, capsys):
     resume = [*argv, "--select-fraction", "0.25", "--finetune-steps", "3", *evals, "--resume"]
     assert main(resume) == 0
     assert baseline_file.stat().st_mtime_ns == written
-    again = json.loads((out / "eval" / "comparison.json").read_text())["variants"]
+    again = json.loads((out / "eval" / "variants.json").read_text())["variants"]
     assert again == compared
     selection = json.loads((out / "selection.json").read_text())
     assert selection["selected"] == sorted(

@@ -27,6 +27,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ila.errors import IlaError
+from ila.run_files import CHECKPOINT_STATE_FILE
 from ila.rundir import atomic_write_json, atomic_write_text, read_json
 from ila.training import StepValues
 
@@ -40,7 +41,7 @@ __all__ = [
     "rewind_metrics",
 ]
 
-CHECKPOINT_STATE_FILE = "ila_state.json"
+
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 

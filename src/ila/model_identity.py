@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ila.errors import IlaError
+from ila.run_files import BASE_MODEL_FILE
 
 __all__ = [
     "BASE_MODEL_FILE",
@@ -40,7 +41,6 @@ __all__ = [
 ]
 
 # Written by `ila finetune` next to an adapter or changed weights: the base's fingerprint.
-BASE_MODEL_FILE = "ila_base_model.json"
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 # Trainer checkpoint files that are not the model.

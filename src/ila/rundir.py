@@ -45,6 +45,17 @@ import yaml
 
 from ila.errors import IlaError
 from ila.model_identity import ModelFingerprint, check_same_model
+from ila.run_files import (
+    CONFIG_FILE,
+    DATA_FILE,
+    ENVIRONMENT_FILE,
+    FINETUNE_SUMMARY_FILE,
+    LOCK_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    RUN_STATE_FILE,
+    SELECTION_FILE,
+)
 
 __all__ = [
     "LOCK_FILE",
@@ -77,22 +88,20 @@ __all__ = [
     "write_yaml",
 ]
 
-RUN_STATE_FILE = "run_state.json"
-LOCK_FILE = ".ila.lock"
 
 # Every top-level name ila writes into a run directory, per command (the command recorded
 # in run_state.json). --overwrite deletes these and nothing else.
 _COMMON_ENTRIES = frozenset(
-    {RUN_STATE_FILE, "config.yaml", "environment.json", "ila.log", "metrics.jsonl", LOCK_FILE}
+    {RUN_STATE_FILE, CONFIG_FILE, ENVIRONMENT_FILE, LOG_FILE, METRICS_FILE, LOCK_FILE}
 )
 _SCORE_ENTRIES = _COMMON_ENTRIES | {
-    "data.json",
+    DATA_FILE,
     "stage1",
     "stage2",
     "layer_scores.json",
     "report",
     "seeds",
-    "selection.json",  # `ila select RUN` writes it beside the scores
+    SELECTION_FILE,  # `ila select RUN` writes it beside the scores
 }
 RUN_ENTRIES: dict[str, frozenset[str]] = {
     "score": _SCORE_ENTRIES,
@@ -100,12 +109,12 @@ RUN_ENTRIES: dict[str, frozenset[str]] = {
     "run": _SCORE_ENTRIES | {"finetune", "finetune-all-units", "eval"},
     "finetune": _COMMON_ENTRIES
     | {
-        "selection.json",
+        SELECTION_FILE,
         "trainer",
         "adapter",
         "changed_weights",
         "merged",
-        "finetune_summary.json",
+        FINETUNE_SUMMARY_FILE,
     },
     "eval": _COMMON_ENTRIES | {"eval_results.json", "generations.jsonl"},
 }
@@ -194,7 +203,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def log_to_file(output_dir: Path, name: str = "ila.log") -> Iterator[Path]:
+def log_to_file(output_dir: Path, name: str = LOG_FILE) -> Iterator[Path]:
     """Copy the ``ila`` loggers' records (INFO and above) into ``output_dir/name``."""
     path = Path(output_dir) / name
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -631,7 +640,7 @@ def require_resumable(
             f"--resume: the run in {output_dir} has finished; nothing to resume (pass "
             "--overwrite to run it again)"
         )
-    recorded_path = output_dir / "config.yaml"
+    recorded_path = output_dir / CONFIG_FILE
     if not recorded_path.is_file():
         raise IlaError(
             f"--resume: {recorded_path} not found; the run stopped before it began, so start "
@@ -690,7 +699,7 @@ def run_directory(
         )
     with log_to_file(output_dir) if main else contextlib.nullcontext():
         if main and not resume:
-            write_yaml(output_dir / "config.yaml", dict(resolved))
+            write_yaml(output_dir / CONFIG_FILE, dict(resolved))
             write_environment(output_dir, environment)
         yield main
 
@@ -760,7 +769,7 @@ def write_environment(output_dir: Path, extra: Mapping[str, Any] | None = None) 
     """Write ``environment.json`` into the run directory, with ``extra`` facts of the run
     (e.g. the training precision chosen for this machine)."""
     atomic_write_json(
-        Path(output_dir) / "environment.json", {**collect_environment(), **(extra or {})}
+        Path(output_dir) / ENVIRONMENT_FILE, {**collect_environment(), **(extra or {})}
     )
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ila.errors import IlaError
+from ila.run_files import SCORES_FILE
+from ila.run_files import SCORES_SCHEMA_VERSION as SCHEMA_VERSION
 from ila.rundir import atomic_write_json, read_json, require_schema_version
 
 __all__ = [
@@ -32,9 +34,6 @@ __all__ = [
     "jaccard",
     "top_count",
 ]
-
-SCHEMA_VERSION = 1
-SCORES_FILE = "layer_scores.json"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from typing import Any
 
 from ila.errors import IlaError
 from ila.layers import LayerMap, Unit
+from ila.run_files import SELECTION_FILE
+from ila.run_files import SELECTION_SCHEMA_VERSION as SCHEMA_VERSION
 from ila.rundir import atomic_write_json, read_json, require_schema_version
 from ila.scores import LayerScores, top_count
 
@@ -36,8 +38,7 @@ __all__ = [
     "select_units",
 ]
 
-SCHEMA_VERSION = 1
-SELECTION_FILE = "selection.json"
+
 RULES = ("tune-top-fraction", "freeze-bottom-fraction", "units", "blocks", "all-units")
 _RULE_FLAGS = ", ".join(f"--{rule}" for rule in RULES)
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from ila.errors import IlaError
 from ila.model_identity import fingerprint_of_record
+from ila.run_files import COMPARISON_SCHEMA_VERSION
 from ila.scores import SCORES_FILE, LayerScores, expected_random_jaccard, jaccard, top_count
 
 __all__ = [
@@ -46,7 +47,7 @@ __all__ = [
     "update_norm_correlation",
 ]
 
-COMPARISON_SCHEMA_VERSION = 1
+
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 0.75)
 CURVE_FRACTIONS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 """Fractions of the overlap-vs-fraction curves (5% steps up to 100%)."""

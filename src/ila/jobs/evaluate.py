@@ -7,7 +7,7 @@
     generations.jsonl   the greedy generations behind exact match, one per line
 
 ``ila run`` evaluates each variant it trained into ``RUN/eval/<variant>/`` (same files)
-and writes ``RUN/eval/comparison.json``: ``{"schema_version": 1, "variants": {name:
+and writes ``RUN/eval/variants.json``: ``{"schema_version": 1, "variants": {name:
 metrics}}`` with the variants ``base`` (the model before tuning), ``all-units`` (LoRA on
 every unit, same steps) and ``selected`` (the selective fine-tune).
 """
@@ -31,6 +31,9 @@ from ila.config import (
 from ila.data_formats import Example
 from ila.errors import IlaError
 from ila.evaluation import EvalResult, evaluate_model, load_model_for_eval
+from ila.run_files import EVAL_FILE, GENERATIONS_FILE
+from ila.run_files import EVAL_SCHEMA_VERSION as SCHEMA_VERSION
+from ila.run_files import EVAL_VARIANTS_FILE as COMPARISON_FILE
 from ila.rundir import (
     atomic_write_json,
     atomic_write_text,
@@ -51,10 +54,6 @@ __all__ = [
     "load_eval_examples",
 ]
 
-EVAL_FILE = "eval_results.json"
-GENERATIONS_FILE = "generations.jsonl"
-COMPARISON_FILE = "comparison.json"
-SCHEMA_VERSION = 1
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +183,7 @@ def evaluate_variants(
 ) -> dict[str, dict[str, Any]]:
     """Evaluate the base model with each adapter of ``variants`` (``None``: the base
     itself) on the same examples; write ``output_dir/<variant>/`` and
-    ``output_dir/comparison.json``. Returns the metrics of each variant."""
+    ``output_dir/variants.json``. Returns the metrics of each variant."""
     examples = load_eval_examples(data, settings)
     compared: dict[str, dict[str, Any]] = {}
     for name, adapter in variants.items():

@@ -47,6 +47,7 @@ from ila.model_identity import (
 )
 from ila.parallel import require_supported_launch
 from ila.precision import PrecisionChoice
+from ila.run_files import CONFIG_FILE, FINETUNE_SUMMARY_FILE, METRICS_FILE, SELECTION_FILE
 from ila.rundir import (
     atomic_directory,
     atomic_write_json,
@@ -179,7 +180,7 @@ def finetune(
         environment={"precision": precision.to_dict()},
     ) as main:
         if resume:
-            recorded = Selection.load(output_dir / "selection.json")
+            recorded = Selection.load(output_dir / SELECTION_FILE)
             if recorded.selected != loaded.selection.selected:
                 raise IlaError(
                     f"--resume: {output_dir / 'selection.json'} selects other units than this "
@@ -187,7 +188,7 @@ def finetune(
                 )
         if main and not resume:
             record_model(output_dir, loaded.identity)
-            loaded.selection.save(output_dir / "selection.json")
+            loaded.selection.save(output_dir / SELECTION_FILE)
         model, counts = _trainable_model(config, loaded)
         trainer, seconds, values = _train(config, model, loaded, output_dir, resume)
         eval_loss = None
@@ -211,7 +212,7 @@ def finetune(
                 output_dir,
                 loaded.identity,
             )
-            atomic_write_json(output_dir / "finetune_summary.json", summary)
+            atomic_write_json(output_dir / FINETUNE_SUMMARY_FILE, summary)
             mark_stage(output_dir, "finetune")
         return FinetuneRun(output_dir, loaded.selection, summary)
 
@@ -367,7 +368,7 @@ def _train(
         train_features=loaded.features.features,
         collator=PaddingCollator(loaded.tokenizer.pad_token_id),
         callbacks=[
-            MetricsLogger("finetune", output_dir / "metrics.jsonl", values),
+            MetricsLogger("finetune", output_dir / METRICS_FILE, values),
             CheckpointState(
                 "finetune",
                 values,
@@ -449,7 +450,7 @@ def _resume_point(output_dir: Path, values: StepValues) -> StageCheckpoint | Non
     step = checkpoint.step if checkpoint is not None else 0
     if is_main_process():
         discard_incomplete_checkpoints(folder, step)
-        rewind_metrics(output_dir / "metrics.jsonl", "finetune", step)
+        rewind_metrics(output_dir / METRICS_FILE, "finetune", step)
     if checkpoint is None:
         log.info("no complete checkpoint under %s; the fine-tune starts again", folder)
     else:
@@ -472,10 +473,10 @@ def finetune_step(
     output_dir = Path(output_dir)
     state = read_run_state(output_dir) if resume and output_dir.is_dir() else None
     if state is not None and "finetune" in state.get("completed_stages", []):
-        summary = read_json(output_dir / "finetune_summary.json")
-        recorded = Selection.load(output_dir / "selection.json")
+        summary = read_json(output_dir / FINETUNE_SUMMARY_FILE)
+        recorded = Selection.load(output_dir / SELECTION_FILE)
         return FinetuneRun(output_dir, recorded, summary)
-    started = state is not None and (output_dir / "config.yaml").is_file()
+    started = state is not None and (output_dir / CONFIG_FILE).is_file()
     return finetune(
         config,
         selection,

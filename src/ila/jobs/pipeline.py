@@ -19,7 +19,7 @@ Layout of a run directory (every file written atomically)::
     selection.json      `ila run` only: the units selected from the ranking
     finetune/           `ila run` only: the selective fine-tune (see ila.jobs.finetune)
     finetune-all-units/ `ila run` only: the all-units baseline, same method and steps
-    eval/               `ila run` only: base/, all-units/, selected/, comparison.json
+    eval/               `ila run` only: base/, all-units/, selected/, variants.json
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from ila.ensemble import stability_lines
 from ila.errors import IlaError
 from ila.model_identity import ModelFingerprint, model_fingerprint
 from ila.parallel import require_supported_launch
+from ila.run_files import DATA_FILE, SELECTION_FILE
 from ila.rundir import (
     atomic_write_json,
     check_output_dir,
@@ -225,7 +226,7 @@ def score(
         environment={"precision": precision.to_dict()},
     ):
         if main and not resume:
-            atomic_write_json(output_dir / "data.json", inputs.data_stats)
+            atomic_write_json(output_dir / DATA_FILE, inputs.data_stats)
             record_model(output_dir, inputs.model_fingerprint)
         ctx = ScoringContext(
             model=inputs.model,
@@ -352,8 +353,8 @@ def _score_ensemble(
         scores = consensus_scores(runs, seeds=seeds, members=members)
         report_files: list[Path] = []
         if main:
-            data_stats = read_json(output_dir / members[0] / "data.json")
-            atomic_write_json(output_dir / "data.json", data_stats)
+            data_stats = read_json(output_dir / members[0] / DATA_FILE)
+            atomic_write_json(output_dir / DATA_FILE, data_stats)
             scores.save(output_dir / SCORES_FILE)
             report_files = write_score_report(scores, output_dir / "report")
             mark_stage(output_dir, "score")
@@ -362,7 +363,7 @@ def _score_ensemble(
 
 def _require_same_data(output_dir: Path, stats: dict[str, Any]) -> None:
     """A resumed run must train on the data it started with (same fingerprint)."""
-    recorded = read_json(output_dir / "data.json")
+    recorded = read_json(output_dir / DATA_FILE)
     if recorded.get("fingerprint") != stats["fingerprint"]:
         raise IlaError(
             f"--resume: the training data differ from the data recorded in "
@@ -429,7 +430,7 @@ def run(
         **fraction,
     )
     if is_main_process():
-        selection.save(scored.output_dir / "selection.json")
+        selection.save(scored.output_dir / SELECTION_FILE)
         mark_stage(scored.output_dir, "select")
     tuned = None
     if settings.finetune_steps > 0:

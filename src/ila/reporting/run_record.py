@@ -15,12 +15,24 @@ from typing import Any
 import yaml
 
 from ila.errors import IlaError
+from ila.run_files import (
+    CONFIG_FILE,
+    DATA_FILE,
+    ENVIRONMENT_FILE,
+    EVAL_SCHEMA_VERSION,
+    EVAL_VARIANTS_FILE,
+    EVAL_VARIANTS_FILE_BEFORE,
+    FINETUNE_SUMMARY_FILE,
+    GATE_TRAJECTORY_FILE,
+    SELECTION_FILE,
+    STAGE_SUMMARY_FILE,
+)
 from ila.rundir import RUN_STATE_FILE, read_json, require_schema_version
 from ila.scores import SCORES_FILE, LayerScores
 
 __all__ = ["EVAL_SCHEMA_VERSION", "RunRecord", "load_run_record"]
 
-EVAL_SCHEMA_VERSION = 1
+
 _SCORE_COMMANDS = ("score", "run")
 
 
@@ -42,7 +54,7 @@ class RunRecord:
     finetunes: dict[str, dict[str, Any]]
     """Fine-tune summaries by name: 'selected' (finetune/), 'all-units' (finetune-all-units/)."""
     evaluation: dict[str, dict[str, Any]] | None
-    """eval/comparison.json 'variants': variant -> metric -> value."""
+    """eval/variants.json 'variants': variant -> metric -> value."""
 
     @property
     def method(self) -> str:
@@ -76,25 +88,23 @@ def load_run_record(run_dir: Path) -> RunRecord:
             "it to finish or re-run it"
         )
     scores = LayerScores.load(run_dir / SCORES_FILE)
-    config = _read_yaml(run_dir / "config.yaml")
-    environment = read_json(run_dir / "environment.json")
-    data = read_json(run_dir / "data.json") if (run_dir / "data.json").is_file() else None
+    config = _read_yaml(run_dir / CONFIG_FILE)
+    environment = read_json(run_dir / ENVIRONMENT_FILE)
+    data = read_json(run_dir / DATA_FILE) if (run_dir / DATA_FILE).is_file() else None
     stage1 = stage2 = trajectory = None
     if scores.method == "ila":
         # An ensemble (--seeds N) shows the curves of its first member.
         members = (scores.meta.get("ensemble") or {}).get("members") or [""]
         stages_dir = run_dir / members[0]
-        stage1 = read_json(stages_dir / "stage1" / "summary.json")
-        stage2 = read_json(stages_dir / "stage2" / "summary.json")
-        trajectory = read_json(stages_dir / "stage2" / "gate_trajectory.json")
-    selection = read_json(run_dir / "selection.json") if "select" in stages else None
+        stage1 = read_json(stages_dir / "stage1" / STAGE_SUMMARY_FILE)
+        stage2 = read_json(stages_dir / "stage2" / STAGE_SUMMARY_FILE)
+        trajectory = read_json(stages_dir / "stage2" / GATE_TRAJECTORY_FILE)
+    selection = read_json(run_dir / SELECTION_FILE) if "select" in stages else None
     finetunes = {}
     for stage, name in (("finetune", "selected"), ("finetune-all-units", "all-units")):
         if stage in stages:
-            finetunes[name] = read_json(run_dir / stage / "finetune_summary.json")
-    evaluation = (
-        _read_evaluation(run_dir / "eval" / "comparison.json") if "eval" in stages else None
-    )
+            finetunes[name] = read_json(run_dir / stage / FINETUNE_SUMMARY_FILE)
+    evaluation = _read_evaluation(_variants_file(run_dir / "eval")) if "eval" in stages else None
     return RunRecord(
         run_dir=run_dir,
         command=command,
@@ -125,7 +135,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _read_evaluation(path: Path) -> dict[str, dict[str, Any]]:
-    """eval/comparison.json: {"schema_version": 1, "variants": {name: {metric: value}}}."""
+    """eval/variants.json: {"schema_version": 1, "variants": {name: {metric: value}}}."""
     data = read_json(path)
     require_schema_version(data, EVAL_SCHEMA_VERSION, origin=str(path), command="ila run")
     variants = data.get("variants")
@@ -138,3 +148,10 @@ def _read_evaluation(path: Path) -> dict[str, dict[str, Any]]:
             if isinstance(value, float) and not math.isfinite(value):
                 raise IlaError(f"{path}: {name}.{metric} is {value}")
     return variants
+
+
+def _variants_file(eval_dir: Path) -> Path:
+    """``variants.json``, or ``comparison.json`` in runs made before it was renamed."""
+    current = eval_dir / EVAL_VARIANTS_FILE
+    before = eval_dir / EVAL_VARIANTS_FILE_BEFORE
+    return before if not current.is_file() and before.is_file() else current

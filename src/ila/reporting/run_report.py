@@ -18,6 +18,7 @@ from ila.reporting.plots import plot_block_bars, plot_unit_heatmap
 from ila.reporting.run_plots import plot_gate_trajectories, plot_stage1_loss
 from ila.reporting.run_record import RunRecord
 from ila.reporting.tables import ranking_markdown
+from ila.run_files import CONFIG_FILE
 from ila.rundir import atomic_write_text
 
 __all__ = ["RUN_REPORT_HTML", "build_run_document", "reproduce_command", "write_run_report"]
@@ -34,7 +35,7 @@ def reproduce_command(record: RunRecord, output_dir: str | None = None) -> str:
     """
     run_dir = record.run_dir
     target = output_dir or f"{run_dir.as_posix().rstrip('/')}-reproduced"
-    parts = ["ila", record.command, "--config", (run_dir / "config.yaml").as_posix()]
+    parts = ["ila", record.command, "--config", (run_dir / CONFIG_FILE).as_posix()]
     if record.command == "score":
         parts += ["--scorer", record.method]
     parts += ["--output-dir", target]

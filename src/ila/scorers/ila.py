@@ -39,6 +39,7 @@ from ila.errors import IlaError
 from ila.gates import attach_gates, budget_loss, project_to_budget
 from ila.layers import LayerMap
 from ila.lora import add_lora, lora_update_norms
+from ila.run_files import GATE_TRAJECTORY_FILE, METRICS_FILE, STAGE_SUMMARY_FILE
 from ila.rundir import (
     atomic_directory,
     atomic_write_json,
@@ -94,7 +95,7 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
     if ctx.resume and _completed(ctx, "stage1"):
         load_adapter_weights(model, out / "adapter")
         log.info("stage 1 finished before the interruption; reusing %s", out)
-        return read_json(out / "summary.json")
+        return read_json(out / STAGE_SUMMARY_FILE)
     log.info(
         "stage 1: LoRA on %d units until stable (%s rule, checks every %d steps, at most %d)",
         len(ctx.layer_map.units),
@@ -161,7 +162,7 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
             train_features=ctx.train_features,
             collator=ctx.collator,
             callbacks=[
-                MetricsLogger("stage1", ctx.output_dir / "metrics.jsonl", values, probe),
+                MetricsLogger("stage1", ctx.output_dir / METRICS_FILE, values, probe),
                 StopWhen(stable),
                 CheckpointState("stage1", values, seconds_before=seconds_before),
             ],
@@ -201,7 +202,7 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
     if is_main_process():
         with atomic_directory(out / "adapter") as tmp:
             model.save_pretrained(tmp)
-        atomic_write_json(out / "summary.json", summary)
+        atomic_write_json(out / STAGE_SUMMARY_FILE, summary)
         mark_stage(ctx.output_dir, "stage1")
     return summary
 
@@ -223,7 +224,7 @@ def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
     out = ctx.output_dir / "stage2"
     if ctx.resume and _completed(ctx, "stage2"):
         log.info("stage 2 finished before the interruption; reusing %s", out)
-        return read_json(out / "summary.json")
+        return read_json(out / STAGE_SUMMARY_FILE)
     for param in model.parameters():
         param.requires_grad_(False)
     gated = attach_gates(model, ctx.layer_map, granularity=cfg.unit, init_score=cfg.init_score)
@@ -312,7 +313,7 @@ def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
             collator=ctx.collator,
             callbacks=[
                 *callbacks,
-                MetricsLogger("stage2", ctx.output_dir / "metrics.jsonl", values, record_gates),
+                MetricsLogger("stage2", ctx.output_dir / METRICS_FILE, values, record_gates),
                 CheckpointState("stage2", values, gate_state, seconds_before=seconds_before),
             ],
             extra_loss=budget,
@@ -347,14 +348,14 @@ def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
     }
     if is_main_process():
         atomic_write_json(
-            out / "gate_trajectory.json",
+            out / GATE_TRAJECTORY_FILE,
             {
                 "gate_names": list(gated.gate_names),
                 "values": trajectory,
                 "scores": score_trajectory,
             },
         )
-        atomic_write_json(out / "summary.json", summary)
+        atomic_write_json(out / STAGE_SUMMARY_FILE, summary)
         mark_stage(ctx.output_dir, "stage2")
     return summary
 
@@ -412,7 +413,7 @@ def _resume_point(ctx: ScoringContext, folder: Path, stage: str) -> StageCheckpo
     step = checkpoint.step if checkpoint is not None else 0
     if is_main_process():
         discard_incomplete_checkpoints(folder, step)
-        rewind_metrics(ctx.output_dir / "metrics.jsonl", stage, step)
+        rewind_metrics(ctx.output_dir / METRICS_FILE, stage, step)
     if checkpoint is None:
         log.info("%s: no complete checkpoint under %s; the stage starts again", stage, folder)
     else:

@@ -87,3 +87,24 @@ def test_one_yaml_drives_every_command():
 def test_yaml_value_of_the_wrong_type_is_an_error():
     with pytest.raises(IlaError, match=r"stage1\.max_steps"):
         config_from_dict(ScoreConfig, {"stage1": {"max_steps": "many"}})
+
+
+def test_run_takes_the_finetune_settings_and_moves_the_old_spellings(caplog):
+    from ila.config import RunConfig
+
+    config = config_from_dict(RunConfig, {"finetune": {"method": "full", "warmup_steps": 2}})
+    assert config.finetune.method == "full" and config.finetune.warmup_steps == 2
+    assert config.run.finetune and not caplog.text
+    old = {"run": {"finetune_method": "full", "finetune_steps": 7, "finetune_learning_rate": 1e-4}}
+    config = config_from_dict(RunConfig, old)
+    assert (config.finetune.method, config.finetune.max_steps) == ("full", 7)
+    assert config.finetune.learning_rate == 1e-4 and config.run.finetune_method is None
+    assert (
+        "--finetune-method, --finetune-steps, --finetune-learning-rate: deprecated" in caplog.text
+    )
+    stopped = config_from_dict(RunConfig, {"run": {"finetune_steps": 0}})
+    assert not stopped.run.finetune and stopped.finetune.max_steps == 100
+    with pytest.raises(IlaError, match="--init-from-stage1: starts from a LoRA adapter"):
+        config_from_dict(
+            RunConfig, {"run": {"finetune_init_from_stage1": True}, "finetune": {"method": "full"}}
+        )

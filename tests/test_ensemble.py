@@ -148,7 +148,7 @@ def test_run_selects_from_the_consensus_of_several_seeds(tiny_model_dir, tmp_pat
         *FAST,
         "--select-fraction",
         "0.25",
-        "--finetune-steps",
+        "--max-steps",
         "2",
         "--no-evaluate",
     ]

@@ -85,7 +85,7 @@ def test_init_from_stage1_refusals(score_run, tiny_model_dir, tmp_path, capsys):
 
 def test_run_refuses_init_from_stage1_it_cannot_honour(tiny_model_dir, tmp_path, capsys):
     argv = ["run", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "run"), *TINY]
-    flag = "--finetune-init-from-stage1"
-    fails([*argv, flag, "--finetune-method", "full"], capsys, flag, "--finetune-method lora")
+    flag = "--init-from-stage1"
+    fails([*argv, flag, "--method", "full"], capsys, flag, "--method lora")
     fails([*argv, flag, "--seeds", "2"], capsys, flag, "--seeds 2")
     assert not (tmp_path / "run").exists()

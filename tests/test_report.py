@@ -27,7 +27,7 @@ TINY = [
     "--stage2-steps", "4",
 ]  # fmt: skip
 RUN_EXTRA = [
-    "--finetune-steps", "2",
+    "--max-steps", "2",
     "--select-fraction", "0.25",
     "--eval-generate-examples", "2",
     "--eval-max-new-tokens", "4",

@@ -253,7 +253,8 @@ def _run_parser(sub: Any) -> None:
         description="Run ILA end to end on a model and dataset (defaults: the embedded "
         "SmolLM2-135M and the embedded ila-instruct data): score the units (stages 1-2), "
         "select the top ones (--select-rule, --select-fraction), fine-tune only those "
-        "(--finetune-method, --finetune-steps) into OUTPUT_DIR/finetune.",
+        "(--method, --max-steps and the other settings of 'ila finetune') into "
+        "OUTPUT_DIR/finetune.",
     )
     _score_flags(p, RunConfig)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import types
 import typing
@@ -476,7 +477,9 @@ class EvalConfig:
 
 @dataclass
 class RunSettings:
-    """What `ila run` does after scoring: select units from the ranking and fine-tune them."""
+    """What `ila run` does after scoring: select units from the ranking and fine-tune them
+    (with the fine-tune settings, the ``finetune`` section: ``--method``, ``--max-steps``,
+    ``--learning-rate``, ``--init-from-stage1``, ... as in `ila finetune`)."""
 
     select_rule: str = _opt(
         "tune-top-fraction",
@@ -486,49 +489,85 @@ class RunSettings:
     select_fraction: float = _opt(
         0.3, "fraction for --select-rule (top fraction tuned, or bottom fraction frozen)"
     )
-    finetune_method: str = _opt(
-        "lora", "fine-tuning method of the run", choices=["lora", "full", "qlora"]
-    )
-    finetune_steps: int = _opt(100, "fine-tuning steps of the run (0: stop after selecting)")
-    finetune_learning_rate: float | None = _opt(
-        None, "fine-tuning learning rate (default: 1e-3 for lora/qlora, 2e-5 for full)"
+    finetune: bool = _opt(
+        True, "fine-tune the selection after scoring (--no-finetune stops after selecting)"
     )
     evaluate: bool = _opt(
-        True, "evaluate after fine-tuning (see the eval- settings); needs --finetune-steps > 0"
-    )
-    finetune_init_from_stage1: bool = _opt(
-        False,
-        "start the fine-tunes' LoRA (selection and all-units baseline) from the run's stage-1 "
-        "adapter; lora/qlora only",
+        True, "evaluate after fine-tuning (see the eval- settings); needs the fine-tune"
     )
     compare_all_units: bool = _opt(
         True,
         "also fine-tune every unit with the same steps (into finetune-all-units/) and "
         "evaluate the base model, all units and the selection side by side",
     )
+    # The spellings before the fine-tune settings were shared with `ila finetune`; kept
+    # for one release, each moved into the finetune section with a deprecation warning.
+    finetune_method: str | None = _opt(
+        None, "deprecated: use --method", choices=["lora", "full", "qlora"]
+    )
+    finetune_steps: int | None = _opt(None, "deprecated: use --max-steps (and --no-finetune for 0)")
+    finetune_learning_rate: float | None = _opt(None, "deprecated: use --learning-rate")
+    finetune_init_from_stage1: bool | None = _opt(None, "deprecated: use --init-from-stage1")
 
     def __post_init__(self) -> None:
         _fraction(self.select_fraction, "--select-fraction")
-        _require(self.finetune_steps >= 0, "--finetune-steps", "must be >= 0")
         _require(
-            not self.finetune_init_from_stage1 or self.finetune_method in ("lora", "qlora"),
-            "--finetune-init-from-stage1",
-            "starts from a LoRA adapter, so it needs --finetune-method lora or qlora (not "
-            f"{self.finetune_method})",
+            self.finetune_steps is None or self.finetune_steps >= 0,
+            "--finetune-steps",
+            "must be >= 0",
         )
-        _require(
-            self.finetune_learning_rate is None or self.finetune_learning_rate > 0,
-            "--finetune-learning-rate",
-            "must be > 0",
-        )
+
+
+_DEPRECATED_RUN_KEYS = {
+    "finetune_method": "method",
+    "finetune_steps": "max_steps",
+    "finetune_learning_rate": "learning_rate",
+    "finetune_init_from_stage1": "init_from_stage1",
+}
 
 
 @dataclass
 class RunConfig(ScoreConfig):
-    """`ila run`: everything `ila score` needs, plus the selection and fine-tuning after it."""
+    """`ila run`: everything `ila score` needs, plus the selection, the fine-tune (the
+    settings of `ila finetune`) and the evaluation after it."""
 
     run: RunSettings = field(default_factory=RunSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+
+    def __post_init__(self) -> None:
+        self._move_deprecated_run_settings()
+        _require(
+            not self.finetune.init_from_stage1 or self.ensemble.seeds == 1,
+            "--init-from-stage1",
+            f"needs one stage-1 adapter, but --seeds {self.ensemble.seeds} trains one per "
+            "member; run without --seeds, or fine-tune from one member with 'ila finetune "
+            "--scores RUN/seeds/seed-S --init-from-stage1'",
+        )
+
+    def _move_deprecated_run_settings(self) -> None:
+        """run.finetune_* (``--finetune-method`` ...) into the finetune section, with a
+        warning; ``--finetune-steps 0`` becomes ``--no-finetune``."""
+        run = self.run
+        given = {k: getattr(run, k) for k in _DEPRECATED_RUN_KEYS if getattr(run, k) is not None}
+        if not given:
+            return
+        moved = {_DEPRECATED_RUN_KEYS[k]: v for k, v in given.items()}
+        stop = moved.get("max_steps") == 0
+        if stop:
+            del moved["max_steps"]
+        old = ", ".join(flag_name("run", k) for k in given)
+        new = ", ".join(flag_name("finetune", k) for k in moved)
+        logging.getLogger("ila").warning(
+            "%s: deprecated, use the fine-tune settings of 'ila finetune' (%s)%s",
+            old,
+            new or "none",
+            " and --no-finetune" if stop else "",
+        )
+        self.finetune = dataclasses.replace(self.finetune, **moved)
+        self.run = dataclasses.replace(
+            run, finetune=run.finetune and not stop, **dict.fromkeys(given)
+        )
 
 
 @dataclass

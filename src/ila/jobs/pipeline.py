@@ -389,32 +389,27 @@ def run(
     """The main job: identify the important units (ILA), select some, fine-tune only those.
 
     Writes the score run into ``output_dir``, ``selection.json`` beside its
-    ``layer_scores.json``, and the fine-tune into ``output_dir/finetune`` (skipped with
-    ``finetune_steps`` 0). With ``run.evaluate`` it then fine-tunes all units as a baseline
-    (``run.compare_all_units``) and evaluates base, all units and the selection side by
-    side into ``output_dir/eval`` (see ila.jobs.evaluate).
+    ``layer_scores.json``, and the fine-tune (``config.finetune``, the settings of `ila
+    finetune`) into ``output_dir/finetune`` (skipped with ``run.finetune`` off). With
+    ``run.evaluate`` it then fine-tunes all units as a baseline (``run.compare_all_units``)
+    and evaluates base, all units and the selection side by side into ``output_dir/eval``
+    (see ila.jobs.evaluate).
 
     ``resume`` continues an interrupted run: scoring as :func:`score` resumes it, the
     selection is made again, the fine-tune continues from its last complete checkpoint
     (or starts again when it has none).
     """
-    from ila.config import FinetuneConfig, FinetuneSettings
+    from ila.config import FinetuneConfig
     from ila.jobs.finetune import finetune_step
     from ila.layers import LayerMap
     from ila.selection import select_units
 
-    if config.run.finetune_init_from_stage1 and config.ensemble.seeds > 1:
-        raise IlaError(
-            "--finetune-init-from-stage1 needs one stage-1 adapter, but --seeds "
-            f"{config.ensemble.seeds} trains one per member; run without --seeds, or fine-tune "
-            "from one member with 'ila finetune --scores RUN/seeds/seed-S --init-from-stage1'"
-        )
-    if config.run.evaluate and config.run.finetune_steps > 0:
+    if config.run.evaluate and config.run.finetune:
         from ila.jobs.evaluate import check_eval_inputs
 
         check_eval_inputs(config.eval)
     if resume:
-        last = "select" if config.run.finetune_steps == 0 else "finetune"
+        last = "finetune" if config.run.finetune else "select"
         last = "eval" if config.run.evaluate and last == "finetune" else last
         resolved = {**config_to_dict(config), "method": "ila"}
         require_resumable(output_dir, resolved, finished_stage=last)
@@ -433,18 +428,13 @@ def run(
         selection.save(scored.output_dir / SELECTION_FILE)
         mark_stage(scored.output_dir, "select")
     tuned = None
-    if settings.finetune_steps > 0:
+    if settings.finetune:
         finetune_config = FinetuneConfig(
             model=config.model,
             data=config.data,
             lora=config.lora,
             train=config.train,
-            finetune=FinetuneSettings(
-                method=settings.finetune_method,
-                learning_rate=settings.finetune_learning_rate,
-                max_steps=settings.finetune_steps,
-                init_from_stage1=settings.finetune_init_from_stage1,
-            ),
+            finetune=config.finetune,
         )
         tuned = finetune_step(
             finetune_config,

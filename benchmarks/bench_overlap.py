@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ila.analysis.compare import compare_scores
 from ila.cli import main as ila_main
+from ila.core.scores import LayerScores, UnitScore, expected_random_jaccard, jaccard, top_count
 from ila.reporting.figures import pyplot, save_png
-from ila.scores import LayerScores, UnitScore, expected_random_jaccard, jaccard, top_count
 from results_file import write_section
 
 ALIGNMENT = ("ila-instruct", "chitchat", "sharegpt")

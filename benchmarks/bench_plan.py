@@ -49,13 +49,13 @@ def worker(model_spec: str, stage: str, batch: int, length: int, steps: int, out
     import torch
 
     from ila.config import LoraSettings, TrainConfig
-    from ila.gates import attach_gates
+    from ila.core.gates import attach_gates
+    from ila.core.layers import find_layers
+    from ila.core.lora import add_lora
+    from ila.data.tokenization import PaddingCollator
     from ila.jobs.finetune import freeze_all_but
-    from ila.layers import find_layers
-    from ila.lora import add_lora
-    from ila.models import load_model
-    from ila.tokenization import PaddingCollator
-    from ila.training import make_training_args, run_trainer
+    from ila.model.loading import load_model
+    from ila.train.trainer import make_training_args, run_trainer
 
     torch.set_num_threads(2)
     gc.collect()
@@ -118,7 +118,7 @@ def predicted(model_spec: str, stage: str, batch: int, length: int) -> dict[str,
     """The plan's numbers for one measurement (full: a selection of every unit)."""
     from ila.analysis.plan import model_shape, plan_run
     from ila.config import DataConfig, FinetuneSettings, ModelConfig, PlanConfig, TrainConfig
-    from ila.selection import select_units
+    from ila.core.selection import select_units
 
     config = PlanConfig(
         model=ModelConfig(model=model_spec),

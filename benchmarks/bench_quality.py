@@ -9,7 +9,7 @@ LoRA-fine-tunes, for the same number of steps and several fine-tuning seeds:
 * ILA, freeze the bottom 25% (tune the other 75%);
 * ILA, tune the top 10% and the top 30%;
 * controls with the same number of *trainable parameters* as ILA's top 30%
-  (ila.controls): a random order, and the lora-norm ranking of the same stage-1
+  (ila.core.controls): a random order, and the lora-norm ranking of the same stage-1
   adapter, each walked until the budget is met; and a random draw with the same number
   of units of each module type as ILA's top 30%;
 * the top 30% of other scorers (``--methods``);
@@ -66,15 +66,15 @@ def evaluate(adapter: Path | None, seed: int, out: Path, flags: list[str]) -> di
 
 
 def controls(ila_scores: Path, work_dir: Path, seed: int) -> dict[str, list[str]]:
-    """Unit lists of the control selections, matched to ILA's top 30% (ila.controls)."""
-    from ila.controls import (
+    """Unit lists of the control selections, matched to ILA's top 30% (ila.core.controls)."""
+    from ila.core.controls import (
         parameter_matched,
         random_order,
         random_within_type,
         trainable_parameters,
     )
-    from ila.layers import LayerMap
-    from ila.scores import LayerScores
+    from ila.core.layers import LayerMap
+    from ila.core.scores import LayerScores
 
     scores = LayerScores.load(ila_scores)
     layer_map = LayerMap.from_dict(scores.layout)

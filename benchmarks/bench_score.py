@@ -32,7 +32,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ila.cli import main as ila_main
-from ila.scores import LayerScores, expected_random_jaccard, jaccard, top_count
+from ila.core.scores import LayerScores, expected_random_jaccard, jaccard, top_count
 from results_file import write_section
 
 
@@ -42,11 +42,11 @@ def trainer_overhead(steps: int, max_length: int, batch_size: int) -> dict[str, 
     from transformers import TrainerCallback
 
     from ila.config import LoraSettings, TrainConfig
+    from ila.core.layers import find_layers
+    from ila.core.lora import add_lora
     from ila.data import PaddingCollator, load_examples, tokenize_examples
-    from ila.layers import find_layers
-    from ila.lora import add_lora
-    from ila.models import load_model
-    from ila.training import make_training_args, run_trainer
+    from ila.model.loading import load_model
+    from ila.train.trainer import make_training_args, run_trainer
 
     model, tokenizer = load_model("smollm2-135m", device="cpu")
     layer_map = find_layers(model)
@@ -188,7 +188,7 @@ def main() -> None:
             "",
             "| path | median s/step |",
             "|---|---:|",
-            f"| HF Trainer (`ila.training`) | {o['trainer_s']:.3f} |",
+            f"| HF Trainer (`ila.train.trainer`) | {o['trainer_s']:.3f} |",
             f"| plain loop | {o['plain_s']:.3f} |",
             f"| **ratio** | **{o['ratio']:.3f}** |",
         ]

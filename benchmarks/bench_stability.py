@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ila.analysis.compare import spearman, structural_null_jaccard
 from ila.config import ScoreConfig, Stage1Config
-from ila.scores import expected_random_jaccard, jaccard, top_count
-from ila.stability import detect_stable
+from ila.core.scores import expected_random_jaccard, jaccard, top_count
+from ila.core.stability import detect_stable
 from record_stage1 import LIMIT, MAX_LENGTH, SPLIT_SEED
 from results_file import write_section
 
@@ -116,9 +116,9 @@ class Stage2Runner:
     """Learns stage 2 from a recording's snapshot (model loaded once per process)."""
 
     def __init__(self) -> None:
+        from ila.core.layers import find_layers
         from ila.data import PaddingCollator
-        from ila.layers import find_layers
-        from ila.models import load_model
+        from ila.model.loading import load_model
 
         self.model, self.tokenizer = load_model("smollm2-135m", device="cpu")
         self.layer_map = find_layers(self.model)
@@ -128,7 +128,7 @@ class Stage2Runner:
     def _features(self, data: str):
         if data not in self.features:
             from ila.data import data_fingerprint, load_examples, split_examples
-            from ila.tokenization import tokenize_examples
+            from ila.data.tokenization import tokenize_examples
 
             train, _ = split_examples(
                 load_examples(data, limit=LIMIT.get(data)), eval_fraction=0.1, seed=SPLIT_SEED
@@ -146,7 +146,7 @@ class Stage2Runner:
         from safetensors.torch import load_file
 
         from ila.config import LoraSettings
-        from ila.lora import add_lora
+        from ila.core.lora import add_lora
         from ila.scorers.base import ScoringContext
         from ila.scorers.ila import run_stage2
 

@@ -33,6 +33,8 @@ def main() -> None:
     from peft import PeftModel
 
     from ila.config import ScoreConfig, config_from_dict
+    from ila.core.layers import find_layers
+    from ila.core.scores import expected_random_jaccard, jaccard, top_count
     from ila.data import (
         PaddingCollator,
         data_fingerprint,
@@ -40,11 +42,9 @@ def main() -> None:
         split_examples,
         tokenize_examples,
     )
-    from ila.layers import find_layers
-    from ila.models import load_model
+    from ila.model.loading import load_model
     from ila.scorers.base import ScoringContext
     from ila.scorers.ila import run_stage2
-    from ila.scores import expected_random_jaccard, jaccard, top_count
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dirs", type=Path, nargs="+", help="ila score runs (stage-1 adapters)")

@@ -42,6 +42,8 @@ def record(data: str, seed: int, steps: int, norm_every: int, snapshot_every: in
     from transformers import TrainerCallback
 
     from ila.config import LoraSettings, TrainConfig
+    from ila.core.layers import find_layers
+    from ila.core.lora import add_lora, lora_update_norms
     from ila.data import (
         PaddingCollator,
         data_fingerprint,
@@ -49,10 +51,8 @@ def record(data: str, seed: int, steps: int, norm_every: int, snapshot_every: in
         split_examples,
         tokenize_examples,
     )
-    from ila.layers import find_layers
-    from ila.lora import add_lora, lora_update_norms
-    from ila.models import load_model
-    from ila.training import MetricsLogger, StepValues, make_training_args, run_trainer
+    from ila.model.loading import load_model
+    from ila.train.trainer import MetricsLogger, StepValues, make_training_args, run_trainer
 
     model, tokenizer = load_model("smollm2-135m", device="cpu")
     layer_map = find_layers(model)

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ila.instruct_data import generate_ila_instruct, write_jsonl
-from ila.reasoning_data import generate_ila_reasoning
+from ila.data.instruct import generate_ila_instruct, write_jsonl
+from ila.data.reasoning import generate_ila_reasoning
 
 RESOURCES = Path(__file__).resolve().parents[1] / "src" / "ila" / "resources"
 Generator = Callable[[int, int], list[dict[str, Any]]]

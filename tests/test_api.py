@@ -9,9 +9,9 @@ import pytest
 
 import ila
 from ila.config import ScoreConfig
+from ila.core.scores import LayerScores
+from ila.core.selection import Selection
 from ila.errors import IlaError
-from ila.scores import LayerScores
-from ila.selection import Selection
 
 TINY = {"max_length": 64, "limit": 40, "batch_size": 4, "device": "cpu"}
 QUICK_ILA = {"stage1_max_steps": 4, "stage1_min_steps": 0, "stage2_steps": 2}

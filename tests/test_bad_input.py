@@ -22,8 +22,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from conftest import build_tiny_llama, fails, tree
 from ila.cli import main
-from ila.layers import find_layers
-from ila.scores import LayerScores, UnitScore
+from ila.core.layers import find_layers
+from ila.core.scores import LayerScores, UnitScore
 
 TINY_RUN = ["--limit", "24", "--max-length", "64", "--batch-size", "4", "--device", "cpu"]
 

@@ -20,8 +20,8 @@ from ila.analysis.compare import (
     spearman,
 )
 from ila.cli import main
+from ila.core.scores import LayerScores, UnitScore, expected_random_jaccard
 from ila.errors import IlaError
-from ila.scores import LayerScores, UnitScore, expected_random_jaccard
 
 TYPES = ["self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.down_proj"]
 

@@ -25,7 +25,7 @@ from ila.data import (
     split_examples,
     tokenize_examples,
 )
-from ila.data_sources import iter_json_items
+from ila.data.sources import iter_json_items
 from ila.errors import IlaError
 
 RECORDS = {
@@ -416,7 +416,7 @@ def test_empty_responses_and_all_truncated_are_said(tiny_tokenizer, caplog):
 
 
 def test_a_huge_text_is_cut_before_tokenizing_with_the_same_tokens(tiny_tokenizer, monkeypatch):
-    from ila import tokenization
+    from ila.data import tokenization
 
     answer = " ".join(f"w{i % 97}x{i}" for i in range(60_000))  # about 0.5 MB in one line
     example = ex(("user", "hi"), ("assistant", answer))

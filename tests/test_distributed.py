@@ -4,7 +4,7 @@
 and `ila finetune` under torchrun, each with 2 processes x 2 examples against 1 process x
 4 examples and the same seed. The stage-2 gates live in the model, so DDP averages their
 gradients; only rank 0 writes the run directory and prints. Sharded launches (FSDP,
-DeepSpeed) are refused before anything is written (see ila.parallel).
+DeepSpeed) are refused before anything is written (see ila.train.parallel).
 
 LoRA dropout is off: each process draws its own dropout masks, which no single process
 reproduces. Tolerances: the two runs add the same per-example gradients in a different order (an
@@ -28,9 +28,9 @@ import torch
 from safetensors.torch import load_file
 
 from ila.cli import main
+from ila.core.scores import LayerScores
 from ila.errors import IlaError
-from ila.parallel import requested_sharding
-from ila.scores import LayerScores
+from ila.train.parallel import requested_sharding
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

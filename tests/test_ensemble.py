@@ -6,9 +6,9 @@ import random
 import pytest
 
 from ila.cli import main
-from ila.ensemble import consensus_scores, ensemble_stability, stability_lines
+from ila.core.ensemble import consensus_scores, ensemble_stability, stability_lines
+from ila.core.scores import LayerScores, UnitScore
 from ila.errors import IlaError
-from ila.scores import LayerScores, UnitScore
 
 
 def scores_from(values, *, method="ila", names=None):

@@ -8,7 +8,8 @@ import torch
 
 from ila.cli import main
 from ila.config import EvalSettings
-from ila.data_formats import Example
+from ila.data.formats import Example
+from ila.data.tokenization import PaddingCollator, prompt_token_ids, tokenize_examples
 from ila.errors import IlaError
 from ila.evaluation import (
     evaluate_model,
@@ -18,8 +19,7 @@ from ila.evaluation import (
     response_loss,
     stop_token_ids,
 )
-from ila.multiple_choice import load_mc_questions, mc_accuracy, mc_prompt
-from ila.tokenization import PaddingCollator, prompt_token_ids, tokenize_examples
+from ila.evaluation.multiple_choice import load_mc_questions, mc_accuracy, mc_prompt
 
 
 def conversation(question: str, answer: str) -> Example:

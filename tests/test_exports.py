@@ -18,10 +18,10 @@ from peft.tuners.lora import LoraLayer
 
 from conftest import build_tiny_llama
 from ila.analysis.exports import EXPORT_FORMATS, export_selection, module_regex, parameter_regex
+from ila.core.layers import find_layers
+from ila.core.scores import LayerScores, UnitScore
+from ila.core.selection import Selection, select_units
 from ila.errors import IlaError
-from ila.layers import find_layers
-from ila.scores import LayerScores, UnitScore
-from ila.selection import Selection, select_units
 
 IRREGULAR = [  # blocks 0 and 11 tune the same modules, block 1 others
     "layers.0.self_attn.q_proj",

@@ -16,10 +16,10 @@ from ila.config import (
     ModelConfig,
     TrainConfig,
 )
+from ila.core.layers import find_layers
+from ila.core.selection import Selection, select_units
 from ila.errors import IlaError
 from ila.jobs.finetune import finetune, freeze_all_but
-from ila.layers import find_layers
-from ila.selection import Selection, select_units
 
 SELECTED_BLOCK = 2
 
@@ -118,7 +118,7 @@ def test_qlora_without_cuda_is_a_clear_error(tiny_model_dir, tmp_path):
 
 
 def test_cli_finetune_from_scores_and_errors(tiny_model_dir, tmp_path, capsys):
-    from ila.scores import LayerScores, UnitScore
+    from ila.core.scores import LayerScores, UnitScore
 
     layer_map = find_layers(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     units = [
@@ -194,7 +194,7 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
 ):
     import dataclasses
 
-    from ila import training
+    from ila.train import trainer as training
 
     cfg = config(tiny_model_dir, method="lora")
     cfg = dataclasses.replace(cfg, train=TrainConfig(batch_size=4, save_steps=2))

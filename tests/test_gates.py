@@ -5,10 +5,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from ila.config import LoraSettings
+from ila.core.gates import GATE_MODULE_NAME, attach_gates, budget_loss
+from ila.core.layers import find_layers, peft_target_modules
+from ila.core.lora import add_lora, lora_update_norms, unit_lora_layer
 from ila.errors import IlaError
-from ila.gates import GATE_MODULE_NAME, attach_gates, budget_loss
-from ila.layers import find_layers, peft_target_modules
-from ila.lora import add_lora, lora_update_norms, unit_lora_layer
 
 SETTINGS = LoraSettings(rank=4, alpha=8.0, dropout=0.0)
 
@@ -204,7 +204,7 @@ def test_planted_signal_ranks_useful_units_first(tiny_llama):
 
 
 def test_project_to_budget_sets_the_mean_gate_and_keeps_the_order():
-    from ila.gates import project_to_budget
+    from ila.core.gates import project_to_budget
 
     scores = torch.tensor([4.0, 3.0, -1.0, 0.5, 2.0, 6.0])
     order = torch.argsort(scores)

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from conftest import fails
 from ila.cli import main
-from ila.selection import Selection
+from ila.core.selection import Selection
 
 TINY = ["--max-length", "64", "--limit", "40", "--batch-size", "4", "--device", "cpu"]
 SCORE = ["--stage1-max-steps", "4", "--stage1-min-steps", "0", "--stage2-steps", "2"]

@@ -8,7 +8,7 @@ from importlib import resources
 import pytest
 
 from ila.data import load_examples
-from ila.instruct_data import TASKS, extract_answer, generate_ila_instruct, write_jsonl
+from ila.data.instruct import TASKS, extract_answer, generate_ila_instruct, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Behavioural tests of ila.layers on tiny config-built models of several families."""
+"""Behavioural tests of ila.core.layers on tiny config-built models of several families."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import transformers as tf
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
+from ila.core.layers import LayerMap, find_layers, peft_target_modules
 from ila.errors import IlaError
-from ila.layers import LayerMap, find_layers, peft_target_modules
 
 H, FFN, VOCAB = 32, 64, 100
 # Llama-style attention with 4 heads of 8 and 2 KV heads: k/v project 32 -> 16.

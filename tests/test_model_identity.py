@@ -1,4 +1,4 @@
-"""Model identity (ila.model_identity): fingerprints, and the checks that use them.
+"""Model identity (ila.model.identity): fingerprints, and the checks that use them.
 
 Two tiny Llamas with one layout and different weights stand for a base and its fine-tune:
 shapes cannot tell them apart, so every check here is one that layout checks miss.
@@ -13,14 +13,14 @@ import pytest
 from conftest import build_tiny_llama, fails
 from ila.analysis.compare import compare_scores
 from ila.cli import main
+from ila.core.scores import LayerScores
 from ila.errors import IlaError
-from ila.model_identity import (
+from ila.model.identity import (
     BASE_MODEL_FILE,
     check_same_model,
     local_fingerprint,
     model_fingerprint,
 )
-from ila.scores import LayerScores
 
 TINY_RUN = ["--limit", "24", "--max-length", "64", "--batch-size", "4", "--device", "cpu"]
 FINETUNE = ["--max-steps", "2", "--learning-rate", "1e-2", *TINY_RUN]

@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from ila import models
 from ila.errors import IlaError
-from ila.models import (
+from ila.model import loading as models
+from ila.model.loading import (
     EMBEDDED_MODEL,
     cache_dir,
     embedded_gguf_path,

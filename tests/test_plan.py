@@ -12,12 +12,12 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from ila.analysis.plan import activation_bytes, model_shape, plan_run
 from ila.cli import main
 from ila.config import FinetuneSettings, LoraSettings, ModelConfig, PlanConfig, PlanSettings
+from ila.core.gates import attach_gates
+from ila.core.layers import find_layers
+from ila.core.lora import add_lora
+from ila.core.selection import select_units
 from ila.errors import IlaError
-from ila.gates import attach_gates
 from ila.jobs.finetune import freeze_all_but, trainable_summary
-from ila.layers import find_layers
-from ila.lora import add_lora
-from ila.selection import select_units
 
 LLAMA2 = {  # the published Llama-2 shapes
     "7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
@@ -189,7 +189,7 @@ def test_plan_settings_validate():
 
 @pytest.mark.slow
 def test_embedded_model_plan_matches_the_loaded_model(embedded_cache):
-    from ila.models import load_model
+    from ila.model.loading import load_model
 
     plan = plan_run(PlanConfig(), cache=embedded_cache)
     model, _ = load_model("smollm2-135m", device="cpu", cache=embedded_cache)

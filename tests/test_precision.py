@@ -1,4 +1,4 @@
-"""--precision: float32 or 16-bit autocast, chosen for the machine (ila.precision)."""
+"""--precision: float32 or 16-bit autocast, chosen for the machine (ila.train.precision)."""
 
 import json
 
@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from conftest import fails
-from ila import precision
 from ila.cli import main
 from ila.config import TrainConfig
 from ila.errors import IlaError
-from ila.precision import choose_precision, cpu_has_bf16
-from ila.training import make_training_args
+from ila.train import precision
+from ila.train.precision import choose_precision, cpu_has_bf16
+from ila.train.trainer import make_training_args
 
 CPU = torch.device("cpu")
 

@@ -12,7 +12,7 @@ import termios
 
 from ila.cli import main
 from ila.config import TrainConfig
-from ila.training import progress_bars_enabled
+from ila.train.trainer import progress_bars_enabled
 
 TINY = [
     "--max-length", "64",

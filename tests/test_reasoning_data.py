@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from ila.data import load_examples, tokenize_examples
-from ila.instruct_data import extract_answer, write_jsonl
-from ila.models import load_tokenizer
-from ila.reasoning_data import CONSTANTS, KINDS, generate_ila_reasoning
+from ila.data.instruct import extract_answer, write_jsonl
+from ila.data.reasoning import CONSTANTS, KINDS, generate_ila_reasoning
+from ila.model.loading import load_tokenizer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "generate_data.py"
 # One step of working: "label: a op b = c", or "label: a / b = q remainder r".

@@ -15,9 +15,9 @@ import subprocess
 import pytest
 
 from ila.cli import main
+from ila.core.scores import LayerScores
 from ila.reporting.run_record import load_run_record
 from ila.reporting.run_report import reproduce_command
-from ila.scores import LayerScores
 
 TINY = [
     "--max-length", "64",

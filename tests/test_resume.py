@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from ila.cli import main
+from ila.core.scores import LayerScores
 from ila.errors import IlaError
-from ila.scores import LayerScores
 
 # Stage 1 cannot stop before step 30 (min-steps), so a kill at a checkpoint of step >= 8
 # lands mid stage 1 with 20+ steps to spare; stage 2 runs 40 steps.
@@ -184,7 +184,7 @@ def test_resume_refuses_no_run_other_settings_and_a_finished_run(tiny_model_dir,
 
 
 def test_an_interrupted_save_is_never_resumed_from_and_redone_rows_are_dropped(tmp_path):
-    from ila.checkpoints import (
+    from ila.train.checkpoints import (
         CHECKPOINT_STATE_FILE,
         discard_incomplete_checkpoints,
         last_complete_checkpoint,

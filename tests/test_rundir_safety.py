@@ -190,7 +190,7 @@ def test_read_only_parent_is_refused_before_the_model_is_loaded(
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(os, "access", access)
-    monkeypatch.setattr("ila.models.load_model", no_load)
+    monkeypatch.setattr("ila.model.loading.load_model", no_load)
     out = parent / "runs" / "one"
     argv = ["score", "--model", str(tiny_model_dir), "--output-dir", str(out), *TINY_RUN]
     fails(argv, capsys, f"cannot write in its parent {parent}", "choose a writable directory")

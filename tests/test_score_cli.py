@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ila.cli import main
-from ila.scores import LayerScores
+from ila.core.scores import LayerScores
 
 FAST = [
     "--max-length", "96",

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ila.cli import main
-from ila.scores import LayerScores
+from ila.core.scores import LayerScores
 
 
 @pytest.mark.slow

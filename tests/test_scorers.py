@@ -16,12 +16,12 @@ import torch
 
 from conftest import build_tiny_llama
 from ila.config import ScoreConfig, Stage1Config, Stage2Config, TrainConfig
+from ila.core.layers import find_layers
+from ila.core.scores import LayerScores
 from ila.data import PaddingCollator, load_examples, tokenize_examples
 from ila.errors import IlaError
-from ila.layers import find_layers
 from ila.scorers import SCORERS, ScoringContext, get_scorer
 from ila.scorers.snr import mp_median, noise_sigma, weight_snr
-from ila.scores import LayerScores
 
 MODULES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
 MODULES += ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
@@ -257,7 +257,7 @@ def test_snr_building_blocks():
 @pytest.mark.parametrize("method", ["block-influence", "lora-norm"])
 def test_cli_score_then_select_with_a_peer_scorer(method, tiny_model_dir, tmp_path):
     from ila.cli import main
-    from ila.selection import Selection
+    from ila.core.selection import Selection
 
     out = tmp_path / "run"
     argv = ["score", "--model", str(tiny_model_dir), "--output-dir", str(out), "--scorer", method]

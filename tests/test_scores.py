@@ -5,8 +5,7 @@ import math
 
 import pytest
 
-from ila.errors import IlaError
-from ila.scores import (
+from ila.core.scores import (
     SCHEMA_VERSION,
     LayerScores,
     UnitScore,
@@ -14,6 +13,7 @@ from ila.scores import (
     jaccard,
     top_count,
 )
+from ila.errors import IlaError
 
 
 def make_scores(values, unit_kind="module"):

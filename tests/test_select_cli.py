@@ -6,9 +6,9 @@ import pytest
 from peft import LoraConfig, get_peft_model
 
 from ila.cli import main
-from ila.layers import find_layers
-from ila.scores import LayerScores, UnitScore
-from ila.selection import Selection
+from ila.core.layers import find_layers
+from ila.core.scores import LayerScores, UnitScore
+from ila.core.selection import Selection
 
 
 @pytest.fixture()

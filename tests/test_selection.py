@@ -7,10 +7,10 @@ import json
 import pytest
 
 from conftest import build_tiny_llama
+from ila.core.layers import LayerMap, find_layers
+from ila.core.scores import LayerScores, UnitScore
+from ila.core.selection import SELECTION_FILE, Selection, check_scores_match, select_units
 from ila.errors import IlaError
-from ila.layers import LayerMap, find_layers
-from ila.scores import LayerScores, UnitScore
-from ila.selection import SELECTION_FILE, Selection, check_scores_match, select_units
 
 N = 28  # 4 blocks x (q, k, v, o, gate, up, down)
 
@@ -224,13 +224,13 @@ def test_selected_units_checks_the_model(layer_map):
 
 
 def test_parameter_matched_and_random_within_type_controls(tiny_llama):
-    from ila.controls import (
+    from ila.core.controls import (
         parameter_matched,
         random_order,
         random_within_type,
         trainable_parameters,
     )
-    from ila.layers import find_layers
+    from ila.core.layers import find_layers
 
     layer_map = find_layers(tiny_llama)
     by_size = sorted(

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from ila.stability import StabilityDetector, detect_stable, relative_change
+from ila.core.stability import StabilityDetector, detect_stable, relative_change
 
 PARAMS = {"epsilon": 0.02, "window": 10, "patience": 5}
 
@@ -158,7 +158,7 @@ def test_drop_rule_min_steps_and_errors():
     assert detect_stable(curve, **DROP, min_steps=150) == 160
     detector = StabilityDetector(**PARAMS)
     assert not detector.wants_unit_values(20)
-    from ila.stability import DropDetector
+    from ila.core.stability import DropDetector
 
     drop = DropDetector(epsilon=0.1, window=20, patience=2, rank_epsilon=0.1)
     assert drop.wants_unit_values(20) and not drop.wants_unit_values(21)

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from ila.config import ScoreConfig, Stage1Config, Stage2Config, TrainConfig
+from ila.core.layers import find_layers
+from ila.core.scores import LayerScores, UnitScore
 from ila.data import PaddingCollator, load_examples
-from ila.layers import find_layers
+from ila.data.tokenization import tokenize_examples
 from ila.scorers.base import ScoringContext
 from ila.scorers.ila import score_ila, tail_mean
-from ila.scores import LayerScores, UnitScore
-from ila.tokenization import tokenize_examples
 
 
 class RecordingCollator(PaddingCollator):

@@ -6,7 +6,7 @@ import torch
 from ila.config import TrainConfig
 from ila.data import PaddingCollator
 from ila.errors import IlaError
-from ila.training import MetricsLogger, StepValues, make_training_args, run_trainer
+from ila.train.trainer import MetricsLogger, StepValues, make_training_args, run_trainer
 
 
 def test_nan_loss_stops_with_the_step_and_a_hint(tiny_llama, tmp_path):

@@ -10,8 +10,8 @@ Keywords override ``config``, which overrides the defaults (docs/method.md lists
 The command-line interface (ila.cli) calls these functions and only prints.
 
 Results are the objects the jobs produce: :class:`ila.jobs.pipeline.ScoreRun` (``.scores`` is
-a :class:`ila.scores.LayerScores` with ``.top(fraction)`` and ``.to_dataframe()``),
-:class:`ila.selection.Selection`, :class:`ila.jobs.finetune.FinetuneRun`,
+a :class:`ila.core.scores.LayerScores` with ``.top(fraction)`` and ``.to_dataframe()``),
+:class:`ila.core.selection.Selection`, :class:`ila.jobs.finetune.FinetuneRun`,
 :class:`ila.jobs.evaluate.EvalRun`, :class:`ila.jobs.pipeline.RunResult`,
 :class:`ila.analysis.compare.Comparison` and :class:`ila.analysis.plan.Plan`.
 """
@@ -41,11 +41,11 @@ from ila.errors import IlaError
 if TYPE_CHECKING:
     from ila.analysis.compare import Comparison
     from ila.analysis.plan import Plan
+    from ila.core.scores import LayerScores
+    from ila.core.selection import Selection
     from ila.jobs.evaluate import EvalRun
     from ila.jobs.finetune import FinetuneRun
     from ila.jobs.pipeline import RunResult, ScoreRun
-    from ila.scores import LayerScores
-    from ila.selection import Selection
 
 __all__ = [
     "compare",
@@ -106,7 +106,7 @@ DataArgument = str | Path | Sequence[Mapping[str, Any]] | Any
 def data_source(data: DataArgument) -> str | None:
     """``data`` as the ``--data`` value a job records: a name or path as it is; rows in
     memory (a list of dicts, or a ``datasets.Dataset``) are written once to a JSONL file
-    named by their content under ``<ila cache>/data/`` (the cache of ila.models), so the
+    named by their content under ``<ila cache>/data/`` (the cache of ila.model.loading), so the
     run's config.yaml names a file that ``--resume`` and the reproduce command can read.
     The rows must be in one of the formats a file may hold (docs: README, "Data").
     """
@@ -124,7 +124,7 @@ def data_source(data: DataArgument) -> str | None:
     import hashlib
     import json
 
-    from ila.models import cache_dir
+    from ila.model.loading import cache_dir
     from ila.rundir import atomic_write_text
 
     try:
@@ -178,9 +178,9 @@ def select(
 ) -> Selection:
     """`ila select`: apply one rule to a ranking (a LayerScores, a run directory or its
     ``layer_scores.json``); with ``output`` (a file or directory) write ``selection.json``."""
-    from ila.layers import LayerMap
-    from ila.scores import SCORES_FILE, LayerScores
-    from ila.selection import SELECTION_FILE, select_units
+    from ila.core.layers import LayerMap
+    from ila.core.scores import SCORES_FILE, LayerScores
+    from ila.core.selection import SELECTION_FILE, select_units
 
     scores_file = None
     if not isinstance(scores, LayerScores):
@@ -229,10 +229,10 @@ def finetune(
     """`ila finetune`: tune only the units chosen by one rule (a ranking rule on ``scores``,
     a saved ``selection``, ``units``/``blocks`` by hand, or ``all_units``); the fine-tune
     method (``method="lora"``, ``"full"``, ``"qlora"``) and its steps are settings."""
+    from ila.core.layers import LayerMap
+    from ila.core.scores import SCORES_FILE, LayerScores
+    from ila.core.selection import Selection, select_units
     from ila.jobs.finetune import finetune as finetune_job
-    from ila.layers import LayerMap
-    from ila.scores import SCORES_FILE, LayerScores
-    from ila.selection import Selection, select_units
 
     resolved = make_config(FinetuneConfig, config, model=model, data=data_source(data), **settings)
     inputs: list[Path | None] = []
@@ -383,9 +383,9 @@ def export(
     """`ila export`: the selection as configuration for another trainer (peft, axolotl,
     llama-factory, swift, list, json); with ``output`` also written to that file."""
     from ila.analysis.exports import export_selection
-    from ila.layers import LayerMap
+    from ila.core.layers import LayerMap
+    from ila.core.selection import Selection
     from ila.rundir import atomic_write_text
-    from ila.selection import Selection
 
     if not isinstance(selection, Selection):
         selection = Selection.load(Path(selection))
@@ -431,7 +431,7 @@ def plan(
     """`ila plan`: memory (and, given ``tokens_per_second``, time) of stages 1, 2 and the
     selective fine-tune, from the model's config alone."""
     from ila.analysis.plan import plan_run
-    from ila.selection import Selection
+    from ila.core.selection import Selection
 
     resolved = make_config(PlanConfig, config, model=model, **settings)
     if selection is not None and not isinstance(selection, Selection):

@@ -415,8 +415,8 @@ def _select_parser(sub: Any) -> None:
 
 def _cmd_select(args: argparse.Namespace) -> int:
     from ila import api
-    from ila.scores import SCORES_FILE
-    from ila.selection import SELECTION_FILE
+    from ila.core.scores import SCORES_FILE
+    from ila.core.selection import SELECTION_FILE
 
     scores_file = args.scores / SCORES_FILE if args.scores.is_dir() else args.scores
     target = (args.output_dir or scores_file.parent) / SELECTION_FILE
@@ -624,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         handler.setLevel(level)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     if args.quiet:
-        # The Hugging Face switch for progress bars; ila.training reads it too.
+        # The Hugging Face switch for progress bars; ila.train.trainer reads it too.
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     # peft 0.21 calls an API that transformers 5 deprecates; not actionable for users.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")

@@ -78,7 +78,7 @@ def _fraction(value: float, flag: str, *, open_low: bool = True, open_high: bool
 
 @dataclass
 class ModelConfig:
-    """Which model to load and how (see ila.models)."""
+    """Which model to load and how (see ila.model.loading)."""
 
     model: str = _opt(
         "smollm2-135m",
@@ -230,7 +230,7 @@ def _check_reporter(name: str) -> None:
 class Stage1Config:
     """Stage 1: LoRA fine-tuning until training is epsilon-stable (docs/method.md, Stage 1).
 
-    [choice] The stopping rule (ila.stability). ``drop+ranking`` (default): every
+    [choice] The stopping rule (ila.core.stability). ``drop+ranking`` (default): every
     ``window`` steps, on non-overlapping windows, the loss has fallen significantly (more
     than 3 noise standard errors) and the last window moved it by at most ``epsilon`` of
     that drop, and the top ``rank_fraction`` of units by LoRA update norm overlaps the

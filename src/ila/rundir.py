@@ -44,7 +44,7 @@ except ImportError:  # Windows: no flock; runs there are not locked
 import yaml
 
 from ila.errors import IlaError
-from ila.model_identity import ModelFingerprint, check_same_model
+from ila.model.identity import ModelFingerprint, check_same_model
 from ila.run_files import (
     CONFIG_FILE,
     DATA_FILE,
@@ -706,7 +706,7 @@ def run_directory(
 
 def record_model(output_dir: Path, fingerprint: ModelFingerprint) -> None:
     """Record in the run state which model the run in ``output_dir`` uses
-    (ila.model_identity), for ``--resume`` to check."""
+    (ila.model.identity), for ``--resume`` to check."""
     state = read_run_state(output_dir) or {"completed_stages": []}
     state["model_fingerprint"] = fingerprint.to_dict()
     atomic_write_json(Path(output_dir) / RUN_STATE_FILE, state)

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from ila.core.scores import SCORES_FILE, LayerScores, expected_random_jaccard, jaccard, top_count
 from ila.errors import IlaError
-from ila.model_identity import fingerprint_of_record
+from ila.model.identity import fingerprint_of_record
 from ila.run_files import COMPARISON_SCHEMA_VERSION
-from ila.scores import SCORES_FILE, LayerScores, expected_random_jaccard, jaccard, top_count
 
 __all__ = [
     "COMPARISON_SCHEMA_VERSION",
@@ -239,7 +239,7 @@ def compare_scores(
     """Compare every pair of ``scores`` (one model, one unit kind) at ``fractions``.
 
     Raises :class:`IlaError` for fewer than two runs, runs of different models (by
-    fingerprint, ila.model_identity, unless ``allow_other_model``; by resolved path for
+    fingerprint, ila.model.identity, unless ``allow_other_model``; by resolved path for
     runs that record none) or unit kinds or layouts, fractions outside (0, 1] or
     repeated, and a run whose importances are all equal (its rank correlation is
     undefined).

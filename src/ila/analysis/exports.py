@@ -2,7 +2,7 @@
 
 ILA stage 3 (docs/method.md, "Stage 3: use the ranking" and "Output") tunes
 only the selected units, with LoRA or full fine-tuning. Users who train with another
-tool should not need to import ila in their trainer, so a :class:`~ila.selection.Selection`
+tool should not need to import ila in their trainer, so a :class:`~ila.core.selection.Selection`
 is exported in that tool's own terms, and each export names exactly the selected modules:
 
 - ``peft``: a LoraConfig as JSON whose ``target_modules`` are full module paths (peft
@@ -31,9 +31,9 @@ from typing import Any
 
 import yaml
 
+from ila.core.layers import LayerMap, Unit, peft_target_modules
+from ila.core.selection import Selection
 from ila.errors import IlaError
-from ila.layers import LayerMap, Unit, peft_target_modules
-from ila.selection import Selection
 
 __all__ = ["EXPORT_FORMATS", "export_selection", "module_regex", "parameter_regex"]
 

@@ -2,7 +2,7 @@
 
 ``ila plan`` answers "will this fit, and how long?" before a long run: no weights are
 loaded. The model is built on PyTorch's ``meta`` device (shapes, no storage) from its
-config, :func:`ila.layers.find_layers` finds the units exactly as a real run would, and
+config, :func:`ila.core.layers.find_layers` finds the units exactly as a real run would, and
 every count below is computed from those shapes.
 
 Per stage (docs/method.md: stage 1 LoRA, stage 2 gates, stage 3 selective fine-tune):
@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from ila.config import PlanConfig
+from ila.core.layers import LayerMap, Unit, find_layers
 from ila.errors import IlaError
-from ila.layers import LayerMap, Unit, find_layers
 
 __all__ = ["ModelShape", "Plan", "StagePlan", "activation_bytes", "model_shape", "plan_run"]
 
@@ -180,7 +180,7 @@ def model_shape(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ila.models import load_model_config
+    from ila.model.loading import load_model_config
 
     config = load_model_config(model, cache=cache)
     try:
@@ -264,12 +264,12 @@ def activation_bytes(
 
 
 def _autocast_16bit(train: Any, device: str) -> bool:
-    """Whether the stages train under 16-bit autocast (ila.precision); ``auto`` for a CUDA
+    """Whether the stages train under 16-bit autocast (ila.train.precision); ``auto`` for a CUDA
     device is read as bf16, which every GPU of this size class supports."""
     requested = train.requested_precision
     if requested == "auto" and device.startswith("cuda"):
         return True
-    from ila.training import train_precision
+    from ila.train.trainer import train_precision
 
     return train_precision(train, device).precision != "fp32"
 
@@ -279,7 +279,7 @@ def plan_run(
 ) -> Plan:
     """Estimate memory (and, given a throughput, time) of stages 1, 2 and the fine-tune.
 
-    ``selection`` is an :class:`ila.selection.Selection` for the fine-tune (checked against
+    ``selection`` is an :class:`ila.core.selection.Selection` for the fine-tune (checked against
     the model's units); without it ``config.plan.select_fraction`` of the units is tuned.
     """
     shape = model_shape(
@@ -359,7 +359,7 @@ def _finetune_units(
     shape: ModelShape, config: PlanConfig, selection: Any | None
 ) -> tuple[list[Unit], int, str]:
     """The tuned units, the lowest block that keeps activations, and how they were chosen."""
-    from ila.scores import top_count
+    from ila.core.scores import top_count
 
     layer_map = shape.layer_map
     if selection is not None:

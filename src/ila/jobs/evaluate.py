@@ -28,7 +28,7 @@ from ila.config import (
     config_to_dict,
     input_paths,
 )
-from ila.data_formats import Example
+from ila.data.formats import Example
 from ila.errors import IlaError
 from ila.evaluation import EvalResult, evaluate_model, load_model_for_eval
 from ila.run_files import EVAL_FILE, GENERATIONS_FILE
@@ -213,11 +213,11 @@ def evaluate_variants(
 def check_eval_inputs(settings: EvalSettings) -> None:
     """Refuse unusable evaluation inputs (missing lm-eval, bad MC files) before any work."""
     if settings.lm_eval_tasks:
-        from ila.lm_eval_tasks import require_lm_eval
+        from ila.evaluation.lm_eval_tasks import require_lm_eval
 
         require_lm_eval()
     if settings.mc_data:
-        from ila.multiple_choice import load_mc_questions
+        from ila.evaluation.multiple_choice import load_mc_questions
 
         load_mc_questions(Path(settings.mc_data), limit=settings.mc_limit)
 
@@ -234,8 +234,8 @@ def evaluate_run(
     writing on rank 0 only (other ranks return an empty dict). With ``resume`` a finished
     baseline is reused and a started one continues; the evaluation is made again.
     """
+    from ila.core.selection import select_units
     from ila.jobs.finetune import finetune_step
-    from ila.selection import select_units
 
     variants: dict[str, Path | None] = {"base": None}
     if config.run.compare_all_units:

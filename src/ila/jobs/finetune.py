@@ -27,26 +27,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ila.checkpoints import (
-    CheckpointState,
-    StageCheckpoint,
-    discard_incomplete_checkpoints,
-    last_complete_checkpoint,
-    rewind_metrics,
-)
 from ila.config import FinetuneConfig, config_to_dict, input_paths
+from ila.core.layers import LayerMap, Unit
+from ila.core.lora import add_lora, read_unit_lora, set_unit_lora
+from ila.core.selection import Selection
 from ila.errors import IlaError
 from ila.evaluation import response_loss
-from ila.layers import LayerMap, Unit
-from ila.lora import add_lora, read_unit_lora, set_unit_lora
-from ila.model_identity import (
+from ila.model.identity import (
     BASE_MODEL_FILE,
     ModelFingerprint,
     check_same_model,
     model_fingerprint,
 )
-from ila.parallel import require_supported_launch
-from ila.precision import PrecisionChoice
 from ila.run_files import CONFIG_FILE, FINETUNE_SUMMARY_FILE, METRICS_FILE, SELECTION_FILE
 from ila.rundir import (
     atomic_directory,
@@ -62,8 +54,16 @@ from ila.rundir import (
     run_directory,
     runs_locked,
 )
-from ila.selection import Selection
-from ila.training import (
+from ila.train.checkpoints import (
+    CheckpointState,
+    StageCheckpoint,
+    discard_incomplete_checkpoints,
+    last_complete_checkpoint,
+    rewind_metrics,
+)
+from ila.train.parallel import require_supported_launch
+from ila.train.precision import PrecisionChoice
+from ila.train.trainer import (
     MetricsLogger,
     StepValues,
     make_training_args,
@@ -153,7 +153,7 @@ def finetune(
     (made with ``--save-steps``); the selection must be the one recorded there.
     ``inputs``: further files the job reads (the scores or selection), which
     ``overwrite`` must not delete. A selection ranked on another model than this one (by
-    fingerprint, ila.model_identity) is refused unless ``allow_other_model``; then the
+    fingerprint, ila.model.identity) is refused unless ``allow_other_model``; then the
     summary and the run record say so. With ``finetune.init_from_stage1`` the selected
     units' LoRA starts from the stage-1 adapter of ``stage1_run`` (default: the scores run
     the selection was made from).
@@ -251,9 +251,9 @@ def _load_inputs(
     stage1_run: Path | None,
 ) -> _Inputs:
     """Data, model, the selection's units on it, and the checks that need the model."""
+    from ila.core.layers import find_layers
     from ila.data import load_examples, split_examples, tokenize_examples
-    from ila.layers import find_layers
-    from ila.models import load_model
+    from ila.model.loading import load_model
 
     settings = config.finetune
     examples = load_examples(

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from ila.config import RunConfig, ScoreConfig, config_to_dict, input_paths
-from ila.ensemble import stability_lines
+from ila.core.ensemble import stability_lines
+from ila.core.scores import SCORES_FILE, LayerScores
 from ila.errors import IlaError
-from ila.model_identity import ModelFingerprint, model_fingerprint
-from ila.parallel import require_supported_launch
+from ila.model.identity import ModelFingerprint, model_fingerprint
 from ila.run_files import DATA_FILE, SELECTION_FILE
 from ila.rundir import (
     atomic_write_json,
@@ -50,7 +50,7 @@ from ila.rundir import (
     run_directory,
     runs_locked,
 )
-from ila.scores import SCORES_FILE, LayerScores
+from ila.train.parallel import require_supported_launch
 
 __all__ = [
     "RunResult",
@@ -108,9 +108,9 @@ class ScoreInputs:
 
 def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float]]:
     """Load data, model and units for ``config``; returns them and the seconds spent."""
+    from ila.core.layers import find_layers
     from ila.data import data_fingerprint, load_examples, split_examples, tokenize_examples
-    from ila.layers import find_layers
-    from ila.models import load_model
+    from ila.model.loading import load_model
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -200,7 +200,7 @@ def score(
     require_supported_launch(
         config.model.device, project_budget=method == "ila" and config.stage2.budget == "project"
     )
-    from ila.training import train_precision
+    from ila.train.trainer import train_precision
 
     precision = train_precision(config.train, config.model.device)  # fp16 on CPU fails here
     main = is_main_process()
@@ -303,13 +303,13 @@ def _score_ensemble(
     command: str,
 ) -> ScoreRun:
     """``--seeds N``: N independent runs under ``output_dir/seeds/seed-<s>``, then their
-    consensus (ila.ensemble) as the run's ``layer_scores.json``.
+    consensus (ila.core.ensemble) as the run's ``layer_scores.json``.
 
     Each member is an ordinary score run with seed ``config.train.seed + k`` (the split
     stays the same: ``--split-seed``). ``resume`` reuses finished members and resumes an
     interrupted one.
     """
-    from ila.ensemble import consensus_scores
+    from ila.core.ensemble import consensus_scores
     from ila.reporting import write_score_report
     from ila.rundir import RUN_STATE_FILE
 
@@ -400,9 +400,9 @@ def run(
     (or starts again when it has none).
     """
     from ila.config import FinetuneConfig
+    from ila.core.layers import LayerMap
+    from ila.core.selection import select_units
     from ila.jobs.finetune import finetune_step
-    from ila.layers import LayerMap
-    from ila.selection import select_units
 
     if config.run.evaluate and config.run.finetune:
         from ila.jobs.evaluate import check_eval_inputs

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ila.core.scores import LayerScores
 from ila.reporting.figures import pyplot as _pyplot
 from ila.reporting.figures import save_png as _save
-from ila.scores import LayerScores
 
 __all__ = ["plot_block_bars", "plot_unit_heatmap"]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ila.core.scores import SCORES_FILE, LayerScores
 from ila.errors import IlaError
 from ila.run_files import (
     CONFIG_FILE,
@@ -28,7 +29,6 @@ from ila.run_files import (
     STAGE_SUMMARY_FILE,
 )
 from ila.rundir import RUN_STATE_FILE, read_json, require_schema_version
-from ila.scores import SCORES_FILE, LayerScores
 
 __all__ = ["EVAL_SCHEMA_VERSION", "RunRecord", "load_run_record"]
 

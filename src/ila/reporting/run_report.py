@@ -208,8 +208,8 @@ def _reproduce(record: RunRecord) -> Section:
 
 
 def _stability(record: RunRecord) -> Section | None:
-    """What the run says about its own reproducibility (ila.ensemble.stability_lines)."""
-    from ila.ensemble import stability_lines
+    """What the run says about its own reproducibility (ila.core.ensemble.stability_lines)."""
+    from ila.core.ensemble import stability_lines
 
     lines = stability_lines(record.scores)
     if not lines:

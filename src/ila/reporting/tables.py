@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ila.scores import LayerScores
+from ila.core.scores import LayerScores
 
 __all__ = ["ranking_markdown"]
 

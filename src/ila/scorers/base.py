@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ila.config import ScoreConfig
-from ila.layers import LayerMap
+from ila.core.layers import LayerMap
 
 __all__ = ["ScoringContext"]
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ila.core.scores import LayerScores
 from ila.scorers.base import ScoringContext
 from ila.scorers.common import (
     PROBE_BATCHES,
@@ -31,7 +32,6 @@ from ila.scorers.common import (
     probe_batches,
     to_device,
 )
-from ila.scores import LayerScores
 
 __all__ = ["score_block_influence"]
 

@@ -1,8 +1,8 @@
 """Helpers shared by the peer scorers: building module-granularity scores, probe batches,
 and putting a model back as it was found.
 
-Every scorer writes :class:`ila.scores.LayerScores` with ``unit_kind="module"``: one
-score per unit of the :class:`ila.layers.LayerMap`, in its order. Methods that score whole
+Every scorer writes :class:`ila.core.scores.LayerScores` with ``unit_kind="module"``: one
+score per unit of the :class:`ila.core.layers.LayerMap`, in its order. Methods that score whole
 blocks give each module of a block its block's score (see :func:`block_scores_to_units`)
 and say so with ``meta["granularity"] = "block"``.
 """
@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
+from ila.core.scores import LayerScores, UnitScore
 from ila.errors import IlaError
 from ila.scorers.base import ScoringContext
-from ila.scores import LayerScores, UnitScore
 
 __all__ = [
     "PROBE_BATCHES",

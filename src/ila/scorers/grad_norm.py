@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from ila.core.scores import LayerScores
 from ila.errors import IlaError
 from ila.scorers.base import ScoringContext
 from ila.scorers.common import (
@@ -33,7 +34,6 @@ from ila.scorers.common import (
     probe_batches,
     to_device,
 )
-from ila.scores import LayerScores
 
 __all__ = ["score_grad_norm"]
 

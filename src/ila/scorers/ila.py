@@ -3,16 +3,16 @@
 docs/method.md:
 - Stage 1 trains a LoRA adapter on every unit with the next-token loss on response tokens
   and stops at the first step T at which training is epsilon-stable
-  (:mod:`ila.stability`), or at the hard cap ``stage1.max_steps``.
+  (:mod:`ila.core.stability`), or at the hard cap ``stage1.max_steps``.
 - Stage 2 freezes theta_0 and the stage-1 LoRA weights, puts a gate sigmoid(s_i) on each
-  unit's update (:mod:`ila.gates`) and trains only s with Adam on the same loss plus the
+  unit's update (:mod:`ila.core.gates`) and trains only s with Adam on the same loss plus the
   sparsity budget.
 - Importance of unit i = sigmoid(s_i) at the end of stage 2; raw s is kept.
 
 Artifacts under the run directory: ``stage1/adapter`` (peft), ``stage1/summary.json``,
 ``stage2/summary.json``, ``stage2/gate_trajectory.json`` and rows in ``metrics.jsonl``;
 with ``--save-steps``, Trainer checkpoints under ``stage1/trainer`` and ``stage2/trainer``
-(each with ILA's ``ila_state.json``, see :mod:`ila.checkpoints`). Each finished stage is
+(each with ILA's ``ila_state.json``, see :mod:`ila.train.checkpoints`). Each finished stage is
 recorded in ``run_state.json``; ``--resume`` reuses finished stages and continues an
 unfinished one from its last complete checkpoint (docs/distributed.md).
 """
@@ -27,18 +27,12 @@ from typing import Any
 
 import torch
 
-from ila.checkpoints import (
-    CheckpointState,
-    StageCheckpoint,
-    discard_incomplete_checkpoints,
-    last_complete_checkpoint,
-    load_adapter_weights,
-    rewind_metrics,
-)
+from ila.core.gates import attach_gates, budget_loss, project_to_budget
+from ila.core.layers import LayerMap
+from ila.core.lora import add_lora, lora_update_norms
+from ila.core.scores import LayerScores, UnitScore, jaccard
+from ila.core.stability import make_detector, top_set
 from ila.errors import IlaError
-from ila.gates import attach_gates, budget_loss, project_to_budget
-from ila.layers import LayerMap
-from ila.lora import add_lora, lora_update_norms
 from ila.run_files import GATE_TRAJECTORY_FILE, METRICS_FILE, STAGE_SUMMARY_FILE
 from ila.rundir import (
     atomic_directory,
@@ -50,9 +44,15 @@ from ila.rundir import (
 )
 from ila.scorers.base import ScoringContext
 from ila.scorers.common import preserved_model_state
-from ila.scores import LayerScores, UnitScore, jaccard
-from ila.stability import make_detector, top_set
-from ila.training import (
+from ila.train.checkpoints import (
+    CheckpointState,
+    StageCheckpoint,
+    discard_incomplete_checkpoints,
+    last_complete_checkpoint,
+    load_adapter_weights,
+    rewind_metrics,
+)
+from ila.train.trainer import (
     AfterStep,
     MetricsLogger,
     StepValues,
@@ -211,7 +211,7 @@ def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
     """Learn the gate scores s on a peft ``model`` whose LoRA weights are then frozen.
 
     docs/method.md, "Stage 2": only s is trained (Adam), on the task loss plus the
-    sparsity budget, with the stage's own data order (:func:`ila.training.stage_seed`),
+    sparsity budget, with the stage's own data order (:func:`ila.train.trainer.stage_seed`),
     ``stage2.grad_accum`` micro-batches per step and, with ``stage2.eval_mode``, no
     dropout. The reported loss is the task loss without the budget term. The importance
     is s averaged over the last ``stage2.tail_fraction`` of the steps (:func:`tail_mean`).

@@ -2,7 +2,8 @@
 
 It runs ILA's stage 1 unchanged (:func:`ila.scorers.ila.run_stage1`: LoRA on every unit,
 trained on the response-token loss until epsilon-stable or ``stage1.max_steps``) and
-scores unit i by ||Delta_i||_F = (alpha / r) ||B_i A_i||_F (:func:`ila.lora.lora_update_norms`).
+scores unit i by ||Delta_i||_F = (alpha / r) ||B_i A_i||_F
+(:func:`ila.core.lora.lora_update_norms`).
 Importance is the norm divided by the largest norm; raw is the norm. This is the
 natural ablation of ILA's stage 2: the same adapter, ranked by how far training moved
 each unit instead of by a learned gate (docs/method.md, "Notation"; the paper, arXiv
@@ -14,11 +15,11 @@ Cost: ILA's stage 1 (T LoRA training steps), no stage 2. Artifacts as ILA's stag
 
 from __future__ import annotations
 
-from ila.lora import add_lora, lora_update_norms
+from ila.core.lora import add_lora, lora_update_norms
+from ila.core.scores import LayerScores
 from ila.scorers.base import ScoringContext
 from ila.scorers.common import module_scores, normalise_by_max, preserved_model_state
 from ila.scorers.ila import run_stage1
-from ila.scores import LayerScores
 
 __all__ = ["score_lora_norm"]
 

@@ -10,9 +10,9 @@ modules inside a block. Cost: nothing.
 
 from __future__ import annotations
 
+from ila.core.scores import LayerScores
 from ila.scorers.base import ScoringContext
 from ila.scorers.common import module_scores
-from ila.scores import LayerScores
 
 __all__ = ["score_first", "score_last"]
 

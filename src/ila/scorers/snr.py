@@ -33,9 +33,9 @@ from functools import lru_cache
 
 import torch
 
+from ila.core.scores import LayerScores
 from ila.scorers.base import ScoringContext
 from ila.scorers.common import module_scores, normalise_by_max
-from ila.scores import LayerScores
 
 __all__ = ["mp_median", "noise_sigma", "score_snr", "weight_snr"]
 

@@ -2,7 +2,7 @@
 
 Every training stage runs on ``transformers.Trainer`` so that gradient accumulation,
 bf16 autocast, checkpoints, progress bars, ``--report-to`` integrations and launches with
-torchrun / accelerate (DDP; see ila.parallel) come from the ecosystem. The algorithm
+torchrun / accelerate (DDP; see ila.train.parallel) come from the ecosystem. The algorithm
 modules (gates, stability, scores) know nothing of the Trainer; this module drives them.
 
 Per-step values that decide control flow (the stage-1 stability test) are read from the
@@ -27,8 +27,8 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ila.config import TrainConfig
 from ila.errors import IlaError
-from ila.precision import PrecisionChoice, choose_precision
 from ila.rundir import append_jsonl
+from ila.train.precision import PrecisionChoice, choose_precision
 
 __all__ = [
     "AfterStep",
@@ -70,8 +70,8 @@ def stage_seed(seed: int, stage: str) -> int:
 
 
 def train_precision(train: TrainConfig, device: str) -> PrecisionChoice:
-    """The precision the stages train in on ``device`` (ila.precision)."""
-    from ila.models import resolve_device
+    """The precision the stages train in on ``device`` (ila.train.precision)."""
+    from ila.model.loading import resolve_device
 
     return choose_precision(train.requested_precision, resolve_device(device))
 
@@ -267,7 +267,7 @@ def run_trainer(
 ) -> tuple[IlaTrainer, float]:
     """Train ``model`` with an :class:`IlaTrainer`; returns it and the wall time in seconds.
 
-    With ``resume_from`` (a ``checkpoint-N`` folder, see :mod:`ila.checkpoints`), training
+    With ``resume_from`` (a ``checkpoint-N`` folder, see :mod:`ila.train.checkpoints`), training
     continues from that checkpoint: model or adapter weights, optimizer, scheduler, RNG
     states and data position. ``eval_mode``: see :class:`IlaTrainer`.
     """

@@ -14,7 +14,7 @@ adapters are refused.
 The gate scores live in a :class:`GateBank` registered as a submodule of the model, so
 the HF Trainer's optimizer sees them and data-parallel training (DDP) all-reduces their
 gradients like any other parameter. Launches that shard parameters (FSDP, ZeRO-3) are
-refused by :mod:`ila.parallel`: the gates are read and shifted outside the forward pass.
+refused by :mod:`ila.train.parallel`: the gates are read and shifted outside the forward pass.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ila.core.layers import LayerMap, Unit
 from ila.errors import IlaError
-from ila.layers import LayerMap, Unit
 
 __all__ = [
     "GATE_MODULE_NAME",
@@ -142,7 +142,7 @@ def attach_gates(
 
     Args:
         model: a peft model with LoRA injected on every unit of ``layer_map``.
-        layer_map: the units (from :func:`ila.layers.find_layers`).
+        layer_map: the units (from :func:`ila.core.layers.find_layers`).
         granularity: ``module`` (one gate per unit) or ``block`` (one gate per block,
             shared by the block's units) [choice, see docs/method.md].
         init_score: initial s of every gate.

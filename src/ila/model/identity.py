@@ -88,12 +88,12 @@ class ModelFingerprint:
 
 
 def model_fingerprint(model: str) -> ModelFingerprint:
-    """The fingerprint of ``model``, any spec :func:`ila.models.load_model` accepts.
+    """The fingerprint of ``model``, any spec :func:`ila.model.loading.load_model` accepts.
 
     A hub id is fingerprinted from its snapshot in the Hugging Face cache, so call this
     after the model was loaded once (loading downloads it).
     """
-    from ila.models import EMBEDDED_MODEL, embedded_gguf_path
+    from ila.model.loading import EMBEDDED_MODEL, embedded_gguf_path
 
     if model == EMBEDDED_MODEL:
         return _file_fingerprint(embedded_gguf_path())
@@ -116,7 +116,7 @@ def local_fingerprint(model: str) -> ModelFingerprint | None:
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
 
-    from ila.models import EMBEDDED_MODEL, cache_dir
+    from ila.model.loading import EMBEDDED_MODEL, cache_dir
 
     if model == EMBEDDED_MODEL:
         return model_fingerprint(model)

@@ -6,13 +6,13 @@ quality). This module measures quality on one model (optionally with an adapter 
 changed weights of a full fine-tune) in the ways that work offline:
 
 * **loss / perplexity** on response tokens only (the labels of training, see
-  ila.tokenization), averaged over tokens, not over batches, so padding and batch size
+  ila.data.tokenization), averaged over tokens, not over batches, so padding and batch size
   do not change it; perplexity is ``exp(loss)``;
 * **exact match** of greedy generations on data with checkable answers (the embedded
   ``ila-instruct`` and ``ila-reasoning`` data end every response with ``Answer: X``;
-  :func:`ila.instruct_data.extract_answer` reads it back from both the reference and the
+  :func:`ila.data.instruct.extract_answer` reads it back from both the reference and the
   generation); the answers are compared after :func:`normalize_answer`;
-* **multiple-choice accuracy** from local files in the MMLU layout (ila.multiple_choice);
+* **multiple-choice accuracy** from local files in the MMLU layout (ila.evaluation.multiple_choice);
 * optionally lm-evaluation-harness tasks when the ``lm-eval`` package is installed.
 
 A few generations are saved for reading, since numbers alone hide how a model answers.
@@ -32,15 +32,15 @@ from typing import Any, NamedTuple
 import torch
 
 from ila.config import EvalSettings
-from ila.data_formats import Example
-from ila.errors import IlaError
-from ila.instruct_data import extract_answer
-from ila.tokenization import (
+from ila.data.formats import Example
+from ila.data.instruct import extract_answer
+from ila.data.tokenization import (
     IGNORE_INDEX,
     PaddingCollator,
     prompt_token_ids,
     tokenize_examples,
 )
+from ila.errors import IlaError
 
 __all__ = [
     "EvalResult",
@@ -205,7 +205,7 @@ def evaluate_model(
     """Measure ``model`` on ``examples``: response loss and perplexity, exact match where
     the examples carry checkable answers, MMLU-layout accuracy and lm-eval tasks when
     asked for. Generations are returned for saving."""
-    from ila.multiple_choice import load_mc_questions, mc_accuracy
+    from ila.evaluation.multiple_choice import load_mc_questions, mc_accuracy
 
     if not examples:
         raise IlaError("no examples to evaluate; check --data and --eval-split")
@@ -278,7 +278,7 @@ def evaluate_model(
         metrics["mc_by_subject"] = mc["by_subject"]
     lm_eval_results = None
     if settings.lm_eval_tasks:
-        from ila.lm_eval_tasks import run_lm_eval
+        from ila.evaluation.lm_eval_tasks import run_lm_eval
 
         lm_eval_results = run_lm_eval(
             model,
@@ -319,9 +319,9 @@ def load_model_for_eval(
     ``adapter`` is a peft adapter directory (``adapter_config.json``), or an `ila finetune`
     run directory: its ``adapter/`` (LoRA) or ``changed_weights/`` (full fine-tuning: the
     tuned tensors replace the base's). An adapter made on another model than
-    ``model_spec`` (ila.model_identity) is refused unless ``allow_other_model``.
+    ``model_spec`` (ila.model.identity) is refused unless ``allow_other_model``.
     """
-    from ila.models import load_model
+    from ila.model.loading import load_model
 
     adapter_dir = _resolve_adapter(adapter) if adapter is not None else None
     model, tokenizer = load_model(model_spec, dtype=dtype, device=device, threads=threads)
@@ -347,7 +347,7 @@ def _check_adapter_base(adapter_dir: Path, model_spec: str, *, allow: bool) -> s
     """Check that ``adapter_dir`` was trained on ``model_spec``: against the fingerprint
     `ila finetune` saved beside it, else against the adapter's recorded base model when
     that model is on this machine (a foreign adapter whose base is not is not checked)."""
-    from ila.model_identity import BASE_MODEL_FILE, check_same_model, model_fingerprint
+    from ila.model.identity import BASE_MODEL_FILE, check_same_model, model_fingerprint
 
     recorded = adapter_dir / BASE_MODEL_FILE
     what = f"--adapter {adapter_dir}"
@@ -369,7 +369,7 @@ def _check_foreign_adapter_base(
 ) -> str | None:
     """A peft adapter not made by ila: its ``base_model_name_or_path``, if that model is
     on this machine, must be ``model_spec``'s model."""
-    from ila.model_identity import check_same_model, local_fingerprint, model_fingerprint
+    from ila.model.identity import check_same_model, local_fingerprint, model_fingerprint
 
     config_file = adapter_dir / "adapter_config.json"
     if not config_file.is_file():  # changed weights saved before ila recorded the base

@@ -1,7 +1,7 @@
 """Where alignment data comes from: local files, the shipped presets, the datasets hub.
 
 Readers yield ``(where, record)`` pairs lazily, ``where`` being the location used in
-error messages and :attr:`~ila.data_formats.Example.source`: ``file:LINE`` for JSONL and
+error messages and :attr:`~ila.data.formats.Example.source`: ``file:LINE`` for JSONL and
 CSV, ``file:record N`` (1-based) for JSON, Parquet and hub datasets, ``preset:NAME:N`` for
 presets. Nothing is read past what the caller consumes, so a ``limit`` stays cheap.
 """
@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
-from ila.data_formats import Example, record_to_example
+from ila.data.formats import Example, record_to_example
 from ila.errors import IlaError
 
 __all__ = [

@@ -24,8 +24,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from ila.core.scores import LayerScores, UnitScore, expected_random_jaccard, jaccard, top_count
 from ila.errors import IlaError
-from ila.scores import LayerScores, UnitScore, expected_random_jaccard, jaccard, top_count
 
 __all__ = [
     "ENSEMBLE_FRACTIONS",

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ila.data_formats import Example
+from ila.data.formats import Example
 from ila.errors import IlaError
 
 if TYPE_CHECKING:

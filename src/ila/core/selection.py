@@ -8,7 +8,7 @@ the scores again. Exactly one rule per selection: ``tune-top-fraction`` F,
 ``freeze-bottom-fraction`` F, ``units`` (module unit names) or ``blocks`` (0-based).
 
 Both fraction rules take ``k = top_count(N, F) = max(1, floor(F * N + 0.5))`` units
-(round half up, at least one; :func:`ila.scores.top_count`): the top k are tuned, or the
+(round half up, at least one; :func:`ila.core.scores.top_count`): the top k are tuned, or the
 bottom k frozen. N counts the ranked units: modules, or blocks for block scores
 (``--stage2-unit block``), whose chosen blocks expand to all their module units.
 No torch here: a selection is made and read from JSON files alone.
@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ila.core.layers import LayerMap, Unit
+from ila.core.scores import LayerScores, top_count
 from ila.errors import IlaError
-from ila.layers import LayerMap, Unit
 from ila.run_files import SELECTION_FILE
 from ila.run_files import SELECTION_SCHEMA_VERSION as SCHEMA_VERSION
 from ila.rundir import atomic_write_json, read_json, require_schema_version
-from ila.scores import LayerScores, top_count
 
 __all__ = [
     "RULES",
@@ -49,7 +49,7 @@ class Selection:
 
     ``selected`` and ``frozen`` partition the layout's unit names and are in model order.
     ``source`` says where the ranking came from: ``method``, ``model_id``,
-    ``scores_file``, ``unit_kind`` and ``model_fingerprint`` (ila.model_identity) of the
+    ``scores_file``, ``unit_kind`` and ``model_fingerprint`` (ila.model.identity) of the
     scores (all None for hand-typed rules).
     """
 

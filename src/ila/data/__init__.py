@@ -4,10 +4,10 @@ ILA (arXiv 2410.17875, Section 3) fine-tunes LoRA on instruction/chat data and l
 which layers matter for that alignment. This module is the one entry point for the data
 side; the work is spread over three modules named for their concept:
 
-- :mod:`ila.data_formats`: the record formats (alpaca, sharegpt, messages,
+- :mod:`ila.data.formats`: the record formats (alpaca, sharegpt, messages,
   prompt-completion, text) and :class:`Example`;
-- :mod:`ila.data_sources`: local files, the shipped presets, the datasets hub;
-- :mod:`ila.tokenization`: templates, assistant-only labels, padding.
+- :mod:`ila.data.sources`: local files, the shipped presets, the datasets hub;
+- :mod:`ila.data.tokenization`: templates, assistant-only labels, padding.
 
 Importing it is cheap: torch and datasets are imported only when needed.
 """
@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
-from ila.data_formats import FORMATS, Example, detect_format, record_to_example
-from ila.data_sources import (
+from ila.data.formats import FORMATS, Example, detect_format, record_to_example
+from ila.data.sources import (
     PRESET_ALIASES,
     PRESETS,
     iter_file_records,
@@ -30,8 +30,7 @@ from ila.data_sources import (
     iter_preset_examples,
     resolve_local_file,
 )
-from ila.errors import IlaError
-from ila.tokenization import (
+from ila.data.tokenization import (
     TEMPLATES,
     PaddingCollator,
     TokenizedData,
@@ -39,6 +38,7 @@ from ila.tokenization import (
     prompt_token_ids,
     tokenize_examples,
 )
+from ila.errors import IlaError
 
 __all__ = [
     "FORMATS",

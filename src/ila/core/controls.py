@@ -9,7 +9,7 @@ more trainable parameters than a random 30%. A fair comparison matches what is t
 - :func:`random_within_type` draws, for a reference set, the same number of units of
   each module type at random: it keeps the set's composition and nothing else.
 
-No torch here: units and their shapes come from a :class:`ila.layers.LayerMap`.
+No torch here: units and their shapes come from a :class:`ila.core.layers.LayerMap`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 
+from ila.core.layers import LayerMap, Unit
 from ila.errors import IlaError
-from ila.layers import LayerMap, Unit
 
 __all__ = ["parameter_matched", "random_order", "random_within_type", "trainable_parameters"]
 

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ila.config import LoraSettings
+from ila.core.layers import LayerMap, Unit, peft_target_modules
 from ila.errors import IlaError
-from ila.layers import LayerMap, Unit, peft_target_modules
 
 __all__ = ["add_lora", "lora_update_norms", "read_unit_lora", "set_unit_lora", "unit_lora_layer"]
 

@@ -1,7 +1,7 @@
 """Record formats of alignment data and their conversion to :class:`Example`.
 
 Every supported format is turned into one shape, a conversation of role/content messages,
-so tokenization (``ila.tokenization``) has a single code path. The formats, by the key
+so tokenization (``ila.data.tokenization``) has a single code path. The formats, by the key
 that identifies them (auto-detection looks at the first record's keys, in this order):
 
 - ``messages``: ``messages: [{role, content}]`` with roles system, user, assistant;

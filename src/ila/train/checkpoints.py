@@ -29,7 +29,7 @@ from transformers import TrainerCallback
 from ila.errors import IlaError
 from ila.run_files import CHECKPOINT_STATE_FILE
 from ila.rundir import atomic_write_json, atomic_write_text, read_json
-from ila.training import StepValues
+from ila.train.trainer import StepValues
 
 __all__ = [
     "CHECKPOINT_STATE_FILE",

@@ -30,7 +30,9 @@ def test_make_config_layers_defaults_config_and_keywords(tmp_path):
     from ila.api import make_config
 
     yaml_file = tmp_path / "c.yaml"
-    yaml_file.write_text("stage1:\n  max_steps: 7\n  min_steps: 5\nrun:\n  select_fraction: 0.2\n")
+    yaml_file.write_text(
+        "stage1:\n  max_steps: 7\n  min_steps: 5\nrun:\n  tune_top_fraction: 0.2\n"
+    )
     config = make_config(ScoreConfig, yaml_file, stage1_max_steps=9, max_length=None)
     assert config.stage1.max_steps == 9 and config.stage1.min_steps == 5  # keyword wins
     assert config.data.max_length == ScoreConfig().data.max_length  # None is "not given"

@@ -387,8 +387,8 @@ def test_select_and_finetune_refuse_fractions_out_of_range(
 @pytest.mark.parametrize(
     ("command", "flag", "value", "words"),
     [
-        ("run", "--select-fraction", "2", ["--select-fraction: must be in (0, 1), got 2.0"]),
-        ("plan", "--select-fraction", "0", ["--select-fraction: must be in (0, 1), got 0.0"]),
+        ("run", "--tune-top-fraction", "2", ["--tune-top-fraction: must be in (0, 1), got 2.0"]),
+        ("plan", "--tune-top-fraction", "0", ["--tune-top-fraction: must be in (0, 1), got 0.0"]),
         ("score", "--eval-fraction", "1", ["--eval-fraction: must be in [0, 1), got 1.0"]),
         ("score", "--stage2-target-fraction", "0", ["--stage2-target-fraction: must be in (0, 1)"]),
         ("score", "--lora-dropout", "1", ["--lora-dropout: must be in [0, 1), got 1.0"]),

@@ -72,14 +72,14 @@ def test_one_yaml_drives_every_command():
     shared = {
         "data": {"max_length": 96},
         "stage1": {"max_steps": 30},
-        "run": {"select_fraction": 0.2},
+        "run": {"tune_top_fraction": 0.2},
         "finetune": {"max_steps": 7},
         "eval": {"generate_examples": 3},
     }
     assert config_from_dict(ScoreConfig, shared).stage1.max_steps == 30  # run/eval skipped
     assert config_from_dict(FinetuneConfig, shared).finetune.max_steps == 7
     assert config_from_dict(EvalConfig, shared).eval.generate_examples == 3
-    assert config_from_dict(RunConfig, shared).run.select_fraction == 0.2
+    assert config_from_dict(RunConfig, shared).run.tune_top_fraction == 0.2
     with pytest.raises(IlaError, match="unknown section 'evaluate'; did you mean eval"):
         config_from_dict(FinetuneConfig, {"evaluate": {}})
 
@@ -108,3 +108,20 @@ def test_run_takes_the_finetune_settings_and_moves_the_old_spellings(caplog):
         config_from_dict(
             RunConfig, {"run": {"finetune_init_from_stage1": True}, "finetune": {"method": "full"}}
         )
+
+
+def test_run_and_plan_spell_the_selection_like_select_and_finetune(caplog):
+    from ila.config import PlanSettings, RunConfig, RunSettings
+
+    assert RunSettings().selection_rule == {"tune_top_fraction": 0.3}
+    assert RunSettings(freeze_bottom_fraction=0.25).selection_rule == {
+        "freeze_bottom_fraction": 0.25
+    }
+    with pytest.raises(IlaError, match="two rules; give one of them"):
+        RunSettings(tune_top_fraction=0.2, freeze_bottom_fraction=0.25)
+    old = config_from_dict(
+        RunConfig, {"run": {"select_rule": "freeze-bottom-fraction", "select_fraction": 0.2}}
+    )
+    assert old.run.selection_rule == {"freeze_bottom_fraction": 0.2}
+    assert "--select-rule/--select-fraction: deprecated" in caplog.text
+    assert PlanSettings(select_fraction=0.4).tune_top_fraction == 0.4

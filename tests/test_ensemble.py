@@ -146,7 +146,7 @@ def test_run_selects_from_the_consensus_of_several_seeds(tiny_model_dir, tmp_pat
         "--seeds",
         "2",
         *FAST,
-        "--select-fraction",
+        "--tune-top-fraction",
         "0.25",
         "--max-steps",
         "2",

@@ -183,8 +183,8 @@ def test_cli_table_json_and_time(tiny_model_dir, capsys):
 def test_plan_settings_validate():
     with pytest.raises(IlaError, match="--tokens-per-second"):
         PlanSettings(tokens_per_second=0)
-    with pytest.raises(IlaError, match="--select-fraction"):
-        PlanSettings(select_fraction=1.0)
+    with pytest.raises(IlaError, match="--tune-top-fraction"):
+        PlanSettings(tune_top_fraction=1.0)
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ TINY = [
 ]  # fmt: skip
 RUN_EXTRA = [
     "--max-steps", "2",
-    "--select-fraction", "0.25",
+    "--tune-top-fraction", "0.25",
     "--eval-generate-examples", "2",
     "--eval-max-new-tokens", "4",
 ]  # fmt: skip

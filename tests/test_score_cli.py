@@ -179,7 +179,7 @@ def test_run_chains_score_select_finetune(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["run", "--model", str(tiny_model_dir), "--output-dir", str(out), *FAST]
     evals = ["--eval-generate-examples", "2", "--eval-max-new-tokens", "4"]
-    assert main([*argv, "--select-fraction", "0.25", "--max-steps", "3", *evals]) == 0
+    assert main([*argv, "--tune-top-fraction", "0.25", "--max-steps", "3", *evals]) == 0
     printed = capsys.readouterr().out
     assert "selection: 7 of 28 units" in printed and "fine-tune: lora on 7 of 28 units" in printed
     assert "all-units" in printed and "selected" in printed
@@ -201,7 +201,7 @@ def test_run_chains_score_select_finetune(tiny_model_dir, tmp_path, capsys):
     shutil.rmtree(out / "eval")
     baseline_file = out / "finetune-all-units" / "finetune_summary.json"
     written = baseline_file.stat().st_mtime_ns
-    resume = [*argv, "--select-fraction", "0.25", "--max-steps", "3", *evals, "--resume"]
+    resume = [*argv, "--tune-top-fraction", "0.25", "--max-steps", "3", *evals, "--resume"]
     assert main(resume) == 0
     assert baseline_file.stat().st_mtime_ns == written
     again = json.loads((out / "eval" / "variants.json").read_text())["variants"]

@@ -252,8 +252,8 @@ def _run_parser(sub: Any) -> None:
         help="the main job: identify important units with ILA (then select, fine-tune, evaluate)",
         description="Run ILA end to end on a model and dataset (defaults: the embedded "
         "SmolLM2-135M and the embedded ila-instruct data): score the units (stages 1-2), "
-        "select the top ones (--select-rule, --select-fraction), fine-tune only those "
-        "(--method, --max-steps and the other settings of 'ila finetune') into "
+        "select the top ones (--tune-top-fraction, or --freeze-bottom-fraction), fine-tune "
+        "only those (--method, --max-steps and the other settings of 'ila finetune') into "
         "OUTPUT_DIR/finetune.",
     )
     _score_flags(p, RunConfig)

@@ -481,13 +481,13 @@ class RunSettings:
     (with the fine-tune settings, the ``finetune`` section: ``--method``, ``--max-steps``,
     ``--learning-rate``, ``--init-from-stage1``, ... as in `ila finetune`)."""
 
-    select_rule: str = _opt(
-        "tune-top-fraction",
-        "how the run selects units from its ranking",
-        choices=["tune-top-fraction", "freeze-bottom-fraction"],
+    tune_top_fraction: float | None = _opt(
+        None,
+        "tune the top fraction of the ranking (the default rule: 0.3 when neither this nor "
+        "--freeze-bottom-fraction is given)",
     )
-    select_fraction: float = _opt(
-        0.3, "fraction for --select-rule (top fraction tuned, or bottom fraction frozen)"
+    freeze_bottom_fraction: float | None = _opt(
+        None, "freeze the bottom fraction of the ranking and tune the rest"
     )
     finetune: bool = _opt(
         True, "fine-tune the selection after scoring (--no-finetune stops after selecting)"
@@ -508,14 +508,49 @@ class RunSettings:
     finetune_steps: int | None = _opt(None, "deprecated: use --max-steps (and --no-finetune for 0)")
     finetune_learning_rate: float | None = _opt(None, "deprecated: use --learning-rate")
     finetune_init_from_stage1: bool | None = _opt(None, "deprecated: use --init-from-stage1")
+    select_rule: str | None = _opt(
+        None,
+        "deprecated: use --tune-top-fraction or --freeze-bottom-fraction",
+        choices=["tune-top-fraction", "freeze-bottom-fraction"],
+    )
+    select_fraction: float | None = _opt(
+        None, "deprecated: use --tune-top-fraction or --freeze-bottom-fraction"
+    )
 
     def __post_init__(self) -> None:
-        _fraction(self.select_fraction, "--select-fraction")
         _require(
             self.finetune_steps is None or self.finetune_steps >= 0,
             "--finetune-steps",
             "must be >= 0",
         )
+        if self.select_rule is not None or self.select_fraction is not None:
+            rule = (self.select_rule or "tune-top-fraction").replace("-", "_")
+            fraction = 0.3 if self.select_fraction is None else self.select_fraction
+            logging.getLogger("ila").warning(
+                "--select-rule/--select-fraction: deprecated, use --%s %s",
+                rule.replace("_", "-"),
+                fraction,
+            )
+            setattr(self, rule, fraction)
+            self.select_rule = self.select_fraction = None
+        _require(
+            self.tune_top_fraction is None or self.freeze_bottom_fraction is None,
+            "--tune-top-fraction",
+            "and --freeze-bottom-fraction are two rules; give one of them",
+        )
+        if self.tune_top_fraction is None and self.freeze_bottom_fraction is None:
+            self.tune_top_fraction = 0.3
+        for name in ("tune_top_fraction", "freeze_bottom_fraction"):
+            if getattr(self, name) is not None:
+                _fraction(getattr(self, name), "--" + name.replace("_", "-"))
+
+    @property
+    def selection_rule(self) -> dict[str, float]:
+        """The rule as keyword arguments of :func:`ila.core.selection.select_units`."""
+        if self.tune_top_fraction is not None:
+            return {"tune_top_fraction": self.tune_top_fraction}
+        assert self.freeze_bottom_fraction is not None
+        return {"freeze_bottom_fraction": self.freeze_bottom_fraction}
 
 
 _DEPRECATED_RUN_KEYS = {
@@ -574,9 +609,10 @@ class RunConfig(ScoreConfig):
 class PlanSettings:
     """What `ila plan` estimates besides the stages' own settings (see ila.analysis.plan)."""
 
-    select_fraction: float = _opt(
+    tune_top_fraction: float = _opt(
         0.3, "fraction of the units the selective fine-tune tunes (ignored with --selection)"
     )
+    select_fraction: float | None = _opt(None, "deprecated: use --tune-top-fraction")
     tokens_per_second: float | None = _opt(
         None,
         "measured training throughput (tokens per second per process) for a time estimate; "
@@ -584,7 +620,12 @@ class PlanSettings:
     )
 
     def __post_init__(self) -> None:
-        _fraction(self.select_fraction, "--select-fraction")
+        if self.select_fraction is not None:
+            logging.getLogger("ila").warning(
+                "--select-fraction: deprecated, use --tune-top-fraction %s", self.select_fraction
+            )
+            self.tune_top_fraction, self.select_fraction = self.select_fraction, None
+        _fraction(self.tune_top_fraction, "--tune-top-fraction")
         _require(
             self.tokens_per_second is None
             or (math.isfinite(self.tokens_per_second) and self.tokens_per_second > 0),

@@ -280,7 +280,7 @@ def plan_run(
     """Estimate memory (and, given a throughput, time) of stages 1, 2 and the fine-tune.
 
     ``selection`` is an :class:`ila.core.selection.Selection` for the fine-tune (checked against
-    the model's units); without it ``config.plan.select_fraction`` of the units is tuned.
+    the model's units); without it ``config.plan.tune_top_fraction`` of the units is tuned.
     """
     shape = model_shape(
         config.model.model,
@@ -365,7 +365,7 @@ def _finetune_units(
     if selection is not None:
         units = selection.selected_units(layer_map)  # refuses a selection of another model
         return units, min(u.block for u in units), f"{len(units)} selected units"
-    fraction = config.plan.select_fraction
+    fraction = config.plan.tune_top_fraction
     k = top_count(len(layer_map.units), fraction)
     weight = {"full": lambda u: u.num_params}.get(
         config.finetune.method, lambda u: u.in_features + u.out_features

@@ -417,7 +417,7 @@ def run(
         config, output_dir, method="ila", overwrite=overwrite, resume=resume, command="run"
     )
     settings = config.run
-    fraction = {settings.select_rule.replace("-", "_"): settings.select_fraction}
+    fraction = settings.selection_rule
     selection = select_units(
         LayerMap.from_dict(scored.scores.layout),
         scores=scored.scores,

@@ -225,7 +225,12 @@ def main() -> None:
         "run, chitchat and sharegpt limited to their first 3,000 conversations. Settings of "
         f"the method were chosen on {' and '.join(TUNING)} only; the other datasets are "
         "untouched checks. "
-        f"Command: `python benchmarks/bench_overlap.py --work-dir {args.work_dir}`.",
+        f"Command: `python benchmarks/bench_overlap.py --work-dir {args.work_dir}"
+        + (
+            " --only-existing` (the finished runs of the seeds asked for)."
+            if args.only_existing
+            else "`."
+        ),
         "",
         "Jaccard of the top-K sets over every pair of runs (mean, with min-max), and "
         "Spearman's rho of all unit importances:",
@@ -287,11 +292,13 @@ def verdict(
     key = str(0.25)
     within = [v for _, kind, values in rows if kind == "within" for v in values[key]]
     cross = [v for name, kind, values in rows if kind == "cross" for v in values[key]]
+    nulls = [v for name, kind, values in rows if kind == "cross" for v in values["null25"]]
     if not cross:
         return ["Fewer than two alignment datasets have runs: no cross-dataset figure yet."]
     out = [
         f"Reading (top 25%): cross-dataset Jaccard {statistics.fmean(cross):.2f} against "
-        f"{random[key]:.2f} for random sets"
+        f"{random[key]:.2f} for random sets and {statistics.fmean(nulls):.2f} for sets that "
+        "keep each run's module types (the structural null)"
         + (f" and {statistics.fmean(within):.2f} between seeds on one dataset" if within else "")
         + ". The paper reports about 0.9 across datasets for its models and data."
     ]

@@ -246,6 +246,7 @@ def evaluate_run(
             baseline,
             resume,
             stage1_run=run_dir,
+            measure_held_out=False,  # measured below, with the other variants
         )
         if is_main_process():
             mark_stage(run_dir, "finetune-all-units")

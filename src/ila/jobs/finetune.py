@@ -144,6 +144,7 @@ def finetune(
     inputs: Sequence[Path | None] = (),
     allow_other_model: bool = False,
     stage1_run: Path | None = None,
+    measure_held_out: bool = True,
 ) -> FinetuneRun:
     """Fine-tune ``config.model.model`` on ``config.data.data``, tuning only ``selection``.
 
@@ -156,7 +157,8 @@ def finetune(
     fingerprint, ila.model.identity) is refused unless ``allow_other_model``; then the
     summary and the run record say so. With ``finetune.init_from_stage1`` the selected
     units' LoRA starts from the stage-1 adapter of ``stage1_run`` (default: the scores run
-    the selection was made from).
+    the selection was made from). ``measure_held_out`` off skips the held-out loss (for
+    `ila run`, whose evaluation measures it on the same split right after).
 
     Phases: check the request, load and check the inputs, open the run directory, set up
     the trainable parameters, train, measure, save.
@@ -192,7 +194,7 @@ def finetune(
         model, counts = _trainable_model(config, loaded)
         trainer, seconds, values = _train(config, model, loaded, output_dir, resume)
         eval_loss = None
-        if loaded.eval_features is not None:
+        if measure_held_out and loaded.eval_features is not None:
             # The response loss `ila eval` reports (token-weighted), not the Trainer's mean
             # of per-batch means, so that one model on one split has one held-out loss.
             eval_loss, _ = response_loss(
@@ -466,6 +468,7 @@ def finetune_step(
     resume: bool,
     *,
     stage1_run: Path | None = None,
+    measure_held_out: bool = True,
 ) -> FinetuneRun:
     """A fine-tune inside a larger job (`ila run`): with ``resume``, a finished one in
     ``output_dir`` is reused, a started one continues from its last complete checkpoint,
@@ -484,6 +487,7 @@ def finetune_step(
         resume=started,
         overwrite=resume and not started,
         stage1_run=stage1_run,
+        measure_held_out=measure_held_out,
     )
 
 

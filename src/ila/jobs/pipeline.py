@@ -442,6 +442,7 @@ def run(
             scored.output_dir / "finetune",
             resume,
             stage1_run=scored.output_dir,
+            measure_held_out=not settings.evaluate,  # the evaluation measures it next
         )
         if is_main_process():
             mark_stage(scored.output_dir, "finetune")

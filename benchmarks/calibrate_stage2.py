@@ -13,7 +13,6 @@ behind the stage-2 defaults in docs/method.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import os
@@ -26,25 +25,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_file import write_section
+from stage1_run import learn_gates, load_stage1_run
 
 
 def main() -> None:
-    import torch
-    from peft import PeftModel
-
-    from ila.config import ScoreConfig, config_from_dict
-    from ila.core.layers import find_layers
     from ila.core.scores import expected_random_jaccard, jaccard, top_count
-    from ila.data import (
-        PaddingCollator,
-        data_fingerprint,
-        load_examples,
-        split_examples,
-        tokenize_examples,
-    )
-    from ila.model.loading import load_model
-    from ila.scorers.base import ScoringContext
-    from ila.scorers.ila import run_stage2
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dirs", type=Path, nargs="+", help="ila score runs (stage-1 adapters)")
@@ -58,62 +43,31 @@ def main() -> None:
     parser.add_argument("--section", default="calibrate_stage2", help="results.md section name")
     args = parser.parse_args()
 
-    import yaml
-
     # results[variant][(run index, seed)] = gates
     results: dict[str, dict[tuple[int, int], list[float]]] = {}
     stage1_notes = []
     for r, run_dir in enumerate(args.run_dirs):
-        resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        resolved.pop("method", None)
-        base_config = config_from_dict(ScoreConfig, resolved)
-        model, tokenizer = load_model(base_config.model.model, device="cpu")
-        layer_map = find_layers(model)
-        examples = load_examples(base_config.data.data, limit=base_config.data.limit)
-        train, _ = split_examples(
-            examples, eval_fraction=base_config.data.eval_fraction, seed=base_config.data.split_seed
-        )
-        features = tokenize_examples(
-            train, tokenizer, max_length=base_config.data.max_length
-        ).features
-        peft_model = PeftModel.from_pretrained(model, str(run_dir / "stage1" / "adapter"))
-        stage1 = json.loads((run_dir / "stage1" / "summary.json").read_text())
-        argv = json.loads((run_dir / "environment.json").read_text())["argv"]
-        command = " ".join([Path(argv[0]).name, *argv[1:]])
-        stage1_notes.append(
-            f"- run {r}: `{run_dir}` (made by `{command}`; stage-1 seed {base_config.train.seed}, "
-            f"{stage1['steps']} steps, stable: {stage1['stable']})"
-        )
+        run = load_stage1_run(run_dir)
+        stage1_notes.append(f"- run {r}: {run.note}")
+        features = run.features()
         for variant in args.variants:
             kind, _, weight = variant.partition(":")
-            for seed in args.seeds or [base_config.train.seed]:
-                stage2 = dataclasses.replace(
-                    base_config.stage2,
+            for seed in args.seeds or [run.config.train.seed]:
+                out = args.work_dir / f"run{r}-{variant.replace(':', '-')}-seed{seed}"
+                summary = learn_gates(
+                    run,
+                    out,
+                    seed=seed,
+                    features=features,
                     budget=kind,
                     budget_weight=float(weight or 1.0),
                     steps=args.steps,
                     target_fraction=args.target_fraction,
                 )
-                train_cfg = dataclasses.replace(base_config.train, seed=seed)
-                config = dataclasses.replace(base_config, stage2=stage2, train=train_cfg)
-                out = args.work_dir / f"run{r}-{variant.replace(':', '-')}-seed{seed}"
-                out.mkdir(parents=True, exist_ok=True)
-                ctx = ScoringContext(
-                    model=peft_model,
-                    tokenizer=tokenizer,
-                    layer_map=layer_map,
-                    model_id=config.model.model,
-                    train_features=features,
-                    collator=PaddingCollator(tokenizer.pad_token_id),
-                    config=config,
-                    output_dir=out,
-                    data_fingerprint=data_fingerprint(train),
-                )
-                torch.manual_seed(seed)
-                summary = run_stage2(ctx, peft_model)
                 results.setdefault(variant, {})[(r, seed)] = summary["gates"]
                 print(variant, r, seed, json.dumps({"mean_gate": summary["mean_gate"]}), flush=True)
-        del peft_model, model
+        layer_map = run.layer_map
+        del run
 
     n = len(layer_map.units)
     k = top_count(n, 0.25)

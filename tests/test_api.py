@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 import ila
 from ila.config import ScoreConfig
@@ -39,8 +41,23 @@ def test_make_config_layers_defaults_config_and_keywords(tmp_path):
     assert make_config(ScoreConfig, config).stage1.max_steps == 9  # a config object
     with pytest.raises(IlaError, match=r"unknown setting .stage1_max_step.*stage1_max_steps"):
         make_config(ScoreConfig, stage1_max_step=3)
-    with pytest.raises(IlaError, match="--stage1-max-steps: must be >= 1"):
+    with pytest.raises(IlaError, match="^stage1_max_steps: must be >= 1"):
         make_config(ScoreConfig, stage1_max_steps=0)
+
+
+def test_errors_name_keywords_in_python_and_flags_on_the_command_line(capsys, tmp_path):
+    from ila.api import flag_vocabulary, setting_names_in
+    from ila.cli import main
+
+    assert setting_names_in("pass --lora-rank 8, or --overwrite; not a-b--c") == (
+        "pass lora_rank 8, or overwrite; not a-b--c"
+    )
+    with pytest.raises(IlaError, match="^stage2_steps: must be >= 1"):
+        ila.score("smollm2-135m", output_dir=tmp_path / "s", stage2_steps=0)
+    with flag_vocabulary(), pytest.raises(IlaError, match="^--stage2-steps: must be >= 1"):
+        ila.score("smollm2-135m", output_dir=tmp_path / "s", stage2_steps=0)
+    assert main(["-q", "score", "--stage2-steps", "0", "--output-dir", str(tmp_path / "c")]) == 2
+    assert "ila: error: --stage2-steps: must be >= 1" in capsys.readouterr().err
 
 
 def test_score_select_finetune_evaluate_compare_export_plan(tiny_model_dir, tmp_path):
@@ -55,7 +72,7 @@ def test_score_select_finetune_evaluate_compare_export_plan(tiny_model_dir, tmp_
     selection = ila.select(tmp_path / "ila", tune_top_fraction=0.25, output=tmp_path / "sel")
     assert isinstance(selection, Selection) and len(selection.selected) == 7
     assert Selection.load(tmp_path / "sel").selected == selection.selected
-    with pytest.raises(IlaError, match="exists; pass --overwrite"):
+    with pytest.raises(IlaError, match="exists; pass overwrite"):
         ila.select(first.scores, tune_top_fraction=0.5, output=tmp_path / "sel")
 
     tuned = ila.finetune(
@@ -128,3 +145,33 @@ def test_rows_in_memory_are_data(tiny_model_dir, tmp_path, monkeypatch):
         data_source([{"text": "a"}, "b"])
     with pytest.raises(IlaError, match="non-empty list of records"):
         data_source([])
+
+
+def test_a_loaded_model_is_a_model(tiny_llama, tiny_tokenizer, tmp_path, monkeypatch):
+    from ila.api import model_source
+
+    monkeypatch.setenv("ILA_CACHE_DIR", str(tmp_path / "cache"))
+    rows = [{"instruction": f"add {i} and 2", "output": str(i + 2)} for i in range(30)]
+    run = ila.score(
+        tiny_llama, rows, tokenizer=tiny_tokenizer, output_dir=tmp_path / "s", **TINY, **QUICK_ILA
+    )
+    recorded = yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())["model"]["model"]
+    assert Path(recorded).parent == tmp_path / "cache" / "models"
+    assert len(run.scores.units) == 4 * 7
+    # Named by content: the same weights are one directory, changed weights another.
+    assert model_source(tiny_llama, tiny_tokenizer) == recorded
+    with torch.no_grad():
+        tiny_llama.model.layers[0].mlp.up_proj.weight.add_(1.0)
+    assert model_source(tiny_llama, tiny_tokenizer) != recorded
+    # The saved model is an ordinary model directory: a fine-tune can use the ranking on it.
+    done = ila.finetune(
+        recorded, rows, output_dir=tmp_path / "f", scores=tmp_path / "s",
+        tune_top_fraction=0.25, max_steps=2, batch_size=2, max_length=32, device="cpu",
+    )  # fmt: skip
+    assert done.summary["steps"] == 2
+    with pytest.raises(IlaError, match="needs its tokenizer"):
+        model_source(tiny_llama)
+    with pytest.raises(IlaError, match="goes with a loaded model"):
+        model_source("smollm2-135m", tiny_tokenizer)
+    with pytest.raises(IlaError, match="not a dict"):
+        model_source({"weights": 1}, tiny_tokenizer)

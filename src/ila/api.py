@@ -1,11 +1,14 @@
 """The Python API: every `ila` command as a typed function (``import ila; ila.score(...)``).
 
 Each function takes what its command takes: ``model`` and ``data`` (an embedded name, a
-path or a hub id; ``data`` may also be rows in memory, see :func:`data_source`), an
+path or a hub id; ``model`` may also be a loaded model with its ``tokenizer``, see
+:func:`model_source`, and ``data`` rows in memory, see :func:`data_source`), an
 ``output_dir`` for jobs that write a run directory, a ``config`` (a YAML path, a nested
 mapping such as a run's ``config.yaml``, or a config object) and settings as keyword
 arguments named like the command-line flags with underscores (``stage1_max_steps=30`` is
-``--stage1-max-steps 30``; the error messages name the flags).
+``--stage1-max-steps 30``); their errors (:class:`ila.errors.IlaError`) name the settings
+the same way, and the command line, which calls these functions under
+:func:`flag_vocabulary`, names its flags.
 Keywords override ``config``, which overrides the defaults (docs/method.md lists them).
 The command-line interface (ila.cli) calls these functions and only prints.
 
@@ -18,9 +21,13 @@ a :class:`ila.core.scores.LayerScores` with ``.top(fraction)`` and ``.to_datafra
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
-from collections.abc import Mapping, Sequence
+import functools
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,18 +60,61 @@ __all__ = [
     "evaluate",
     "export",
     "finetune",
+    "flag_vocabulary",
     "make_config",
+    "model_source",
     "plan",
     "report",
     "run",
     "score",
     "select",
+    "setting_names_in",
 ]
 
 ConfigSource = str | Path | Mapping[str, Any] | None
 _C = TypeVar("_C")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+# The library's messages name settings by their flags (--stage1-max-steps), the CLI's
+# vocabulary; an API caller passed them as keywords (stage1_max_steps), so the API's
+# functions rename them on the way out. The CLI calls the same functions under
+# flag_vocabulary() and keeps the flags.
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+_FLAGS_WANTED: contextvars.ContextVar[bool] = contextvars.ContextVar("ila_flags", default=False)
 
 
+@contextlib.contextmanager
+def flag_vocabulary() -> Iterator[None]:
+    """Within this block the API's errors name settings by their command-line flags."""
+    token = _FLAGS_WANTED.set(True)
+    try:
+        yield
+    finally:
+        _FLAGS_WANTED.reset(token)
+
+
+def setting_names_in(message: str) -> str:
+    """``message`` with each ``--flag-name`` written as the keyword ``flag_name``."""
+    return _FLAG.sub(lambda match: match.group(1).replace("-", "_"), message)
+
+
+def _speaks_settings(function: _F) -> _F:
+    """Errors of ``function`` name keywords, not flags (unless under flag_vocabulary)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except IlaError as exc:
+            message = setting_names_in(str(exc))
+            if _FLAGS_WANTED.get() or message == str(exc):
+                raise
+            raise IlaError(message) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_speaks_settings
 def make_config(config_cls: type[_C], config: Any = None, **settings: Any) -> _C:
     """A ``config_cls`` (e.g. :class:`ila.config.ScoreConfig`) from ``config`` and settings.
 
@@ -103,6 +153,7 @@ def make_config(config_cls: type[_C], config: Any = None, **settings: Any) -> _C
 DataArgument = str | Path | Sequence[Mapping[str, Any]] | Any
 
 
+@_speaks_settings
 def data_source(data: DataArgument) -> str | None:
     """``data`` as the ``--data`` value a job records: a name or path as it is; rows in
     memory (a list of dicts, or a ``datasets.Dataset``) are written once to a JSONL file
@@ -139,6 +190,71 @@ def data_source(data: DataArgument) -> str | None:
     return str(path)
 
 
+ModelArgument = str | Path | Any
+_SAVE_FILLS = {"architectures", "dtype", "torch_dtype", "_name_or_path", "transformers_version"}
+
+
+@_speaks_settings
+def model_source(model: ModelArgument, tokenizer: Any = None) -> str | None:
+    """``model`` as the ``--model`` value a job records: a name, path or hub id as it is; a
+    loaded ``transformers`` model (with its ``tokenizer``) is saved once to
+    ``<ila cache>/models/memory-<digest>/`` (the cache of ila.model.loading), named by a
+    digest of its config and weights, so that the run's config.yaml names a model that
+    ``--resume``, the reproduce command and the model fingerprint (ila.model.identity) can
+    read. Saving costs one write of the weights; for a large model pass its path instead.
+    """
+    if model is None or isinstance(model, (str, Path)):
+        if tokenizer is not None:
+            raise IlaError("tokenizer= goes with a loaded model; a model name or path has its own")
+        return None if model is None else str(model)
+    if hasattr(model, "peft_config") or hasattr(model, "get_base_model"):
+        raise IlaError(
+            "model is a peft model; pass its base model, or merge the adapter first "
+            "(model.merge_and_unload())"
+        )
+    if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
+        raise IlaError(
+            "model must be a name, a path, a hub id or a loaded transformers model, "
+            f"not a {type(model).__name__}"
+        )
+    if tokenizer is None or not hasattr(tokenizer, "save_pretrained"):
+        raise IlaError("a loaded model needs its tokenizer: pass tokenizer=")
+    import hashlib
+    import json
+    import shutil
+    import tempfile
+
+    import torch
+
+    from ila.model.loading import cache_dir
+
+    # Saving fills in config fields (architectures, dtype); the class and the weights'
+    # dtypes say the same, so the digest does not change once the model has been saved.
+    described = {k: v for k, v in model.config.to_dict().items() if k not in _SAVE_FILLS}
+    described["class"] = type(model).__name__
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
+    path = cache_dir() / "models" / f"memory-{digest.hexdigest()[:16]}"
+    if not (path / "config.json").is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=path.parent))
+        try:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            staging.rename(path)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not (path / "config.json").is_file():  # not a concurrent save of the same model
+                raise IlaError(f"cannot save the loaded model to {path}: {exc}") from exc
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return str(path)
+
+
 def _setting_names(config_cls: type) -> dict[str, tuple[str, str]]:
     """Keyword name (the flag without dashes) -> (section, field) for ``config_cls``."""
     return {
@@ -147,10 +263,12 @@ def _setting_names(config_cls: type) -> dict[str, tuple[str, str]]:
     }
 
 
+@_speaks_settings
 def score(
-    model: str | None = None,
+    model: ModelArgument = None,
     data: DataArgument = None,
     *,
+    tokenizer: Any = None,
     output_dir: str | Path,
     scorer: str = "ila",
     config: Any = None,
@@ -162,10 +280,17 @@ def score(
     (ILA stages 1-2 by default; docs/scorers.md lists the others)."""
     from ila.jobs.pipeline import score as score_job
 
-    resolved = make_config(ScoreConfig, config, model=model, data=data_source(data), **settings)
+    resolved = make_config(
+        ScoreConfig,
+        config,
+        model=model_source(model, tokenizer),
+        data=data_source(data),
+        **settings,
+    )
     return score_job(resolved, Path(output_dir), method=scorer, overwrite=overwrite, resume=resume)
 
 
+@_speaks_settings
 def select(
     scores: LayerScores | str | Path,
     *,
@@ -208,10 +333,12 @@ def select(
     return selection
 
 
+@_speaks_settings
 def finetune(
-    model: str | None = None,
+    model: ModelArgument = None,
     data: DataArgument = None,
     *,
+    tokenizer: Any = None,
     output_dir: str | Path,
     scores: LayerScores | str | Path | None = None,
     selection: Selection | str | Path | None = None,
@@ -234,7 +361,13 @@ def finetune(
     from ila.core.selection import Selection, select_units
     from ila.jobs.finetune import finetune as finetune_job
 
-    resolved = make_config(FinetuneConfig, config, model=model, data=data_source(data), **settings)
+    resolved = make_config(
+        FinetuneConfig,
+        config,
+        model=model_source(model, tokenizer),
+        data=data_source(data),
+        **settings,
+    )
     inputs: list[Path | None] = []
     stage1_run = None
     chosen: Any
@@ -280,10 +413,12 @@ def finetune(
     )
 
 
+@_speaks_settings
 def evaluate(
-    model: str | None = None,
+    model: ModelArgument = None,
     data: DataArgument = None,
     *,
+    tokenizer: Any = None,
     output_dir: str | Path,
     adapter: str | Path | None = None,
     config: Any = None,
@@ -295,7 +430,9 @@ def evaluate(
     ``adapter`` or an `ila finetune` run directory applied)."""
     from ila.jobs.evaluate import evaluate as evaluate_job
 
-    resolved = make_config(EvalConfig, config, model=model, data=data_source(data), **settings)
+    resolved = make_config(
+        EvalConfig, config, model=model_source(model, tokenizer), data=data_source(data), **settings
+    )
     return evaluate_job(
         resolved,
         Path(output_dir),
@@ -305,10 +442,12 @@ def evaluate(
     )
 
 
+@_speaks_settings
 def run(
-    model: str | None = None,
+    model: ModelArgument = None,
     data: DataArgument = None,
     *,
+    tokenizer: Any = None,
     output_dir: str | Path,
     config: Any = None,
     overwrite: bool = False,
@@ -319,10 +458,13 @@ def run(
     it with all units and the base model."""
     from ila.jobs.pipeline import run as run_job
 
-    resolved = make_config(RunConfig, config, model=model, data=data_source(data), **settings)
+    resolved = make_config(
+        RunConfig, config, model=model_source(model, tokenizer), data=data_source(data), **settings
+    )
     return run_job(resolved, Path(output_dir), overwrite=overwrite, resume=resume)
 
 
+@_speaks_settings
 def compare(
     runs: Sequence[str | Path],
     *,
@@ -357,6 +499,7 @@ def compare(
     return comparison
 
 
+@_speaks_settings
 def report(run_dir: str | Path, *, output_dir: str | Path, overwrite: bool = False) -> Path:
     """`ila report`: one HTML page (and report.md) of a finished run; returns the page."""
     from ila.reporting.output import report_directory
@@ -371,6 +514,7 @@ def report(run_dir: str | Path, *, output_dir: str | Path, overwrite: bool = Fal
     return Path(output_dir) / RUN_REPORT_HTML
 
 
+@_speaks_settings
 def export(
     selection: Selection | str | Path,
     *,
@@ -421,9 +565,11 @@ EXPORT_SUFFIX = {
 }
 
 
+@_speaks_settings
 def plan(
-    model: str | None = None,
+    model: ModelArgument = None,
     *,
+    tokenizer: Any = None,
     selection: Selection | str | Path | None = None,
     config: Any = None,
     **settings: Any,
@@ -433,7 +579,7 @@ def plan(
     from ila.analysis.plan import plan_run
     from ila.core.selection import Selection
 
-    resolved = make_config(PlanConfig, config, model=model, **settings)
+    resolved = make_config(PlanConfig, config, model=model_source(model, tokenizer), **settings)
     if selection is not None and not isinstance(selection, Selection):
         selection = Selection.load(Path(selection))
     return plan_run(resolved, selection=selection)

@@ -634,8 +634,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_rank = (
         contextlib.nullcontext() if is_main_process() else contextlib.redirect_stdout(io.StringIO())
     )
+    from ila.api import flag_vocabulary
+
     try:
-        with quiet_rank:
+        with quiet_rank, flag_vocabulary():
             return _COMMANDS[args.command](args)
     except IlaError as exc:
         print(f"ila: error: {exc}", file=sys.stderr)

@@ -178,9 +178,21 @@ def main() -> None:
     memory: dict[str, float] = {}
     params: dict[str, int] = {}
     selections: dict[str, list[str]] = {}
-    for name, rule in RUNS.items():
-        out = work / ("ft-" + name.replace(",", "").replace(" ", "-").replace("%", ""))
-        scores = [] if "--all-units" in rule else ["--scores", str(args.ila_runs[0])]
+    # The selection whose backward can stop highest: LoRA on the upper 30% of the blocks.
+    blocks = int(
+        json.loads((args.ila_runs[0] / "layer_scores.json").read_text())["layout"]["num_blocks"]
+    )
+    upper = range(blocks - round(0.3 * blocks), blocks)
+    runs = {
+        **RUNS,
+        f"LoRA, upper 30% of blocks ({upper[0]}-{upper[-1]})": [
+            "--blocks", ",".join(map(str, upper)), "--method", "lora",
+        ],
+    }  # fmt: skip
+    for name, rule in runs.items():
+        out = work / ("ft-" + "".join(c if c.isalnum() else "-" for c in name))
+        ranked = "--tune-top-fraction" in rule or "--freeze-bottom-fraction" in rule
+        scores = ["--scores", str(args.ila_runs[0])] if ranked else []
         if not (out / "finetune_summary.json").is_file():
             ila("finetune", *rule, *scores, "--max-steps", steps, "--output-dir", str(out),
                 "--overwrite", *flags)  # fmt: skip

@@ -37,13 +37,13 @@ from results_file import write_section
 VARIANTS = ("warm", "cold, equal fine-tune steps", "cold, equal total steps")
 
 
-def data_flags(config: dict) -> list[str]:
+def data_flags(config: dict, threads: int) -> list[str]:
     """The scores run's data, model and batch settings, so every fine-tune sees its split."""
     data, model, train = config["data"], config["model"], config["train"]
     flags = ["--model", str(model["model"]), "--data", str(data["data"])]
     flags += ["--max-length", str(data["max_length"]), "--batch-size", str(train["batch_size"])]
     flags += ["--split-seed", str(data["split_seed"]), "--device", "cpu"]
-    flags += ["--eval-fraction", str(data["eval_fraction"])]
+    flags += ["--eval-fraction", str(data["eval_fraction"]), "--threads", str(threads)]
     if data.get("limit") is not None:
         flags += ["--limit", str(data["limit"])]
     return flags
@@ -55,13 +55,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--fraction", type=float, default=0.3)
+    parser.add_argument("--threads", type=int, default=1, help="threads of every fine-tune")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-warm-start"))
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     config = yaml.safe_load((args.scores / "config.yaml").read_text())
     meta = json.loads((args.scores / "layer_scores.json").read_text())["meta"]
     t = int(meta["T"])
-    common = [*data_flags(config), "--scores", str(args.scores)]
+    common = [*data_flags(config, args.threads), "--scores", str(args.scores)]
     common += ["--tune-top-fraction", str(args.fraction), "--method", "lora"]
     losses: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for seed in args.seeds:

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from ila.core.gates import attach_gates, budget_loss, project_to_budget
+from ila.config import Stage2Config
+from ila.core.gates import GatedModel, attach_gates, budget_loss, project_to_budget
 from ila.core.layers import LayerMap
 from ila.core.lora import add_lora, lora_update_norms
 from ila.core.scores import LayerScores, UnitScore, jaccard
@@ -86,9 +87,11 @@ def score_ila(ctx: ScoringContext) -> LayerScores:
 def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
     """Train the LoRA adapter of ``model`` until epsilon-stable (or the cap); return a summary.
 
-    With ``ctx.resume``: a stage 1 the run state lists as complete is not trained again
-    (its adapter is loaded); otherwise training continues from the last complete
-    checkpoint with the loss history restored, so the stability test stops at the same T.
+    docs/method.md, "Stage 1". Phases: reuse a finished stage, set up the stability watch,
+    restore an interrupted run, train until stable, summarise, save. With ``ctx.resume``:
+    a stage 1 the run state lists as complete is not trained again (its adapter is
+    loaded); otherwise training continues from the last complete checkpoint with the loss
+    history restored, so the stability test stops at the same T.
     """
     cfg, train = ctx.config.stage1, ctx.config.train
     out = ctx.output_dir / "stage1"
@@ -103,45 +106,9 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         cfg.window,
         cfg.max_steps,
     )
-    detector = make_detector(
-        cfg.criterion,
-        epsilon=cfg.epsilon,
-        window=cfg.window,
-        patience=cfg.patience,
-        min_steps=cfg.min_steps,
-        rank_epsilon=cfg.rank_epsilon,
-        rank_fraction=cfg.rank_fraction,
-    )
-    values = StepValues()
-    track_update = cfg.criterion == "loss+update"
-
-    def probe() -> dict[str, float]:
-        norm = float(lora_update_norms(model, ctx.layer_map).norm())
-        return {"update_norm": norm}
-
-    def step_values(i: int) -> dict[str, float]:
-        step = {"loss": values.loss[i]}
-        if track_update:
-            step["update_norm"] = values.extra["update_norm"][i]
-        return step
-
-    def stable() -> bool:
-        step = len(values.loss)
-        units = None
-        if detector.wants_unit_values(step):
-            # The ranking check reads the per-unit update norms (r x r products, cheap).
-            units = lora_update_norms(model, ctx.layer_map).tolist()
-            values.unit_values[step] = units
-        return detector.update(step_values(-1), units).stable
-
+    watch = _Stage1Watch(ctx, model)
     checkpoint = _resume_point(ctx, out / "trainer", "stage1")
-    seconds_before = 0.0
-    if checkpoint is not None:
-        checkpoint.restore_values(values)
-        for i in range(len(values.loss)):  # the detector sees the history it saw before
-            detector.update(step_values(i), values.unit_values.get(i + 1))
-        seconds_before = checkpoint.seconds
-
+    seconds_before = watch.replay(checkpoint)
     args = make_training_args(
         train,
         output_dir=out / "trainer",
@@ -151,7 +118,7 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         scheduler="constant_with_warmup",
         device=ctx.config.model.device,
     )
-    if checkpoint is not None and detector.stable_step is not None:
+    if checkpoint is not None and watch.detector.stable_step is not None:
         # The interrupted run stopped at this checkpoint: its weights are stage 1's result.
         load_adapter_weights(model, checkpoint.folder)
         steps, seconds = checkpoint.step, seconds_before
@@ -162,18 +129,93 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
             train_features=ctx.train_features,
             collator=ctx.collator,
             callbacks=[
-                MetricsLogger("stage1", ctx.output_dir / METRICS_FILE, values, probe),
-                StopWhen(stable),
-                CheckpointState("stage1", values, seconds_before=seconds_before),
+                MetricsLogger("stage1", ctx.output_dir / METRICS_FILE, watch.values, watch.probe),
+                StopWhen(watch.stable),
+                CheckpointState("stage1", watch.values, seconds_before=seconds_before),
             ],
             resume_from=checkpoint.folder if checkpoint is not None else None,
         )
         steps, seconds = trainer.state.global_step, seconds + seconds_before
     examples_per_step = train.batch_size * train.grad_accum * args.world_size
-    summary = {
-        "stable": detector.stable_step is not None,
-        "T": detector.stable_step if detector.stable_step is not None else steps,
-        "stable_step": detector.stable_step,
+    summary = _stage1_summary(ctx, model, watch, steps, seconds, examples_per_step)
+    if not summary["stable"]:
+        log.warning(
+            "stage 1 reached --stage1-max-steps %d before it was epsilon-stable; the mask is "
+            "learned at the cap (raise --stage1-max-steps or --stage1-epsilon)",
+            cfg.max_steps,
+        )
+    if is_main_process():
+        with atomic_directory(out / "adapter") as tmp:
+            model.save_pretrained(tmp)
+        atomic_write_json(out / STAGE_SUMMARY_FILE, summary)
+        mark_stage(ctx.output_dir, "stage1")
+    return summary
+
+
+class _Stage1Watch:
+    """Stage 1's stopping rule (:mod:`ila.core.stability`) and the per-step values it reads.
+
+    ``probe`` is logged with every step; ``stable`` is asked after every step and reads the
+    per-unit update norms at the steps where the ranking check wants them.
+    """
+
+    def __init__(self, ctx: ScoringContext, model: torch.nn.Module) -> None:
+        cfg = ctx.config.stage1
+        self.model, self.layer_map = model, ctx.layer_map
+        self.detector = make_detector(
+            cfg.criterion,
+            epsilon=cfg.epsilon,
+            window=cfg.window,
+            patience=cfg.patience,
+            min_steps=cfg.min_steps,
+            rank_epsilon=cfg.rank_epsilon,
+            rank_fraction=cfg.rank_fraction,
+        )
+        self.values = StepValues()
+        self.track_update = cfg.criterion == "loss+update"
+
+    def probe(self) -> dict[str, float]:
+        return {"update_norm": float(lora_update_norms(self.model, self.layer_map).norm())}
+
+    def stable(self) -> bool:
+        step = len(self.values.loss)
+        units = None
+        if self.detector.wants_unit_values(step):
+            # The ranking check reads the per-unit update norms (r x r products, cheap).
+            units = lora_update_norms(self.model, self.layer_map).tolist()
+            self.values.unit_values[step] = units
+        return self.detector.update(self._step(-1), units).stable
+
+    def replay(self, checkpoint: StageCheckpoint | None) -> float:
+        """Restore an interrupted run's history into the detector; its seconds so far."""
+        if checkpoint is None:
+            return 0.0
+        checkpoint.restore_values(self.values)
+        for i in range(len(self.values.loss)):  # the detector sees the history it saw before
+            self.detector.update(self._step(i), self.values.unit_values.get(i + 1))
+        return checkpoint.seconds
+
+    def _step(self, i: int) -> dict[str, float]:
+        step = {"loss": self.values.loss[i]}
+        if self.track_update:
+            step["update_norm"] = self.values.extra["update_norm"][i]
+        return step
+
+
+def _stage1_summary(
+    ctx: ScoringContext,
+    model: torch.nn.Module,
+    watch: _Stage1Watch,
+    steps: int,
+    seconds: float,
+    examples_per_step: int,
+) -> dict[str, Any]:
+    """stage1/summary.json: T, whether it was stable, the curves and the checks."""
+    cfg, values, stable_step = ctx.config.stage1, watch.values, watch.detector.stable_step
+    return {
+        "stable": stable_step is not None,
+        "T": stable_step if stable_step is not None else steps,
+        "stable_step": stable_step,
         "steps": steps,
         "max_steps": cfg.max_steps,
         "steps_per_epoch": math.ceil(len(ctx.train_features) / examples_per_step),
@@ -193,18 +235,6 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         # ||Delta_i|| at the end of stage 1: what the gates scale (and the lora-norm scorer).
         "unit_update_norms": lora_update_norms(model, ctx.layer_map).tolist(),
     }
-    if not summary["stable"]:
-        log.warning(
-            "stage 1 reached --stage1-max-steps %d before it was epsilon-stable; the mask is "
-            "learned at the cap (raise --stage1-max-steps or --stage1-epsilon)",
-            cfg.max_steps,
-        )
-    if is_main_process():
-        with atomic_directory(out / "adapter") as tmp:
-            model.save_pretrained(tmp)
-        atomic_write_json(out / STAGE_SUMMARY_FILE, summary)
-        mark_stage(ctx.output_dir, "stage1")
-    return summary
 
 
 def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
@@ -215,6 +245,8 @@ def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
     ``stage2.grad_accum`` micro-batches per step and, with ``stage2.eval_mode``, no
     dropout. The reported loss is the task loss without the budget term. The importance
     is s averaged over the last ``stage2.tail_fraction`` of the steps (:func:`tail_mean`).
+    Phases: reuse a finished stage, attach the gates, restore an interrupted run, train
+    the gates, summarise, save.
 
     With ``ctx.resume``, training continues from the last complete checkpoint: the gate
     scores (which peft's adapter checkpoint does not hold) and their trajectories come
@@ -235,65 +267,10 @@ def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         cfg.steps,
         cfg.grad_accum,
     )
-    trajectory: list[list[float]] = [gated.gate_values().tolist()]
-    score_trajectory: list[list[float]] = [gated.raw_scores().tolist()]
-    values = StepValues()
+    record = _GateRecord(gated, cfg)
     checkpoint = _resume_point(ctx, out / "trainer", "stage2")
-    if checkpoint is not None:
-        checkpoint.restore_values(values)
-        scores = checkpoint.state["gate_scores"]
-        if len(scores) != len(gated.gate_names):
-            raise IlaError(
-                f"{checkpoint.folder}: holds {len(scores)} gate scores, the model has "
-                f"{len(gated.gate_names)} gates; resume with the run's --stage2-unit"
-            )
-        with torch.no_grad():
-            gated.bank.scores.copy_(torch.tensor(scores, dtype=gated.bank.scores.dtype))
-        trajectory = [list(row) for row in checkpoint.state["trajectory"]]
-        score_trajectory = [list(row) for row in checkpoint.state["score_trajectory"]]
-    callbacks = []
-    if cfg.budget == "project":
-
-        def project() -> None:
-            project_to_budget(gated.bank.scores, cfg.target_fraction)
-
-        if checkpoint is None:  # restored scores are already projected
-            project()
-            trajectory = [gated.gate_values().tolist()]
-            score_trajectory = [gated.raw_scores().tolist()]
-        callbacks.append(AfterStep(project))
-
-    # The budget term of the step being logged (gates do not change within a step), so the
-    # reported task loss is the logged objective minus it.
-    last_budget = [0.0]
-
-    def budget() -> torch.Tensor:
-        value = budget_loss(
-            gated.bank(),
-            kind=cfg.budget,
-            weight=cfg.budget_weight,
-            target_fraction=cfg.target_fraction,
-        )
-        last_budget[0] = float(value.detach())
-        return value
-
-    def record_gates() -> dict[str, float]:
-        gammas = gated.gate_values()
-        trajectory.append(gammas.tolist())
-        score_trajectory.append(gated.raw_scores().tolist())
-        return {
-            "mean_gate": float(gammas.mean()),
-            "budget": last_budget[0],
-            "task_loss": values.loss[-1] - last_budget[0],
-        }
-
-    def gate_state() -> dict[str, Any]:
-        return {
-            "gate_scores": gated.raw_scores().tolist(),
-            "trajectory": trajectory,
-            "score_trajectory": score_trajectory,
-        }
-
+    record.restore(checkpoint)
+    callbacks = [AfterStep(record.project)] if cfg.budget == "project" else []
     args = make_training_args(
         train,
         output_dir=out / "trainer",
@@ -313,51 +290,129 @@ def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
             collator=ctx.collator,
             callbacks=[
                 *callbacks,
-                MetricsLogger("stage2", ctx.output_dir / METRICS_FILE, values, record_gates),
-                CheckpointState("stage2", values, gate_state, seconds_before=seconds_before),
+                MetricsLogger("stage2", ctx.output_dir / METRICS_FILE, record.values, record.step),
+                CheckpointState(
+                    "stage2", record.values, record.state, seconds_before=seconds_before
+                ),
             ],
-            extra_loss=budget,
+            extra_loss=record.budget,
             resume_from=checkpoint.folder if checkpoint is not None else None,
             eval_mode=cfg.eval_mode,
         )
     finally:
         gated.detach()
-    seconds += seconds_before
-    raw = tail_mean(score_trajectory, cfg.tail_fraction)
-    task_loss = values.extra.get("task_loss", [])
-    summary = {
-        "unit": cfg.unit,
-        "gate_names": list(gated.gate_names),
-        "steps": trainer.state.global_step,
-        "seconds": seconds,
-        "seconds_per_step": seconds / max(trainer.state.global_step, 1),
-        "examples_per_step": train.batch_size * args.gradient_accumulation_steps * args.world_size,
-        "eval_mode": cfg.eval_mode,
-        "tail_fraction": cfg.tail_fraction,
-        "tail_steps": _tail_length(len(score_trajectory) - 1, cfg.tail_fraction),
-        "final_loss": task_loss[-1] if task_loss else None,
-        "loss_curve": task_loss,
-        "objective_curve": values.loss,
-        "mean_gate": float(sum(trajectory[-1]) / len(trajectory[-1])),
-        "raw_scores": raw,
-        "gates": [_sigmoid(x) for x in raw],
-        "last_raw_scores": score_trajectory[-1],
-        # How much the ranking still moved over the tail: top-25% Jaccard of the tail's
-        # first and last step (1.0: settled).
-        "tail_top25_jaccard": _tail_jaccard(score_trajectory, cfg.tail_fraction),
-    }
+    summary = _stage2_summary(ctx, record, trainer.state.global_step, seconds + seconds_before)
+    summary["examples_per_step"] = (
+        train.batch_size * args.gradient_accumulation_steps * args.world_size
+    )
     if is_main_process():
         atomic_write_json(
             out / GATE_TRAJECTORY_FILE,
             {
                 "gate_names": list(gated.gate_names),
-                "values": trajectory,
-                "scores": score_trajectory,
+                "values": record.trajectory,
+                "scores": record.score_trajectory,
             },
         )
         atomic_write_json(out / STAGE_SUMMARY_FILE, summary)
         mark_stage(ctx.output_dir, "stage2")
     return summary
+
+
+class _GateRecord:
+    """Stage 2's gates over the steps: the budget term, the trajectories, the checkpoint
+    state, and (``project`` budget) the projection after each step."""
+
+    def __init__(self, gated: GatedModel, cfg: Stage2Config) -> None:
+        self.gated, self.cfg = gated, cfg
+        self.values = StepValues()
+        self.trajectory: list[list[float]] = [gated.gate_values().tolist()]
+        self.score_trajectory: list[list[float]] = [gated.raw_scores().tolist()]
+        # The budget term of the step being logged (gates do not change within a step),
+        # so the reported task loss is the logged objective minus it.
+        self.last_budget = 0.0
+        if cfg.budget == "project":
+            self.project()
+            self.trajectory = [gated.gate_values().tolist()]
+            self.score_trajectory = [gated.raw_scores().tolist()]
+
+    def restore(self, checkpoint: StageCheckpoint | None) -> None:
+        """Continue from an interrupted run's gate scores and trajectories (already projected)."""
+        if checkpoint is None:
+            return
+        checkpoint.restore_values(self.values)
+        scores, names = checkpoint.state["gate_scores"], self.gated.gate_names
+        if len(scores) != len(names):
+            raise IlaError(
+                f"{checkpoint.folder}: holds {len(scores)} gate scores, the model has "
+                f"{len(names)} gates; resume with the run's --stage2-unit"
+            )
+        bank = self.gated.bank.scores
+        with torch.no_grad():
+            bank.copy_(torch.tensor(scores, dtype=bank.dtype))
+        self.trajectory = [list(row) for row in checkpoint.state["trajectory"]]
+        self.score_trajectory = [list(row) for row in checkpoint.state["score_trajectory"]]
+
+    def project(self) -> None:
+        project_to_budget(self.gated.bank.scores, self.cfg.target_fraction)
+
+    def budget(self) -> torch.Tensor:
+        cfg = self.cfg
+        value = budget_loss(
+            self.gated.bank(),
+            kind=cfg.budget,
+            weight=cfg.budget_weight,
+            target_fraction=cfg.target_fraction,
+        )
+        self.last_budget = float(value.detach())
+        return value
+
+    def step(self) -> dict[str, float]:
+        """After each step: append the gates to the trajectories; the values to log."""
+        gammas = self.gated.gate_values()
+        self.trajectory.append(gammas.tolist())
+        self.score_trajectory.append(self.gated.raw_scores().tolist())
+        return {
+            "mean_gate": float(gammas.mean()),
+            "budget": self.last_budget,
+            "task_loss": self.values.loss[-1] - self.last_budget,
+        }
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "gate_scores": self.gated.raw_scores().tolist(),
+            "trajectory": self.trajectory,
+            "score_trajectory": self.score_trajectory,
+        }
+
+
+def _stage2_summary(
+    ctx: ScoringContext, record: _GateRecord, steps: int, seconds: float
+) -> dict[str, Any]:
+    """stage2/summary.json: the tail-averaged scores, the gates and the curves."""
+    cfg, scores = ctx.config.stage2, record.score_trajectory
+    raw = tail_mean(scores, cfg.tail_fraction)
+    task_loss = record.values.extra.get("task_loss", [])
+    return {
+        "unit": cfg.unit,
+        "gate_names": list(record.gated.gate_names),
+        "steps": steps,
+        "seconds": seconds,
+        "seconds_per_step": seconds / max(steps, 1),
+        "eval_mode": cfg.eval_mode,
+        "tail_fraction": cfg.tail_fraction,
+        "tail_steps": _tail_length(len(scores) - 1, cfg.tail_fraction),
+        "final_loss": task_loss[-1] if task_loss else None,
+        "loss_curve": task_loss,
+        "objective_curve": record.values.loss,
+        "mean_gate": float(sum(record.trajectory[-1]) / len(record.trajectory[-1])),
+        "raw_scores": raw,
+        "gates": [_sigmoid(x) for x in raw],
+        "last_raw_scores": scores[-1],
+        # How much the ranking still moved over the tail: top-25% Jaccard of the tail's
+        # first and last step (1.0: settled).
+        "tail_top25_jaccard": _tail_jaccard(scores, cfg.tail_fraction),
+    }
 
 
 def _tail_length(steps: int, tail_fraction: float) -> int:

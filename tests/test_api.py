@@ -41,7 +41,7 @@ def test_make_config_layers_defaults_config_and_keywords(tmp_path):
     assert make_config(ScoreConfig, config).stage1.max_steps == 9  # a config object
     with pytest.raises(IlaError, match=r"unknown setting .stage1_max_step.*stage1_max_steps"):
         make_config(ScoreConfig, stage1_max_step=3)
-    with pytest.raises(IlaError, match="^stage1_max_steps: must be >= 1"):
+    with pytest.raises(IlaError, match=r"^stage1_max_steps: must be >= 1"):
         make_config(ScoreConfig, stage1_max_steps=0)
 
 
@@ -52,9 +52,9 @@ def test_errors_name_keywords_in_python_and_flags_on_the_command_line(capsys, tm
     assert setting_names_in("pass --lora-rank 8, or --overwrite; not a-b--c") == (
         "pass lora_rank 8, or overwrite; not a-b--c"
     )
-    with pytest.raises(IlaError, match="^stage2_steps: must be >= 1"):
+    with pytest.raises(IlaError, match=r"^stage2_steps: must be >= 1"):
         ila.score("smollm2-135m", output_dir=tmp_path / "s", stage2_steps=0)
-    with flag_vocabulary(), pytest.raises(IlaError, match="^--stage2-steps: must be >= 1"):
+    with flag_vocabulary(), pytest.raises(IlaError, match=r"^--stage2-steps: must be >= 1"):
         ila.score("smollm2-135m", output_dir=tmp_path / "s", stage2_steps=0)
     assert main(["-q", "score", "--stage2-steps", "0", "--output-dir", str(tmp_path / "c")]) == 2
     assert "ila: error: --stage2-steps: must be >= 1" in capsys.readouterr().err

@@ -39,6 +39,11 @@ ARGS = [
 TOLERANCE = 1e-6  # resumed vs uninterrupted, on every loss and raw gate score
 
 
+# Stage 1 as a full fine-tune resumes the same way (docs/method.md): the Trainer checkpoint
+# holds the unit weights, the run keeps W(0) from the model files.
+METHODS = {"lora": ("adapter", []), "full": ("deltas", ["--stage1-method", "full"])}
+
+
 def _launch(model_dir: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     log = (out.parent / f"{out.name}.log").open("w")
@@ -98,11 +103,13 @@ def _summary(out: Path, stage: str) -> dict:
     return json.loads((out / stage / "summary.json").read_text())
 
 
+@pytest.mark.parametrize("method", list(METHODS))
 def test_resume_after_sigkill_in_stage1_and_stage2_equals_an_uninterrupted_run(
-    tiny_model_dir, tmp_path, started
+    tiny_model_dir, tmp_path, started, method
 ):
+    folder, extra = METHODS[method]
     straight, cut1, cut2 = tmp_path / "straight", tmp_path / "cut1", tmp_path / "cut2"
-    procs = {out: _launch(tiny_model_dir, out) for out in (straight, cut1, cut2)}
+    procs = {out: _launch(tiny_model_dir, out, *extra) for out in (straight, cut1, cut2)}
     started.extend(procs.values())
     _kill_when(
         procs[cut1], lambda: max(_checkpoint_steps(cut1 / "stage1/trainer"), default=0) >= 8, cut1
@@ -117,10 +124,11 @@ def test_resume_after_sigkill_in_stage1_and_stage2_equals_an_uninterrupted_run(
     for out, unfinished in ((cut1, "stage1"), (cut2, "stage2")):
         assert not (out / "layer_scores.json").exists() and not (out / "report").exists()
         assert not (out / unfinished / "summary.json").exists()
-    assert not (cut1 / "stage1" / "adapter").exists() and not (cut1 / "stage2").exists()
+    assert not (cut1 / "stage1" / folder).exists() and not (cut1 / "stage2").exists()
     assert not (cut2 / "stage2" / "gate_trajectory.json").exists()
     # A kill is not a finished run: without --resume the directory is refused.
-    assert main(["score", "--model", str(tiny_model_dir), "--output-dir", str(cut1), *ARGS]) == 2
+    argv = ["score", "--model", str(tiny_model_dir), "--output-dir", str(cut1), *ARGS, *extra]
+    assert main(argv) == 2
 
     # Resumed in this process (saves two interpreter starts), on one thread like the others.
     threads = torch.get_num_threads()
@@ -128,7 +136,7 @@ def test_resume_after_sigkill_in_stage1_and_stage2_equals_an_uninterrupted_run(
     try:
         for out in (cut1, cut2):
             argv = ["score", "--model", str(tiny_model_dir), "--output-dir", str(out)]
-            assert main([*argv, *ARGS, "--resume"]) == 0
+            assert main([*argv, *ARGS, *extra, "--resume"]) == 0
     finally:
         torch.set_num_threads(threads)
     _finish(procs[straight], straight)

@@ -49,6 +49,7 @@ __all__ = [
     "input_paths",
     "iter_settings",
     "load_yaml_config",
+    "recorded_config",
     "section_prefix",
 ]
 
@@ -240,7 +241,16 @@ class Stage1Config:
     ``patience`` consecutive steps). ``max_steps`` is a hard cap.
     """
 
-    learning_rate: float = _opt(1e-3, "stage-1 LoRA learning rate")
+    method: str = _opt(
+        "lora",
+        "[choice] what stage 1 trains on every unit: a LoRA adapter (lora), or the unit's "
+        "weights themselves (full: stage 2 then gates Delta_i = W_i(T) - W_i(0); keeps a "
+        "second copy of the unit weights)",
+        choices=["lora", "full"],
+    )
+    learning_rate: float | None = _opt(
+        None, "stage-1 learning rate (default: 1e-3 with --stage1-method lora, 2e-5 with full)"
+    )
     warmup_steps: int = _opt(5, "linear warm-up steps")
     max_steps: int = _opt(300, "hard cap on stage-1 steps (stops even if not yet stable)")
     min_steps: int = _opt(20, "never declare stability before this step")
@@ -272,7 +282,11 @@ class Stage1Config:
     )
 
     def __post_init__(self) -> None:
-        _require(self.learning_rate > 0, "--stage1-learning-rate", "must be > 0")
+        _require(
+            self.learning_rate is None or self.learning_rate > 0,
+            "--stage1-learning-rate",
+            "must be > 0",
+        )
         _require(self.max_steps >= 1, "--stage1-max-steps", "must be >= 1")
         _require(self.min_steps >= 0, "--stage1-min-steps", "must be >= 0")
         _require(
@@ -287,6 +301,12 @@ class Stage1Config:
         _require(self.patience >= 1, "--stage1-patience", "must be >= 1")
         _fraction(self.rank_epsilon, "--stage1-rank-epsilon", open_low=False)
         _fraction(self.rank_fraction, "--stage1-rank-fraction")
+
+    def resolved_learning_rate(self) -> float:
+        """The learning rate in use: the given one, or the stage-1 method's default."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 2e-5 if self.method == "full" else 1e-3
 
 
 @dataclass
@@ -669,6 +689,17 @@ def iter_settings(config_cls: type) -> list[tuple[str, dataclasses.Field, type]]
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Nested plain dict of a config (the YAML written into the run directory)."""
     return dataclasses.asdict(config)
+
+
+def recorded_config(config: Any) -> dict[str, Any]:
+    """The config a run directory records (config.yaml): :func:`config_to_dict` with each
+    learning rate that was left to its method's default written out."""
+    data = config_to_dict(config)
+    for section in ("stage1", "finetune"):
+        settings = getattr(config, section, None)
+        if settings is not None:
+            data[section]["learning_rate"] = settings.resolved_learning_rate()
+    return data
 
 
 def input_paths(config: Any) -> list[str]:

@@ -9,7 +9,8 @@ Implementation: peft's vanilla LoRA forward computes ``base(x) + lora_B(lora_A(d
 unit's gate, which scales exactly Delta_i x and nothing else. Hooks are removable and no
 peft internals are patched. LoRA variants whose update does not pass through ``lora_B``
 this way (DoRA and the other ``lora_variant`` kinds), merged adapters and multiple active
-adapters are refused.
+adapters are refused. With a full-fine-tuning stage 1 (:func:`attach_delta_gates`) the
+update is Delta_i = W_i(T) - W_i(0) and a hook on the unit's module adds gamma_i Delta_i x.
 
 The gate scores live in a :class:`GateBank` registered as a submodule of the model, so
 the HF Trainer's optimizer sees them and data-parallel training (DDP) all-reduces their
@@ -32,6 +33,7 @@ __all__ = [
     "GATE_MODULE_NAME",
     "GateBank",
     "GatedModel",
+    "attach_delta_gates",
     "attach_gates",
     "budget_loss",
     "project_to_budget",
@@ -148,13 +150,55 @@ def attach_gates(
         init_score: initial s of every gate.
         adapter_name: the LoRA adapter to gate.
     """
+    gate_of_unit, gate_names = _gate_layout(model, layer_map, granularity)
+    lora_layers = [_lora_layer(_base_model(model), unit, adapter_name) for unit in layer_map.units]
+    bank = _add_gate_bank(model, len(gate_names), init_score)
+    handles = [
+        layer.lora_B[adapter_name].register_forward_hook(_gate_hook(bank, gate))
+        for layer, gate in zip(lora_layers, gate_of_unit, strict=True)
+    ]
+    return GatedModel(model, bank, gate_of_unit, gate_names, granularity, handles)
+
+
+def attach_delta_gates(
+    model: nn.Module,
+    layer_map: LayerMap,
+    deltas: dict[str, torch.Tensor],
+    *,
+    granularity: str = "module",
+    init_score: float = 3.0,
+) -> GatedModel:
+    """Put a gate on every unit's full fine-tuning change Delta_i (``--stage1-method full``).
+
+    docs/method.md, "Stage 1 as a full fine-tune": the masked model is theta_0 +
+    gamma * Delta with Delta_i = W_i(T) - W_i(0) (:mod:`ila.core.deltas`). A forward hook
+    on each unit's linear module adds gamma_i * Delta_i x to its output, so the base
+    weights (which must hold W_i(0)) are not rewritten and only s is learned. Each unit
+    costs one more matmul of its size in the forward and backward passes.
+    """
+    missing = [u.name for u in layer_map.units if u.name not in deltas]
+    if missing:
+        raise IlaError(f"no stage-1 delta for units {missing[:3]}")
+    gate_of_unit, gate_names = _gate_layout(model, layer_map, granularity)
+    base = _base_model(model)
+    modules = [base.get_submodule(unit.module_path) for unit in layer_map.units]
+    bank = _add_gate_bank(model, len(gate_names), init_score)
+    handles = [
+        module.register_forward_hook(_delta_hook(bank, gate, deltas[unit.name]))
+        for unit, module, gate in zip(layer_map.units, modules, gate_of_unit, strict=True)
+    ]
+    return GatedModel(model, bank, gate_of_unit, gate_names, granularity, handles)
+
+
+def _gate_layout(
+    model: nn.Module, layer_map: LayerMap, granularity: str
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Each unit's gate and each gate's name; refuses a model that already has gates."""
     if granularity not in ("module", "block"):
         raise IlaError(f"--stage2-unit: unknown unit '{granularity}'; use module or block")
     base = _base_model(model)
     if hasattr(base, GATE_MODULE_NAME):
         raise IlaError("the model already carries ILA gates; detach them before attaching again")
-    lora_layers = [_lora_layer(base, unit, adapter_name) for unit in layer_map.units]
-
     if granularity == "module":
         gate_of_unit = tuple(range(len(layer_map.units)))
         gate_names = tuple(unit.name for unit in layer_map.units)
@@ -163,15 +207,24 @@ def attach_gates(
         index = {block: i for i, block in enumerate(blocks)}
         gate_of_unit = tuple(index[unit.block] for unit in layer_map.units)
         gate_names = tuple(layer_map.block_name(block) for block in blocks)
+    return gate_of_unit, gate_names
 
-    device = next(model.parameters()).device
-    bank = GateBank(len(gate_names), init_score).to(device)
-    base.add_module(GATE_MODULE_NAME, bank)
-    handles = [
-        layer.lora_B[adapter_name].register_forward_hook(_gate_hook(bank, gate))
-        for layer, gate in zip(lora_layers, gate_of_unit, strict=True)
-    ]
-    return GatedModel(model, bank, gate_of_unit, gate_names, granularity, handles)
+
+def _add_gate_bank(model: nn.Module, num_gates: int, init_score: float) -> GateBank:
+    """A GateBank of ``num_gates`` registered on the model (so the optimizer sees it)."""
+    bank = GateBank(num_gates, init_score).to(next(model.parameters()).device)
+    _base_model(model).add_module(GATE_MODULE_NAME, bank)
+    return bank
+
+
+def _delta_hook(bank: GateBank, gate: int, delta: torch.Tensor):
+    def hook(
+        _module: nn.Module, inputs: Sequence[torch.Tensor], output: torch.Tensor
+    ) -> torch.Tensor:
+        gamma = torch.sigmoid(bank.scores[gate]).to(output.dtype)
+        return output + gamma * torch.nn.functional.linear(inputs[0], delta.to(output.dtype))
+
+    return hook
 
 
 def _gate_hook(bank: GateBank, gate: int):

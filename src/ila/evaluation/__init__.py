@@ -204,9 +204,10 @@ def evaluate_model(
 ) -> EvalResult:
     """Measure ``model`` on ``examples``: response loss and perplexity, exact match where
     the examples carry checkable answers, MMLU-layout accuracy and lm-eval tasks when
-    asked for. Generations are returned for saving."""
-    from ila.evaluation.multiple_choice import load_mc_questions, mc_accuracy
+    asked for. Generations are returned for saving.
 
+    Phases: held-out loss, greedy answers (and exact match), multiple choice, lm-eval.
+    """
     if not examples:
         raise IlaError("no examples to evaluate; check --data and --eval-split")
     chosen = list(examples[: settings.max_examples] if settings.max_examples else examples)
@@ -222,60 +223,13 @@ def evaluate_model(
         "perplexity": math.exp(loss),
         "num_examples": len(tokenized.features),
         "response_tokens": tokens,
-        "exact_match": None,
-        "exact_match_examples": 0,
     }
-    generations: list[dict[str, Any]] = []
-    to_generate, prompts, too_long = [], [], 0
-    for example in (e for e in chosen if not e.is_text):
-        if len(to_generate) == settings.generate_examples:
-            break
-        ids = prompt_token_ids(example.messages, tokenizer, template)
-        if len(ids) >= max_length:
-            too_long += 1  # no room to answer within --max-length, as in training
-            continue
-        to_generate.append(example)
-        prompts.append(ids)
-    metrics["generation_skipped_long_prompts"] = too_long
-    if to_generate:
-        stops = stop_token_ids(tokenizer, template)
-        texts = greedy_generate(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=settings.max_new_tokens,
-            batch_size=settings.batch_size,
-            stop_ids=stops,
-        )
-        checked_pred: list[str | None] = []
-        checked_ref: list[str] = []
-        for example, text in zip(to_generate, texts, strict=True):
-            reference = _reference_answer(example)
-            predicted = extract_answer(text)
-            record: dict[str, Any] = {
-                "source": example.source,
-                "prompt": _last_user(example),
-                "reference": _last_assistant(example),
-                "generation": text,
-            }
-            if reference is not None:
-                checked_pred.append(predicted)
-                checked_ref.append(reference)
-                record["reference_answer"] = reference
-                record["predicted_answer"] = predicted
-                record["correct"] = predicted is not None and normalize_answer(
-                    predicted
-                ) == normalize_answer(reference)
-            generations.append(record)
-        if checked_ref:
-            metrics["exact_match"] = exact_match_score(checked_pred, checked_ref)
-            metrics["exact_match_examples"] = len(checked_ref)
+    generations, answers = _generate_answers(
+        model, tokenizer, chosen, settings, max_length=max_length, template=template
+    )
+    metrics.update(answers)
     if settings.mc_data:
-        questions = load_mc_questions(Path(settings.mc_data), limit=settings.mc_limit)
-        mc = mc_accuracy(model, tokenizer, questions, batch_size=settings.batch_size)
-        metrics["mc_accuracy"] = mc["accuracy"]
-        metrics["mc_questions"] = mc["questions"]
-        metrics["mc_by_subject"] = mc["by_subject"]
+        metrics.update(_multiple_choice(model, tokenizer, settings))
     lm_eval_results = None
     if settings.lm_eval_tasks:
         from ila.evaluation.lm_eval_tasks import run_lm_eval
@@ -295,6 +249,83 @@ def evaluate_model(
         "n/a" if metrics["exact_match"] is None else f"{metrics['exact_match']:.3f}",
     )
     return EvalResult(metrics, generations, lm_eval_results)
+
+
+def _generate_answers(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    settings: EvalSettings,
+    *,
+    max_length: int,
+    template: str,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Greedy answers to the first ``generate_examples`` conversations whose prompt leaves
+    room to answer within ``max_length`` (as in training), with exact match where the
+    examples carry a checkable answer. Returns the generation records and their metrics."""
+    to_generate, prompts, too_long = [], [], 0
+    for example in (e for e in examples if not e.is_text):
+        if len(to_generate) == settings.generate_examples:
+            break
+        ids = prompt_token_ids(example.messages, tokenizer, template)
+        if len(ids) >= max_length:
+            too_long += 1
+            continue
+        to_generate.append(example)
+        prompts.append(ids)
+    metrics: dict[str, Any] = {
+        "exact_match": None,
+        "exact_match_examples": 0,
+        "generation_skipped_long_prompts": too_long,
+    }
+    if not to_generate:
+        return [], metrics
+    texts = greedy_generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+        stop_ids=stop_token_ids(tokenizer, template),
+    )
+    generations: list[dict[str, Any]] = []
+    checked_pred: list[str | None] = []
+    checked_ref: list[str] = []
+    for example, text in zip(to_generate, texts, strict=True):
+        reference = _reference_answer(example)
+        predicted = extract_answer(text)
+        record: dict[str, Any] = {
+            "source": example.source,
+            "prompt": _last_user(example),
+            "reference": _last_assistant(example),
+            "generation": text,
+        }
+        if reference is not None:
+            checked_pred.append(predicted)
+            checked_ref.append(reference)
+            record["reference_answer"] = reference
+            record["predicted_answer"] = predicted
+            record["correct"] = predicted is not None and normalize_answer(
+                predicted
+            ) == normalize_answer(reference)
+        generations.append(record)
+    if checked_ref:
+        metrics["exact_match"] = exact_match_score(checked_pred, checked_ref)
+        metrics["exact_match_examples"] = len(checked_ref)
+    return generations, metrics
+
+
+def _multiple_choice(model: Any, tokenizer: Any, settings: EvalSettings) -> dict[str, Any]:
+    """Accuracy on the MMLU-layout questions of ``settings.mc_data``."""
+    from ila.evaluation.multiple_choice import load_mc_questions, mc_accuracy
+
+    questions = load_mc_questions(Path(settings.mc_data), limit=settings.mc_limit)
+    mc = mc_accuracy(model, tokenizer, questions, batch_size=settings.batch_size)
+    return {
+        "mc_accuracy": mc["accuracy"],
+        "mc_questions": mc["questions"],
+        "mc_by_subject": mc["by_subject"],
+    }
 
 
 class ModelForEval(NamedTuple):

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ila.config import FinetuneConfig, config_to_dict, input_paths
+from ila.config import FinetuneConfig, input_paths, recorded_config
 from ila.core.layers import LayerMap, Unit
 from ila.core.lora import add_lora, read_unit_lora, set_unit_lora
 from ila.core.selection import Selection
@@ -165,8 +165,7 @@ def finetune(
     """
     settings = config.finetune
     output_dir = Path(output_dir)
-    resolved = config_to_dict(config)
-    resolved["finetune"]["learning_rate"] = settings.resolved_learning_rate()
+    resolved = recorded_config(config)
     all_inputs = [*input_paths(config), *inputs]
     precision = _check_request(
         config, selection, output_dir, resolved, all_inputs, overwrite, resume, stage1_run
@@ -434,7 +433,12 @@ def _stage1_adapter(selection: Any, stage1_run: Path | None) -> Path:
     adapter = Path(stage1_run) / "stage1" / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         hint = "pass an 'ila score' run of the ila or lora-norm scorer"
-        if (Path(stage1_run) / "seeds").is_dir():
+        if (Path(stage1_run) / "stage1" / "deltas").is_dir():
+            hint = (
+                "its stage 1 trained the unit weights (--stage1-method full), not a LoRA "
+                "adapter; fine-tune without --init-from-stage1"
+            )
+        elif (Path(stage1_run) / "seeds").is_dir():
             hint = "an ensemble (--seeds) has one per member under seeds/; pass a member's scores"
         raise IlaError(f"--init-from-stage1: {stage1_run} holds no stage-1 adapter; {hint}")
     return adapter

@@ -29,9 +29,9 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ila.config import RunConfig, ScoreConfig, config_to_dict, input_paths
+from ila.config import RunConfig, ScoreConfig, input_paths, recorded_config
 from ila.core.ensemble import stability_lines
 from ila.core.scores import SCORES_FILE, LayerScores
 from ila.errors import IlaError
@@ -60,6 +60,9 @@ __all__ = [
     "run",
     "score",
 ]
+
+if TYPE_CHECKING:
+    from ila.scorers.base import ScoringContext
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +168,38 @@ def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float
 
 
 @runs_locked
+def _scoring_context(
+    config: ScoreConfig, inputs: ScoreInputs, output_dir: Path, resume: bool
+) -> ScoringContext:
+    """What a scorer receives: the loaded model and data, the settings, the run directory."""
+    from ila.data import PaddingCollator
+    from ila.scorers import ScoringContext
+
+    return ScoringContext(
+        model=inputs.model,
+        tokenizer=inputs.tokenizer,
+        layer_map=inputs.layer_map,
+        model_id=config.model.model,
+        train_features=inputs.train_features,
+        collator=PaddingCollator(inputs.tokenizer.pad_token_id),
+        config=config,
+        output_dir=output_dir,
+        data_fingerprint=inputs.fingerprint,
+        resume=resume,
+    )
+
+
+def _save_scores(scores: LayerScores, output_dir: Path) -> list[Path]:
+    """Write layer_scores.json and its report; mark the run scored. The report's files."""
+    from ila.reporting import write_score_report
+
+    scores.save(output_dir / SCORES_FILE)
+    report_files = write_score_report(scores, output_dir / "report")
+    mark_stage(output_dir, "score")
+    log.info("wrote %s and its report in %s", output_dir / SCORES_FILE, output_dir / "report")
+    return report_files
+
+
 def score(
     config: ScoreConfig,
     output_dir: Path,
@@ -181,13 +216,16 @@ def score(
     (same settings and data required): ILA reuses a completed stage 1 and continues a
     stage from its last complete ``--save-steps`` checkpoint; other scorers start again.
     """
-    from ila.data import PaddingCollator
-    from ila.reporting import write_score_report
-    from ila.scorers import ScoringContext, get_scorer
+    from ila.scorers import get_scorer
 
     if resume and overwrite:
         raise IlaError("--resume and --overwrite contradict each other; pass one of them")
     scorer = get_scorer(method)  # fail on a misspelled method before loading anything
+    if method == "lora-norm" and config.stage1.method != "lora":
+        raise IlaError(
+            "--stage1-method full: the lora-norm scorer ranks LoRA update norms; use it with "
+            "--stage1-method lora, or --scorer ila to gate the full fine-tuning deltas"
+        )
     if config.ensemble.seeds > 1:
         return _score_ensemble(
             config,
@@ -205,7 +243,7 @@ def score(
     precision = train_precision(config.train, config.model.device)  # fp16 on CPU fails here
     main = is_main_process()
     output_dir = Path(output_dir)
-    resolved = config_to_dict(config)
+    resolved = recorded_config(config)
     resolved["method"] = method
     _check_score_dir(output_dir, config, resolved, command, overwrite=overwrite, resume=resume)
     inputs, seconds = load_score_inputs(config)
@@ -228,18 +266,6 @@ def score(
         if main and not resume:
             atomic_write_json(output_dir / DATA_FILE, inputs.data_stats)
             record_model(output_dir, inputs.model_fingerprint)
-        ctx = ScoringContext(
-            model=inputs.model,
-            tokenizer=inputs.tokenizer,
-            layer_map=inputs.layer_map,
-            model_id=config.model.model,
-            train_features=inputs.train_features,
-            collator=PaddingCollator(inputs.tokenizer.pad_token_id),
-            config=config,
-            output_dir=output_dir,
-            data_fingerprint=inputs.fingerprint,
-            resume=resume,
-        )
         log.info(
             "scoring %d units of %s with %s on %d training examples",
             len(inputs.layer_map.units),
@@ -248,7 +274,7 @@ def score(
             len(inputs.train_features),
         )
         start = time.perf_counter()
-        scores = scorer(ctx)
+        scores = scorer(_scoring_context(config, inputs, output_dir, resume))
         seconds["score"] = time.perf_counter() - start
         if not isinstance(scores, LayerScores):
             raise TypeError(f"scorer {method!r} returned {type(scores).__name__}, not LayerScores")
@@ -256,14 +282,7 @@ def score(
         for key in ("stage1_seconds", "stage2_seconds"):
             if key in scores.meta:
                 seconds[key.removesuffix("_seconds")] = scores.meta[key]
-        report_files: list[Path] = []
-        if main:
-            scores.save(output_dir / SCORES_FILE)
-            report_files = write_score_report(scores, output_dir / "report")
-            mark_stage(output_dir, "score")
-            log.info(
-                "wrote %s and its report in %s", output_dir / SCORES_FILE, output_dir / "report"
-            )
+        report_files = _save_scores(scores, output_dir) if main else []
     return ScoreRun(output_dir, scores, seconds, report_files)
 
 
@@ -314,7 +333,7 @@ def _score_ensemble(
     from ila.rundir import RUN_STATE_FILE
 
     main = is_main_process()
-    resolved = {**config_to_dict(config), "method": method}
+    resolved = {**recorded_config(config), "method": method}
     _check_score_dir(output_dir, config, resolved, command, overwrite=overwrite, resume=resume)
     finished = _finished_score(output_dir, {}) if resume else None
     if finished is not None:
@@ -411,7 +430,7 @@ def run(
     if resume:
         last = "finetune" if config.run.finetune else "select"
         last = "eval" if config.run.evaluate and last == "finetune" else last
-        resolved = {**config_to_dict(config), "method": "ila"}
+        resolved = {**recorded_config(config), "method": "ila"}
         require_resumable(output_dir, resolved, finished_stage=last)
     scored = score(
         config, output_dir, method="ila", overwrite=overwrite, resume=resume, command="run"

@@ -28,7 +28,23 @@ from typing import Any
 import torch
 
 from ila.config import Stage2Config
-from ila.core.gates import GatedModel, attach_gates, budget_loss, project_to_budget
+from ila.core.deltas import (
+    DELTAS_FILE,
+    delta_norms,
+    load_deltas,
+    load_unit_weights,
+    save_deltas,
+    snapshot_unit_weights,
+    take_deltas,
+    unit_weight,
+)
+from ila.core.gates import (
+    GatedModel,
+    attach_delta_gates,
+    attach_gates,
+    budget_loss,
+    project_to_budget,
+)
 from ila.core.layers import LayerMap
 from ila.core.lora import add_lora, lora_update_norms
 from ila.core.scores import LayerScores, UnitScore, jaccard
@@ -63,29 +79,120 @@ from ila.train.trainer import (
     stage_seed,
 )
 
-__all__ = ["run_stage1", "run_stage2", "score_ila", "tail_mean"]
+__all__ = ["FullUpdate", "LoraUpdate", "run_stage1", "run_stage2", "score_ila", "tail_mean"]
 
 log = logging.getLogger(__name__)
 
 
 def score_ila(ctx: ScoringContext) -> LayerScores:
-    """Run ILA stages 1 and 2 on ``ctx`` and return the learned unit importances."""
-    # Leave the caller's model as it was: peft's LoRA layers removed (unload), and the
-    # requires_grad flags and train/eval modes that peft and the Trainer change restored.
+    """Run ILA stages 1 and 2 on ``ctx`` and return the learned unit importances.
+
+    Stage 1 trains a LoRA adapter on every unit, or with ``stage1.method == "full"`` the
+    unit weights themselves (docs/method.md, "Stage 1 as a full fine-tune"); stage 2 gates
+    the LoRA update or the weight change Delta_i = W_i(T) - W_i(0).
+    """
+    # Leave the caller's model as it was: peft's LoRA layers removed (unload), the unit
+    # weights a full stage 1 trains put back, and the requires_grad flags and train/eval
+    # modes that peft and the Trainer change restored.
     with preserved_model_state(ctx.model):
-        model = add_lora(
-            ctx.model, ctx.layer_map.units, ctx.config.lora, seed=ctx.config.train.seed
-        )
-        try:
-            stage1 = run_stage1(ctx, model)
-            stage2 = run_stage2(ctx, model)
-        finally:
-            ctx.model = model.unload()
+        if ctx.config.stage1.method == "full":
+            update = FullUpdate(ctx.model, ctx.layer_map)
+            try:
+                stage1 = run_stage1(ctx, ctx.model, update)
+                stage2 = run_stage2(ctx, ctx.model, deltas=update.deltas())
+            finally:
+                update.restore()
+        else:
+            model = add_lora(
+                ctx.model, ctx.layer_map.units, ctx.config.lora, seed=ctx.config.train.seed
+            )
+            try:
+                stage1 = run_stage1(ctx, model)
+                stage2 = run_stage2(ctx, model)
+            finally:
+                ctx.model = model.unload()
     return _to_scores(ctx, stage1, stage2)
 
 
-def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
-    """Train the LoRA adapter of ``model`` until epsilon-stable (or the cap); return a summary.
+class LoraUpdate:
+    """Stage 1 trains a LoRA adapter (peft) on every unit; Delta_i = (alpha / r) B_i A_i."""
+
+    folder = "adapter"
+
+    def __init__(self, model: torch.nn.Module, layer_map: LayerMap) -> None:
+        self.model, self.layer_map = model, layer_map
+
+    def norms(self) -> torch.Tensor:
+        """||Delta_i||_F of every unit (LayerMap order)."""
+        return lora_update_norms(self.model, self.layer_map)
+
+    def load_finished(self, out: Path) -> None:
+        """Take up the update a finished stage 1 saved in ``out``."""
+        load_adapter_weights(self.model, out / self.folder)
+
+    def load_checkpoint(self, folder: Path) -> None:
+        """Take up the update of a Trainer checkpoint."""
+        load_adapter_weights(self.model, folder)
+
+    def save(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)
+
+
+class FullUpdate(LoraUpdate):
+    """Stage 1 trains every unit's weights; Delta_i = W_i(T) - W_i(0) (ila.core.deltas).
+
+    Makes the unit weights (only them) trainable and keeps W_i(0) beside them.
+    """
+
+    folder = "deltas"
+
+    def __init__(self, model: torch.nn.Module, layer_map: LayerMap) -> None:
+        super().__init__(model, layer_map)
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for unit in layer_map.units:
+            unit_weight(model, unit.module_path).requires_grad_(True)
+        self.initial = snapshot_unit_weights(model, layer_map)
+        self._deltas: dict[str, torch.Tensor] | None = None
+
+    def norms(self) -> torch.Tensor:
+        return delta_norms(self.model, self.layer_map, self.initial)
+
+    def load_finished(self, out: Path) -> None:
+        device = next(self.model.parameters()).device
+        self._deltas = load_deltas(out / self.folder / DELTAS_FILE, self.layer_map, device)
+
+    def load_checkpoint(self, folder: Path) -> None:
+        load_unit_weights(self.model, self.layer_map, folder)
+
+    def save(self, folder: Path) -> None:
+        current = {
+            u.name: unit_weight(self.model, u.module_path).detach() - self.initial[u.name]
+            for u in self.layer_map.units
+        }
+        save_deltas(folder / DELTAS_FILE, current, self.layer_map)
+
+    def deltas(self) -> dict[str, torch.Tensor]:
+        """Delta_i of every unit; the model's unit weights are back at W_i(0) from here on."""
+        if self._deltas is None:
+            self._deltas = take_deltas(self.model, self.layer_map, self.initial)
+        return self._deltas
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put back W_i(0) wherever stage 1 left trained weights (an error mid-way)."""
+        for name, start in self.initial.items():
+            unit_weight(self.model, self.layer_map.unit(name).module_path).copy_(start)
+        self.initial.clear()
+
+
+def run_stage1(
+    ctx: ScoringContext, model: torch.nn.Module, update: LoraUpdate | None = None
+) -> dict[str, Any]:
+    """Train ``model``'s stage-1 update until epsilon-stable (or the cap); return a summary.
+
+    ``update`` says what is trained: the LoRA adapter of a peft ``model`` (the default,
+    :class:`LoraUpdate`) or the unit weights (:class:`FullUpdate`).
 
     docs/method.md, "Stage 1". Phases: reuse a finished stage, set up the stability watch,
     restore an interrupted run, train until stable, summarise, save. With ``ctx.resume``:
@@ -94,25 +201,27 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
     history restored, so the stability test stops at the same T.
     """
     cfg, train = ctx.config.stage1, ctx.config.train
+    update = update or LoraUpdate(model, ctx.layer_map)
     out = ctx.output_dir / "stage1"
     if ctx.resume and _completed(ctx, "stage1"):
-        load_adapter_weights(model, out / "adapter")
+        update.load_finished(out)
         log.info("stage 1 finished before the interruption; reusing %s", out)
         return read_json(out / STAGE_SUMMARY_FILE)
     log.info(
-        "stage 1: LoRA on %d units until stable (%s rule, checks every %d steps, at most %d)",
+        "stage 1: %s on %d units until stable (%s rule, checks every %d steps, at most %d)",
+        "LoRA" if cfg.method == "lora" else "full fine-tuning",
         len(ctx.layer_map.units),
         cfg.criterion,
         cfg.window,
         cfg.max_steps,
     )
-    watch = _Stage1Watch(ctx, model)
+    watch = _Stage1Watch(ctx, update)
     checkpoint = _resume_point(ctx, out / "trainer", "stage1")
     seconds_before = watch.replay(checkpoint)
     args = make_training_args(
         train,
         output_dir=out / "trainer",
-        learning_rate=cfg.learning_rate,
+        learning_rate=cfg.resolved_learning_rate(),
         max_steps=cfg.max_steps,
         warmup_steps=cfg.warmup_steps,
         scheduler="constant_with_warmup",
@@ -120,7 +229,7 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
     )
     if checkpoint is not None and watch.detector.stable_step is not None:
         # The interrupted run stopped at this checkpoint: its weights are stage 1's result.
-        load_adapter_weights(model, checkpoint.folder)
+        update.load_checkpoint(checkpoint.folder)
         steps, seconds = checkpoint.step, seconds_before
     else:
         trainer, seconds = run_trainer(
@@ -137,7 +246,7 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         )
         steps, seconds = trainer.state.global_step, seconds + seconds_before
     examples_per_step = train.batch_size * train.grad_accum * args.world_size
-    summary = _stage1_summary(ctx, model, watch, steps, seconds, examples_per_step)
+    summary = _stage1_summary(ctx, watch, steps, seconds, examples_per_step)
     if not summary["stable"]:
         log.warning(
             "stage 1 reached --stage1-max-steps %d before it was epsilon-stable; the mask is "
@@ -145,8 +254,8 @@ def run_stage1(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
             cfg.max_steps,
         )
     if is_main_process():
-        with atomic_directory(out / "adapter") as tmp:
-            model.save_pretrained(tmp)
+        with atomic_directory(out / update.folder) as tmp:
+            update.save(tmp)
         atomic_write_json(out / STAGE_SUMMARY_FILE, summary)
         mark_stage(ctx.output_dir, "stage1")
     return summary
@@ -159,9 +268,9 @@ class _Stage1Watch:
     per-unit update norms at the steps where the ranking check wants them.
     """
 
-    def __init__(self, ctx: ScoringContext, model: torch.nn.Module) -> None:
+    def __init__(self, ctx: ScoringContext, update: LoraUpdate) -> None:
         cfg = ctx.config.stage1
-        self.model, self.layer_map = model, ctx.layer_map
+        self.update = update
         self.detector = make_detector(
             cfg.criterion,
             epsilon=cfg.epsilon,
@@ -175,14 +284,14 @@ class _Stage1Watch:
         self.track_update = cfg.criterion == "loss+update"
 
     def probe(self) -> dict[str, float]:
-        return {"update_norm": float(lora_update_norms(self.model, self.layer_map).norm())}
+        return {"update_norm": float(self.update.norms().norm())}
 
     def stable(self) -> bool:
         step = len(self.values.loss)
         units = None
         if self.detector.wants_unit_values(step):
             # The ranking check reads the per-unit update norms (r x r products, cheap).
-            units = lora_update_norms(self.model, self.layer_map).tolist()
+            units = self.update.norms().tolist()
             self.values.unit_values[step] = units
         return self.detector.update(self._step(-1), units).stable
 
@@ -204,7 +313,6 @@ class _Stage1Watch:
 
 def _stage1_summary(
     ctx: ScoringContext,
-    model: torch.nn.Module,
     watch: _Stage1Watch,
     steps: int,
     seconds: float,
@@ -226,6 +334,8 @@ def _stage1_summary(
         "final_loss": values.loss[-1] if values.loss else None,
         "loss_curve": values.loss,
         "update_norm_curve": values.extra.get("update_norm", []),
+        "method": cfg.method,
+        "learning_rate": cfg.resolved_learning_rate(),
         "criterion": cfg.criterion,
         "epsilon": cfg.epsilon,
         "window": cfg.window,
@@ -233,12 +343,18 @@ def _stage1_summary(
         "rank_epsilon": cfg.rank_epsilon if cfg.criterion == "drop+ranking" else None,
         "ranking_checks": _ranking_checks(values.unit_values, cfg.rank_fraction),
         # ||Delta_i|| at the end of stage 1: what the gates scale (and the lora-norm scorer).
-        "unit_update_norms": lora_update_norms(model, ctx.layer_map).tolist(),
+        "unit_update_norms": watch.update.norms().tolist(),
     }
 
 
-def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
-    """Learn the gate scores s on a peft ``model`` whose LoRA weights are then frozen.
+def run_stage2(
+    ctx: ScoringContext,
+    model: torch.nn.Module,
+    *,
+    deltas: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Learn the gate scores s on a peft ``model`` whose LoRA weights are then frozen, or
+    (``deltas`` of a full stage 1) on the weight changes Delta_i of a model at W(0).
 
     docs/method.md, "Stage 2": only s is trained (Adam), on the task loss plus the
     sparsity budget, with the stage's own data order (:func:`ila.train.trainer.stage_seed`),
@@ -259,7 +375,12 @@ def run_stage2(ctx: ScoringContext, model: torch.nn.Module) -> dict[str, Any]:
         return read_json(out / STAGE_SUMMARY_FILE)
     for param in model.parameters():
         param.requires_grad_(False)
-    gated = attach_gates(model, ctx.layer_map, granularity=cfg.unit, init_score=cfg.init_score)
+    if deltas is None:
+        gated = attach_gates(model, ctx.layer_map, granularity=cfg.unit, init_score=cfg.init_score)
+    else:
+        gated = attach_delta_gates(
+            model, ctx.layer_map, deltas, granularity=cfg.unit, init_score=cfg.init_score
+        )
     log.info(
         "stage 2: %d %s gates for %d steps of %d micro-batches",
         len(gated.gate_names),
@@ -502,6 +623,8 @@ def _to_scores(ctx: ScoringContext, stage1: dict[str, Any], stage2: dict[str, An
         "num_train_examples": len(ctx.train_features),
         "lora": {"rank": ctx.config.lora.rank, "alpha": ctx.config.lora.alpha},
         "stage1": {
+            "method": stage1.get("method", "lora"),
+            "learning_rate": stage1.get("learning_rate"),
             "criterion": stage1.get("criterion"),
             "epsilon": stage1.get("epsilon"),
             "window": stage1.get("window"),

@@ -3,6 +3,7 @@ formula must match what autograd keeps, and 7B/70B configs plan without any weig
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -195,3 +196,26 @@ def test_embedded_model_plan_matches_the_loaded_model(embedded_cache):
     model, _ = load_model("smollm2-135m", device="cpu", cache=embedded_cache)
     assert plan.parameters == sum(p.numel() for p in model.parameters()) == 134_515_008
     assert plan.num_blocks == 30 and plan.num_units == len(find_layers(model).units) == 210
+
+
+def test_a_full_stage1_counts_the_unit_weights_and_their_copy(tiny_model_dir):
+    from ila.config import Stage1Config
+    from ila.scorers.ila import FullUpdate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    layer_map = find_layers(model)
+    config = PlanConfig(model=ModelConfig(model=str(tiny_model_dir)))
+    lora = plan_run(config)
+    full = plan_run(dataclasses.replace(config, stage1=Stage1Config(method="full")))
+    update = FullUpdate(model, layer_map)  # what stage 1 trains and keeps, on the real model
+    trained = trainable_summary(model)["trainable_parameters"]
+    copy = sum(t.numel() * t.element_size() for t in update.initial.values())
+    assert full.stages[0].trainable_parameters == trained
+    assert full.stages[0].weight_bytes == 4 * sum(p.numel() for p in model.parameters()) + copy
+    assert full.stages[0].optimizer_bytes == 2 * 4 * trained
+    # Stage 2 holds the deltas in the copy's place, beside the same gates as with LoRA.
+    assert full.stages[1].weight_bytes - copy == lora.stages[1].weight_bytes - 4 * (
+        lora.stages[0].trainable_parameters
+    )
+    assert full.stages[1].trainable_parameters == lora.stages[1].trainable_parameters
+    assert "full fine-tune of 28 units" in full.stages[0].what

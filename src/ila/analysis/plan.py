@@ -7,7 +7,9 @@ every count below is computed from those shapes.
 
 Per stage (docs/method.md: stage 1 LoRA, stage 2 gates, stage 3 selective fine-tune):
 
-- trainable parameters: stage 1, LoRA ``r * (d_in + d_out)`` on every unit; stage 2, one
+- trainable parameters: stage 1, LoRA ``r * (d_in + d_out)`` on every unit (with
+  ``--stage1-method full`` every unit's weight matrix, plus a copy of W(0) among the
+  weights, which stage 2 holds as Delta = W(T) - W(0)); stage 2, one
   gate per unit (or per block); fine-tune, LoRA or the full weights (and biases) of the
   selected units, from a ``selection.json`` (exact) or a fraction (the ``k`` largest
   units, an upper bound, since the ranking is not known yet);
@@ -302,26 +304,45 @@ def plan_run(
         return None if tps is None else steps * tokens_per_step / tps
 
     lora_units = list(shape.lora_map.units)
-    adapter = _lora_parameters(lora_units, lora.rank)
+    blocks = {u.block for u in lora_units}
+    gates = len(lora_units) if config.stage2.unit == "module" else len(blocks)
+    if config.stage1.method == "full":
+        # Stage 1 trains every unit's weight matrix and keeps W(0) beside it; stage 2 holds
+        # Delta = W(T) - W(0) in its place (ila.core.deltas). No LoRA, so no dropout.
+        unit_weights = sum(u.num_params for u in lora_units)
+        per_weight = _DTYPE_BYTES[dtype]
+        stage1_what = f"full fine-tune of {len(lora_units)} units (W(0) kept)"
+        stage1_weights = base_weights + unit_weights * per_weight
+        stage1_trainable, stage1_per_param, kept = unit_weights, per_weight, "weights"
+        stage2_weights = base_weights + unit_weights * per_weight + gates * _FLOAT32
+        stage2_notes = ["gates the full fine-tuning change Delta = W(T) - W(0) of each unit"]
+        dropout = False
+    else:
+        adapter = _lora_parameters(lora_units, lora.rank)
+        stage1_what = f"LoRA r={lora.rank} on {len(lora_units)} units"
+        stage1_weights = base_weights + adapter * _FLOAT32
+        stage1_trainable, stage1_per_param, kept = adapter, _FLOAT32, "lora"
+        stage2_weights = base_weights + (adapter + gates) * _FLOAT32
+        stage2_notes = []
     stage1 = StagePlan(
         name="stage 1",
-        what=f"LoRA r={lora.rank} on {len(lora_units)} units",
-        trainable_parameters=adapter,
-        weight_bytes=base_weights + adapter * _FLOAT32,
-        gradient_bytes=adapter * _FLOAT32,
-        optimizer_bytes=2 * adapter * _FLOAT32,
-        activation_bytes=activation_bytes(shape, kept="lora", units=lora_units, **common),
+        what=stage1_what,
+        trainable_parameters=stage1_trainable,
+        weight_bytes=stage1_weights,
+        gradient_bytes=stage1_trainable * stage1_per_param,
+        optimizer_bytes=2 * stage1_trainable * stage1_per_param,
+        activation_bytes=activation_bytes(
+            shape, kept=kept, units=lora_units, **{**common, "dropout": dropout}
+        ),
         max_steps=config.stage1.max_steps,
         seconds=seconds(config.stage1.max_steps),
         notes=["max steps is a cap: stage 1 stops at T, once training is epsilon-stable"],
     )
-    blocks = {u.block for u in lora_units}
-    gates = len(lora_units) if config.stage2.unit == "module" else len(blocks)
     stage2 = StagePlan(
         name="stage 2",
         what=f"{gates} gates, one per {config.stage2.unit}",
         trainable_parameters=gates,
-        weight_bytes=base_weights + (adapter + gates) * _FLOAT32,
+        weight_bytes=stage2_weights,
         gradient_bytes=gates * _FLOAT32,
         optimizer_bytes=2 * gates * _FLOAT32,
         # Stage 2 runs in eval mode by default (no dropout masks kept) and accumulates
@@ -335,7 +356,8 @@ def plan_run(
         max_steps=config.stage2.steps,
         seconds=seconds(config.stage2.steps * config.stage2.grad_accum),
         notes=[
-            f"each step accumulates {config.stage2.grad_accum} micro-batches (--stage2-grad-accum)"
+            *stage2_notes,
+            f"each step accumulates {config.stage2.grad_accum} micro-batches (--stage2-grad-accum)",
         ],
     )
     tuned, lowest, how = _finetune_units(shape, config, selection)

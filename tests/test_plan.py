@@ -219,3 +219,52 @@ def test_a_full_stage1_counts_the_unit_weights_and_their_copy(tiny_model_dir):
     )
     assert full.stages[1].trainable_parameters == lora.stages[1].trainable_parameters
     assert "full fine-tune of 28 units" in full.stages[0].what
+
+
+def test_sharding_and_a_4bit_base(tiny_model_dir):
+    config = PlanConfig(model=ModelConfig(model=str(tiny_model_dir)))
+    one = plan_run(config)
+    layer_map = find_layers(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    block = max(
+        sum(u.num_params for u in layer_map.units if u.block == b)
+        for b in range(layer_map.num_blocks)
+    )
+    for key in ("fsdp", "zero3"):
+        four = plan_run(dataclasses.replace(config, plan=PlanSettings(**{key: 4})))
+        for a, b in zip(one.stages, four.stages, strict=True):
+            assert b.weight_bytes == -(-a.weight_bytes // 4) + 2 * 4 * block
+            assert b.gradient_bytes == -(-a.gradient_bytes // 4)
+            assert b.optimizer_bytes == -(-a.optimizer_bytes // 4)
+            assert b.activation_bytes == a.activation_bytes  # per process
+            assert any("divided by 4" in note for note in b.notes)
+    with pytest.raises(IlaError, match="two ways to shard one job"):
+        PlanSettings(fsdp=2, zero3=2)
+    # A 4-bit base: the block linears in NF4 for every stage, the rest as loaded.
+    nf4 = plan_run(dataclasses.replace(config, model=ModelConfig(model=str(tiny_model_dir),
+                                                                 quantization="nf4")))  # fmt: skip
+    linears = sum(u.num_params for u in layer_map.units)
+    saved = round(linears * (4 - (4 + 8 / 64 + 32 / (64 * 256)) / 8))
+    for a, b in zip(one.stages, nf4.stages, strict=True):
+        assert abs((a.weight_bytes - b.weight_bytes) - saved) <= 1
+    qlora = plan_run(dataclasses.replace(config, finetune=FinetuneSettings(method="qlora")))
+    assert qlora.stages[2].weight_bytes == nf4.stages[2].weight_bytes
+    with pytest.raises(IlaError, match="4-bit weights cannot be fine-tuned"):
+        plan_run(dataclasses.replace(
+            nf4_config := dataclasses.replace(config, model=ModelConfig(
+                model=str(tiny_model_dir), quantization="nf4")),
+            stage1=dataclasses.replace(nf4_config.stage1, method="full"),
+        ))  # fmt: skip
+
+
+def test_a_4bit_base_needs_cuda(tiny_model_dir, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("the refusal is for machines without CUDA")
+    out = tmp_path / "q"
+    argv = ["-q", "score", "--model", str(tiny_model_dir), "--output-dir", str(out)]
+    assert main([*argv, "--quantization", "nf4", "--device", "cpu", "--limit", "20"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ila: error:") and "CUDA" in err and "Traceback" not in err
+    assert not out.exists()
+    full = [*argv, "--quantization", "nf4", "--stage1-method", "full"]
+    assert main(full) == 2
+    assert "4-bit weights cannot be fine-tuned" in capsys.readouterr().err

@@ -92,6 +92,13 @@ class ModelConfig:
         choices=["float32", "bfloat16", "float16"],
     )
     device: str = _opt("auto", "device: auto (CUDA if available), cpu, cuda or cuda:N")
+    quantization: str = _opt(
+        "none",
+        "base weights of the block linears: none (--dtype), or nf4 = 4-bit NormalFloat through "
+        "bitsandbytes (CUDA only), with LoRA and the gates on top (QLoRA); ila finetune "
+        "--method qlora implies it",
+        choices=["none", "nf4"],
+    )
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
     blocks_path: str | None = _opt(
         None, "dotted path of the nn.ModuleList of transformer blocks, when not found automatically"
@@ -638,6 +645,12 @@ class PlanSettings:
         "measured training throughput (tokens per second per process) for a time estimate; "
         "without it no time is estimated",
     )
+    fsdp: int = _opt(
+        1,
+        "processes that shard parameters, gradients and optimizer states with FSDP "
+        "(FULL_SHARD / fully_shard): those are divided by it, activations stay per process",
+    )
+    zero3: int = _opt(1, "the same for DeepSpeed ZeRO-3 (its sharding is counted alike)")
 
     def __post_init__(self) -> None:
         if self.select_fraction is not None:
@@ -646,6 +659,13 @@ class PlanSettings:
             )
             self.tune_top_fraction, self.select_fraction = self.select_fraction, None
         _fraction(self.tune_top_fraction, "--tune-top-fraction")
+        _require(self.fsdp >= 1, "--fsdp", "must be >= 1 (processes)")
+        _require(self.zero3 >= 1, "--zero3", "must be >= 1 (processes)")
+        _require(
+            self.fsdp == 1 or self.zero3 == 1,
+            "--fsdp",
+            "and --zero3 are two ways to shard one job; pass one of them",
+        )
         _require(
             self.tokens_per_second is None
             or (math.isfinite(self.tokens_per_second) and self.tokens_per_second > 0),

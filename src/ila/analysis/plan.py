@@ -46,7 +46,7 @@ measured (``--tokens-per-second``); none is invented.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +284,11 @@ def plan_run(
     ``selection`` is an :class:`ila.core.selection.Selection` for the fine-tune (checked against
     the model's units); without it ``config.plan.tune_top_fraction`` of the units is tuned.
     """
+    if config.model.quantization == "nf4" and config.stage1.method == "full":
+        raise IlaError(
+            "--quantization nf4 with --stage1-method full: 4-bit weights cannot be fine-tuned; "
+            "use --stage1-method lora"
+        )
     shape = model_shape(
         config.model.model,
         blocks_path=config.model.blocks_path,
@@ -296,7 +301,7 @@ def plan_run(
     act = 2 if _autocast_16bit(train, config.model.device) or dtype != "float32" else 4
     tokens_per_step = b * train.grad_accum * s
     tps = config.plan.tokens_per_second
-    base_weights = shape.parameters * _DTYPE_BYTES[dtype]
+    base_weights = _base_weight_bytes(shape, dtype, quantized=config.model.quantization == "nf4")
     dropout = lora.dropout > 0
     common = {"batch_size": b, "max_length": s, "act_bytes": act, "dropout": dropout}
 
@@ -360,8 +365,17 @@ def plan_run(
             f"each step accumulates {config.stage2.grad_accum} micro-batches (--stage2-grad-accum)",
         ],
     )
+    if config.model.quantization == "nf4":
+        note = "block linears in 4-bit NF4 (double quantisation), CUDA only"
+        stage1 = replace(stage1, notes=[*stage1.notes, note])
+        stage2 = replace(stage2, notes=[*stage2.notes, note])
     tuned, lowest, how = _finetune_units(shape, config, selection)
     finetune = _finetune_stage(config, shape, tuned, lowest, how, common, seconds)
+    shards = max(config.plan.fsdp, config.plan.zero3)
+    stages = [stage1, stage2, finetune]
+    if shards > 1:
+        how = f"FSDP over {shards}" if config.plan.fsdp > 1 else f"ZeRO-3 over {shards}"
+        stages = [_sharded(stage, shards, _block_bytes(shape, config), how) for stage in stages]
     return Plan(
         model=config.model.model,
         model_type=shape.model_type,
@@ -373,7 +387,7 @@ def plan_run(
         tokens_per_step=tokens_per_step,
         micro_batch_tokens=b * s,
         tokens_per_second=tps,
-        stages=[stage1, stage2, finetune],
+        stages=stages,
     )
 
 
@@ -423,14 +437,10 @@ def _finetune_stage(
     else:
         trainable = _lora_parameters(units, config.lora.rank)
         per_param = _FLOAT32
-        quantized = sum(u.num_params for u in shape.layer_map.units) if method == "qlora" else 0
-        weights = int(
-            (shape.parameters - quantized) * _DTYPE_BYTES[dtype]
-            + quantized * _NF4_BYTES
-            + trainable * _FLOAT32
-        )
+        four_bit = method == "qlora" or config.model.quantization == "nf4"
+        weights = int(_base_weight_bytes(shape, dtype, quantized=four_bit) + trainable * _FLOAT32)
         kept = "lora"
-        if method == "qlora":
+        if four_bit:
             notes.append("block linears in 4-bit NF4 (double quantisation), CUDA only")
     activations = activation_bytes(shape, kept=kept, units=units, lowest_block=lowest, **common)
     return StagePlan(
@@ -444,6 +454,40 @@ def _finetune_stage(
         max_steps=settings.max_steps,
         seconds=seconds(settings.max_steps),
         notes=notes,
+    )
+
+
+def _base_weight_bytes(shape: ModelShape, dtype: str, *, quantized: bool) -> int:
+    """The model's weights in ``dtype``, with the block linears in NF4 when ``quantized``."""
+    four_bit = sum(u.num_params for u in shape.layer_map.units) if quantized else 0
+    return int((shape.parameters - four_bit) * _DTYPE_BYTES[dtype] + four_bit * _NF4_BYTES)
+
+
+def _block_bytes(shape: ModelShape, config: PlanConfig) -> int:
+    """Bytes of the largest block's linear weights, as loaded (dtype or NF4)."""
+    per_block: dict[int, int] = {}
+    for unit in shape.layer_map.units:
+        per_block[unit.block] = per_block.get(unit.block, 0) + unit.num_params
+    quantized = config.model.quantization == "nf4" or config.finetune.method == "qlora"
+    per_weight = _NF4_BYTES if quantized else _DTYPE_BYTES[config.model.dtype]
+    return int(max(per_block.values()) * per_weight)
+
+
+def _sharded(stage: StagePlan, shards: int, block_bytes: int, how: str) -> StagePlan:
+    """``stage`` per process when parameters, gradients and optimizer states are sharded
+    over ``shards`` processes: each holds 1/shards of them, plus the gathered weights of
+    the block being computed and of the next one (prefetch); activations are per process."""
+    return replace(
+        stage,
+        weight_bytes=-(-stage.weight_bytes // shards) + 2 * block_bytes,
+        gradient_bytes=-(-stage.gradient_bytes // shards),
+        optimizer_bytes=-(-stage.optimizer_bytes // shards),
+        notes=[
+            *stage.notes,
+            f"{how}: weights, gradients and Adam states divided by {shards}, plus the gathered "
+            "weights of two blocks (the one computed and the one prefetched); activations and "
+            "tokens are per process",
+        ],
     )
 
 

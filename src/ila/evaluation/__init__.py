@@ -344,6 +344,7 @@ def load_model_for_eval(
     device: str = "auto",
     threads: int | None = None,
     allow_other_model: bool = False,
+    quantize_4bit: bool = False,
 ) -> ModelForEval:
     """Load a model to evaluate: the base, plus ``adapter`` when given.
 
@@ -355,7 +356,9 @@ def load_model_for_eval(
     from ila.model.loading import load_model
 
     adapter_dir = _resolve_adapter(adapter) if adapter is not None else None
-    model, tokenizer = load_model(model_spec, dtype=dtype, device=device, threads=threads)
+    model, tokenizer = load_model(
+        model_spec, dtype=dtype, device=device, threads=threads, quantize_4bit=quantize_4bit
+    )
     if adapter_dir is None:
         return ModelForEval(model, tokenizer, None)
     other = _check_adapter_base(adapter_dir, model_spec, allow=allow_other_model)

@@ -113,6 +113,7 @@ def evaluate(
         device=config.model.device,
         threads=config.model.threads,
         allow_other_model=allow_other_model,
+        quantize_4bit=config.model.quantization == "nf4",
     )
     resolved = config_to_dict(config)
     resolved["adapter"] = str(adapter) if adapter is not None else None
@@ -188,7 +189,12 @@ def evaluate_variants(
     compared: dict[str, dict[str, Any]] = {}
     for name, adapter in variants.items():
         loaded, tokenizer, _ = load_model_for_eval(
-            model.model, adapter, dtype=model.dtype, device=model.device, threads=model.threads
+            model.model,
+            adapter,
+            dtype=model.dtype,
+            device=model.device,
+            threads=model.threads,
+            quantize_4bit=model.quantization == "nf4",
         )
         log.info("evaluating %s", name)
         result = evaluate_model(

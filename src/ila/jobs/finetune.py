@@ -233,6 +233,11 @@ def _check_request(
     precision = train_precision(config.train, config.model.device)  # fp16 on CPU fails here
     if resume and overwrite:
         raise IlaError("--resume and --overwrite contradict each other; pass one of them")
+    if config.finetune.method == "full" and config.model.quantization == "nf4":
+        raise IlaError(
+            "--method full with --quantization nf4: 4-bit weights cannot be fine-tuned; use "
+            "--method lora (or qlora) on the 4-bit base, or --quantization none"
+        )
     if resume:
         require_resumable(output_dir, resolved, finished_stage="finetune")
     elif is_main_process():
@@ -268,7 +273,7 @@ def _load_inputs(
         dtype=config.model.dtype,
         device=config.model.device,
         threads=config.model.threads,
-        quantize_4bit=settings.method == "qlora",
+        quantize_4bit=settings.method == "qlora" or config.model.quantization == "nf4",
     )
     layer_map = find_layers(model, blocks_path=config.model.blocks_path)
     identity = model_fingerprint(config.model.model)
@@ -314,7 +319,7 @@ def _trainable_model(config: FinetuneConfig, loaded: _Inputs) -> tuple[Any, dict
     """The model with only the selected units trainable (LoRA on them, or their weights)."""
     settings, model = config.finetune, loaded.model
     if settings.method in ("lora", "qlora"):
-        if settings.method == "qlora":
+        if settings.method == "qlora" or config.model.quantization == "nf4":
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model)

@@ -129,6 +129,7 @@ def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float
         dtype=config.model.dtype,
         device=config.model.device,
         threads=config.model.threads,
+        quantize_4bit=config.model.quantization == "nf4",
     )
     layer_map = find_layers(
         model, blocks_path=config.model.blocks_path, module_types=config.lora.module_types or None
@@ -221,6 +222,11 @@ def score(
     if resume and overwrite:
         raise IlaError("--resume and --overwrite contradict each other; pass one of them")
     scorer = get_scorer(method)  # fail on a misspelled method before loading anything
+    if config.model.quantization == "nf4" and config.stage1.method == "full":
+        raise IlaError(
+            "--quantization nf4 with --stage1-method full: 4-bit weights cannot be fine-tuned; "
+            "use --stage1-method lora (LoRA on the 4-bit base) or --quantization none"
+        )
     if method == "lora-norm" and config.stage1.method != "lora":
         raise IlaError(
             "--stage1-method full: the lora-norm scorer ranks LoRA update norms; use it with "
@@ -279,6 +285,10 @@ def score(
         if not isinstance(scores, LayerScores):
             raise TypeError(f"scorer {method!r} returned {type(scores).__name__}, not LayerScores")
         scores.meta["model_fingerprint"] = inputs.model_fingerprint.to_dict()
+        scores.meta["base"] = {
+            "dtype": config.model.dtype,
+            "quantization": config.model.quantization,
+        }
         for key in ("stage1_seconds", "stage2_seconds"):
             if key in scores.meta:
                 seconds[key.removesuffix("_seconds")] = scores.meta[key]

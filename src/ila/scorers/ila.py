@@ -103,6 +103,11 @@ def score_ila(ctx: ScoringContext) -> LayerScores:
             finally:
                 update.restore()
         else:
+            if ctx.config.model.quantization == "nf4":
+                from peft import prepare_model_for_kbit_training
+
+                # QLoRA's preparation of a 4-bit base (float32 norms, input gradients).
+                ctx.model = prepare_model_for_kbit_training(ctx.model)
             model = add_lora(
                 ctx.model, ctx.layer_map.units, ctx.config.lora, seed=ctx.config.train.seed
             )

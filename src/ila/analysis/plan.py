@@ -366,7 +366,10 @@ def plan_run(
         ],
     )
     if config.model.quantization == "nf4":
-        note = "block linears in 4-bit NF4 (double quantisation), CUDA only"
+        note = (
+            "block linears in 4-bit NF4 (double quantisation), CUDA only; QLoRA's preparation "
+            "turns gradient checkpointing on, so the activations are an upper bound"
+        )
         stage1 = replace(stage1, notes=[*stage1.notes, note])
         stage2 = replace(stage2, notes=[*stage2.notes, note])
     tuned, lowest, how = _finetune_units(shape, config, selection)

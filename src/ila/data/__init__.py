@@ -51,6 +51,7 @@ __all__ = [
     "data_fingerprint",
     "format_prompt",
     "load_examples",
+    "load_split",
     "prompt_token_ids",
     "split_examples",
     "tokenize_examples",
@@ -84,6 +85,10 @@ def load_examples(
     if not source.strip():
         raise IlaError(f"--data is empty; pass a preset ({', '.join(PRESETS)}) or a file")
     name = PRESET_ALIASES.get(source, source)
+    from ila.data.preference import PREFERENCE_PRESETS
+
+    if name in PREFERENCE_PRESETS:
+        raise IlaError(f"--data {name} holds preference pairs; pass --objective dpo to train on it")
     if name in PRESETS:
         if format not in ("auto", _PRESET_FORMAT):
             raise IlaError(
@@ -100,6 +105,22 @@ def load_examples(
         raise IlaError(f"--data {source!r} holds no usable examples; check the file or the preset")
     logger.info("loaded %d examples from %s", len(examples), source)
     return examples
+
+
+def load_split(data: Any, *, objective: str = "sft") -> tuple[list[Any], list[Any], list[Any]]:
+    """The data of ``data`` (a DataConfig) and its training and held-out split: examples,
+    or preference pairs (ila.data.preference) under ``--objective dpo``."""
+    if objective == "dpo":
+        from ila.data.preference import load_preference_pairs, split_pairs
+
+        pairs = load_preference_pairs(data.data, limit=data.limit)
+        train, held_out = split_pairs(pairs, eval_fraction=data.eval_fraction, seed=data.split_seed)
+        return pairs, train, held_out
+    examples = load_examples(data.data, format=data.data_format, limit=data.limit)
+    train, held_out = split_examples(
+        examples, eval_fraction=data.eval_fraction, seed=data.split_seed
+    )
+    return examples, train, held_out
 
 
 def split_examples(
@@ -150,5 +171,11 @@ def _convert(records: Iterable[tuple[str, Any]], fmt: str) -> Iterator[Example]:
 
 
 def _canonical_json(examples: Iterable[Example]) -> str:
-    rows = [{"answer": e.answer, "messages": [dict(m) for m in e.messages]} for e in examples]
+    # Preference pairs (ila.data.preference) describe their own content.
+    rows = [
+        e.canonical()
+        if hasattr(e, "canonical")
+        else {"answer": e.answer, "messages": [dict(m) for m in e.messages]}
+        for e in examples
+    ]
     return json.dumps(rows, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

@@ -78,6 +78,11 @@ def detect_format(record: Any, where: str) -> str:
     """Return the format whose identifying key the (first) record holds."""
     if not isinstance(record, Mapping):
         raise IlaError(f"{where}: record is a {_type_name(record)}, not an object with fields")
+    if "chosen" in record and "rejected" in record:
+        raise IlaError(
+            f"{where}: the record is a preference pair (chosen/rejected); pass --objective dpo "
+            "to train on preferences"
+        )
     for key, name in _DETECT_KEYS:
         if key in record:
             return name

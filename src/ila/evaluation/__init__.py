@@ -51,6 +51,7 @@ __all__ = [
     "load_model_for_eval",
     "normalize_answer",
     "response_loss",
+    "response_token_losses",
     "stop_token_ids",
 ]
 
@@ -98,10 +99,31 @@ def response_loss(
     Summed over tokens and divided once, so it does not depend on batching; this is the
     quantity whose exponential is the response perplexity.
     """
+    per_example = response_token_losses(
+        model, features, pad_token_id=pad_token_id, batch_size=batch_size
+    )
+    total = sum(loss for loss, _ in per_example)
+    count = sum(tokens for _, tokens in per_example)
+    if count == 0:
+        raise IlaError("the evaluation examples hold no response token; check --max-length")
+    loss = total / count
+    if not math.isfinite(loss):
+        raise IlaError(
+            f"evaluation loss is {loss}: the model's outputs are not finite; "
+            "check the weights or the adapter"
+        )
+    return loss, count
+
+
+@torch.no_grad()
+def response_token_losses(
+    model: Any, features: Sequence[dict[str, list[int]]], *, pad_token_id: int, batch_size: int
+) -> list[tuple[float, int]]:
+    """Per example: the summed next-token cross-entropy of its labelled (response) tokens,
+    and their count (the model in eval mode, batched; float32 log-softmax)."""
     collator = PaddingCollator(pad_token_id)
     device = _model_device(model)
-    total = 0.0
-    count = 0
+    out: list[tuple[float, int]] = []
     was_training = model.training
     model.eval()
     try:
@@ -114,20 +136,14 @@ def response_loss(
             labels = batch["labels"][:, 1:]
             logits = logits[:, :-1].float()
             mask = labels != IGNORE_INDEX
-            losses = torch.nn.functional.cross_entropy(logits[mask], labels[mask], reduction="sum")
-            total += float(losses)
-            count += int(mask.sum())
+            losses = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), labels.clamp_min(0), reduction="none"
+            )
+            sums = (losses * mask).sum(dim=1)
+            out.extend(zip(sums.tolist(), mask.sum(dim=1).tolist(), strict=True))
     finally:
         model.train(was_training)
-    if count == 0:
-        raise IlaError("the evaluation examples hold no response token; check --max-length")
-    loss = total / count
-    if not math.isfinite(loss):
-        raise IlaError(
-            f"evaluation loss is {loss}: the model's outputs are not finite; "
-            "check the weights or the adapter"
-        )
-    return loss, count
+    return out
 
 
 def stop_token_ids(tokenizer: Any, template: str) -> list[int]:
@@ -204,13 +220,24 @@ def evaluate_model(
 ) -> EvalResult:
     """Measure ``model`` on ``examples``: response loss and perplexity, exact match where
     the examples carry checkable answers, MMLU-layout accuracy and lm-eval tasks when
-    asked for. Generations are returned for saving.
+    asked for. Generations are returned for saving. Preference pairs
+    (ila.data.preference) are measured on their chosen replies, plus which of the two
+    replies the model prefers (ila.evaluation.preference).
 
-    Phases: held-out loss, greedy answers (and exact match), multiple choice, lm-eval.
+    Phases: held-out loss, preferences, greedy answers (and exact match), multiple
+    choice, lm-eval.
     """
+    from ila.data.preference import PreferencePair
+
     if not examples:
         raise IlaError("no examples to evaluate; check --data and --eval-split")
     chosen = list(examples[: settings.max_examples] if settings.max_examples else examples)
+    pairs = [e for e in chosen if isinstance(e, PreferencePair)]
+    if pairs:
+        chosen = [
+            Example((*p.prompt, {"role": "assistant", "content": p.chosen}), p.answer, p.source)
+            for p in pairs
+        ]
     tokenized = tokenize_examples(chosen, tokenizer, max_length=max_length, template=template)
     loss, tokens = response_loss(
         model,
@@ -224,6 +251,19 @@ def evaluate_model(
         "num_examples": len(tokenized.features),
         "response_tokens": tokens,
     }
+    if pairs:
+        from ila.evaluation.preference import preference_metrics
+
+        metrics.update(
+            preference_metrics(
+                model,
+                tokenizer,
+                pairs,
+                max_length=max_length,
+                batch_size=settings.batch_size,
+                template=template,
+            )
+        )
     generations, answers = _generate_answers(
         model, tokenizer, chosen, settings, max_length=max_length, template=template
     )

@@ -66,22 +66,21 @@ class EvalRun:
     result: EvalResult
 
 
-def load_eval_examples(data: DataConfig, settings: EvalSettings) -> list[Example]:
+def load_eval_examples(
+    data: DataConfig, settings: EvalSettings, objective: str = "sft"
+) -> list[Example]:
     """The examples to evaluate: the held-out split made exactly as training makes it
     (same data, ``--eval-fraction`` and ``--split-seed``), or every example with split
-    ``all``."""
-    from ila.data import load_examples, split_examples
+    ``all``; preference pairs (ila.data.preference) under ``--objective dpo``."""
+    from ila.data import load_split
 
-    examples = load_examples(data.data, format=data.data_format, limit=data.limit)
-    if settings.split == "all":
-        return examples
-    if data.eval_fraction == 0:
+    if settings.split != "all" and data.eval_fraction == 0:
         raise IlaError(
             "--eval-split eval needs held-out examples but --eval-fraction is 0; "
             "pass --eval-fraction > 0 (as in training) or --eval-split all"
         )
-    _, held_out = split_examples(examples, eval_fraction=data.eval_fraction, seed=data.split_seed)
-    return held_out
+    examples, _, held_out = load_split(data, objective=objective)
+    return examples if settings.split == "all" else held_out
 
 
 @runs_locked
@@ -105,7 +104,7 @@ def evaluate(
     if main:
         check_output_dir(output_dir, overwrite=overwrite, inputs=inputs)
     check_eval_inputs(config.eval)
-    examples = load_eval_examples(config.data, config.eval)
+    examples = load_eval_examples(config.data, config.eval, config.train.objective)
     model, tokenizer, other_model = load_model_for_eval(
         config.model.model,
         adapter,
@@ -181,11 +180,12 @@ def evaluate_variants(
     data: DataConfig,
     settings: EvalSettings,
     output_dir: Path,
+    objective: str = "sft",
 ) -> dict[str, dict[str, Any]]:
     """Evaluate the base model with each adapter of ``variants`` (``None``: the base
     itself) on the same examples; write ``output_dir/<variant>/`` and
     ``output_dir/variants.json``. Returns the metrics of each variant."""
-    examples = load_eval_examples(data, settings)
+    examples = load_eval_examples(data, settings, objective)
     compared: dict[str, dict[str, Any]] = {}
     for name, adapter in variants.items():
         loaded, tokenizer, _ = load_model_for_eval(
@@ -266,6 +266,7 @@ def evaluate_run(
         data=config.data,
         settings=config.eval,
         output_dir=run_dir / "eval",
+        objective=config.train.objective,
     )
     mark_stage(run_dir, "eval")
     return compared

@@ -129,9 +129,15 @@ class _Inputs:
     other_model: str | None
     start: Path | None
     start_weights: dict[str, torch.Tensor] | None
-    features: Any
-    eval_features: Any
+    features: list[dict[str, Any]]
+    """Tokenized training features, or preference rows under ``--objective dpo``."""
+    held_out: list[Any]
+    """The held-out examples (or preference pairs), measured after training."""
+    eval_features: list[dict[str, Any]] | None
+    """The held-out examples tokenized (supervised data; checked before training)."""
     num_eval_examples: int
+    preference: Any = None
+    """``PreferenceTraining`` under ``--objective dpo``."""
 
 
 def finetune(
@@ -192,17 +198,8 @@ def finetune(
             loaded.selection.save(output_dir / SELECTION_FILE)
         model, counts = _trainable_model(config, loaded)
         trainer, seconds, values = _train(config, model, loaded, output_dir, resume)
-        eval_loss = None
-        if measure_held_out and loaded.eval_features is not None:
-            # The response loss `ila eval` reports (token-weighted), not the Trainer's mean
-            # of per-batch means, so that one model on one split has one held-out loss.
-            eval_loss, _ = response_loss(
-                model,
-                loaded.eval_features.features,
-                pad_token_id=loaded.tokenizer.pad_token_id,
-                batch_size=config.train.batch_size,
-            )
-        summary = _summary(settings, loaded, counts, trainer, seconds, values, eval_loss)
+        held_out = _held_out(config, model, loaded) if measure_held_out else {}
+        summary = _summary(settings, loaded, counts, trainer, seconds, values, held_out)
         if trainer.is_world_process_zero():
             _save(
                 model,
@@ -233,6 +230,11 @@ def _check_request(
     precision = train_precision(config.train, config.model.device)  # fp16 on CPU fails here
     if resume and overwrite:
         raise IlaError("--resume and --overwrite contradict each other; pass one of them")
+    if config.train.objective == "dpo" and config.finetune.method == "full":
+        raise IlaError(
+            "--objective dpo with --method full: DPO's reference is the model without the "
+            "fine-tune's update, which needs an adapter to switch off; use --method lora"
+        )
     if config.finetune.method == "full" and config.model.quantization == "nf4":
         raise IlaError(
             "--method full with --quantization nf4: 4-bit weights cannot be fine-tuned; use "
@@ -258,16 +260,11 @@ def _load_inputs(
 ) -> _Inputs:
     """Data, model, the selection's units on it, and the checks that need the model."""
     from ila.core.layers import find_layers
-    from ila.data import load_examples, split_examples, tokenize_examples
+    from ila.data import load_split
     from ila.model.loading import load_model
 
     settings = config.finetune
-    examples = load_examples(
-        config.data.data, format=config.data.data_format, limit=config.data.limit
-    )
-    train, held_out = split_examples(
-        examples, eval_fraction=config.data.eval_fraction, seed=config.data.split_seed
-    )
+    _, train, held_out = load_split(config.data, objective=config.train.objective)
     model, tokenizer = load_model(
         config.model.model,
         dtype=config.model.dtype,
@@ -292,7 +289,15 @@ def _load_inputs(
     if other_model is not None:
         log.warning("%s", other_model)
     start = _stage1_adapter(selection, stage1_run) if settings.init_from_stage1 else None
-    data = config.data
+    features, preference = _training_rows(config, train, tokenizer)
+    eval_features = None
+    if held_out and preference is None:
+        from ila.data import tokenize_examples
+
+        data = config.data
+        eval_features = tokenize_examples(
+            held_out, tokenizer, max_length=data.max_length, template=data.template
+        ).features
     return _Inputs(
         model=model,
         tokenizer=tokenizer,
@@ -303,16 +308,57 @@ def _load_inputs(
         other_model=other_model,
         start=start,
         start_weights=read_unit_lora(start, units, config.lora) if start else None,
-        features=tokenize_examples(
-            train, tokenizer, max_length=data.max_length, template=data.template
-        ),
-        eval_features=tokenize_examples(
-            held_out, tokenizer, max_length=data.max_length, template=data.template
-        )
-        if held_out
-        else None,
+        features=features,
+        held_out=held_out,
+        eval_features=eval_features,
         num_eval_examples=len(held_out),
+        preference=preference,
     )
+
+
+def _training_rows(config: FinetuneConfig, train: list[Any], tokenizer: Any) -> tuple[list, Any]:
+    """The training features (tokenized examples), or under ``--objective dpo`` the
+    preference rows TRL tokenizes and the settings it needs."""
+    data = config.data
+    if config.train.objective != "dpo":
+        from ila.data import tokenize_examples
+
+        tokenized = tokenize_examples(
+            train, tokenizer, max_length=data.max_length, template=data.template
+        )
+        return tokenized.features, None
+    from ila.data.preference import preference_rows
+    from ila.train.trainer import PreferenceTraining
+
+    rows = preference_rows(train, tokenizer, template=data.template)
+    return rows, PreferenceTraining(tokenizer, config.train.dpo_beta, data.max_length)
+
+
+def _held_out(config: FinetuneConfig, model: Any, loaded: _Inputs) -> dict[str, Any]:
+    """The held-out measure `ila eval` reports on the same split: the token-weighted
+    response loss (not the Trainer's mean of per-batch means, so that one model on one
+    split has one held-out loss), or for preference data which reply the model prefers."""
+    if not loaded.held_out:
+        return {}
+    data = config.data
+    if loaded.preference is not None:
+        from ila.evaluation.preference import preference_metrics
+
+        return preference_metrics(
+            model,
+            loaded.tokenizer,
+            loaded.held_out,
+            max_length=data.max_length,
+            batch_size=config.train.batch_size,
+            template=data.template,
+        )
+    loss, _ = response_loss(
+        model,
+        loaded.eval_features,
+        pad_token_id=loaded.tokenizer.pad_token_id,
+        batch_size=config.train.batch_size,
+    )
+    return {"eval_loss": loss}
 
 
 def _trainable_model(config: FinetuneConfig, loaded: _Inputs) -> tuple[Any, dict[str, int]]:
@@ -371,8 +417,9 @@ def _train(
     trainer, seconds = run_trainer(
         model,
         args,
-        train_features=loaded.features.features,
+        train_features=loaded.features,
         collator=PaddingCollator(loaded.tokenizer.pad_token_id),
+        preference=loaded.preference,
         callbacks=[
             MetricsLogger("finetune", output_dir / METRICS_FILE, values),
             CheckpointState(
@@ -395,9 +442,9 @@ def _summary(
     trainer: Any,
     seconds: float,
     values: StepValues,
-    eval_loss: float | None,
+    held_out: dict[str, Any],
 ) -> dict[str, Any]:
-    """finetune_summary.json: what was trained, its cost and its held-out loss."""
+    """finetune_summary.json: what was trained, its cost and its held-out measure."""
     steps = trainer.state.global_step
     return {
         "method": settings.method,
@@ -412,7 +459,9 @@ def _summary(
         "seconds": seconds,
         "seconds_per_step": seconds / max(steps, 1),
         "final_train_loss": values.loss[-1] if values.loss else None,
-        "eval_loss": eval_loss,
+        "objective": "dpo" if loaded.preference is not None else "sft",
+        "eval_loss": held_out.get("eval_loss"),
+        **{k: v for k, v in held_out.items() if k != "eval_loss"},
         "num_eval_examples": loaded.num_eval_examples,
         "model_fingerprint": loaded.identity.id,
         "other_model": loaded.other_model,

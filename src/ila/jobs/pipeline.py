@@ -107,21 +107,61 @@ class ScoreInputs:
     data_stats: dict[str, Any]
     fingerprint: str
     model_fingerprint: ModelFingerprint
+    preference: Any = None
+    """``PreferenceTraining`` under ``--objective dpo`` (then the features are pair rows)."""
+
+
+def _preference_inputs(
+    config: ScoreConfig,
+    model: Any,
+    tokenizer: Any,
+    layer_map: Any,
+    identity: ModelFingerprint,
+    pairs: list[Any],
+    train: list[Any],
+    held_out: list[Any],
+) -> ScoreInputs:
+    """ScoreInputs of ``--objective dpo``: the training pairs as TRL's rows."""
+    from ila.data.preference import preference_fingerprint, preference_rows
+    from ila.train.trainer import PreferenceTraining
+
+    rows = preference_rows(train, tokenizer, template=config.data.template)
+    fingerprint = preference_fingerprint(train)
+    stats = {
+        "source": config.data.data,
+        "format": "preference",
+        "fingerprint": fingerprint,
+        "num_examples": len(pairs),
+        "num_train": len(train),
+        "num_eval": len(held_out),
+        "num_train_features": len(rows),
+        "warnings": [],
+    }
+    preference = PreferenceTraining(tokenizer, config.train.dpo_beta, config.data.max_length)
+    return ScoreInputs(
+        model,
+        tokenizer,
+        layer_map,
+        len(pairs),
+        len(held_out),
+        rows,
+        stats,
+        fingerprint,
+        identity,
+        preference,
+    )
 
 
 def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float]]:
     """Load data, model and units for ``config``; returns them and the seconds spent."""
     from ila.core.layers import find_layers
-    from ila.data import data_fingerprint, load_examples, split_examples, tokenize_examples
+    from ila.data import data_fingerprint, load_split, tokenize_examples
     from ila.model.loading import load_model
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     data = config.data
-    examples = load_examples(data.data, format=data.data_format, limit=data.limit)
-    train, held_out = split_examples(
-        examples, eval_fraction=data.eval_fraction, seed=data.split_seed
-    )
+    examples, train, held_out = load_split(config.data, objective=config.train.objective)
     seconds["load_data"] = time.perf_counter() - start
     start = time.perf_counter()
     model, tokenizer = load_model(
@@ -136,6 +176,10 @@ def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float
     )
     identity = model_fingerprint(config.model.model)
     seconds["load_model"] = time.perf_counter() - start
+    if config.train.objective == "dpo":
+        return _preference_inputs(
+            config, model, tokenizer, layer_map, identity, examples, train, held_out
+        ), seconds
     tokenized = tokenize_examples(
         train, tokenizer, max_length=data.max_length, template=data.template
     )
@@ -187,6 +231,7 @@ def _scoring_context(
         output_dir=output_dir,
         data_fingerprint=inputs.fingerprint,
         resume=resume,
+        preference=inputs.preference,
     )
 
 
@@ -227,6 +272,18 @@ def score(
             "--quantization nf4 with --stage1-method full: 4-bit weights cannot be fine-tuned; "
             "use --stage1-method lora (LoRA on the 4-bit base) or --quantization none"
         )
+    if config.train.objective == "dpo":
+        if config.stage1.method == "full":
+            raise IlaError(
+                "--objective dpo with --stage1-method full: DPO's reference is the model "
+                "without the stage-1 update, which a full fine-tune cannot switch off; use "
+                "--stage1-method lora"
+            )
+        if method not in ("ila", "lora-norm", "random", "position"):
+            raise IlaError(
+                f"--objective dpo: the {method} scorer measures the supervised loss; use "
+                "--scorer ila (or lora-norm, random, position) with preference data"
+            )
     if method == "lora-norm" and config.stage1.method != "lora":
         raise IlaError(
             "--stage1-method full: the lora-norm scorer ranks LoRA update norms; use it with "

@@ -33,3 +33,7 @@ class ScoringContext:
     data_fingerprint: str
     resume: bool = False
     """Continue an interrupted run in ``output_dir`` (stages that keep checkpoints use them)."""
+    preference: Any = None
+    """``ila.train.trainer.PreferenceTraining`` under ``--objective dpo``: then
+    ``train_features`` are preference rows (prompt, chosen, rejected) for TRL's DPOTrainer
+    and ``collator`` is unused."""

@@ -242,6 +242,7 @@ def run_stage1(
             args,
             train_features=ctx.train_features,
             collator=ctx.collator,
+            preference=ctx.preference,
             callbacks=[
                 MetricsLogger("stage1", ctx.output_dir / METRICS_FILE, watch.values, watch.probe),
                 StopWhen(watch.stable),
@@ -414,6 +415,7 @@ def run_stage2(
             args,
             train_features=ctx.train_features,
             collator=ctx.collator,
+            preference=ctx.preference,
             callbacks=[
                 *callbacks,
                 MetricsLogger("stage2", ctx.output_dir / METRICS_FILE, record.values, record.step),

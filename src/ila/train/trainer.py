@@ -32,8 +32,10 @@ from ila.train.precision import PrecisionChoice, choose_precision
 
 __all__ = [
     "AfterStep",
+    "ExtraLossMixin",
     "IlaTrainer",
     "MetricsLogger",
+    "PreferenceTraining",
     "StepValues",
     "StopWhen",
     "make_training_args",
@@ -127,13 +129,13 @@ def make_training_args(
     )
 
 
-class IlaTrainer(Trainer):
-    """A Trainer whose loss may carry an extra term (the stage-2 sparsity budget).
+class ExtraLossMixin:
+    """A Trainer (or TRL trainer) whose loss may carry an extra term (the stage-2 budget).
 
-    ``extra_loss`` is called once per forward pass and added to the model's loss; it must
-    return a scalar tensor on the loss's device. With ``eval_mode`` the model runs its
-    forward and backward passes in eval mode (no dropout): the Trainer switches it to
-    train mode at every step, so the switch back happens right before the loss.
+    ``extra_loss`` is called once per forward pass and added to the loss; it must return a
+    scalar tensor on the loss's device. With ``eval_mode`` the model runs its forward and
+    backward passes in eval mode (no dropout): the Trainer switches it to train mode at
+    every step, so the switch back happens right before the loss.
     """
 
     def __init__(
@@ -157,12 +159,24 @@ class IlaTrainer(Trainer):
             return result
         loss, outputs = result if return_outputs else (result, None)
         extra = self.extra_loss().to(loss.device)
-        # Under gradient accumulation the Trainer divides the model loss by the number of
-        # micro-batches; scale the extra term the same way so it counts once per step.
-        if num_items_in_batch is not None and self.args.gradient_accumulation_steps > 1:
+        # Under gradient accumulation the Trainer divides the loss by the number of
+        # micro-batches unless the loss is already scaled for it (the rule of
+        # Trainer.training_step); the extra term must count once per step either way.
+        if self._loss_scaled_for_ga(num_items_in_batch):
             extra = extra / self.args.gradient_accumulation_steps
         loss = loss + extra
         return (loss, outputs) if return_outputs else loss
+
+    def _loss_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
+        declared = getattr(self, "loss_is_scaled_for_ga", None)
+        if declared is not None:
+            return bool(declared)
+        accepts = getattr(self, "model_accepts_loss_kwargs", False)
+        return (accepts and num_items_in_batch is not None) or self.compute_loss_func is not None
+
+
+class IlaTrainer(ExtraLossMixin, Trainer):
+    """The Hugging Face Trainer with :class:`ExtraLossMixin` (supervised stages)."""
 
 
 class _BarOnly(ProgressCallback):
@@ -170,6 +184,16 @@ class _BarOnly(ProgressCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         return
+
+
+@dataclass(frozen=True)
+class PreferenceTraining:
+    """What a ``--objective dpo`` stage needs besides the model: the tokenizer TRL
+    tokenizes the rows with, DPO's beta and the longest prompt plus reply kept."""
+
+    tokenizer: Any
+    beta: float
+    max_length: int
 
 
 @dataclass
@@ -180,6 +204,10 @@ class StepValues:
     extra: dict[str, list[float]] = field(default_factory=dict)
     unit_values: dict[int, list[float]] = field(default_factory=dict)
     """Per-unit values at some steps (stage 1: update norms at the stopping rule's checks)."""
+
+
+# TRL's DPO logs (per step, on the training batch) kept in metrics.jsonl under these names.
+_PREFERENCE_LOGS = {"rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin"}
 
 
 class MetricsLogger(TrainerCallback):
@@ -219,6 +247,10 @@ class MetricsLogger(TrainerCallback):
             "learning_rate": logs.get("learning_rate"),
             "elapsed_s": round(time.perf_counter() - self.start, 3),
         }
+        for source, name in _PREFERENCE_LOGS.items():  # DPO's reward statistics, when logged
+            if source in logs:
+                self.values.extra.setdefault(name, []).append(float(logs[source]))
+                row[name] = float(logs[source])
         if self.probe is not None:
             for key, value in self.probe().items():
                 if not math.isfinite(value):
@@ -258,28 +290,47 @@ def run_trainer(
     model: torch.nn.Module,
     args: TrainingArguments,
     *,
-    train_features: Sequence[dict[str, list[int]]],
-    collator: Callable[[list[dict[str, list[int]]]], dict[str, torch.Tensor]],
+    train_features: Sequence[dict[str, Any]],
+    collator: Callable[[list[dict[str, list[int]]]], dict[str, torch.Tensor]] | None = None,
     callbacks: Sequence[TrainerCallback] = (),
     extra_loss: Callable[[], torch.Tensor] | None = None,
     resume_from: Path | None = None,
     eval_mode: bool = False,
-) -> tuple[IlaTrainer, float]:
-    """Train ``model`` with an :class:`IlaTrainer`; returns it and the wall time in seconds.
+    preference: PreferenceTraining | None = None,
+) -> tuple[Trainer, float]:
+    """Train ``model``; returns the trainer and the wall time in seconds.
 
-    With ``resume_from`` (a ``checkpoint-N`` folder, see :mod:`ila.train.checkpoints`), training
-    continues from that checkpoint: model or adapter weights, optimizer, scheduler, RNG
-    states and data position. ``eval_mode``: see :class:`IlaTrainer`.
+    Supervised (``collator`` given): an :class:`IlaTrainer` on tokenized ``train_features``.
+    With ``preference`` (``--objective dpo``): TRL's DPOTrainer with the same extra loss and
+    eval mode (:mod:`ila.train.preference`) on ``train_features`` as preference rows.
+    With ``resume_from`` (a ``checkpoint-N`` folder, see :mod:`ila.train.checkpoints`),
+    training continues from that checkpoint: model or adapter weights, optimizer,
+    scheduler, RNG states and data position. ``eval_mode``: see :class:`ExtraLossMixin`.
     """
-    trainer = IlaTrainer(
-        model=model,
-        args=args,
-        train_dataset=list(train_features),
-        data_collator=collator,
-        callbacks=list(callbacks),
-        extra_loss=extra_loss,
-        eval_mode=eval_mode,
-    )
+    if preference is not None:
+        from ila.train.preference import dpo_trainer
+
+        trainer = dpo_trainer(
+            model,
+            args,
+            rows=train_features,
+            preference=preference,
+            callbacks=callbacks,
+            extra_loss=extra_loss,
+            eval_mode=eval_mode,
+        )
+    else:
+        if collator is None:
+            raise ValueError("a supervised stage needs a collator")
+        trainer = IlaTrainer(
+            model=model,
+            args=args,
+            train_dataset=list(train_features),
+            data_collator=collator,
+            callbacks=list(callbacks),
+            extra_loss=extra_loss,
+            eval_mode=eval_mode,
+        )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)  # disable_tqdm's: a printed line per step
     if not args.disable_tqdm:

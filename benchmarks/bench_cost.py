@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ila_process import ila
 from results_file import write_section
+from run_settings import run_flags
 
 RUNS = {
     "LoRA, all units": ["--all-units", "--method", "lora"],
@@ -63,19 +64,6 @@ def step_seconds(metrics: Path, stage: str) -> float:
     if not gaps:
         raise SystemExit(f"{metrics}: too few {stage} steps to time")
     return statistics.median(gaps)
-
-
-def run_flags(config: dict, threads: int) -> list[str]:
-    """The ILA run's model, data and batch settings, so every measurement sees its data."""
-    data, model, train = config["data"], config["model"], config["train"]
-    flags = ["--model", str(model["model"]), "--data", str(data["data"])]
-    flags += ["--max-length", str(data["max_length"]), "--batch-size", str(train["batch_size"])]
-    flags += ["--split-seed", str(data["split_seed"])]
-    flags += ["--eval-fraction", str(data["eval_fraction"])]
-    flags += ["--device", "cpu", "--seed", "0", "--threads", str(threads)]
-    if data.get("limit") is not None:
-        flags += ["--limit", str(data["limit"])]
-    return flags
 
 
 def matmul_rate(dtype, m: int, k: int, n: int, seconds: float = 2.0) -> float:
@@ -156,7 +144,7 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     work, steps = args.work_dir, str(args.steps)
     config = yaml.safe_load((args.ila_runs[0] / "config.yaml").read_text())
-    flags = run_flags(config, args.threads)
+    flags = [*run_flags(config, args.threads), "--seed", "0"]
     batch = int(config["train"]["batch_size"])
     grad_accum = int(config["stage2"]["grad_accum"])
     metas = [json.loads((r / "layer_scores.json").read_text())["meta"] for r in args.ila_runs]

@@ -15,9 +15,7 @@ method's T, stage time and peak memory. Usage::
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,19 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ila_process import ila
 from results_file import write_section
-
-FRACTION = 0.25
-
-
-def flags(config: dict, threads: int) -> list[str]:
-    data, model, train = config["data"], config["model"], config["train"]
-    out = ["--model", str(model["model"]), "--data", str(data["data"])]
-    out += ["--max-length", str(data["max_length"]), "--batch-size", str(train["batch_size"])]
-    out += ["--split-seed", str(data["split_seed"]), "--eval-fraction", str(data["eval_fraction"])]
-    out += ["--device", "cpu", "--threads", str(threads)]
-    if data.get("limit") is not None:
-        out += ["--limit", str(data["limit"])]
-    return out
+from run_settings import pair_rows, ranking_pairs, run_flags
 
 
 def facts(run: Path) -> dict:
@@ -70,7 +56,6 @@ def plan_for(config: dict, method: str):
 
 
 def main() -> None:
-    from ila.analysis.compare import compare_scores
     from ila.core.scores import LayerScores, expected_random_jaccard, top_count
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -85,36 +70,18 @@ def main() -> None:
     for seed in args.seeds:
         out = args.work_dir / f"seed{seed}"
         if not (out / "layer_scores.json").is_file():
-            ila("score", *flags(config, args.threads), "--seed", str(seed), "--output-dir",
+            ila("score", *run_flags(config, args.threads), "--seed", str(seed), "--output-dir",
                 str(out), "--overwrite", "--stage1-method", "full")  # fmt: skip
         full_runs.append(out)
     lora = [LayerScores.load(r) for r in args.lora_runs]
     full = [LayerScores.load(r) for r in full_runs]
 
-    def pairs(a: list, b: list, same: bool) -> list:
-        chosen = itertools.combinations(a, 2) if same else itertools.product(a, b)
-        result = []
-        for x, y in chosen:
-            pair = compare_scores([x, y], ["x", "y"], [FRACTION]).pairs[0]
-            result.append((pair.jaccard[FRACTION], pair.spearman, pair.structural_null[FRACTION]))
-        return result
-
-    def cell(values: list[float]) -> str:
-        if not values:
-            return "-"
-        mean = statistics.fmean(values)
-        return (
-            f"{mean:.2f}"
-            if len(values) == 1
-            else f"{mean:.2f} ({min(values):.2f}-{max(values):.2f})"
-        )
-
     n = len(lora[0].units)
-    k = top_count(n, FRACTION)
+    k = top_count(n, 0.25)
     rows = {
-        "full vs LoRA": pairs(full, lora, same=False),
-        "LoRA vs LoRA (seeds)": pairs(lora, lora, same=True),
-        "full vs full (seeds)": pairs(full, full, same=True),
+        "full vs LoRA": ranking_pairs(full, lora, same=False),
+        "LoRA vs LoRA (seeds)": ranking_pairs(lora, lora, same=True),
+        "full vs full (seeds)": ranking_pairs(full, full, same=True),
     }
     lines = [
         "## ILA over full fine-tuning deltas against LoRA (`benchmarks/bench_stage1_full.py`)",
@@ -131,15 +98,8 @@ def main() -> None:
         + " ".join(str(r) for r in args.lora_runs)
         + "`.",
         "",
-        "| pair | pairs | top-25% Jaccard | Spearman | structural null |",
-        "|---|---:|---:|---:|---:|",
+        *pair_rows(rows),
     ]
-    for name, values in rows.items():
-        if values:
-            lines.append(
-                f"| {name} | {len(values)} | {cell([v[0] for v in values])} | "
-                f"{cell([v[1] for v in values])} | {cell([v[2] for v in values])} |"
-            )
     lines += [
         "",
         "| run | stage 1 | T | stable | stage-1 s/step | stage-2 s/step |",

@@ -33,20 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ila_process import ila
 from results_file import write_section
+from run_settings import run_flags
 
 VARIANTS = ("warm", "cold, equal fine-tune steps", "cold, equal total steps")
-
-
-def data_flags(config: dict, threads: int) -> list[str]:
-    """The scores run's data, model and batch settings, so every fine-tune sees its split."""
-    data, model, train = config["data"], config["model"], config["train"]
-    flags = ["--model", str(model["model"]), "--data", str(data["data"])]
-    flags += ["--max-length", str(data["max_length"]), "--batch-size", str(train["batch_size"])]
-    flags += ["--split-seed", str(data["split_seed"]), "--device", "cpu"]
-    flags += ["--eval-fraction", str(data["eval_fraction"]), "--threads", str(threads)]
-    if data.get("limit") is not None:
-        flags += ["--limit", str(data["limit"])]
-    return flags
 
 
 def main() -> None:
@@ -62,7 +51,7 @@ def main() -> None:
     config = yaml.safe_load((args.scores / "config.yaml").read_text())
     meta = json.loads((args.scores / "layer_scores.json").read_text())["meta"]
     t = int(meta["T"])
-    common = [*data_flags(config, args.threads), "--scores", str(args.scores)]
+    common = [*run_flags(config, args.threads), "--scores", str(args.scores)]
     common += ["--tune-top-fraction", str(args.fraction), "--method", "lora"]
     losses: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for seed in args.seeds:

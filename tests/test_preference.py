@@ -222,7 +222,7 @@ def test_score_run_and_eval_with_the_dpo_objective(tiny_model_dir, tmp_path, cap
     ("extra", "words"),
     [
         (["--stage1-method", "full"], "DPO's reference is the model without the stage-1 update"),
-        (["--scorer", "grad-norm"], "the grad-norm scorer measures the supervised loss"),
+        (["--scorer", "grad-norm"], "the grad-norm scorer reads supervised examples"),
     ],
 )
 def test_dpo_refusals(tiny_model_dir, tmp_path, capsys, extra, words):

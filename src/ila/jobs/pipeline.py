@@ -279,10 +279,10 @@ def score(
                 "without the stage-1 update, which a full fine-tune cannot switch off; use "
                 "--stage1-method lora"
             )
-        if method not in ("ila", "lora-norm", "random", "position"):
+        if method in ("grad-norm", "block-influence"):
             raise IlaError(
-                f"--objective dpo: the {method} scorer measures the supervised loss; use "
-                "--scorer ila (or lora-norm, random, position) with preference data"
+                f"--objective dpo: the {method} scorer reads supervised examples, not "
+                "preference pairs; use --scorer ila (or lora-norm, snr, first, last, random)"
             )
     if method == "lora-norm" and config.stage1.method != "lora":
         raise IlaError(

@@ -54,8 +54,19 @@ bench: install
 	$(OFFLINE) $(PY) benchmarks/bench_stability.py --work-dir runs/bench-stability
 	$(OFFLINE) $(PY) benchmarks/bench_overlap.py --work-dir runs/bench-overlap
 	$(OFFLINE) $(PY) benchmarks/bench_quality.py --ila-scores runs/bench-score/seed0
-	$(OFFLINE) $(PY) benchmarks/bench_cost.py --ila-runs runs/bench-score/seed0 \
-		runs/bench-score/seed1 runs/bench-score/seed2
+	$(OFFLINE) $(PY) benchmarks/bench_cost.py --ila-runs runs/bench-overlap/ila-instruct/seed0 \
+		runs/bench-overlap/ila-instruct/seed1 runs/bench-overlap/ila-instruct/seed2
+	$(OFFLINE) $(PY) benchmarks/bench_warm_start.py --scores runs/bench-overlap/ila-instruct/seed0 \
+		--steps 50 --seeds 0 1 2
+	$(OFFLINE) $(PY) benchmarks/bench_stage2_cost.py runs/bench-overlap/ila-instruct/seed0 \
+		runs/bench-overlap/ila-instruct/seed1 --candidates steps:30 grad_accum:1 max_length:64 \
+		steps:30,grad_accum:1
+	$(OFFLINE) $(PY) benchmarks/bench_stage1_full.py --lora-runs \
+		runs/bench-overlap/ila-instruct/seed0 runs/bench-overlap/ila-instruct/seed1 \
+		runs/bench-overlap/ila-instruct/seed2
+	$(OFFLINE) $(PY) benchmarks/bench_dpo.py --steps 40 --stage1-max-steps 100 --sft-runs \
+		runs/bench-overlap/ila-instruct/seed0 runs/bench-overlap/ila-instruct/seed1 \
+		runs/bench-overlap/ila-instruct/seed2
 
 # Debian's Chromium for the headless-browser test of `ila report` (tests/test_report.py);
 # installed only when missing (needs root and Debian's apt, as on CI).

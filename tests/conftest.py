@@ -205,3 +205,20 @@ def tree(path: Path) -> dict[str, int]:
     return {
         p.relative_to(path).as_posix(): p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()
     }
+
+
+def fit_gates(model, gated, batch, *, steps: int = 60):
+    """Stage 2 by hand on one batch (Adam on the gate scores, hinge budget at 0.5), as the
+    planted-signal tests use it; returns the gate values."""
+    import torch
+
+    from ila.core.gates import budget_loss
+
+    optimizer = torch.optim.Adam([gated.bank.scores], lr=0.1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = model(input_ids=batch, labels=batch).loss
+        loss = loss + budget_loss(gated.bank(), kind="hinge", weight=1.0, target_fraction=0.5)
+        loss.backward()
+        optimizer.step()
+    return gated.gate_values()

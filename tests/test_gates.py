@@ -4,6 +4,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from conftest import fit_gates
 from ila.config import LoraSettings
 from ila.core.gates import GATE_MODULE_NAME, attach_gates, budget_loss
 from ila.core.layers import find_layers, peft_target_modules
@@ -184,15 +185,7 @@ def test_planted_signal_ranks_useful_units_first(tiny_llama):
 
     for p in model.parameters():
         p.requires_grad_(False)
-    gated = attach_gates(model, layer_map, init_score=3.0)
-    optimizer = torch.optim.Adam([gated.bank.scores], lr=0.1)
-    for _ in range(60):
-        optimizer.zero_grad()
-        loss = model(input_ids=batch, labels=batch).loss
-        loss = loss + budget_loss(gated.bank(), kind="hinge", weight=1.0, target_fraction=0.5)
-        loss.backward()
-        optimizer.step()
-    gammas = gated.gate_values()
+    gammas = fit_gates(model, attach_gates(model, layer_map, init_score=3.0), batch)
     ranking = sorted(range(len(gammas)), key=lambda i: -gammas[i].item())
     top = {layer_map.units[i].name for i in ranking[: len(signal)]}
     assert top == signal

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import fit_gates
 from ila.cli import main
 from ila.core.deltas import (
     delta_norms,
@@ -18,7 +19,7 @@ from ila.core.deltas import (
     take_deltas,
     unit_weight,
 )
-from ila.core.gates import GATE_MODULE_NAME, attach_delta_gates, budget_loss
+from ila.core.gates import GATE_MODULE_NAME, attach_delta_gates
 from ila.core.layers import find_layers
 from ila.core.scores import LayerScores
 from ila.errors import IlaError
@@ -123,14 +124,7 @@ def test_planted_signal_in_the_weight_changes_ranks_first(tiny_llama):
     deltas = take_deltas(tiny_llama, layer_map, initial)
 
     gated = attach_delta_gates(tiny_llama, layer_map, deltas, init_score=3.0)
-    optimizer = torch.optim.Adam([gated.bank.scores], lr=0.1)
-    for _ in range(60):
-        optimizer.zero_grad()
-        loss = tiny_llama(input_ids=batch, labels=batch).loss
-        loss = loss + budget_loss(gated.bank(), kind="hinge", weight=1.0, target_fraction=0.5)
-        loss.backward()
-        optimizer.step()
-    gammas = gated.gate_values()
+    gammas = fit_gates(tiny_llama, gated, batch)
     ranking = sorted(range(len(gammas)), key=lambda i: -gammas[i].item())
     assert {layer_map.units[i].name for i in ranking[: len(signal)]} == signal
     signal_idx = [i for i, u in enumerate(layer_map.units) if u.name in signal]

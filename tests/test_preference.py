@@ -195,7 +195,7 @@ def test_score_run_and_eval_with_the_dpo_objective(tiny_model_dir, tmp_path, cap
     printed = capsys.readouterr().out
     assert "prefers chosen" in printed
     scores = LayerScores.load(out)
-    assert len(scores.units) == 28
+    assert len(scores.units) == 28 and scores.meta["objective"] == "dpo"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"reward_accuracy", "reward_margin"} <= set(rows[0])
     assert rows[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # DPO at the reference: log 2

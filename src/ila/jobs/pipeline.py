@@ -346,6 +346,7 @@ def score(
             "dtype": config.model.dtype,
             "quantization": config.model.quantization,
         }
+        scores.meta["objective"] = config.train.objective
         for key in ("stage1_seconds", "stage2_seconds"):
             if key in scores.meta:
                 seconds[key.removesuffix("_seconds")] = scores.meta[key]

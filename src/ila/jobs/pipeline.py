@@ -212,7 +212,6 @@ def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float
     return inputs, seconds
 
 
-@runs_locked
 def _scoring_context(
     config: ScoreConfig, inputs: ScoreInputs, output_dir: Path, resume: bool
 ) -> ScoringContext:
@@ -246,6 +245,7 @@ def _save_scores(scores: LayerScores, output_dir: Path) -> list[Path]:
     return report_files
 
 
+@runs_locked
 def score(
     config: ScoreConfig,
     output_dir: Path,

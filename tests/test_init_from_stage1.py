@@ -15,6 +15,7 @@ SCORE = ["--stage1-max-steps", "4", "--stage1-min-steps", "0", "--stage2-steps",
 # The first optimizer step of a linear warm-up has learning rate 0: the saved adapter is
 # the one training started from.
 NO_STEP = ["--max-steps", "1", "--warmup-steps", "5", "--learning-rate", "1e-3"]
+QUICK_RUN = [*SCORE, "--max-steps", "2", "--eval-generate-examples", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,17 @@ def test_run_refuses_init_from_stage1_it_cannot_honour(tiny_model_dir, tmp_path,
     fails([*argv, flag, "--method", "full"], capsys, flag, "--method lora")
     fails([*argv, flag, "--seeds", "2"], capsys, flag, "--seeds 2")
     assert not (tmp_path / "run").exists()
+
+
+def test_run_starts_its_fine_tunes_from_stage1_by_default(tiny_model_dir, tmp_path):
+    argv = ["-q", "run", "--model", str(tiny_model_dir), *TINY, *QUICK_RUN]
+    assert main([*argv, "--output-dir", str(tmp_path / "warm")]) == 0
+    for name in ("finetune", "finetune-all-units"):
+        summary = json.loads((tmp_path / "warm" / name / "finetune_summary.json").read_text())
+        assert summary["init_from_stage1"] == str(tmp_path / "warm" / "stage1" / "adapter")
+    # --no-init-from-stage1 starts from LoRA's init; so does a full fine-tune, by default.
+    assert main([*argv, "--no-init-from-stage1", "--output-dir", str(tmp_path / "cold")]) == 0
+    assert main([*argv, "--method", "full", "--output-dir", str(tmp_path / "full")]) == 0
+    for run in ("cold", "full"):
+        summary = json.loads((tmp_path / run / "finetune" / "finetune_summary.json").read_text())
+        assert summary["init_from_stage1"] is None

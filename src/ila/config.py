@@ -423,10 +423,12 @@ class FinetuneSettings:
         False, "with --method full, also train the input embeddings and the LM head"
     )
     merge: bool = _opt(False, "also write a merged full model directory (merged/)")
-    init_from_stage1: bool = _opt(
-        False,
+    init_from_stage1: bool | None = _opt(
+        None,
         "start the selected units' LoRA from the stage-1 adapter of the scores run (--scores), "
-        "so the stage-1 steps count toward the fine-tune; lora/qlora only",
+        "so the stage-1 steps count toward the fine-tune; lora/qlora only (default: yes in "
+        "ila run wherever the fine-tune and stage 1 are LoRA and --seeds is 1, no in ila "
+        "finetune)",
     )
 
     def __post_init__(self) -> None:

@@ -469,6 +469,27 @@ class RunResult:
     evaluation: dict[str, dict[str, Any]] | None = None
 
 
+def _warm_start(config: RunConfig) -> bool:
+    """Whether `ila run`'s fine-tunes start from the stage-1 adapter: as asked, or by
+    default wherever they can (a LoRA fine-tune on a LoRA stage 1 of one seed), since the
+    stage-1 steps then count toward the fine-tune (docs/results.md, bench_warm_start)."""
+    asked = config.finetune.init_from_stage1
+    if asked is not None:
+        return asked
+    reasons = []
+    if config.finetune.method not in ("lora", "qlora"):
+        reasons.append(f"--method {config.finetune.method} has no LoRA to start")
+    if config.stage1.method != "lora":
+        reasons.append(f"--stage1-method {config.stage1.method} trains no LoRA adapter")
+    if config.ensemble.seeds > 1:
+        reasons.append(f"--seeds {config.ensemble.seeds} trains one adapter per member")
+    if reasons:
+        log.info("the fine-tunes start from LoRA's init: %s", "; ".join(reasons))
+        return False
+    log.info("the fine-tunes start from the stage-1 adapter (--no-init-from-stage1: from init)")
+    return True
+
+
 @runs_locked
 def run(
     config: RunConfig, output_dir: Path, *, overwrite: bool = False, resume: bool = False
@@ -521,7 +542,7 @@ def run(
             data=config.data,
             lora=config.lora,
             train=config.train,
-            finetune=config.finetune,
+            finetune=dataclasses.replace(config.finetune, init_from_stage1=_warm_start(config)),
         )
         tuned = finetune_step(
             finetune_config,

@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -44,6 +45,15 @@ def parse_candidate(text: str) -> dict[str, int | float]:
             raise SystemExit(f"candidate {text!r}: write key:value[,key:value]")
         settings[key] = float(value) if "." in value else int(value)
     return settings
+
+
+def gates_of(run, out: Path, **settings) -> dict:
+    """The stage-2 summary of ``settings`` on ``run``: learned now, or read back from
+    ``out`` when an earlier invocation finished it (the benchmark can be resumed)."""
+    done = out / "stage2" / "summary.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    return learn_gates(run, out, **settings)
 
 
 def top(gates: list[float], k: int) -> list[int]:
@@ -79,17 +89,17 @@ def main() -> None:
         n = len(run.layer_map.units)
         k = top_count(n, 0.25)
 
-        reference = learn_gates(run, args.work_dir / f"run{r}-{REFERENCE}", seed=seed)
+        reference = gates_of(run, args.work_dir / f"run{r}-{REFERENCE}", seed=seed)
         reference_seconds.append(reference["seconds"])
         print(f"run {r} reference: {reference['seconds']:.0f} s", flush=True)
         if not args.no_floor:
-            other = learn_gates(run, args.work_dir / f"run{r}-{REFERENCE}-seed+1", seed=seed + 1)
+            other = gates_of(run, args.work_dir / f"run{r}-{REFERENCE}-seed+1", seed=seed + 1)
             floor.append(jaccard(top(reference["gates"], k), top(other["gates"], k)))
         for name, settings in candidates.items():
             settings = dict(settings)
             max_length = settings.pop("max_length", None)
             features = run.features(int(max_length)) if max_length else None
-            summary = learn_gates(
+            summary = gates_of(
                 run,
                 args.work_dir / f"run{r}-{name.replace(':', '-').replace(',', '_')}",
                 seed=seed,

@@ -51,6 +51,9 @@ def main() -> None:
     parser.add_argument("--stage1-max-steps", type=int, default=150)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-dpo"))
+    parser.add_argument(
+        "--report-only", action="store_true", help="report the finished runs, start none"
+    )
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     config = yaml.safe_load((args.sft_runs[0] / "config.yaml").read_text())
@@ -59,6 +62,8 @@ def main() -> None:
     for seed in args.seeds:
         out = args.work_dir / f"score-seed{seed}"
         if not (out / "layer_scores.json").is_file():
+            if args.report_only:
+                raise SystemExit(f"{out}: the DPO score run has not finished")
             ila("score", *common, "--seed", str(seed), "--stage1-max-steps",
                 str(args.stage1_max_steps), "--output-dir", str(out), "--overwrite")  # fmt: skip
         dpo_runs.append(out)
@@ -77,14 +82,17 @@ def main() -> None:
         out = args.work_dir / ("ft-" + "".join(c if c.isalnum() else "-" for c in name))
         scores = [] if rule == ["--all-units"] else ["--scores", str(dpo_runs[0])]
         if not (out / "finetune_summary.json").is_file():
+            if args.report_only:
+                continue
             ila("finetune", *common, *rule, *scores, "--max-steps", str(args.steps),
                 "--seed", "0", "--output-dir", str(out), "--overwrite")  # fmt: skip
         tuned[name] = json.loads((out / "finetune_summary.json").read_text())
     base_dir = args.work_dir / "eval-base"
-    if not (base_dir / "eval_results.json").is_file():
+    if not (base_dir / "eval_results.json").is_file() and not args.report_only:
         ila("eval", *common, "--eval-generate-examples", "0", "--output-dir", str(base_dir),
             "--overwrite")  # fmt: skip
-    base = json.loads((base_dir / "eval_results.json").read_text())["metrics"]
+    base_file = base_dir / "eval_results.json"
+    base = json.loads(base_file.read_text())["metrics"] if base_file.is_file() else None
     metas = [json.loads((r / "layer_scores.json").read_text())["meta"] for r in dpo_runs]
 
     lines = [
@@ -113,15 +121,25 @@ def main() -> None:
         "",
         "| model | trainable params | prefers chosen | margin | s/step |",
         "|---|---:|---:|---:|---:|",
-        f"| base model | - | {base['preference_accuracy']:.3f} | "
-        f"{base['preference_margin']:.3f} | - |",
     ]
+    if base is not None:
+        lines.append(
+            f"| base model | - | {base['preference_accuracy']:.3f} | "
+            f"{base['preference_margin']:.3f} | - |"
+        )
     for name, summary in tuned.items():
         lines.append(
             f"| DPO, {name} | {summary['trainable_parameters']:,} | "
             f"{summary['preference_accuracy']:.3f} | {summary['preference_margin']:.3f} | "
             f"{summary['seconds_per_step']:.2f} |"
         )
+    missing = [name for name in RULES if name not in tuned]
+    if missing or base is None:
+        lines += [
+            "",
+            "Not run in this measurement (the script starts them when run without "
+            f"--report-only): {', '.join(missing + ([] if base else ['the base model']))}.",
+        ]
     markdown = "\n".join(lines)
     write_section("bench_dpo", markdown)
     print(markdown)

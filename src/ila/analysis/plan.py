@@ -308,6 +308,40 @@ def plan_run(
     def seconds(steps: int) -> float | None:
         return None if tps is None else steps * tokens_per_step / tps
 
+    stage1, stage2 = _scoring_stages(config, shape, base_weights, common, seconds)
+    tuned, lowest, how = _finetune_units(shape, config, selection)
+    finetune = _finetune_stage(config, shape, tuned, lowest, how, common, seconds)
+    shards = max(config.plan.fsdp, config.plan.zero3)
+    stages = [stage1, stage2, finetune]
+    if shards > 1:
+        how = f"FSDP over {shards}" if config.plan.fsdp > 1 else f"ZeRO-3 over {shards}"
+        stages = [_sharded(stage, shards, _block_bytes(shape, config), how) for stage in stages]
+    return Plan(
+        model=config.model.model,
+        model_type=shape.model_type,
+        architecture=shape.architecture,
+        num_blocks=shape.layer_map.num_blocks,
+        num_units=len(shape.layer_map.units),
+        parameters=shape.parameters,
+        dtype=dtype,
+        tokens_per_step=tokens_per_step,
+        micro_batch_tokens=b * s,
+        tokens_per_second=tps,
+        stages=stages,
+    )
+
+
+def _scoring_stages(
+    config: PlanConfig,
+    shape: ModelShape,
+    base_weights: int,
+    common: dict[str, Any],
+    seconds: Any,
+) -> tuple[StagePlan, StagePlan]:
+    """Stages 1 and 2: a LoRA stage 1 and its gates, or a full stage 1 (W(0) kept) and
+    gates on its weight changes; NF4 noted for a 4-bit base."""
+    lora, dtype = config.lora, config.model.dtype
+    dropout = common["dropout"]
     lora_units = list(shape.lora_map.units)
     blocks = {u.block for u in lora_units}
     gates = len(lora_units) if config.stage2.unit == "module" else len(blocks)
@@ -372,26 +406,7 @@ def plan_run(
         )
         stage1 = replace(stage1, notes=[*stage1.notes, note])
         stage2 = replace(stage2, notes=[*stage2.notes, note])
-    tuned, lowest, how = _finetune_units(shape, config, selection)
-    finetune = _finetune_stage(config, shape, tuned, lowest, how, common, seconds)
-    shards = max(config.plan.fsdp, config.plan.zero3)
-    stages = [stage1, stage2, finetune]
-    if shards > 1:
-        how = f"FSDP over {shards}" if config.plan.fsdp > 1 else f"ZeRO-3 over {shards}"
-        stages = [_sharded(stage, shards, _block_bytes(shape, config), how) for stage in stages]
-    return Plan(
-        model=config.model.model,
-        model_type=shape.model_type,
-        architecture=shape.architecture,
-        num_blocks=shape.layer_map.num_blocks,
-        num_units=len(shape.layer_map.units),
-        parameters=shape.parameters,
-        dtype=dtype,
-        tokens_per_step=tokens_per_step,
-        micro_batch_tokens=b * s,
-        tokens_per_second=tps,
-        stages=stages,
-    )
+    return stage1, stage2
 
 
 def _finetune_units(

@@ -245,6 +245,32 @@ def _save_scores(scores: LayerScores, output_dir: Path) -> list[Path]:
     return report_files
 
 
+def _check_combination(config: ScoreConfig, method: str) -> None:
+    """Refuse settings that cannot go together, before anything is loaded."""
+    stage1 = config.stage1.method
+    if config.model.quantization == "nf4" and stage1 == "full":
+        raise IlaError(
+            "--quantization nf4 with --stage1-method full: 4-bit weights cannot be fine-tuned; "
+            "use --stage1-method lora (LoRA on the 4-bit base) or --quantization none"
+        )
+    if config.train.objective == "dpo" and stage1 == "full":
+        raise IlaError(
+            "--objective dpo with --stage1-method full: DPO's reference is the model "
+            "without the stage-1 update, which a full fine-tune cannot switch off; use "
+            "--stage1-method lora"
+        )
+    if config.train.objective == "dpo" and method in ("grad-norm", "block-influence"):
+        raise IlaError(
+            f"--objective dpo: the {method} scorer reads supervised examples, not "
+            "preference pairs; use --scorer ila (or lora-norm, snr, first, last, random)"
+        )
+    if method == "lora-norm" and stage1 != "lora":
+        raise IlaError(
+            "--stage1-method full: the lora-norm scorer ranks LoRA update norms; use it with "
+            "--stage1-method lora, or --scorer ila to gate the full fine-tuning deltas"
+        )
+
+
 @runs_locked
 def score(
     config: ScoreConfig,
@@ -267,28 +293,7 @@ def score(
     if resume and overwrite:
         raise IlaError("--resume and --overwrite contradict each other; pass one of them")
     scorer = get_scorer(method)  # fail on a misspelled method before loading anything
-    if config.model.quantization == "nf4" and config.stage1.method == "full":
-        raise IlaError(
-            "--quantization nf4 with --stage1-method full: 4-bit weights cannot be fine-tuned; "
-            "use --stage1-method lora (LoRA on the 4-bit base) or --quantization none"
-        )
-    if config.train.objective == "dpo":
-        if config.stage1.method == "full":
-            raise IlaError(
-                "--objective dpo with --stage1-method full: DPO's reference is the model "
-                "without the stage-1 update, which a full fine-tune cannot switch off; use "
-                "--stage1-method lora"
-            )
-        if method in ("grad-norm", "block-influence"):
-            raise IlaError(
-                f"--objective dpo: the {method} scorer reads supervised examples, not "
-                "preference pairs; use --scorer ila (or lora-norm, snr, first, last, random)"
-            )
-    if method == "lora-norm" and config.stage1.method != "lora":
-        raise IlaError(
-            "--stage1-method full: the lora-norm scorer ranks LoRA update norms; use it with "
-            "--stage1-method lora, or --scorer ila to gate the full fine-tuning deltas"
-        )
+    _check_combination(config, method)
     if config.ensemble.seeds > 1:
         return _score_ensemble(
             config,

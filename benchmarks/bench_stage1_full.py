@@ -112,7 +112,7 @@ def main() -> None:
             f"| `{run}` | {method} | {f['T']} | {f['stable']} | {f['s1']:.2f} | {f['s2']:.2f} |"
         )
     lines += ["", "Memory by `ila plan` for these settings (peak of the stage, GB):", ""]
-    lines += ["| stage 1 | stage 1 | stage 2 |", "|---|---:|---:|"]
+    lines += ["| stage-1 method | stage 1 | stage 2 |", "|---|---:|---:|"]
     for method in ("lora", "full"):
         first, second = (stage.peak_bytes / 1e9 for stage in plan_for(config, method).stages[:2])
         lines.append(f"| {method} | {first:.2f} | {second:.2f} |")

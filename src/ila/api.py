@@ -246,12 +246,10 @@ def model_source(model: ModelArgument, tokenizer: Any = None) -> str | None:
             tokenizer.save_pretrained(staging)
             staging.rename(path)
         except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
             if not (path / "config.json").is_file():  # not a concurrent save of the same model
                 raise IlaError(f"cannot save the loaded model to {path}: {exc}") from exc
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already once renamed
     return str(path)
 
 

@@ -171,11 +171,9 @@ class FullUpdate(LoraUpdate):
         load_unit_weights(self.model, self.layer_map, folder)
 
     def save(self, folder: Path) -> None:
-        current = {
-            u.name: unit_weight(self.model, u.module_path).detach() - self.initial[u.name]
-            for u in self.layer_map.units
-        }
-        save_deltas(folder / DELTAS_FILE, current, self.layer_map)
+        # Taking the deltas here (rather than a copy of W - W(0) beside them) keeps two
+        # copies of the unit weights at most; stage 2 reuses them.
+        save_deltas(folder / DELTAS_FILE, self.deltas(), self.layer_map)
 
     def deltas(self) -> dict[str, torch.Tensor]:
         """Delta_i of every unit; the model's unit weights are back at W_i(0) from here on."""

@@ -214,5 +214,6 @@ def test_example_accelerate_configs_exist_and_name_their_backend():
         "deepspeed_zero3.yaml": "DEEPSPEED",
     }
     fsdp = yaml.safe_load((folder / "fsdp.yaml").read_text())["fsdp_config"]
-    assert fsdp["fsdp_sharding_strategy"] == "FULL_SHARD" and fsdp["fsdp_use_orig_params"]
+    assert fsdp["fsdp_version"] == 2  # ila refuses FSDP1 (tests/test_fsdp.py)
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"

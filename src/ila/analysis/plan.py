@@ -314,7 +314,11 @@ def plan_run(
     shards = max(config.plan.fsdp, config.plan.zero3)
     stages = [stage1, stage2, finetune]
     if shards > 1:
-        how = f"FSDP over {shards}" if config.plan.fsdp > 1 else f"ZeRO-3 over {shards}"
+        how = (
+            f"FSDP over {shards}"
+            if config.plan.fsdp > 1
+            else f"ZeRO-3 over {shards} (ila refuses ZeRO-3 launches; FSDP2 runs)"
+        )
         stages = [_sharded(stage, shards, _block_bytes(shape, config), how) for stage in stages]
     return Plan(
         model=config.model.model,

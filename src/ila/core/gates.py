@@ -14,8 +14,9 @@ update is Delta_i = W_i(T) - W_i(0) and a hook on the unit's module adds gamma_i
 
 The gate scores live in a :class:`GateBank` registered as a submodule of the model, so
 the HF Trainer's optimizer sees them and data-parallel training (DDP) all-reduces their
-gradients like any other parameter. Launches that shard parameters (FSDP, ZeRO-3) are
-refused by :mod:`ila.train.parallel`: the gates are read and shifted outside the forward pass.
+gradients like any other parameter. Under FSDP2 the scores are read whole
+(:func:`ila.train.sharding.whole`); gates added to a model stage 1 already sharded get their
+gradients averaged by :func:`ila.train.sharding.average_unmanaged_gradients`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 
 from ila.core.layers import LayerMap, Unit
 from ila.errors import IlaError
+from ila.train.sharding import whole
 
 __all__ = [
     "GATE_MODULE_NAME",
@@ -85,11 +87,12 @@ def project_to_budget(
     [choice] The ``project`` budget: the relaxed constraint mean(gamma) = H is kept exactly
     after every optimizer step (bisection on c; mean(sigmoid(s + c)) is increasing in c),
     so no penalty weight needs tuning and only the loss decides the order of the units.
-    A common shift leaves the ranking unchanged.
+    A common shift leaves the ranking unchanged. Under FSDP every process computes the
+    shift from the whole scores and moves its own slice.
     """
     if not 0 < target_fraction < 1:
         raise IlaError(f"--stage2-target-fraction must be in (0, 1), got {target_fraction}")
-    values = scores.detach().double()
+    values = whole(scores.detach()).double()
     low = -values.max().item() - 50.0
     high = -values.min().item() + 50.0
     for _ in range(iterations):
@@ -114,13 +117,18 @@ class GatedModel:
     granularity: str
     _handles: list[torch.utils.hooks.RemovableHandle]
 
+    def gammas(self) -> torch.Tensor:
+        """gamma = sigmoid(s) of every gate, whole (gathered under FSDP), with autograd: for
+        the budget term. Under FSDP a collective: every process must call it."""
+        return torch.sigmoid(whole(self.bank.scores))
+
     def gate_values(self) -> torch.Tensor:
-        """gamma = sigmoid(s), detached, on CPU."""
-        return self.bank().detach().float().cpu()
+        """gamma = sigmoid(s), detached, on CPU (whole; a collective under FSDP)."""
+        return self.gammas().detach().float().cpu()
 
     def raw_scores(self) -> torch.Tensor:
-        """s, detached, on CPU."""
-        return self.bank.scores.detach().float().cpu()
+        """s, detached, on CPU (whole; a collective under FSDP)."""
+        return whole(self.bank.scores.detach()).float().cpu()
 
     def detach(self) -> None:
         """Remove every hook and the gate module; the model computes theta_0 + Delta again."""

@@ -17,6 +17,7 @@ from torch import nn
 from ila.config import LoraSettings
 from ila.core.layers import LayerMap, Unit, peft_target_modules
 from ila.errors import IlaError
+from ila.train.sharding import whole
 
 __all__ = ["add_lora", "lora_update_norms", "read_unit_lora", "set_unit_lora", "unit_lora_layer"]
 
@@ -109,8 +110,9 @@ def lora_update_norms(
     norms = []
     for unit in layer_map.units:
         layer = unit_lora_layer(model, unit)
-        a = layer.lora_A[adapter_name].weight.float()  # (r, d_in)
-        b = layer.lora_B[adapter_name].weight.float()  # (d_out, r)
+        # Whole under FSDP (gathered: a collective, every process computes the norms).
+        a = whole(layer.lora_A[adapter_name].weight).float()  # (r, d_in)
+        b = whole(layer.lora_B[adapter_name].weight).float()  # (d_out, r)
         squared = torch.trace((b.T @ b) @ (a @ a.T)).clamp_min(0.0)
         norms.append(layer.scaling[adapter_name] * squared.sqrt())
     return torch.stack(norms).cpu()

@@ -43,6 +43,7 @@ from ila.rundir import (
     run_directory,
     runs_locked,
 )
+from ila.train.parallel import require_supported_launch
 
 __all__ = [
     "COMPARISON_FILE",
@@ -98,6 +99,7 @@ def evaluate(
     adapter was made on this model, unless ``allow_other_model``) before the output
     directory is created, so bad input leaves nothing behind.
     """
+    require_supported_launch(config.model.device, command="eval")
     output_dir = Path(output_dir)
     main = is_main_process()
     inputs = [*input_paths(config), adapter]

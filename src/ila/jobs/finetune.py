@@ -63,6 +63,7 @@ from ila.train.checkpoints import (
 )
 from ila.train.parallel import require_supported_launch
 from ila.train.precision import PrecisionChoice
+from ila.train.sharding import whole_tensors
 from ila.train.trainer import (
     MetricsLogger,
     StepValues,
@@ -200,16 +201,9 @@ def finetune(
         trainer, seconds, values = _train(config, model, loaded, output_dir, resume)
         held_out = _held_out(config, model, loaded) if measure_held_out else {}
         summary = _summary(settings, loaded, counts, trainer, seconds, values, held_out)
+        tuned = _tuned_state(model, settings, keep=trainer.is_world_process_zero())
         if trainer.is_world_process_zero():
-            _save(
-                model,
-                loaded.tokenizer,
-                loaded.layer_map,
-                loaded.units,
-                settings,
-                output_dir,
-                loaded.identity,
-            )
+            _save(model, loaded.tokenizer, tuned, settings, output_dir, loaded.identity)
             atomic_write_json(output_dir / FINETUNE_SUMMARY_FILE, summary)
             mark_stage(output_dir, "finetune")
         return FinetuneRun(output_dir, loaded.selection, summary)
@@ -226,7 +220,12 @@ def _check_request(
     stage1_run: Path | None,
 ) -> PrecisionChoice:
     """Everything that can be refused before data and model are loaded."""
-    require_supported_launch(config.model.device)
+    require_supported_launch(
+        config.model.device,
+        command="finetune",
+        quantization="nf4" if config.finetune.method == "qlora" else config.model.quantization,
+        merge=config.finetune.merge,
+    )
     precision = train_precision(config.train, config.model.device)  # fp16 on CPU fails here
     if resume and overwrite:
         raise IlaError("--resume and --overwrite contradict each other; pass one of them")
@@ -549,23 +548,29 @@ def finetune_step(
     )
 
 
-def _save(model, tokenizer, layer_map, units, settings, output_dir: Path, identity) -> None:
-    """Save what was tuned; beside it, the base model's fingerprint (``ila eval --adapter``
-    checks it)."""
+def _tuned_state(model, settings, *, keep: bool) -> dict[str, torch.Tensor]:
+    """What the fine-tune changed, on the CPU: the LoRA weights, or the trainable weights of
+    a full fine-tune. Under FSDP they are gathered whole (every process must call this) and
+    only the process that writes (``keep``) holds the copy."""
+    if settings.method in ("lora", "qlora"):
+        tuned = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    else:
+        tuned = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    return whole_tensors(tuned, keep=keep)
+
+
+def _save(model, tokenizer, tuned, settings, output_dir: Path, identity) -> None:
+    """Save what was tuned (``tuned``, from :func:`_tuned_state`); beside it, the base
+    model's fingerprint (``ila eval --adapter`` checks it)."""
     if settings.method in ("lora", "qlora"):
         with atomic_directory(output_dir / "adapter") as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=tuned)
             atomic_write_json(tmp / BASE_MODEL_FILE, identity.to_dict())
     else:
         from safetensors.torch import save_file
 
-        changed = {
-            name: param.detach().cpu().contiguous()
-            for name, param in model.named_parameters()
-            if param.requires_grad
-        }
         with atomic_directory(output_dir / "changed_weights") as tmp:
-            save_file(changed, str(tmp / "changed_weights.safetensors"))
+            save_file(tuned, str(tmp / "changed_weights.safetensors"))
             atomic_write_json(tmp / BASE_MODEL_FILE, identity.to_dict())
     if settings.merge:
         merged = model.merge_and_unload() if settings.method in ("lora", "qlora") else model

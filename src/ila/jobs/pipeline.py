@@ -304,7 +304,11 @@ def score(
             command=command,
         )
     require_supported_launch(
-        config.model.device, project_budget=method == "ila" and config.stage2.budget == "project"
+        config.model.device,
+        project_budget=method == "ila" and config.stage2.budget == "project",
+        scorer=method,
+        stage1_method=config.stage1.method,
+        quantization=config.model.quantization,
     )
     from ila.train.trainer import train_precision
 
@@ -517,6 +521,12 @@ def run(
     from ila.core.selection import select_units
     from ila.jobs.finetune import finetune_step
 
+    require_supported_launch(
+        config.model.device,
+        command="run",
+        evaluate=config.run.evaluate and config.run.finetune,
+        merge=config.finetune.merge and config.run.finetune,
+    )
     if config.run.evaluate and config.run.finetune:
         from ila.jobs.evaluate import check_eval_inputs
 

@@ -29,6 +29,7 @@ import torch
 
 from ila.errors import IlaError
 from ila.rundir import atomic_write_json
+from ila.train.parallel import fsdp_requested
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -201,7 +202,12 @@ def load_model(
         )
     else:
         loaded = _from_pretrained(AutoModelForCausalLM, model, source, dtype=torch_dtype)
-        loaded.to(target)
+        if target.type == "cuda" and fsdp_requested():
+            # FSDP shards the model from the CPU onto each process's GPU when the Trainer
+            # prepares it; a whole copy on one GPU first would not fit a large model.
+            logger.info("FSDP launch: the model stays on the CPU until FSDP shards it")
+        else:
+            loaded.to(target)
     generation_config = getattr(loaded, "generation_config", None)
     if generation_config is not None and generation_config.pad_token_id is None:
         generation_config.pad_token_id = tokenizer.pad_token_id

@@ -69,6 +69,7 @@ from ila.train.checkpoints import (
     load_adapter_weights,
     rewind_metrics,
 )
+from ila.train.sharding import average_unmanaged_gradients, whole_tensors
 from ila.train.trainer import (
     AfterStep,
     MetricsLogger,
@@ -139,8 +140,15 @@ class LoraUpdate:
         """Take up the update of a Trainer checkpoint."""
         load_adapter_weights(self.model, folder)
 
-    def save(self, folder: Path) -> None:
-        self.model.save_pretrained(folder)
+    def gather(self) -> dict[str, torch.Tensor]:
+        """What :meth:`save` writes, whole on the main process (under FSDP the LoRA weights
+        are gathered; every process must call it)."""
+        lora = {k: v for k, v in self.model.state_dict().items() if "lora_" in k}
+        return whole_tensors(lora, keep=is_main_process())
+
+    def save(self, folder: Path, state: dict[str, torch.Tensor]) -> None:
+        """Write the adapter (peft ``save_pretrained``) from :meth:`gather`'s ``state``."""
+        self.model.save_pretrained(folder, state_dict=state)
 
 
 class FullUpdate(LoraUpdate):
@@ -170,7 +178,10 @@ class FullUpdate(LoraUpdate):
     def load_checkpoint(self, folder: Path) -> None:
         load_unit_weights(self.model, self.layer_map, folder)
 
-    def save(self, folder: Path) -> None:
+    def gather(self) -> dict[str, torch.Tensor]:
+        return {}  # full stage 1 is refused under FSDP (ila.train.parallel): nothing to gather
+
+    def save(self, folder: Path, state: dict[str, torch.Tensor]) -> None:
         # Taking the deltas here (rather than a copy of W - W(0) beside them) keeps two
         # copies of the unit weights at most; stage 2 reuses them.
         save_deltas(folder / DELTAS_FILE, self.deltas(), self.layer_map)
@@ -257,9 +268,10 @@ def run_stage1(
             "learned at the cap (raise --stage1-max-steps or --stage1-epsilon)",
             cfg.max_steps,
         )
+    state = update.gather()
     if is_main_process():
         with atomic_directory(out / update.folder) as tmp:
-            update.save(tmp)
+            update.save(tmp, state)
         atomic_write_json(out / STAGE_SUMMARY_FILE, summary)
         mark_stage(ctx.output_dir, "stage1")
     return summary
@@ -385,6 +397,8 @@ def run_stage2(
         gated = attach_delta_gates(
             model, ctx.layer_map, deltas, granularity=cfg.unit, init_score=cfg.init_score
         )
+    # Under FSDP a model stage 1 already sharded does not manage the new gates (ila.train.sharding).
+    average_unmanaged_gradients(model, [gated.bank.scores])
     log.info(
         "stage 2: %d %s gates for %d steps of %d micro-batches",
         len(gated.gate_names),
@@ -485,7 +499,7 @@ class _GateRecord:
     def budget(self) -> torch.Tensor:
         cfg = self.cfg
         value = budget_loss(
-            self.gated.bank(),
+            self.gated.gammas(),
             kind=cfg.budget,
             weight=cfg.budget_weight,
             target_fraction=cfg.target_fraction,

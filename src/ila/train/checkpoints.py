@@ -98,6 +98,9 @@ class CheckpointState(TrainerCallback):
 
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
+        # Every process reads the extra state (gathering gate scores under FSDP is a
+        # collective); the main process writes it.
+        extra = self.extra_state() if self.extra_state is not None else {}
         if not state.is_world_process_zero:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -109,8 +112,7 @@ class CheckpointState(TrainerCallback):
             "extra": self.values.extra,
             "unit_values": {str(k): v for k, v in self.values.unit_values.items()},
         }
-        if self.extra_state is not None:
-            payload.update(self.extra_state())
+        payload.update(extra)
         atomic_write_json(folder / CHECKPOINT_STATE_FILE, payload)
 
 

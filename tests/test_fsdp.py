@@ -209,3 +209,50 @@ def test_fsdp_launch_on_two_gpus_matches_one_process(tiny_model_dir, tmp_path):
         )
         < 1e-2
     )
+
+
+@pytest.mark.skipif(_gpus() < 2, reason="needs 2 CUDA GPUs (accelerate's FSDP needs GPUs)")
+def test_fsdp_score_resumes_after_sigkill_like_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    """Under accelerate's FSDP2 on 2 GPUs: killed mid stage 1 (SIGKILL to every process) and
+    resumed, the run ends with the uninterrupted run's T, loss curve and ranking."""
+    import signal
+    import time
+
+    accelerate = [str(BIN / "accelerate"), "launch", "--config_file",
+                  str(REPO / "examples/accelerate/fsdp.yaml"), "--num_processes", "2",
+                  "-m", "ila", "-q", "score", "--model", str(tiny_model_dir)]  # fmt: skip
+    args = ["--max-length", "64", "--limit", "80", "--batch-size", "2", "--save-steps", "4",
+            "--stage1-learning-rate", "0.01", "--stage1-max-steps", "60",
+            "--stage1-min-steps", "30", "--stage1-window", "5", "--stage1-patience", "2",
+            "--stage1-epsilon", "0.3", "--stage1-rank-epsilon", "0.5",
+            "--stage2-steps", "20"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
+
+    def launch(out: Path, *extra: str) -> subprocess.Popen:
+        port = ["--main_process_port", str(_free_port())]
+        command = [*accelerate[:6], *port, *accelerate[6:], "--output-dir", str(out), *args]
+        return subprocess.Popen(
+            [*command, *extra],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=(out.parent / f"{out.name}.log").open("w"),
+        )
+
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    assert launch(straight).wait(timeout=1800) == 0
+    proc = launch(cut)
+    deadline = time.monotonic() + 1800
+    while not list((cut / "stage1" / "trainer").glob("checkpoint-8/ila_state.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint to kill at"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert launch(cut, "--resume").wait(timeout=1800) == 0
+    one = json.loads((straight / "stage1" / "summary.json").read_text())
+    two = json.loads((cut / "stage1" / "summary.json").read_text())
+    assert two["T"] == one["T"]
+    assert two["loss_curve"] == pytest.approx(one["loss_curve"], abs=1e-4)
+    ranking = [json.loads((out / "layer_scores.json").read_text())["ranking"]
+               for out in (straight, cut)]  # fmt: skip
+    assert ranking[0] == ranking[1]

@@ -15,7 +15,7 @@ ila-instruct (same prompts and chosen replies), and reports:
 Usage::
 
     python benchmarks/bench_dpo.py --sft-runs runs/bench-overlap/ila-instruct/seed0 ... \\
-        [--seeds 0] [--steps 60] [--stage1-max-steps 150] [--threads 1]
+        [--seeds 0] [--steps 60] [--ft-seeds 0 1 2] [--stage1-max-steps 150] [--threads 1]
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--sft-runs", type=Path, nargs="+", required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=60, help="steps of each DPO fine-tune")
+    parser.add_argument(
+        "--ft-seeds", type=int, nargs="+", default=[0], help="fine-tuning seeds of each selection"
+    )
     parser.add_argument("--stage1-max-steps", type=int, default=150)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-dpo"))
@@ -77,16 +80,19 @@ def main() -> None:
         "SFT vs SFT (seeds)": ranking_pairs(sft, sft, same=True),
         "DPO vs DPO (seeds)": ranking_pairs(dpo, dpo, same=True),
     }
-    tuned: dict[str, dict] = {}
+    tuned: dict[str, list[dict]] = {}
     for name, rule in RULES.items():
-        out = args.work_dir / ("ft-" + "".join(c if c.isalnum() else "-" for c in name))
+        slug = "ft-" + "".join(c if c.isalnum() else "-" for c in name)
         scores = [] if rule == ["--all-units"] else ["--scores", str(dpo_runs[0])]
-        if not (out / "finetune_summary.json").is_file():
-            if args.report_only:
-                continue
-            ila("finetune", *common, *rule, *scores, "--max-steps", str(args.steps),
-                "--seed", "0", "--output-dir", str(out), "--overwrite")  # fmt: skip
-        tuned[name] = json.loads((out / "finetune_summary.json").read_text())
+        for ft_seed in args.ft_seeds:
+            out = args.work_dir / (slug if ft_seed == 0 else f"{slug}-seed{ft_seed}")
+            if not (out / "finetune_summary.json").is_file():
+                if args.report_only:
+                    continue
+                ila("finetune", *common, *rule, *scores, "--max-steps", str(args.steps),
+                    "--seed", str(ft_seed), "--output-dir", str(out), "--overwrite")  # fmt: skip
+            summary = json.loads((out / "finetune_summary.json").read_text())
+            tuned.setdefault(name, []).append({**summary, "ft_seed": ft_seed})
     base_dir = args.work_dir / "eval-base"
     if not (base_dir / "eval_results.json").is_file() and not args.report_only:
         ila("eval", *common, "--eval-generate-examples", "0", "--output-dir", str(base_dir),
@@ -109,29 +115,36 @@ def main() -> None:
         "the structural null of `ila compare`, mean (min-max) over pairs. Command: `python "
         f"benchmarks/bench_dpo.py --threads {args.threads} --steps {args.steps} "
         f"--stage1-max-steps {args.stage1_max_steps} --seeds {' '.join(map(str, args.seeds))} "
-        "--sft-runs " + " ".join(str(r) for r in args.sft_runs) + "`.",
+        "--sft-runs "
+        + " ".join(str(r) for r in args.sft_runs)
+        + f" --ft-seeds {' '.join(map(str, args.ft_seeds))}`.",
         "",
         *pair_rows(rows),
     ]
+    pairs = next(iter(tuned.values()))[0]["preference_pairs"] if tuned else 0
     lines += [
         "",
-        f"DPO fine-tunes (LoRA, {args.steps} steps each, seed 0; selections from the seed-"
-        f"{args.seeds[0]} DPO ranking), held-out pairs: the share where the model gives the "
-        "chosen reply the higher log-probability, and the mean log-probability margin.",
+        f"DPO fine-tunes (LoRA, {args.steps} steps each; selections from the seed-"
+        f"{args.seeds[0]} DPO ranking), on {pairs} held-out pairs: the share where the model "
+        "gives the chosen reply the higher log-probability (one pair is "
+        f"{1 / max(pairs, 1):.3f}), and the mean log-probability margin; mean (min-max) over "
+        "the fine-tuning seeds listed.",
         "",
-        "| model | trainable params | prefers chosen | margin | s/step |",
-        "|---|---:|---:|---:|---:|",
+        "| model | fine-tuning seeds | trainable params | prefers chosen | margin | s/step |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     if base is not None:
         lines.append(
-            f"| base model | - | {base['preference_accuracy']:.3f} | "
+            f"| base model | - | - | {base['preference_accuracy']:.3f} | "
             f"{base['preference_margin']:.3f} | - |"
         )
-    for name, summary in tuned.items():
+    for name, runs in tuned.items():
+        seeds = ", ".join(str(r["ft_seed"]) for r in runs)
         lines.append(
-            f"| DPO, {name} | {summary['trainable_parameters']:,} | "
-            f"{summary['preference_accuracy']:.3f} | {summary['preference_margin']:.3f} | "
-            f"{summary['seconds_per_step']:.2f} |"
+            f"| DPO, {name.removeprefix('DPO ')} | {seeds} | {runs[0]['trainable_parameters']:,} | "
+            f"{_spread([r['preference_accuracy'] for r in runs])} | "
+            f"{_spread([r['preference_margin'] for r in runs])} | "
+            f"{_spread([r['seconds_per_step'] for r in runs], 2)} |"
         )
     missing = [name for name in RULES if name not in tuned]
     if missing or base is None:
@@ -143,6 +156,14 @@ def main() -> None:
     markdown = "\n".join(lines)
     write_section("bench_dpo", markdown)
     print(markdown)
+
+
+def _spread(values: list[float], digits: int = 3) -> str:
+    """The mean, and the min-max when there is more than one value."""
+    mean = f"{sum(values) / len(values):.{digits}f}"
+    if len(values) == 1:
+        return mean
+    return f"{mean} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 if __name__ == "__main__":

@@ -17,9 +17,16 @@ from torch import nn
 from ila.config import LoraSettings
 from ila.core.layers import LayerMap, Unit, peft_target_modules
 from ila.errors import IlaError
-from ila.train.sharding import whole
+from ila.train.sharding import whole, whole_tensors
 
-__all__ = ["add_lora", "lora_update_norms", "read_unit_lora", "set_unit_lora", "unit_lora_layer"]
+__all__ = [
+    "add_lora",
+    "lora_state",
+    "lora_update_norms",
+    "read_unit_lora",
+    "set_unit_lora",
+    "unit_lora_layer",
+]
 
 
 def add_lora(
@@ -94,6 +101,14 @@ def set_unit_lora(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
             f"the stage-1 LoRA weights do not fit this model's LoRA layers "
             f"({list(result.unexpected_keys)[:3]})"
         )
+
+
+def lora_state(model: nn.Module, *, keep: bool = True) -> dict[str, torch.Tensor]:
+    """The LoRA weights of a peft ``model`` by state-dict name, whole and on the CPU, as
+    peft's ``save_pretrained(state_dict=...)`` takes them. Under FSDP they are gathered
+    (every process must call this) and only the process that writes (``keep``) holds them."""
+    lora = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    return whole_tensors(lora, keep=keep)
 
 
 def unit_lora_layer(model: nn.Module, unit: Unit) -> nn.Module:

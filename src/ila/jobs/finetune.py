@@ -29,7 +29,7 @@ from torch import nn
 
 from ila.config import FinetuneConfig, input_paths, recorded_config
 from ila.core.layers import LayerMap, Unit
-from ila.core.lora import add_lora, read_unit_lora, set_unit_lora
+from ila.core.lora import add_lora, lora_state, read_unit_lora, set_unit_lora
 from ila.core.selection import Selection
 from ila.errors import IlaError
 from ila.evaluation import response_loss
@@ -553,9 +553,8 @@ def _tuned_state(model, settings, *, keep: bool) -> dict[str, torch.Tensor]:
     a full fine-tune. Under FSDP they are gathered whole (every process must call this) and
     only the process that writes (``keep``) holds the copy."""
     if settings.method in ("lora", "qlora"):
-        tuned = {k: v for k, v in model.state_dict().items() if "lora_" in k}
-    else:
-        tuned = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        return lora_state(model, keep=keep)
+    tuned = {name: p for name, p in model.named_parameters() if p.requires_grad}
     return whole_tensors(tuned, keep=keep)
 
 

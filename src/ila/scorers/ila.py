@@ -46,7 +46,7 @@ from ila.core.gates import (
     project_to_budget,
 )
 from ila.core.layers import LayerMap
-from ila.core.lora import add_lora, lora_update_norms
+from ila.core.lora import add_lora, lora_state, lora_update_norms
 from ila.core.scores import LayerScores, UnitScore, jaccard
 from ila.core.stability import make_detector, top_set
 from ila.errors import IlaError
@@ -69,7 +69,7 @@ from ila.train.checkpoints import (
     load_adapter_weights,
     rewind_metrics,
 )
-from ila.train.sharding import average_unmanaged_gradients, whole_tensors
+from ila.train.sharding import average_unmanaged_gradients
 from ila.train.trainer import (
     AfterStep,
     MetricsLogger,
@@ -143,8 +143,7 @@ class LoraUpdate:
     def gather(self) -> dict[str, torch.Tensor]:
         """What :meth:`save` writes, whole on the main process (under FSDP the LoRA weights
         are gathered; every process must call it)."""
-        lora = {k: v for k, v in self.model.state_dict().items() if "lora_" in k}
-        return whole_tensors(lora, keep=is_main_process())
+        return lora_state(self.model, keep=is_main_process())
 
     def save(self, folder: Path, state: dict[str, torch.Tensor]) -> None:
         """Write the adapter (peft ``save_pretrained``) from :meth:`gather`'s ``state``."""

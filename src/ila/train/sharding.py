@@ -68,15 +68,12 @@ def average_unmanaged_gradients(model: nn.Module, params: Iterable[nn.Parameter]
     if not any(is_sharded(p) for p in model.parameters()):
         return 0
     world = dist.get_world_size()
-    hooked = 0
-    for param in params:
-        if is_sharded(param):
-            continue
 
-        def average(p: torch.Tensor) -> None:
-            dist.all_reduce(p.grad)
-            p.grad.div_(world)
+    def average(param: torch.Tensor) -> None:
+        dist.all_reduce(param.grad)
+        param.grad.div_(world)
 
+    unmanaged = [p for p in params if not is_sharded(p)]
+    for param in unmanaged:
         param.register_post_accumulate_grad_hook(average)
-        hooked += 1
-    return hooked
+    return len(unmanaged)

@@ -11,7 +11,11 @@ seed under one clean protocol: max length 128, split seed 0, batch 4, lr 1e-3) a
    from the recording's last snapshot, and measures the paper's epsilon-stable claim as
    Jaccard(mask at T, mask at the end), next to the seed-to-seed and cross-dataset
    overlap at both points, chance and the structural null (shuffle within module type);
-3. on one adapter (the first recording, at its T), learns stage 2 with several
+3. learns stage 2 from the average of the LoRA weights over the last
+   ``--average-snapshots`` snapshots up to T and up to the end (a tail average of the
+   stage-1 iterates, which removes part of the SGD noise of the last iterate at a
+   constant learning rate) and compares seed-to-seed agreement with the last iterate's;
+4. on one adapter (the first recording, at its T), learns stage 2 with several
    stage-2 seeds for each gradient accumulation in ``--accums``, and compares the
    same-adapter agreement of the last iterate and of the tail-averaged s.
 
@@ -104,12 +108,22 @@ def rule_t(curve: dict, kwargs: dict) -> int | None:
     return detect_stable(loss, unit_values=norms, **kwargs)
 
 
+def snapshot_steps(curve: dict) -> list[int]:
+    return sorted(int(p.stem.split("-")[1]) for p in (curve["dir"] / "snapshots").glob("*"))
+
+
 def snapshot_step(curve: dict, t: int | None) -> int:
     """The snapshot at T (rounded up to the snapshot grid), or the last one."""
-    steps = sorted(int(p.stem.split("-")[1]) for p in (curve["dir"] / "snapshots").glob("*"))
+    steps = snapshot_steps(curve)
     if t is None:
         return steps[-1]
     return min((s for s in steps if s >= t), default=steps[-1])
+
+
+def snapshot_window(curve: dict, step: int, count: int) -> tuple[int, ...]:
+    """The ``count`` snapshots ending at ``step`` (fewer where the recording starts later)."""
+    steps = [s for s in snapshot_steps(curve) if s <= step]
+    return tuple(steps[-count:])
 
 
 class Stage2Runner:
@@ -137,7 +151,11 @@ class Stage2Runner:
             self.features[data] = (features, data_fingerprint(train))
         return self.features[data]
 
-    def run(self, curve: dict, step: int, seed: int, accum: int, out: Path) -> dict:
+    def run(
+        self, curve: dict, step: int | tuple[int, ...], seed: int, accum: int, out: Path
+    ) -> dict:
+        """Stage 2 on the snapshot at ``step``, or on the mean of the LoRA weights of the
+        snapshots at several steps (a tail average of stage 1)."""
         summary_path = out / "stage2" / "summary.json"
         if summary_path.is_file():
             return json.loads(summary_path.read_text())
@@ -152,7 +170,11 @@ class Stage2Runner:
 
         features, fingerprint = self._features(curve["data"])
         peft_model = add_lora(self.model, self.layer_map.units, LoraSettings(), seed=0)
-        weights = load_file(str(curve["dir"] / "snapshots" / f"step-{step}.safetensors"))
+        steps = step if isinstance(step, tuple) else (step,)
+        loaded = [
+            load_file(str(curve["dir"] / "snapshots" / f"step-{s}.safetensors")) for s in steps
+        ]
+        weights = {name: torch.stack([w[name] for w in loaded]).mean(0) for name in loaded[0]}
         set_peft_model_state_dict(peft_model, weights)
         config = ScoreConfig()
         config = dataclasses.replace(
@@ -207,7 +229,17 @@ def main() -> None:
         "--data", nargs="+", help="learn stage 2 for these datasets only (the report uses all)"
     )
     parser.add_argument(
-        "--points", nargs="+", default=["T", "end"], help="stage-1 points to learn stage 2 at"
+        "--points",
+        nargs="+",
+        default=["T", "end", "T-avg", "end-avg"],
+        help="stage-1 points to learn stage 2 at (-avg: the LoRA average of the snapshots "
+        "ending there)",
+    )
+    parser.add_argument(
+        "--average-snapshots",
+        type=int,
+        default=3,
+        help="snapshots averaged for the -avg points (3 = the last 40 steps on the 20-step grid)",
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
@@ -259,6 +291,25 @@ def main() -> None:
                 runner.run(curve, step, key[1], 2, out)
             if (out / "stage2" / "summary.json").is_file():
                 masks[(*key, label)] = tail_scores(out, ScoreConfig().stage2.tail_fraction)
+    # 3. The same two points from the LoRA average of the snapshots ending there.
+    windows = {
+        (key, label): snapshot_window(curve, steps_used[key][index], args.average_snapshots)
+        for index, label in ((0, "T-avg"), (1, "end-avg"))
+        for key, curve in recordings.items()
+    }
+    if args.average_snapshots > 1:
+        for label in ("T-avg", "end-avg"):
+            for key, curve in recordings.items():
+                window = windows[(key, label)]
+                if len(window) < 2:
+                    continue
+                name = "-".join(map(str, window))
+                out = curve["dir"] / "stage2" / f"avg-{name}-accum2-seed{key[1]}"
+                wanted = label in args.points and (not args.data or key[0] in args.data)
+                if runner is not None and wanted:
+                    runner.run(curve, window, key[1], 2, out)
+                if (out / "stage2" / "summary.json").is_file():
+                    masks[(*key, label)] = tail_scores(out, ScoreConfig().stage2.tail_fraction)
 
     def pair_row(label: str, pairs: list[tuple[list[float], list[float]]]) -> str:
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
@@ -304,6 +355,23 @@ def main() -> None:
             ]
             if pairs:
                 overlap_rows.append(pair_row(f"{data}: seed vs seed, at {point}", pairs))
+        for point in ("T", "end"):
+            averaged = [key for key in keys if (*key, f"{point}-avg") in masks]
+            if not averaged:
+                continue
+            window = windows[(averaged[0], f"{point}-avg")]
+            span = f"LoRA averaged over steps {window[0]}-{window[-1]}"
+            overlap_rows.append(
+                pair_row(
+                    f"{data}: {span} vs last iterate (same run)",
+                    [(masks.get((*key, f"{point}-avg")), masks.get((*key, point))) for key in keys],
+                )
+            )
+            pairs = [
+                (masks.get((*a, f"{point}-avg")), masks.get((*b, f"{point}-avg")))
+                for a, b in itertools.combinations(keys, 2)
+            ]
+            overlap_rows.append(pair_row(f"{data}: seed vs seed, at {point}, {span}", pairs))
     for point in ("T", "end"):
         pairs = [
             (masks.get((*a, point)), masks.get((*b, point)))
@@ -381,7 +449,7 @@ def main() -> None:
         if norms and (*key, "T") in masks:
             norm_rows.append(f"{key[0]} seed {key[1]}: {spearman(masks[(*key, 'T')], norms):.2f}")
 
-    # 3. Stage-2 variants on one adapter.
+    # 4. Stage-2 variants on one adapter.
     variant_rows = []
     if not args.skip_variants:
         key = min(recordings, key=lambda k: (k[0] != "ila-instruct", k))

@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ila.analysis.compare import compare_scores
 from ila.cli import main as ila_main
-from ila.core.scores import LayerScores, UnitScore, expected_random_jaccard, jaccard, top_count
+from ila.core.ensemble import consensus, split_agreement
+from ila.core.scores import LayerScores, expected_random_jaccard, jaccard, top_count
 from ila.reporting.figures import pyplot, save_png
 from results_file import write_section
 
@@ -72,29 +73,6 @@ def ensure_run(work_dir: Path, data: str, seed: int) -> LayerScores:
         if ila_main([*argv, *DATA_FLAGS[data], "--overwrite"]) != 0:
             raise SystemExit(f"ila score failed for {data} seed {seed}")
     return LayerScores.load(out)
-
-
-def consensus(runs: list[LayerScores]) -> LayerScores:
-    """One ranking per dataset: each unit's importance averaged over the seeds."""
-    first = runs[0]
-    by_name = [{u.name: u for u in r.units} for r in runs]
-    units = [
-        UnitScore(
-            name=u.name,
-            block=u.block,
-            module_type=u.module_type,
-            importance=statistics.fmean(b[u.name].importance for b in by_name),
-            raw=statistics.fmean(b[u.name].raw for b in by_name),
-        )
-        for u in first.units
-    ]
-    return LayerScores(
-        method="consensus",
-        model_id=first.model_id,
-        unit_kind=first.unit_kind,
-        units=units,
-        layout=first.layout,
-    )
 
 
 def pair_stats(
@@ -136,6 +114,33 @@ def block_pair_stats(
             top_a, top_b = block_top(groups[a][x], fraction), block_top(groups[b][y], fraction)
             out.append(jaccard(sorted(top_a), sorted(top_b)))
     return out
+
+
+def ensemble_lines(groups: dict[str, list[LayerScores]]) -> list[str]:
+    """How reproducible a consensus of K seeds is (what `ila score --seeds N` buys): the
+    Jaccard between the consensus rankings of two disjoint groups of K runs of one dataset,
+    over every such pair of groups, for K = 1 (single runs) up to half the runs."""
+    rows = []
+    for data, runs in groups.items():
+        for size in range(1, len(runs) // 2 + 1):
+            if size == 1 and len(runs) < 4:
+                continue  # the seed-vs-seed row above already says it
+            values = [split_agreement(runs, size, f) for f in FRACTIONS[:3]]
+            cells = " | ".join(fmt(v) for v in values)
+            rows.append(f"| {data} | {size} | {len(values[0])} | {cells} |")
+    if not rows:
+        return []
+    return [
+        "",
+        "Consensus of K seeds against a disjoint consensus of K other seeds of the same "
+        "dataset (what `ila score --seeds K` reproduces; each costs K identifications):",
+        "",
+        "| data | K | group pairs | "
+        + " | ".join(f"top {int(f * 100)}%" for f in FRACTIONS[:3])
+        + " |",
+        "|---|---:|---:|" + "---:|" * 3,
+        *rows,
+    ]
 
 
 def run_facts(groups: dict[str, list[LayerScores]], seeds: dict[str, list[int]]) -> list[str]:
@@ -263,6 +268,7 @@ def main() -> None:
         for pair in cons.pairs:
             cells = " | ".join(f"{pair.jaccard[f]:.2f}" for f in FRACTIONS)
             lines.append(f"| {pair.a} vs {pair.b} | {cells} | {pair.spearman:.2f} |")
+    lines += ensemble_lines(groups)
     n_blocks = len(next(iter(groups.values()))[0].block_scores())
     block_rows = [(name, block_pair_stats(groups, pairs)) for name, pairs in row_pairs]
     lines += [

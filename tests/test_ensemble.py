@@ -6,7 +6,12 @@ import random
 import pytest
 
 from ila.cli import main
-from ila.core.ensemble import consensus_scores, ensemble_stability, stability_lines
+from ila.core.ensemble import (
+    consensus_scores,
+    ensemble_stability,
+    split_agreement,
+    stability_lines,
+)
 from ila.core.scores import LayerScores, UnitScore
 from ila.errors import IlaError
 
@@ -42,6 +47,21 @@ def test_independent_random_runs_agree_at_chance_and_consensus_averages():
     assert consensus.meta["ensemble"]["seeds"] == list(range(6))
     assert "not a single run's" in consensus.meta["ensemble"]["note"]
     assert "T" in consensus.meta and "seed" not in consensus.meta
+
+
+def test_split_agreement_counts_disjoint_groups_and_grows_with_group_size():
+    # A shared signal plus run-specific noise: larger groups average more noise away.
+    rng = random.Random(2)
+    signal = [rng.random() for _ in range(200)]
+    runs = [scores_from([s + rng.gauss(0, 0.3) for s in signal]) for _ in range(6)]
+    singles, pairs, triples = (split_agreement(runs, k, 0.25) for k in (1, 2, 3))
+    assert (len(singles), len(pairs), len(triples)) == (15, 45, 10)
+    mean = [sum(v) / len(v) for v in (singles, pairs, triples)]
+    assert mean[0] < mean[1] < mean[2]
+    half = next(r for r in ensemble_stability(runs)["by_fraction"] if r["fraction"] == 0.25)
+    assert half["split_half_jaccard_mean"] == pytest.approx(mean[2])
+    with pytest.raises(ValueError, match="group size"):
+        split_agreement(runs, 4, 0.25)
 
 
 def test_planted_signal_shows_in_frequencies():

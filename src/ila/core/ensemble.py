@@ -29,8 +29,10 @@ from ila.errors import IlaError
 
 __all__ = [
     "ENSEMBLE_FRACTIONS",
+    "consensus",
     "consensus_scores",
     "ensemble_stability",
+    "split_agreement",
     "stability_lines",
 ]
 
@@ -62,11 +64,36 @@ def _mean_units(runs: Sequence[LayerScores]) -> list[UnitScore]:
     ]
 
 
-def _consensus(runs: Sequence[LayerScores]) -> LayerScores:
+def consensus(runs: Sequence[LayerScores]) -> LayerScores:
+    """The consensus ranking of ``runs``: each unit's importance and raw value averaged
+    (no meta; :func:`consensus_scores` is the one that records where it came from)."""
     first = runs[0]
     return LayerScores(
         first.method, first.model_id, first.unit_kind, _mean_units(runs), first.layout, {}
     )
+
+
+def split_agreement(runs: Sequence[LayerScores], size: int, fraction: float) -> list[float]:
+    """Top-``fraction`` Jaccard between the consensus rankings of two disjoint groups of
+    ``size`` runs, for every such pair of groups (each unordered pair once).
+
+    ``size = len(runs) // 2`` is the split-half agreement of the ensemble; smaller sizes
+    say how reproducible a consensus of fewer runs is (size 1 = single runs).
+    """
+    if not 1 <= size <= len(runs) // 2:
+        raise ValueError(f"group size must be in [1, {len(runs) // 2}] for {len(runs)} runs")
+    out = []
+    for a in itertools.combinations(range(len(runs)), size):
+        rest = [i for i in range(len(runs)) if i not in a]
+        for b in itertools.combinations(rest, size):
+            if a < b:
+                out.append(
+                    jaccard(
+                        consensus([runs[i] for i in a]).top(fraction),
+                        consensus([runs[i] for i in b]).top(fraction),
+                    )
+                )
+    return out
 
 
 def ensemble_stability(
@@ -76,24 +103,12 @@ def ensemble_stability(
     _check_members(runs)
     n_units, n_runs = len(runs[0].units), len(runs)
     half = n_runs // 2
-    splits = [
-        (list(a), list(b))
-        for a in itertools.combinations(range(n_runs), half)
-        for b in itertools.combinations([i for i in range(n_runs) if i not in a], half)
-        if a < b
-    ]
     by_fraction = []
     for fraction in fractions:
         k = top_count(n_units, fraction)
         tops = [r.top(fraction) for r in runs]
         pairs = [jaccard(a, b) for a, b in itertools.combinations(tops, 2)]
-        halves = [
-            jaccard(
-                _consensus([runs[i] for i in a]).top(fraction),
-                _consensus([runs[i] for i in b]).top(fraction),
-            )
-            for a, b in splits
-        ]
+        halves = split_agreement(runs, half, fraction)
         frequency = {name: sum(name in set(t) for t in tops) / n_runs for name in runs[0].names}
         by_fraction.append(
             {

@@ -156,6 +156,21 @@ class Stage2Runner:
     ) -> dict:
         """Stage 2 on the snapshot at ``step``, or on the mean of the LoRA weights of the
         snapshots at several steps (a tail average of stage 1)."""
+        steps = step if isinstance(step, tuple) else (step,)
+        files = [curve["dir"] / "snapshots" / f"step-{s}.safetensors" for s in steps]
+        return self.run_files(curve["data"], files, seed, accum, out)
+
+    def run_files(
+        self,
+        data: str,
+        files: list[Path],
+        seed: int,
+        accum: int,
+        out: Path,
+        unit: str = "module",
+    ) -> dict:
+        """Stage 2 (``unit`` gates, stage-2 seed ``seed``) on the mean of the LoRA weights
+        in ``files`` (one file: that adapter)."""
         summary_path = out / "stage2" / "summary.json"
         if summary_path.is_file():
             return json.loads(summary_path.read_text())
@@ -168,19 +183,16 @@ class Stage2Runner:
         from ila.scorers.base import ScoringContext
         from ila.scorers.ila import run_stage2
 
-        features, fingerprint = self._features(curve["data"])
+        features, fingerprint = self._features(data)
         peft_model = add_lora(self.model, self.layer_map.units, LoraSettings(), seed=0)
-        steps = step if isinstance(step, tuple) else (step,)
-        loaded = [
-            load_file(str(curve["dir"] / "snapshots" / f"step-{s}.safetensors")) for s in steps
-        ]
+        loaded = [load_file(str(path)) for path in files]
         weights = {name: torch.stack([w[name] for w in loaded]).mean(0) for name in loaded[0]}
         set_peft_model_state_dict(peft_model, weights)
         config = ScoreConfig()
         config = dataclasses.replace(
             config,
             train=dataclasses.replace(config.train, seed=seed),
-            stage2=dataclasses.replace(config.stage2, grad_accum=accum),
+            stage2=dataclasses.replace(config.stage2, grad_accum=accum, unit=unit),
         )
         out.mkdir(parents=True, exist_ok=True)
         ctx = ScoringContext(

@@ -294,34 +294,33 @@ def main() -> None:
     steps_used = {
         key: (snapshot_step(curve, default_t[key]), end) for key, curve in recordings.items()
     }
-    for index, label in ((0, "T"), (1, "end")):
-        for key, curve in recordings.items():
-            step = steps_used[key][index]
-            out = curve["dir"] / "stage2" / f"step-{step}-accum2-seed{key[1]}"
-            wanted = label in args.points and (not args.data or key[0] in args.data)
-            if runner is not None and wanted:
-                runner.run(curve, step, key[1], 2, out)
-            if (out / "stage2" / "summary.json").is_file():
-                masks[(*key, label)] = tail_scores(out, ScoreConfig().stage2.tail_fraction)
-    # 3. The same two points from the LoRA average of the snapshots ending there.
+    # The same two points also from the LoRA average of the snapshots ending there (3.).
     windows = {
         (key, label): snapshot_window(curve, steps_used[key][index], args.average_snapshots)
         for index, label in ((0, "T-avg"), (1, "end-avg"))
         for key, curve in recordings.items()
     }
+    jobs = [
+        (label, key, (steps_used[key][index],))
+        for index, label in ((0, "T"), (1, "end"))
+        for key in recordings
+    ]
     if args.average_snapshots > 1:
-        for label in ("T-avg", "end-avg"):
-            for key, curve in recordings.items():
-                window = windows[(key, label)]
-                if len(window) < 2:
-                    continue
-                name = "-".join(map(str, window))
-                out = curve["dir"] / "stage2" / f"avg-{name}-accum2-seed{key[1]}"
-                wanted = label in args.points and (not args.data or key[0] in args.data)
-                if runner is not None and wanted:
-                    runner.run(curve, window, key[1], 2, out)
-                if (out / "stage2" / "summary.json").is_file():
-                    masks[(*key, label)] = tail_scores(out, ScoreConfig().stage2.tail_fraction)
+        jobs += [
+            (label, key, windows[(key, label)])
+            for label in ("T-avg", "end-avg")
+            for key in recordings
+            if len(windows[(key, label)]) > 1
+        ]
+    for label, key, steps in jobs:
+        curve = recordings[key]
+        name = f"step-{steps[0]}" if len(steps) == 1 else "avg-" + "-".join(map(str, steps))
+        out = curve["dir"] / "stage2" / f"{name}-accum2-seed{key[1]}"
+        wanted = label in args.points and (not args.data or key[0] in args.data)
+        if runner is not None and wanted:
+            runner.run(curve, steps if len(steps) > 1 else steps[0], key[1], 2, out)
+        if (out / "stage2" / "summary.json").is_file():
+            masks[(*key, label)] = tail_scores(out, ScoreConfig().stage2.tail_fraction)
 
     def pair_row(label: str, pairs: list[tuple[list[float], list[float]]]) -> str:
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]

@@ -501,7 +501,11 @@ def main() -> None:
         "runs stage 1 to a fixed number of steps without a rule; every rule is applied to "
         "the same curves. Stage 2 uses the current defaults (60 steps, hinge H 0.5, "
         "accumulation 2, eval mode, own data order, importance = s averaged over the last "
-        f"20% of steps). Top 25%: k = {k} of {n} units, chance {chance:.3f}."
+        f"20% of steps). Top 25%: k = {k} of {n} units, chance {chance:.3f}. 'LoRA "
+        "averaged' rows learn stage 2 from the mean of the LoRA A and B matrices of the "
+        f"last {args.average_snapshots} snapshots up to that point (a tail average of the "
+        "stage-1 iterates at the constant learning rate; review lever I2), with the same "
+        "stage-2 seed as the last-iterate row; only points with a finished stage 2 are shown."
     )
     recorded = "; ".join(
         f"{d} seed {sd}: {len(c['loss'])} steps" for (d, sd), c in sorted(recordings.items())

@@ -60,8 +60,19 @@ def test_split_agreement_counts_disjoint_groups_and_grows_with_group_size():
     assert mean[0] < mean[1] < mean[2]
     half = next(r for r in ensemble_stability(runs)["by_fraction"] if r["fraction"] == 0.25)
     assert half["split_half_jaccard_mean"] == pytest.approx(mean[2])
+    assert half["consensus_jaccard_by_runs"] == {
+        str(k): pytest.approx(m) for k, m in zip((1, 2, 3), mean, strict=True)
+    }
     with pytest.raises(ValueError, match="group size"):
         split_agreement(runs, 4, 0.25)
+
+
+def test_split_agreement_samples_a_fixed_set_when_the_groups_are_many():
+    rng = random.Random(3)
+    runs = [scores_from([rng.random() for _ in range(40)]) for _ in range(14)]
+    first = split_agreement(runs, 7, 0.25)  # C(14,7) / 2 = 1716 pairs of halves
+    assert len(first) == 500 and split_agreement(runs, 7, 0.25) == first
+    assert len(split_agreement(runs, 1, 0.25)) == 91  # every pair of single runs
 
 
 def test_planted_signal_shows_in_frequencies():
@@ -99,6 +110,11 @@ def test_stability_lines_for_a_single_run_and_an_ensemble():
     runs = [scores_from([float(i) for i in range(8)]) for _ in range(2)]
     both = consensus_scores(runs, seeds=[0, 1], members=["a", "b"])
     assert stability_lines(both)[0].startswith("2 runs (seeds 0, 1)")
+    assert len(stability_lines(both)) == 2  # one run per half: no growth to show
+    four = consensus_scores(runs * 2, seeds=[0, 1, 2, 3], members=["a", "b", "c", "d"])
+    assert stability_lines(four)[2] == (
+        "consensus of K runs against a consensus of K other runs, top 25%: 1 run 1.00, 2 runs 1.00"
+    )
 
 
 FAST = [

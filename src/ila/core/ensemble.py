@@ -20,6 +20,8 @@ behind them, and reports label them so. No torch here.
 from __future__ import annotations
 
 import itertools
+import math
+import random
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -73,27 +75,45 @@ def consensus(runs: Sequence[LayerScores]) -> LayerScores:
     )
 
 
+MAX_GROUP_PAIRS = 500
+
+
+def _group_pairs(n_runs: int, size: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Every unordered pair of disjoint groups of ``size`` of ``n_runs`` runs, or, where
+    there are more than :data:`MAX_GROUP_PAIRS`, that many drawn with a fixed seed."""
+    total = math.comb(n_runs, size) * math.comb(n_runs - size, size) // 2
+    if total <= MAX_GROUP_PAIRS:
+        pairs = []
+        for a in itertools.combinations(range(n_runs), size):
+            rest = [i for i in range(n_runs) if i not in a]
+            pairs += [(a, b) for b in itertools.combinations(rest, size) if a < b]
+        return pairs
+    rng = random.Random(0)
+    pairs = []
+    for _ in range(MAX_GROUP_PAIRS):
+        drawn = rng.sample(range(n_runs), 2 * size)
+        pairs.append((tuple(sorted(drawn[:size])), tuple(sorted(drawn[size:]))))
+    return pairs
+
+
 def split_agreement(runs: Sequence[LayerScores], size: int, fraction: float) -> list[float]:
     """Top-``fraction`` Jaccard between the consensus rankings of two disjoint groups of
-    ``size`` runs, for every such pair of groups (each unordered pair once).
+    ``size`` runs, for every such pair of groups (each unordered pair once; a fixed-seed
+    sample of :data:`MAX_GROUP_PAIRS` of them where there are more).
 
     ``size = len(runs) // 2`` is the split-half agreement of the ensemble; smaller sizes
     say how reproducible a consensus of fewer runs is (size 1 = single runs).
     """
     if not 1 <= size <= len(runs) // 2:
         raise ValueError(f"group size must be in [1, {len(runs) // 2}] for {len(runs)} runs")
-    out = []
-    for a in itertools.combinations(range(len(runs)), size):
-        rest = [i for i in range(len(runs)) if i not in a]
-        for b in itertools.combinations(rest, size):
-            if a < b:
-                out.append(
-                    jaccard(
-                        consensus([runs[i] for i in a]).top(fraction),
-                        consensus([runs[i] for i in b]).top(fraction),
-                    )
-                )
-    return out
+    tops: dict[tuple[int, ...], list[str]] = {}
+
+    def top(group: tuple[int, ...]) -> list[str]:
+        if group not in tops:
+            tops[group] = consensus([runs[i] for i in group]).top(fraction)
+        return tops[group]
+
+    return [jaccard(top(a), top(b)) for a, b in _group_pairs(len(runs), size)]
 
 
 def ensemble_stability(
@@ -108,7 +128,8 @@ def ensemble_stability(
         k = top_count(n_units, fraction)
         tops = [r.top(fraction) for r in runs]
         pairs = [jaccard(a, b) for a, b in itertools.combinations(tops, 2)]
-        halves = split_agreement(runs, half, fraction)
+        by_size = {size: split_agreement(runs, size, fraction) for size in range(1, half + 1)}
+        halves = by_size[half]
         frequency = {name: sum(name in set(t) for t in tops) / n_runs for name in runs[0].names}
         by_fraction.append(
             {
@@ -120,6 +141,11 @@ def ensemble_stability(
                 "single_run_jaccard_max": max(pairs),
                 "split_half_runs": half,
                 "split_half_jaccard_mean": statistics.fmean(halves),
+                # Consensus of K runs against K others, K = 1 .. half: how agreement grows
+                # with the number of runs (what a larger --seeds would buy).
+                "consensus_jaccard_by_runs": {
+                    str(size): statistics.fmean(v) for size, v in by_size.items()
+                },
                 "in_every_run": sum(v == 1.0 for v in frequency.values()),
                 "top_frequency": frequency,
             }
@@ -168,6 +194,14 @@ def consensus_scores(
     )
 
 
+def _by_runs_line(row: dict[str, Any]) -> list[str]:
+    by_runs = row.get("consensus_jaccard_by_runs") or {}
+    if len(by_runs) < 2:
+        return []
+    steps = ", ".join(f"{k} run{'s' if k != '1' else ''} {v:.2f}" for k, v in by_runs.items())
+    return [f"consensus of K runs against a consensus of K other runs, top 25%: {steps}"]
+
+
 def stability_lines(scores: LayerScores) -> list[str]:
     """What a run can say about its own reproducibility, in one line per fact.
 
@@ -187,6 +221,7 @@ def stability_lines(scores: LayerScores) -> list[str]:
             f"split-half ({row['split_half_runs']} runs per half): Jaccard "
             f"{row['split_half_jaccard_mean']:.2f}; {row['in_every_run']} units are in "
             "every run's top 25%",
+            *_by_runs_line(row),
         ]
     own = scores.meta.get("self_stability") or {}
     lines = []

@@ -133,7 +133,8 @@ def main() -> None:
         "",
         f"Same run, block gates against the block view: top-25% Jaccard {fmt(same)}. "
         + (
-            f"A block-unit stage 2 took {fmt([s / 60 for s in seconds if s])} min here."
+            f"A block-unit stage 2 took {fmt([s / 60 for s in seconds if s])} min on one CPU "
+            "thread, with other jobs sharing the 2 cores."
             if any(seconds)
             else ""
         ),

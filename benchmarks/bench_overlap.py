@@ -230,7 +230,8 @@ def main() -> None:
         "run, chitchat and sharegpt limited to their first 3,000 conversations. Settings of "
         f"the method were chosen on {' and '.join(TUNING)} only; the other datasets are "
         "untouched checks. "
-        f"Command: `python benchmarks/bench_overlap.py --work-dir {args.work_dir}"
+        f"Command: `python benchmarks/bench_overlap.py --work-dir {args.work_dir} "
+        f"--seeds {' '.join(map(str, args.seeds))}"
         + (
             " --only-existing` (the finished runs of the seeds asked for)."
             if args.only_existing

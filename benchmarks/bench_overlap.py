@@ -122,9 +122,9 @@ def ensemble_lines(groups: dict[str, list[LayerScores]]) -> list[str]:
     over every such pair of groups, for K = 1 (single runs) up to half the runs."""
     rows = []
     for data, runs in groups.items():
+        if len(runs) < 4:
+            continue  # K = 1 only: the seed-vs-seed row above already says it
         for size in range(1, len(runs) // 2 + 1):
-            if size == 1 and len(runs) < 4:
-                continue  # the seed-vs-seed row above already says it
             values = [split_agreement(runs, size, f) for f in FRACTIONS[:3]]
             cells = " | ".join(fmt(v) for v in values)
             rows.append(f"| {data} | {size} | {len(values[0])} | {cells} |")

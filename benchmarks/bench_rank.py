@@ -19,7 +19,6 @@ Runs already finished in the work dir (``<work-dir>/rank<r>/seed<s>``) are reuse
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import sys
 from pathlib import Path
@@ -107,10 +106,10 @@ def main() -> None:
         f"{fmt([p.spearman for p in same_seed])} |"
     )
     lines += ["", "| run | T | stage 1 |", "|---|---:|---|"]
-    for (label, runs), seed in itertools.product(labels.items(), seeds):
-        meta = runs[seeds.index(seed)].meta
-        stable = "stable" if meta.get("stage1_stable") else "cap"
-        lines.append(f"| {label}, seed {seed} | {meta.get('T')} | {stable} |")
+    for label, runs in labels.items():
+        for seed, run in zip(seeds, runs, strict=True):
+            stable = "stable" if run.meta.get("stage1_stable") else "cap"
+            lines.append(f"| {label}, seed {seed} | {run.meta.get('T')} | {stable} |")
     text = "\n".join(lines)
     write_section("bench_rank", text)
     print(text)

@@ -151,12 +151,9 @@ class Stage2Runner:
             self.features[data] = (features, data_fingerprint(train))
         return self.features[data]
 
-    def run(
-        self, curve: dict, step: int | tuple[int, ...], seed: int, accum: int, out: Path
-    ) -> dict:
-        """Stage 2 on the snapshot at ``step``, or on the mean of the LoRA weights of the
-        snapshots at several steps (a tail average of stage 1)."""
-        steps = step if isinstance(step, tuple) else (step,)
+    def run(self, curve: dict, steps: tuple[int, ...], seed: int, accum: int, out: Path) -> dict:
+        """Stage 2 on the snapshot at ``steps`` (one step), or on the mean of the LoRA
+        weights of the snapshots at several steps (a tail average of stage 1)."""
         files = [curve["dir"] / "snapshots" / f"step-{s}.safetensors" for s in steps]
         return self.run_files(curve["data"], files, seed, accum, out)
 
@@ -318,7 +315,7 @@ def main() -> None:
         out = curve["dir"] / "stage2" / f"{name}-accum2-seed{key[1]}"
         wanted = label in args.points and (not args.data or key[0] in args.data)
         if runner is not None and wanted:
-            runner.run(curve, steps if len(steps) > 1 else steps[0], key[1], 2, out)
+            runner.run(curve, steps, key[1], 2, out)
         if (out / "stage2" / "summary.json").is_file():
             masks[(*key, label)] = tail_scores(out, ScoreConfig().stage2.tail_fraction)
 
@@ -476,7 +473,7 @@ def main() -> None:
             for seed in args.variant_seeds:
                 out = curve["dir"] / "stage2" / f"step-{step}-accum{accum}-seed{seed}"
                 if runner is not None and (not args.data or key[0] in args.data):
-                    runner.run(curve, step, seed, accum, out)
+                    runner.run(curve, (step,), seed, accum, out)
                 if (out / "stage2" / "summary.json").is_file():
                     summary = json.loads((out / "stage2" / "summary.json").read_text())
                     outs.append((out, summary["seconds_per_step"]))

@@ -111,7 +111,12 @@ def main() -> None:
         "--steps", type=int, help="fine-tuning steps (default: one epoch of the training split)"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=["grad-norm"])
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=["grad-norm"],
+        help="other scorers whose top 30%% is tuned too (none: --methods with no name)",
+    )
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-quality"))
     args = parser.parse_args()
 
@@ -177,7 +182,8 @@ def main() -> None:
         f"{generated} of them, and forgetting: the response loss on {forget} held-out chitchat "
         "conversations, a dataset not tuned on. "
         f"Command: `python benchmarks/bench_quality.py --ila-scores {args.ila_scores} "
-        f"--steps {args.steps} --seeds {' '.join(map(str, args.seeds))}`.",
+        f"--steps {args.steps} --seeds {' '.join(map(str, args.seeds))} "
+        f"--methods {' '.join(args.methods)}`.".replace(" `.", "`."),
         "",
         "| selection | units tuned | trainable params | held-out loss (mean) | min-max "
         "| exact match (mean) | min-max | chitchat loss (mean) | min-max |",

@@ -377,6 +377,13 @@ def main() -> None:
                         [(masks.get((*key, "T")), masks.get((*key, "last")))],
                     )
                 )
+                overlap_rows.append(
+                    pair_row(
+                        f"{data} seed {key[1]}: mask at step {steps_used[key][1]} vs at step "
+                        f"{last[key]} (same run)",
+                        [(masks.get((*key, "end")), masks.get((*key, "last")))],
+                    )
+                )
         for point in ("T", "end"):
             pairs = [
                 (masks.get((*a, point)), masks.get((*b, point)))

@@ -23,7 +23,9 @@ By default every fine-tune runs one epoch of the training split. Usage::
     python benchmarks/bench_quality.py --ila-scores runs/x [--steps N] [--seeds 0 1 2]
 
 Finished fine-tunes and evaluations in --work-dir are reused; other scorers' rankings
-are read from ``<work-dir>/score-<method>`` (scored with seed 0 when missing).
+are read from ``<work-dir>/score-<method>`` (scored with seed 0 when missing). To share
+the work between processes, give each its own ``--seeds`` or ``--only`` selections (no
+report), then run once more without ``--only`` to write the table from the finished runs.
 """
 
 from __future__ import annotations
@@ -118,6 +120,13 @@ def main() -> None:
         help="other scorers whose top 30%% is tuned too (none: --methods with no name)",
     )
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-quality"))
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="SLUG",
+        help="fine-tune and evaluate only these selections (slugs as in the run directory "
+        "names, e.g. ilatunetop30) and write no report: to share the work between processes",
+    )
     args = parser.parse_args()
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -133,6 +142,11 @@ def main() -> None:
     }
     for name, units in controls(args.ila_scores, args.work_dir, seed=0).items():
         configs[name] = ["--units", *units]
+    known = [slug_of(name) for name in configs]
+    known += [slug_of(f"{method}: tune top 30%") for method in args.methods]
+    if args.only and not set(args.only) <= set(known):
+        unknown = sorted(set(args.only) - set(known))
+        parser.error(f"--only: unknown selection {unknown}; choose from {known}")
     for method in args.methods:
         scores = args.work_dir / f"score-{method}"
         if not (scores / "layer_scores.json").is_file():
@@ -144,9 +158,9 @@ def main() -> None:
     rows: list[str] = []
     counts: tuple[int, ...] = ()
     for name, rule in configs.items():
-        slug = name.lower().replace(":", "").replace(" ", "-").replace("%", "").replace("(", "")
-        slug = slug.replace(")", "")
-        slug = slug.replace(",", "").replace("-", "")[:60]
+        slug = slug_of(name)
+        if args.only and slug not in args.only:
+            continue
         row: dict[str, list[float]] = {"loss": [], "em": [], "forget": []}
         summaries = []
         for seed in args.seeds:
@@ -167,6 +181,8 @@ def main() -> None:
         cells = [cell for key in ("loss", "em", "forget") for cell in spread(row[key])]
         rows.append(f"| {name} | {units} | {params} | " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
+    if args.only:
+        return
     held, generated, forget = counts
     lines = [
         "## Quality at equal steps (`benchmarks/bench_quality.py`)",
@@ -195,6 +211,12 @@ def main() -> None:
     markdown = "\n".join(lines)
     write_section("bench_quality", markdown)
     print(markdown)
+
+
+def slug_of(name: str) -> str:
+    """A selection's name as used in its run directories (``ft-<slug>-<seed>``)."""
+    kept = "".join(c for c in name.lower() if c.isalnum() or c == " ")
+    return kept.replace(" ", "")[:60]
 
 
 # Which way is better for each measure: lower loss (held-out, chitchat), higher exact match.

@@ -173,8 +173,11 @@ def main() -> None:
             row["em"].append(metrics["exact_match"])
             other = evaluate(adapter, seed, args.work_dir / f"forget-{slug}-{seed}", FORGET)
             row["forget"].append(other["loss"])
-            counts = (metrics["num_examples"], metrics["exact_match_examples"])
-            counts += (other["num_examples"],)
+            counts = (
+                metrics["num_examples"],
+                metrics["exact_match_examples"],
+                other["num_examples"],
+            )
         units = f"{summaries[0]['num_selected']}" if summaries else "0"
         params = f"{summaries[0]['trainable_parameters']:,}" if summaries else "0"
         table[name] = row
@@ -199,7 +202,7 @@ def main() -> None:
         "conversations, a dataset not tuned on. "
         f"Command: `python benchmarks/bench_quality.py --ila-scores {args.ila_scores} "
         f"--steps {args.steps} --seeds {' '.join(map(str, args.seeds))} "
-        f"--methods {' '.join(args.methods)}`.".replace(" `.", "`."),
+        f"{' '.join(['--methods', *args.methods])}`.",
         "",
         "| selection | units tuned | trainable params | held-out loss (mean) | min-max "
         "| exact match (mean) | min-max | chitchat loss (mean) | min-max |",
@@ -230,12 +233,11 @@ def versus(a: list[float], b: list[float], measure: str) -> str:
     "better"/"worse" only when the ranges do not overlap; anything else is "within the seed
     spread", which is no evidence either way.
     """
-    lower = LOWER_IS_BETTER[measure]
-    a_worst, a_best = (max(a), min(a)) if lower else (min(a), max(a))
-    b_worst, b_best = (max(b), min(b)) if lower else (min(b), max(b))
-    if (a_worst < b_best) if lower else (a_worst > b_best):
+    sign = 1 if LOWER_IS_BETTER[measure] else -1  # compare as "lower is better"
+    a, b = [sign * v for v in a], [sign * v for v in b]
+    if max(a) < min(b):
         return "better beyond the seed spread"
-    if (a_best > b_worst) if lower else (a_best < b_worst):
+    if min(a) > max(b):
         return "worse beyond the seed spread"
     return "within the seed spread"
 

@@ -227,6 +227,33 @@ def tail_scores(out: Path, fraction: float) -> list[float]:
     return tail_mean(trajectory, fraction)
 
 
+def overlap_row(
+    label: str,
+    pairs: list[tuple[list[float] | None, list[float] | None]],
+    names: list[str],
+    types: list[str],
+    chance: float,
+) -> str:
+    """A table row: top-25% Jaccard over the finished pairs of rankings, beside the
+    structural null (importances shuffled within module type), chance and Spearman."""
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+    if not pairs:
+        return f"| {label} | 0 | not measured (no finished pair) | | | |"
+    js = [jaccard(top(a), top(b)) for a, b in pairs]
+    nulls = [
+        structural_null_jaccard(
+            names, types, {names[i] for i in top(a)}, {names[i] for i in top(b)}, draws=4000
+        )
+        for a, b in pairs
+    ]
+    rhos = [spearman(a, b) for a, b in pairs]
+    return (
+        f"| {label} | {len(pairs)} | {statistics.fmean(js):.2f} ({min(js):.2f}-"
+        f"{max(js):.2f}) | {statistics.fmean(nulls):.2f} | {chance:.2f} | "
+        f"{statistics.fmean(rhos):.2f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-stability"))
@@ -331,22 +358,7 @@ def main() -> None:
             masks[(*key, label)] = tail_scores(out, ScoreConfig().stage2.tail_fraction)
 
     def pair_row(label: str, pairs: list[tuple[list[float], list[float]]]) -> str:
-        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-        if not pairs:
-            return f"| {label} | 0 | not measured (no finished pair) | | | |"
-        js = [jaccard(top(a), top(b)) for a, b in pairs]
-        nulls = [
-            structural_null_jaccard(
-                names, types, {names[i] for i in top(a)}, {names[i] for i in top(b)}, draws=4000
-            )
-            for a, b in pairs
-        ]
-        rhos = [spearman(a, b) for a, b in pairs]
-        return (
-            f"| {label} | {len(pairs)} | {statistics.fmean(js):.2f} ({min(js):.2f}-"
-            f"{max(js):.2f}) | {statistics.fmean(nulls):.2f} | {chance:.2f} | "
-            f"{statistics.fmean(rhos):.2f} |"
-        )
+        return overlap_row(label, pairs, names, types, chance)
 
     datasets = sorted({d for d, _ in recordings})
     overlap_rows = [

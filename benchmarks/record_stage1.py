@@ -34,8 +34,20 @@ SPLIT_SEED = 0
 LIMIT = {"chitchat": 3000, "sharegpt": 3000}
 
 
-def record(data: str, seed: int, steps: int, norm_every: int, snapshot_every: int, out: Path):
-    """One recording; ``curve.json`` is complete once written (partial runs leave none)."""
+def record(
+    data: str,
+    seed: int,
+    steps: int,
+    norm_every: int,
+    snapshot_every: int,
+    out: Path,
+    data_seed: int | None = None,
+):
+    """One recording; ``curve.json`` is complete once written (partial runs leave none).
+
+    ``seed`` seeds the LoRA initialisation and dropout; ``data_seed`` (default: ``seed``)
+    seeds the order in which the examples are drawn, as the Trainer's ``data_seed`` does.
+    """
     import torch
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -86,6 +98,8 @@ def record(data: str, seed: int, steps: int, norm_every: int, snapshot_every: in
         scheduler="constant_with_warmup",
         device="cpu",
     )
+    data_seed = seed if data_seed is None else data_seed
+    args.data_seed = data_seed
     start = time.perf_counter()
     torch.manual_seed(seed)
     run_trainer(
@@ -99,6 +113,7 @@ def record(data: str, seed: int, steps: int, norm_every: int, snapshot_every: in
     curve = {
         "data": data,
         "seed": seed,
+        "data_seed": data_seed,
         "split_seed": SPLIT_SEED,
         "max_length": MAX_LENGTH,
         "limit": LIMIT.get(data),

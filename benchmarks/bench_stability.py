@@ -9,7 +9,8 @@ seed under one clean protocol: max length 128, split seed 0, batch 4, lr 1e-3) a
    in steps and epochs;
 2. learns stage 2 (the current defaults) from the snapshot at the default rule's T, from
    the last snapshot every recording has ("end") and from each recording's own last
-   snapshot where it is later ("last"), and measures the paper's epsilon-stable claim as
+   snapshot where it is later ("last"), and from the snapshot at 2T where the recording
+   reaches it ("2T"), and measures the paper's epsilon-stable claim as
    Jaccard(mask at T, mask later in the same run), next to the seed-to-seed and
    cross-dataset overlap at T and end, chance and the structural null (shuffle within
    module type);
@@ -269,7 +270,7 @@ def main() -> None:
     parser.add_argument(
         "--points",
         nargs="+",
-        default=["T", "end", "last", "T-avg", "end-avg"],
+        default=["T", "end", "last", "2T", "T-avg", "end-avg"],
         help="stage-1 points to learn stage 2 at (end: the last snapshot every recording has; "
         "last: each recording's own last snapshot, where later than end; -avg: the LoRA "
         "average of the snapshots ending there)",
@@ -334,12 +335,22 @@ def main() -> None:
         for key, curve in recordings.items()
         if snapshot_step(curve, None) > max(steps_used[key])
     }
+    # 2T, where the recording reaches it and it is a new point (docs/method.md, claims:
+    # the paper compares the mask at T with masks learned after longer training).
+    doubled = {}
+    for key, curve in recordings.items():
+        if default_t[key] is None or 2 * default_t[key] > snapshot_step(curve, None):
+            continue
+        step = snapshot_step(curve, 2 * default_t[key])
+        if step not in (*steps_used[key], last.get(key)):
+            doubled[key] = step
     jobs = [
         (label, key, (steps_used[key][index],))
         for index, label in ((0, "T"), (1, "end"))
         for key in recordings
     ]
     jobs += [("last", key, (step,)) for key, step in last.items()]
+    jobs += [("2T", key, (step,)) for key, step in doubled.items()]
     if args.average_snapshots > 1:
         jobs += [
             (label, key, windows[(key, label)])
@@ -368,32 +379,40 @@ def main() -> None:
     ]
     for data in datasets:
         keys = [key for key in recordings if key[0] == data]
-        overlap_rows.append(
-            pair_row(
-                f"{data}: mask at T vs at the end (same run)",
-                # Only where T comes before the late snapshot (else the two are one mask).
-                [
-                    (masks.get((*key, "T")), masks.get((*key, "end")))
-                    for key in keys
-                    if steps_used[key][0] < steps_used[key][1]
-                ],
+        # Only where T comes before the late snapshot (else the two are one mask).
+        before_end = [key for key in keys if steps_used[key][0] < steps_used[key][1]]
+        if before_end:
+            overlap_rows.append(
+                pair_row(
+                    f"{data}: mask at T vs at the end (same run)",
+                    [(masks.get((*key, "T")), masks.get((*key, "end"))) for key in before_end],
+                )
             )
-        )
         for key in keys:
-            if key in last:
-                epochs = last[key] / recordings[key]["steps_per_epoch"]
+            run = f"{data} seed {key[1]}"
+            if key in doubled:
                 overlap_rows.append(
                     pair_row(
-                        f"{data} seed {key[1]}: mask at T vs at step {last[key]} "
-                        f"({epochs:.2f} epoch; same run)",
-                        [(masks.get((*key, "T")), masks.get((*key, "last")))],
+                        f"{run}: mask at T vs at 2T (step {doubled[key]}; same run)",
+                        [(masks.get((*key, "T")), masks.get((*key, "2T")))],
                     )
                 )
+            if key not in last:
+                continue
+            epochs = last[key] / recordings[key]["steps_per_epoch"]
+            overlap_rows.append(
+                pair_row(
+                    f"{run}: mask at T vs at step {last[key]} ({epochs:.2f} epoch; same run)",
+                    [(masks.get((*key, "T")), masks.get((*key, "last")))],
+                )
+            )
+            later = [(steps_used[key][1], "end")] if steps_used[key][0] < steps_used[key][1] else []
+            later += [(doubled[key], "2T")] if key in doubled else []
+            for step, point in later:
                 overlap_rows.append(
                     pair_row(
-                        f"{data} seed {key[1]}: mask at step {steps_used[key][1]} vs at step "
-                        f"{last[key]} (same run)",
-                        [(masks.get((*key, "end")), masks.get((*key, "last")))],
+                        f"{run}: mask at step {step} vs at step {last[key]} (same run)",
+                        [(masks.get((*key, point)), masks.get((*key, "last")))],
                     )
                 )
         for point in ("T", "end"):

@@ -9,7 +9,8 @@ from the adapter as it was at any snapshot step (T, 2T, the long run's end).
 
 Writes, per run, ``WORK/<data>/seed<k>/``: ``curve.json`` (loss per step; per-unit
 ||Delta_i|| every ``--norm-every`` steps; the settings) and ``snapshots/step-<n>.safetensors``
-(the LoRA weights, peft's key names). Finished runs are skipped. Usage::
+(the LoRA weights, peft's key names). Finished runs are skipped; a run asked for more
+steps than it has, or one that was killed, continues from its last checkpoint. Usage::
 
     python benchmarks/record_stage1.py --data ila-instruct chitchat --seeds 0 1 \\
         --steps 240 --work-dir runs/bench-stability
@@ -45,6 +46,10 @@ def record(
 ):
     """One recording; ``curve.json`` is complete once written (partial runs leave none).
 
+    Resumable: the Trainer checkpoints every ``snapshot_every`` steps, and after each
+    checkpoint ``curve.partial.json`` holds the curve up to it. A killed recording, or a
+    finished one asked for more ``steps``, continues from its last checkpoint (adapter,
+    optimizer, RNG states and data position, as ``ila``'s own resume does).
     ``seed`` seeds the LoRA initialisation and dropout; ``data_seed`` (default: ``seed``)
     seeds the order in which the examples are drawn, as the Trainer's ``data_seed`` does.
     """
@@ -73,7 +78,19 @@ def record(
     tokenized = tokenize_examples(train, tokenizer, max_length=MAX_LENGTH)
     model = add_lora(model, layer_map.units, LoraSettings(), seed=seed)
     norms: dict[int, list[float]] = {}
+    values = StepValues()
+    seconds_before = 0.0
+    resume_from = None
+    partial_path = out / "curve.partial.json"
+    if partial_path.is_file():
+        # Written after the Trainer finished checkpoint-<step>: that checkpoint is complete.
+        partial = json.loads(partial_path.read_text())
+        resume_from = out / "trainer" / f"checkpoint-{partial['step']}"
+        values.loss = partial["loss"][: partial["step"]]
+        norms = {int(k): v for k, v in partial["norms"].items() if int(k) <= partial["step"]}
+        seconds_before = partial["seconds"]
     (out / "snapshots").mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
 
     class Snapshots(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -87,8 +104,18 @@ def record(
                 }
                 save_file(weights, str(out / "snapshots" / f"step-{step}.safetensors"))
 
-    values = StepValues()
-    train_cfg = TrainConfig(seed=seed)
+        def on_save(self, args, state, control, **kwargs):
+            partial = {
+                "step": state.global_step,
+                "loss": values.loss,
+                "norms": {str(k): v for k, v in sorted(norms.items())},
+                "seconds": seconds_before + time.perf_counter() - start,
+            }
+            tmp = partial_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(partial))
+            tmp.replace(partial_path)
+
+    train_cfg = TrainConfig(seed=seed, save_steps=snapshot_every)
     args = make_training_args(
         train_cfg,
         output_dir=out / "trainer",
@@ -100,7 +127,6 @@ def record(
     )
     data_seed = seed if data_seed is None else data_seed
     args.data_seed = data_seed
-    start = time.perf_counter()
     torch.manual_seed(seed)
     run_trainer(
         model,
@@ -108,8 +134,9 @@ def record(
         train_features=tokenized.features,
         collator=PaddingCollator(tokenizer.pad_token_id),
         callbacks=[MetricsLogger("stage1", None, values), Snapshots()],
+        resume_from=resume_from,
     )
-    seconds = time.perf_counter() - start
+    seconds = seconds_before + time.perf_counter() - start
     curve = {
         "data": data,
         "seed": seed,
@@ -148,7 +175,8 @@ def main() -> None:
     for seed in args.seeds:
         for data in args.data:
             out = args.work_dir / data / f"seed{seed}"
-            if (out / "curve.json").is_file():
+            done = out / "curve.json"
+            if done.is_file() and len(json.loads(done.read_text())["loss"]) >= args.steps:
                 continue
             record(data, seed, args.steps, args.norm_every, args.snapshot_every, out)
 

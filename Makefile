@@ -49,11 +49,19 @@ bench: install
 	$(OFFLINE) $(PY) benchmarks/bench_finetune.py --scores runs/bench-score/seed0
 	$(OFFLINE) $(PY) benchmarks/bench_plan.py --work-dir runs/bench-plan
 	$(OFFLINE) $(PY) benchmarks/bench_selection.py --reuse-ila runs/bench-score/seed0
-	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data ila-instruct chitchat --seeds 0 1 \
-		--steps 240 --work-dir runs/bench-stability
+	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data ila-instruct --seeds 0 --steps 240 \
+		--work-dir runs/bench-stability
+	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data ila-instruct --seeds 1 --steps 160 \
+		--work-dir runs/bench-stability
+	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data chitchat --seeds 0 --steps 668 \
+		--work-dir runs/bench-stability
+	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data ila-reasoning --seeds 0 --steps 240 \
+		--work-dir runs/bench-stability
 	$(OFFLINE) $(PY) benchmarks/bench_stability.py --work-dir runs/bench-stability
+	$(OFFLINE) $(PY) benchmarks/bench_seed_sources.py --work-dir runs/bench-seed-sources
 	$(OFFLINE) $(PY) benchmarks/bench_overlap.py --work-dir runs/bench-overlap
-	$(OFFLINE) $(PY) benchmarks/bench_quality.py --ila-scores runs/bench-score/seed0
+	$(OFFLINE) $(PY) benchmarks/bench_quality.py --ila-scores runs/bench-overlap/ila-instruct/seed0 \
+		--steps 135 --seeds 0 1 2 --methods
 	$(OFFLINE) $(PY) benchmarks/bench_cost.py --ila-runs runs/bench-overlap/ila-instruct/seed0 \
 		runs/bench-overlap/ila-instruct/seed1 runs/bench-overlap/ila-instruct/seed2
 	$(OFFLINE) $(PY) benchmarks/bench_warm_start.py --scores runs/bench-overlap/ila-instruct/seed0 \

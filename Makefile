@@ -53,11 +53,19 @@ bench: install
 		--work-dir runs/bench-stability
 	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data ila-instruct --seeds 1 --steps 160 \
 		--work-dir runs/bench-stability
-	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data chitchat --seeds 0 --steps 668 \
-		--work-dir runs/bench-stability
-	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data ila-reasoning --seeds 0 --steps 240 \
+	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data chitchat --seeds 0 --steps 160 \
 		--work-dir runs/bench-stability
 	$(OFFLINE) $(PY) benchmarks/bench_stability.py --work-dir runs/bench-stability
+	# The mask at T against 2T and about one epoch (last 20-step snapshot within the epoch).
+	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data chitchat --seeds 0 --steps 668 \
+		--work-dir runs/bench-epoch
+	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data ila-instruct --seeds 0 --steps 270 \
+		--work-dir runs/bench-epoch
+	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data ila-reasoning --seeds 0 --steps 225 \
+		--work-dir runs/bench-epoch
+	$(OFFLINE) $(PY) benchmarks/bench_stability.py --work-dir runs/bench-epoch --points T 2T last \
+		--skip-variants --section bench_stability_epoch \
+		--title 'Ranking stability: the mask at T against 2T and one epoch'
 	$(OFFLINE) $(PY) benchmarks/bench_seed_sources.py --work-dir runs/bench-seed-sources
 	$(OFFLINE) $(PY) benchmarks/bench_overlap.py --work-dir runs/bench-overlap
 	$(OFFLINE) $(PY) benchmarks/bench_quality.py --ila-scores runs/bench-overlap/ila-instruct/seed0 \

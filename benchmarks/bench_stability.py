@@ -22,10 +22,17 @@ seed under one clean protocol: max length 128, split seed 0, batch 4, lr 1e-3) a
    stage-2 seeds for each gradient accumulation in ``--accums``, and compares the
    same-adapter agreement of the last iterate and of the tail-averaged s.
 
-Writes its sections of docs/results.md. Usage::
+Writes its section of docs/results.md (``--section``; a second work dir, for example
+recordings of one epoch each, writes its own). Without ``end`` in ``--points``, recordings
+of different lengths are compared only within themselves (T, 2T, their own last snapshot)
+and with each other at T. Usage::
 
     python benchmarks/record_stage1.py --data ila-instruct chitchat --seeds 0 1
     python benchmarks/bench_stability.py --work-dir runs/bench-stability
+    python benchmarks/record_stage1.py --data chitchat --seeds 0 --steps 668 \
+        --work-dir runs/bench-epoch
+    python benchmarks/bench_stability.py --work-dir runs/bench-epoch --points T 2T last \
+        --skip-variants --section bench_stability_epoch --title "..."
 """
 
 from __future__ import annotations
@@ -274,9 +281,20 @@ def main() -> None:
         "--points",
         nargs="+",
         default=["T", "end", "last", "2T", "T-avg", "end-avg"],
-        help="stage-1 points to learn stage 2 at (end: the last snapshot every recording has; "
-        "last: each recording's own last snapshot, where later than end; -avg: the LoRA "
-        "average of the snapshots ending there)",
+        help="stage-1 points to learn stage 2 at and compare (end: the last snapshot every "
+        "recording has; last: each recording's own last snapshot, where later than end, or "
+        "than T without end; -avg: the LoRA average of the snapshots ending there); give the "
+        "same points with --report-only",
+    )
+    parser.add_argument(
+        "--section",
+        default="bench_stability",
+        help="the docs/results.md section to write (a second work dir writes its own section)",
+    )
+    parser.add_argument(
+        "--title",
+        default="Ranking stability: stage-1 stopping rules and stage-2 settings",
+        help="the heading of that section",
     )
     parser.add_argument(
         "--average-snapshots",
@@ -319,8 +337,12 @@ def main() -> None:
 
     # 2. Stage 2 at T and at a common later step (the last snapshot every recording has),
     # stage-2 seed = the recording's. Jobs run in order of importance: every T first.
+    # Without "end" in --points, recordings of different lengths are compared only within
+    # themselves (T, 2T, last) and across each other at T.
     runner = None if args.report_only else Stage2Runner()
     masks: dict[tuple[str, int, str], list[float]] = {}
+    use_end = "end" in args.points
+    compared = ("T", "end") if use_end else ("T",)
     end = min(snapshot_step(curve, None) for curve in recordings.values())
     steps_used = {
         key: (snapshot_step(curve, default_t[key]), end) for key, curve in recordings.items()
@@ -336,7 +358,7 @@ def main() -> None:
     last = {
         key: snapshot_step(curve, None)
         for key, curve in recordings.items()
-        if snapshot_step(curve, None) > max(steps_used[key])
+        if snapshot_step(curve, None) > (max(steps_used[key]) if use_end else steps_used[key][0])
     }
     # 2T, where the recording reaches it and it is a new point (docs/method.md, claims:
     # the paper compares the mask at T with masks learned after longer training).
@@ -346,13 +368,13 @@ def main() -> None:
         if default_t[key] is None or 2 * default_t[key] > snapshot_step(curve, None):
             continue
         step = snapshot_step(curve, 2 * default_t[key])
-        if step not in (*steps_used[key], last.get(key)):
+        if step not in (*steps_used[key][: len(compared)], last.get(key)):
             doubled[key] = step
         elif step == last.get(key):
             last_is_2t.add(key)
     jobs = [
         (label, key, (steps_used[key][index],))
-        for index, label in ((0, "T"), (1, "end"))
+        for index, label in enumerate(compared)
         for key in recordings
     ]
     jobs += [("last", key, (step,)) for key, step in last.items()]
@@ -360,7 +382,7 @@ def main() -> None:
     if args.average_snapshots > 1:
         jobs += [
             (label, key, windows[(key, label)])
-            for label in ("T-avg", "end-avg")
+            for label in (f"{point}-avg" for point in compared)
             for key in recordings
             if len(windows[(key, label)]) > 1
         ]
@@ -387,7 +409,7 @@ def main() -> None:
         keys = [key for key in recordings if key[0] == data]
         name = data if data in TUNING else f"{data} (untouched)"
         # Only where T comes before the late snapshot (else the two are one mask).
-        before_end = [key for key in keys if steps_used[key][0] < steps_used[key][1]]
+        before_end = [key for key in keys if use_end and steps_used[key][0] < steps_used[key][1]]
         if before_end:
             overlap_rows.append(
                 pair_row(
@@ -415,7 +437,7 @@ def main() -> None:
                     [(masks.get((*key, "T")), masks.get((*key, "last")))],
                 )
             )
-            later = [(steps_used[key][1], "end")] if steps_used[key][0] < steps_used[key][1] else []
+            later = [(steps_used[key][1], "end")] if key in before_end else []
             later += [(doubled[key], "2T")] if key in doubled else []
             for step, point in later:
                 overlap_rows.append(
@@ -424,14 +446,14 @@ def main() -> None:
                         [(masks.get((*key, point)), masks.get((*key, "last")))],
                     )
                 )
-        for point in ("T", "end"):
+        for point in compared:
             pairs = [
                 (masks.get((*a, point)), masks.get((*b, point)))
                 for a, b in itertools.combinations(keys, 2)
             ]
             if pairs:
                 overlap_rows.append(pair_row(f"{name}: seed vs seed, at {point}", pairs))
-        for point in ("T", "end"):
+        for point in compared:
             averaged = [key for key in keys if (*key, f"{point}-avg") in masks]
             if not averaged:
                 continue
@@ -448,7 +470,7 @@ def main() -> None:
                 for a, b in itertools.combinations(keys, 2)
             ]
             overlap_rows.append(pair_row(f"{name}: seed vs seed, at {point}, {span}", pairs))
-    for point in ("T", "end"):
+    for point in compared:
         pairs = [
             (masks.get((*a, point)), masks.get((*b, point)))
             for a, b in itertools.combinations(recordings, 2)
@@ -579,15 +601,20 @@ def main() -> None:
     recorded = "; ".join(
         f"{d} seed {sd}: {len(c['loss'])} steps" for (d, sd), c in sorted(recordings.items())
     )
+    command = f"python benchmarks/bench_stability.py --work-dir {args.work_dir}"
+    if args.points != parser.get_default("points"):
+        command += " --points " + " ".join(args.points)
+    if args.skip_variants:
+        command += " --skip-variants"
+    if args.section != parser.get_default("section"):
+        command += f" --section {args.section} --title '{args.title}'"
     protocol += (
-        f" Recordings: {recorded} (`benchmarks/record_stage1.py`). Command: `python "
-        f"benchmarks/bench_stability.py --work-dir {args.work_dir}` (stage-2 runs already in "
-        "the work dir are reused; `--report-only` reports them without running more). Times "
-        "per step were measured with other jobs on the machine."
+        f" Recordings: {recorded} (`benchmarks/record_stage1.py`). Command: `{command}` "
+        "(stage-2 runs already in the work dir are reused; `--report-only` reports them "
+        "without running more). Times per step were measured with other jobs on the machine."
     )
     lines = [
-        "## Ranking stability: stage-1 stopping rules and stage-2 settings "
-        "(`benchmarks/bench_stability.py`)",
+        f"## {args.title} (`benchmarks/bench_stability.py`)",
         "",
         protocol,
         "",
@@ -597,9 +624,14 @@ def main() -> None:
         "",
         "### Overlap at T and at the end of the recording",
         "",
-        "Stage-1 snapshots used (T rounded up to the 20-step snapshot grid; 'end' is the "
-        "last snapshot every recording has): "
-        + "; ".join(f"{d} seed {s}: {a}, {b}" for (d, s), (a, b) in steps_used.items())
+        (
+            "Stage-1 snapshots used (T rounded up to the 20-step snapshot grid; 'end' is the "
+            "last snapshot every recording has): "
+            + "; ".join(f"{d} seed {s}: {a}, {b}" for (d, s), (a, b) in steps_used.items())
+            if use_end
+            else "Stage-1 snapshots used at T (rounded up to the 20-step snapshot grid): "
+            + "; ".join(f"{d} seed {s}: {a}" for (d, s), (a, _) in steps_used.items())
+        )
         + (
             "; each recording's own last snapshot, where later: "
             + ", ".join(f"{d} seed {s}: {step}" for (d, s), step in last.items())
@@ -617,7 +649,7 @@ def main() -> None:
     if variant_rows:
         lines += ["", "### Stage 2 on one adapter: batch and tail averaging", "", *variant_rows]
     markdown = "\n".join(lines)
-    write_section("bench_stability", markdown)
+    write_section(args.section, markdown)
     print(markdown)
 
 

@@ -585,16 +585,23 @@ def main() -> None:
     protocol = (
         f"SmolLM2-135M, float32, 2-core CPU. Clean protocol: max length {MAX_LENGTH} for "
         f"every dataset, train/held-out split seed {SPLIT_SEED} (apart from the training "
-        f"seed), batch 4, LoRA r 8 / alpha 16 / lr 1e-3 constant after 5 warm-up steps; "
-        f"chitchat limited to its first {LIMIT['chitchat']} conversations. Each recording "
+        "seed), batch 4, LoRA r 8 / alpha 16 / lr 1e-3 constant after 5 warm-up steps; "
+        + "; ".join(f"{d} limited to its first {n} conversations" for d, n in sorted(LIMIT.items()))
+        + ". Each recording "
         "runs stage 1 to a fixed number of steps without a rule; every rule is applied to "
         "the same curves. Stage 2 uses the current defaults (60 steps, hinge H 0.5, "
         "accumulation 2, eval mode, own data order, importance = s averaged over the last "
-        f"20% of steps). Top 25%: k = {k} of {n} units, chance {chance:.3f}. 'LoRA "
-        "averaged' rows learn stage 2 from the mean of the LoRA A and B matrices of the "
-        f"last {args.average_snapshots} snapshots up to that point (a tail average of the "
-        "stage-1 iterates at the constant learning rate; review lever I2), with the same "
-        "stage-2 seed as the last-iterate row; only points with a finished stage 2 are shown. "
+        f"20% of steps). Top 25%: k = {k} of {n} units, chance {chance:.3f}. "
+    )
+    if any(point.endswith("-avg") for point in args.points):
+        protocol += (
+            "'LoRA averaged' rows learn stage 2 from the mean of the LoRA A and B matrices of "
+            f"the last {args.average_snapshots} snapshots up to that point (a tail average of "
+            "the stage-1 iterates at the constant learning rate; review lever I2), with the "
+            "same stage-2 seed as the last-iterate row; only points with a finished stage 2 "
+            "are shown. "
+        )
+    protocol += (
         f"Settings were chosen on {' and '.join(sorted(TUNING))} only; other datasets are "
         "untouched checks, left out of the cross-dataset rows."
     )

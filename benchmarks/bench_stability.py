@@ -12,7 +12,8 @@ seed under one clean protocol: max length 128, split seed 0, batch 4, lr 1e-3) a
    snapshot where it is later ("last"), and from the snapshot at 2T where the recording
    reaches it ("2T"), and measures the paper's epsilon-stable claim as
    Jaccard(mask at T, mask later in the same run), next to the seed-to-seed and
-   cross-dataset overlap at T and end, chance and the structural null (shuffle within
+   cross-dataset overlap at T, at end and at each recording's last snapshot (does a longer
+   stage 1 make rankings agree more?), chance and the structural null (shuffle within
    module type);
 3. learns stage 2 from the average of the LoRA weights over the last
    ``--average-snapshots`` snapshots up to T and up to the end (a tail average of the
@@ -453,6 +454,13 @@ def main() -> None:
             ]
             if pairs:
                 overlap_rows.append(pair_row(f"{name}: seed vs seed, at {point}", pairs))
+        # Does a longer stage 1 make seeds agree more? (Each run's own last snapshot.)
+        pairs = [
+            (masks.get((*a, "last")), masks.get((*b, "last")))
+            for a, b in itertools.combinations([key for key in keys if key in last], 2)
+        ]
+        if pairs:
+            overlap_rows.append(pair_row(f"{name}: seed vs seed, at the last snapshot", pairs))
         for point in compared:
             averaged = [key for key in keys if (*key, f"{point}-avg") in masks]
             if not averaged:
@@ -478,6 +486,13 @@ def main() -> None:
         ]
         if pairs:
             overlap_rows.append(pair_row(f"cross-dataset, at {point}", pairs))
+    pairs = [
+        (masks.get((*a, "last")), masks.get((*b, "last")))
+        for a, b in itertools.combinations(last, 2)
+        if a[0] != b[0] and {a[0], b[0]} <= TUNING
+    ]
+    if pairs:
+        overlap_rows.append(pair_row("cross-dataset, each at its last snapshot", pairs))
     # The same comparisons for the stage-1 update norms ||Delta_i|| at T (the ranking the
     # `lora-norm` scorer gives on the same adapters): the reference the gates must beat.
     norm_at_t = {

@@ -635,6 +635,11 @@ def main() -> None:
         "(stage-2 runs already in the work dir are reused; `--report-only` reports them "
         "without running more). Times per step were measured with other jobs on the machine."
     )
+    # A recording where the default rule never fires has no T: its last snapshot stands in.
+    no_t = {
+        key: " (no T within the recording: its last snapshot)" if default_t[key] is None else ""
+        for key in recordings
+    }
     lines = [
         f"## {args.title} (`benchmarks/bench_stability.py`)",
         "",
@@ -649,10 +654,12 @@ def main() -> None:
         (
             "Stage-1 snapshots used (T rounded up to the 20-step snapshot grid; 'end' is the "
             "last snapshot every recording has): "
-            + "; ".join(f"{d} seed {s}: {a}, {b}" for (d, s), (a, b) in steps_used.items())
+            + "; ".join(
+                f"{d} seed {s}: {a}{no_t[(d, s)]}, {b}" for (d, s), (a, b) in steps_used.items()
+            )
             if use_end
             else "Stage-1 snapshots used at T (rounded up to the 20-step snapshot grid): "
-            + "; ".join(f"{d} seed {s}: {a}" for (d, s), (a, _) in steps_used.items())
+            + "; ".join(f"{d} seed {s}: {a}{no_t[(d, s)]}" for (d, s), (a, _) in steps_used.items())
         )
         + (
             "; each recording's own last snapshot, where later: "

@@ -397,6 +397,20 @@ def main() -> None:
         if (out / "stage2" / "summary.json").is_file():
             masks[(*key, label)] = tail_scores(out, ScoreConfig().stage2.tail_fraction)
 
+    # A recording where the default rule never fires has no T: it is left out of every
+    # comparison "at T"; the snapshot standing in for T is its last, so it counts there.
+    for key in recordings:
+        if default_t[key] is None and (*key, "T") in masks:
+            masks[(*key, "last")] = masks[(*key, "T")]
+    valid = {
+        "T": [key for key in recordings if default_t[key] is not None],
+        "end": list(recordings),
+        "last": [key for key in recordings if key in last or default_t[key] is None],
+    }
+
+    def at(point: str, keys: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        return [key for key in keys if key in valid[point]]
+
     def pair_row(label: str, pairs: list[tuple[list[float], list[float]]]) -> str:
         return overlap_row(label, pairs, names, types, chance)
 
@@ -450,14 +464,14 @@ def main() -> None:
         for point in compared:
             pairs = [
                 (masks.get((*a, point)), masks.get((*b, point)))
-                for a, b in itertools.combinations(keys, 2)
+                for a, b in itertools.combinations(at(point, keys), 2)
             ]
             if pairs:
                 overlap_rows.append(pair_row(f"{name}: seed vs seed, at {point}", pairs))
         # Does a longer stage 1 make seeds agree more? (Each run's own last snapshot.)
         pairs = [
             (masks.get((*a, "last")), masks.get((*b, "last")))
-            for a, b in itertools.combinations([key for key in keys if key in last], 2)
+            for a, b in itertools.combinations(at("last", keys), 2)
         ]
         if pairs:
             overlap_rows.append(pair_row(f"{name}: seed vs seed, at the last snapshot", pairs))
@@ -481,14 +495,14 @@ def main() -> None:
     for point in compared:
         pairs = [
             (masks.get((*a, point)), masks.get((*b, point)))
-            for a, b in itertools.combinations(recordings, 2)
+            for a, b in itertools.combinations(at(point, list(recordings)), 2)
             if a[0] != b[0] and {a[0], b[0]} <= TUNING
         ]
         if pairs:
             overlap_rows.append(pair_row(f"cross-dataset, at {point}", pairs))
     pairs = [
         (masks.get((*a, "last")), masks.get((*b, "last")))
-        for a, b in itertools.combinations(last, 2)
+        for a, b in itertools.combinations(at("last", list(recordings)), 2)
         if a[0] != b[0] and {a[0], b[0]} <= TUNING
     ]
     if pairs:
@@ -500,12 +514,12 @@ def main() -> None:
     }
     for data in datasets:
         keys = [key for key in recordings if key[0] == data]
-        pairs = [(norm_at_t[a], norm_at_t[b]) for a, b in itertools.combinations(keys, 2)]
+        pairs = [(norm_at_t[a], norm_at_t[b]) for a, b in itertools.combinations(at("T", keys), 2)]
         if pairs:
             overlap_rows.append(pair_row(f"{data}: seed vs seed, update norms at T", pairs))
     pairs = [
         (norm_at_t[a], norm_at_t[b])
-        for a, b in itertools.combinations(recordings, 2)
+        for a, b in itertools.combinations(at("T", list(recordings)), 2)
         if a[0] != b[0] and {a[0], b[0]} <= TUNING
     ]
     if pairs:
@@ -534,13 +548,15 @@ def main() -> None:
     ]
     block_pairs = {
         f"{data}: seed vs seed, at T": [
-            (a, b) for a, b in itertools.combinations(recordings, 2) if a[0] == b[0] == data
+            (a, b)
+            for a, b in itertools.combinations(at("T", list(recordings)), 2)
+            if a[0] == b[0] == data
         ]
         for data in datasets
     }
     block_pairs["cross-dataset, at T"] = [
         (a, b)
-        for a, b in itertools.combinations(recordings, 2)
+        for a, b in itertools.combinations(at("T", list(recordings)), 2)
         if a[0] != b[0] and {a[0], b[0]} <= TUNING
     ]
     for label, keys in block_pairs.items():

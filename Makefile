@@ -57,11 +57,13 @@ bench: install
 		--work-dir runs/bench-stability
 	$(OFFLINE) $(PY) benchmarks/bench_stability.py --work-dir runs/bench-stability
 	# The mask at T against 2T and about one epoch (last 20-step snapshot within the epoch).
-	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data chitchat --seeds 0 --steps 668 \
+	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data chitchat --seeds 0 1 --steps 668 \
 		--work-dir runs/bench-epoch
-	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data ila-instruct --seeds 0 --steps 270 \
+	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data ila-instruct --seeds 0 1 --steps 270 \
 		--work-dir runs/bench-epoch
 	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data ila-reasoning --seeds 0 --steps 225 \
+		--work-dir runs/bench-epoch
+	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data sharegpt --seeds 0 --steps 514 \
 		--work-dir runs/bench-epoch
 	$(OFFLINE) $(PY) benchmarks/bench_stability.py --work-dir runs/bench-epoch --points T 2T last \
 		--skip-variants --section bench_stability_epoch \

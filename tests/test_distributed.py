@@ -37,11 +37,15 @@ BIN = Path(sys.executable).parent
 SCORE_ARGS = [
     "--max-length", "96", "--limit", "80", "--stage1-max-steps", "12",
     "--stage1-min-steps", "5", "--stage2-steps", "12", "--device", "cpu", "--lora-dropout", "0",
+    "--precision", "fp32",
 ]  # fmt: skip
 FINETUNE_ARGS = [
     "--max-length", "96", "--limit", "80", "--device", "cpu", "--method", "lora",
     "--max-steps", "8", "--learning-rate", "0.01", "--blocks", "1,2", "--lora-dropout", "0",
+    "--precision", "fp32",
 ]  # fmt: skip
+# float32 throughout: `--precision auto` would pick bf16 autocast on CPUs with AVX512-BF16 or
+# AMX, whose rounding differs between one process and two beyond these tolerances.
 ZERO_STAGE = "ACCELERATE_DEEPSPEED_ZERO_STAGE"
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5

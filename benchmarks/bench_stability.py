@@ -169,7 +169,8 @@ class Stage2Runner:
         """Stage 2 on the snapshot at ``steps`` (one step), or on the mean of the LoRA
         weights of the snapshots at several steps (a tail average of stage 1)."""
         files = [curve["dir"] / "snapshots" / f"step-{s}.safetensors" for s in steps]
-        return self.run_files(curve["data"], files, seed, accum, out)
+        precision = curve.get("precision", "auto")
+        return self.run_files(curve["data"], files, seed, accum, out, precision=precision)
 
     def run_files(
         self,
@@ -179,9 +180,10 @@ class Stage2Runner:
         accum: int,
         out: Path,
         unit: str = "module",
+        precision: str = "auto",
     ) -> dict:
-        """Stage 2 (``unit`` gates, stage-2 seed ``seed``) on the mean of the LoRA weights
-        in ``files`` (one file: that adapter)."""
+        """Stage 2 (``unit`` gates, stage-2 seed ``seed``, ``--precision``) on the mean of
+        the LoRA weights in ``files`` (one file: that adapter)."""
         summary_path = out / "stage2" / "summary.json"
         if summary_path.is_file():
             return json.loads(summary_path.read_text())
@@ -202,7 +204,8 @@ class Stage2Runner:
         config = ScoreConfig()
         config = dataclasses.replace(
             config,
-            train=dataclasses.replace(config.train, seed=seed),
+            # Stage 2 in the recording's precision where it is recorded.
+            train=dataclasses.replace(config.train, seed=seed, precision=precision),
             stage2=dataclasses.replace(config.stage2, grad_accum=accum, unit=unit),
         )
         out.mkdir(parents=True, exist_ok=True)
@@ -613,8 +616,16 @@ def main() -> None:
                 )
         variant_rows.insert(0, f"Adapter: {key[0]} seed {key[1]} at step {step}.\n")
 
+    # `--precision auto` picks bf16 autocast on CPUs with AVX512-BF16 or AMX: the precision
+    # is what each recording stored (stage 2 ran in the same), never assumed.
+    stored = sorted({str(c.get("precision", "not recorded")) for c in recordings.values()})
+    precision_text = (
+        "precision "
+        + " and ".join({"bf16": "bf16 autocast", "fp32": "float32"}.get(p, p) for p in stored)
+        + " (stage 1 and stage 2)"
+    )
     protocol = (
-        f"SmolLM2-135M, float32, 2-core CPU. Clean protocol: max length {MAX_LENGTH} for "
+        f"SmolLM2-135M, {precision_text}, 2-core CPU. Clean protocol: max length {MAX_LENGTH} for "
         f"every dataset, train/held-out split seed {SPLIT_SEED} (apart from the training "
         "seed), batch 4, LoRA r 8 / alpha 16 / lr 1e-3 constant after 5 warm-up steps; "
         + "; ".join(f"{d} limited to its first {n} conversations" for d, n in sorted(LIMIT.items()))

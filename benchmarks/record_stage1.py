@@ -69,7 +69,13 @@ def record(
         tokenize_examples,
     )
     from ila.model.loading import load_model
-    from ila.train.trainer import MetricsLogger, StepValues, make_training_args, run_trainer
+    from ila.train.trainer import (
+        MetricsLogger,
+        StepValues,
+        make_training_args,
+        run_trainer,
+        train_precision,
+    )
 
     model, tokenizer = load_model("smollm2-135m", device="cpu")
     layer_map = find_layers(model)
@@ -143,6 +149,8 @@ def record(
         "data_seed": data_seed,
         "split_seed": SPLIT_SEED,
         "max_length": MAX_LENGTH,
+        # `--precision auto` picks bf16 autocast on CPUs with AVX512-BF16 or AMX.
+        "precision": train_precision(train_cfg, "cpu").precision,
         "limit": LIMIT.get(data),
         "batch_size": train_cfg.batch_size,
         "num_train_features": len(tokenized.features),

@@ -662,9 +662,8 @@ def main() -> None:
         "(stage-2 runs already in the work dir are reused; `--report-only` reports them "
         "without running more). Times per step were measured with other jobs on the machine."
     )
-    # A recording where the default rule never fires has no T: its last snapshot stands in.
     no_t = {
-        key: " (no T within the recording: its last snapshot)" if default_t[key] is None else ""
+        key: "" if key in valid["T"] else " (no T within the recording: its last snapshot)"
         for key in recordings
     }
     lines = [

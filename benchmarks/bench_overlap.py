@@ -307,7 +307,9 @@ def verdict(
         f"{random[key]:.2f} for random sets and {statistics.fmean(nulls):.2f} for sets that "
         "keep each run's module types (the structural null)"
         + (f" and {statistics.fmean(within):.2f} between seeds on one dataset" if within else "")
-        + ". The paper reports about 0.9 across datasets for its models and data."
+        + ". The paper reports about 0.9 across datasets for its models and data, in a "
+        "measure whose definition could not be recovered (Jaccard or shared fraction, "
+        "which K, which units); the figures here are Jaccard indices."
     ]
     return out
 

@@ -92,7 +92,8 @@ def main() -> None:
         + ", ".join(f"`{r}`" for r in args.lora_runs)
         + f". Top-25% Jaccard (k = {k} of {n}; chance {expected_random_jaccard(n, k):.2f}), "
         "Spearman over all units and the structural null of `ila compare` (the Jaccard "
-        "expected from module type and block position alone), mean (min-max) over pairs. "
+        "expected when each run's top units are redrawn within their module type), mean "
+        "(min-max) over pairs. "
         f"Command: `python benchmarks/bench_stage1_full.py --threads {args.threads} "
         f"--seeds {' '.join(map(str, args.seeds))} --lora-runs "
         + " ".join(str(r) for r in args.lora_runs)

@@ -146,8 +146,8 @@ def main() -> None:
     if floor:
         lines += [
             "",
-            f"Noise floor: the default stage 2 at a second seed agrees with the reference on "
-            f"{spread(floor, 3)} of the top 25%. A candidate cannot be expected to agree with "
+            "Noise floor: the default stage 2 at a second seed agrees with the reference at "
+            f"top-25% Jaccard {spread(floor, 3)}. A candidate cannot be expected to agree with "
             "one seed of the reference better than the reference agrees with itself.",
         ]
     markdown = "\n".join(lines)

@@ -296,6 +296,11 @@ class Stage1Config:
     rank_fraction: float = _opt(
         0.25, "[choice] drop+ranking: fraction of units whose top set is compared"
     )
+    cooldown_fraction: float = _opt(
+        0.0,
+        "[choice] after the stop S (T, or the cap) train ceil(this x S) more steps with the "
+        "learning rate falling linearly to zero, and learn the mask there (0: no cool-down)",
+    )
 
     def __post_init__(self) -> None:
         _require(
@@ -317,6 +322,9 @@ class Stage1Config:
         _require(self.patience >= 1, "--stage1-patience", "must be >= 1")
         _fraction(self.rank_epsilon, "--stage1-rank-epsilon", open_low=False)
         _fraction(self.rank_fraction, "--stage1-rank-fraction")
+        _fraction(
+            self.cooldown_fraction, "--stage1-cooldown-fraction", open_low=False, open_high=False
+        )
 
     def resolved_learning_rate(self) -> float:
         """The learning rate in use: the given one, or the stage-1 method's default."""
@@ -340,7 +348,18 @@ class Stage2Config:
         choices=["module", "block"],
     )
     steps: int = _opt(60, "[choice] stage-2 optimizer steps")
-    learning_rate: float = _opt(0.1, "[choice] Adam learning rate for the gate scores s")
+    learning_rate: float = _opt(0.1, "[choice] learning rate for the gate scores s")
+    optimizer: str = _opt(
+        "adam",
+        "[choice] optimiser of the gate scores: adam (per-score step sizes) or adam-shared "
+        "(one second moment for all scores, so a gate moves with its expected gradient)",
+        choices=["adam", "adam-shared"],
+    )
+    schedule: str = _opt(
+        "constant",
+        "[choice] stage-2 learning-rate schedule: constant, or cosine decay to zero",
+        choices=["constant", "cosine"],
+    )
     init_score: float = _opt(3.0, "[choice] initial s for every unit (sigmoid(3) = 0.95)")
     budget: str = _opt(
         "hinge",
@@ -375,6 +394,11 @@ class Stage2Config:
         _fraction(self.target_fraction, "--stage2-target-fraction")
         _require(self.grad_accum >= 1, "--stage2-grad-accum", "must be >= 1")
         _fraction(self.tail_fraction, "--stage2-tail-fraction", open_low=False)
+        for flag, value, allowed in (
+            ("--stage2-optimizer", self.optimizer, ("adam", "adam-shared")),
+            ("--stage2-schedule", self.schedule, ("constant", "cosine")),
+        ):
+            _require(value in allowed, flag, f"must be one of {', '.join(allowed)}, got {value!r}")
 
 
 @dataclass

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ila.config import Stage2Config
+from ila.core.cooldown import cooldown_length, learning_rate_factor
 from ila.core.deltas import (
     DELTAS_FILE,
     delta_norms,
@@ -38,6 +39,7 @@ from ila.core.deltas import (
     take_deltas,
     unit_weight,
 )
+from ila.core.gate_optimizer import SharedScaleAdam
 from ila.core.gates import (
     GatedModel,
     attach_delta_gates,
@@ -73,6 +75,7 @@ from ila.train.sharding import average_unmanaged_gradients
 from ila.train.trainer import (
     AfterStep,
     MetricsLogger,
+    StageSchedule,
     StepValues,
     StopWhen,
     make_training_args,
@@ -235,12 +238,14 @@ def run_stage1(
         train,
         output_dir=out / "trainer",
         learning_rate=cfg.resolved_learning_rate(),
-        max_steps=cfg.max_steps,
+        # Room for the cool-down after a stop at the cap (the watch stops the run earlier).
+        max_steps=cfg.max_steps + cooldown_length(cfg.max_steps, cfg.cooldown_fraction),
         warmup_steps=cfg.warmup_steps,
         scheduler="constant_with_warmup",
         device=ctx.config.model.device,
     )
-    if checkpoint is not None and watch.detector.stable_step is not None:
+    schedule = StageSchedule(lr_factor=watch.lr_factor) if cfg.cooldown_fraction else None
+    if checkpoint is not None and watch.finished():
         # The interrupted run stopped at this checkpoint: its weights are stage 1's result.
         update.load_checkpoint(checkpoint.folder)
         steps, seconds = checkpoint.step, seconds_before
@@ -253,10 +258,11 @@ def run_stage1(
             preference=ctx.preference,
             callbacks=[
                 MetricsLogger("stage1", ctx.output_dir / METRICS_FILE, watch.values, watch.probe),
-                StopWhen(watch.stable),
+                StopWhen(watch.step_and_finished),
                 CheckpointState("stage1", watch.values, seconds_before=seconds_before),
             ],
             resume_from=checkpoint.folder if checkpoint is not None else None,
+            stage_schedule=schedule,
         )
         steps, seconds = trainer.state.global_step, seconds + seconds_before
     examples_per_step = train.batch_size * train.grad_accum * args.world_size
@@ -277,15 +283,20 @@ def run_stage1(
 
 
 class _Stage1Watch:
-    """Stage 1's stopping rule (:mod:`ila.core.stability`) and the per-step values it reads.
+    """Stage 1's stopping rule (:mod:`ila.core.stability`), the cool-down after the stop
+    (:mod:`ila.core.cooldown`) and the per-step values they read.
 
-    ``probe`` is logged with every step; ``stable`` is asked after every step and reads the
-    per-unit update norms at the steps where the ranking check wants them.
+    ``probe`` is logged with every step; ``step_and_finished`` is asked after every step,
+    feeds the rule (which reads the per-unit update norms at the steps where the ranking
+    check wants them) and says whether stage 1 is over: the stop S (T, or the cap) plus
+    the cool-down steps after it.
     """
 
     def __init__(self, ctx: ScoringContext, update: LoraUpdate) -> None:
         cfg = ctx.config.stage1
         self.update = update
+        self.max_steps, self.warmup_steps = cfg.max_steps, cfg.warmup_steps
+        self.cooldown_fraction = cfg.cooldown_fraction
         self.detector = make_detector(
             cfg.criterion,
             epsilon=cfg.epsilon,
@@ -300,6 +311,34 @@ class _Stage1Watch:
 
     def probe(self) -> dict[str, float]:
         return {"update_norm": float(self.update.norms().norm())}
+
+    def stop_step(self) -> int | None:
+        """S: the stable step T, or the cap once reached; None while training goes on."""
+        if self.detector.stable_step is not None:
+            return self.detector.stable_step
+        return self.max_steps if len(self.values.loss) >= self.max_steps else None
+
+    def cooldown_steps(self) -> int:
+        stop = self.stop_step()
+        return 0 if stop is None else cooldown_length(stop, self.cooldown_fraction)
+
+    def finished(self) -> bool:
+        """Stage 1 is over: the stop is reached and its cool-down steps are done."""
+        stop = self.stop_step()
+        return stop is not None and len(self.values.loss) >= stop + self.cooldown_steps()
+
+    def step_and_finished(self) -> bool:
+        self.stable()
+        return self.finished()
+
+    def lr_factor(self, step: int) -> float:
+        """The learning-rate factor of optimizer step ``step`` (a LambdaLR factor)."""
+        return learning_rate_factor(
+            step,
+            warmup_steps=self.warmup_steps,
+            stop_step=self.stop_step(),
+            cooldown_steps=self.cooldown_steps(),
+        )
 
     def stable(self) -> bool:
         step = len(self.values.loss)
@@ -335,12 +374,17 @@ def _stage1_summary(
 ) -> dict[str, Any]:
     """stage1/summary.json: T, whether it was stable, the curves and the checks."""
     cfg, values, stable_step = ctx.config.stage1, watch.values, watch.detector.stable_step
+    stop = watch.stop_step() or steps
     return {
         "stable": stable_step is not None,
-        "T": stable_step if stable_step is not None else steps,
+        "T": stable_step if stable_step is not None else stop,
         "stable_step": stable_step,
         "steps": steps,
         "max_steps": cfg.max_steps,
+        # The cool-down after the stop (docs/method.md, Stage 1): the mask is learned at
+        # "steps" = T (or the cap) + these steps.
+        "cooldown_fraction": cfg.cooldown_fraction,
+        "cooldown_steps": steps - stop,
         "steps_per_epoch": math.ceil(len(ctx.train_features) / examples_per_step),
         "epochs": steps * examples_per_step / len(ctx.train_features),
         "seconds": seconds,
@@ -409,12 +453,17 @@ def run_stage2(
     checkpoint = _resume_point(ctx, out / "trainer", "stage2")
     record.restore(checkpoint)
     callbacks = [AfterStep(record.project)] if cfg.budget == "project" else []
+    schedule = None
+    if cfg.optimizer == "adam-shared":
+        schedule = StageSchedule(
+            optimizer=lambda params: SharedScaleAdam(params, cfg.learning_rate)
+        )
     args = make_training_args(
         train,
         output_dir=out / "trainer",
         learning_rate=cfg.learning_rate,
         max_steps=cfg.steps,
-        scheduler="constant",
+        scheduler=cfg.schedule,
         device=ctx.config.model.device,
         seed=stage_seed(train.seed, "stage2"),
         grad_accum=train.grad_accum * cfg.grad_accum,
@@ -437,6 +486,7 @@ def run_stage2(
             extra_loss=record.budget,
             resume_from=checkpoint.folder if checkpoint is not None else None,
             eval_mode=cfg.eval_mode,
+            stage_schedule=schedule,
         )
     finally:
         gated.detach()
@@ -539,6 +589,8 @@ def _stage2_summary(
         "seconds": seconds,
         "seconds_per_step": seconds / max(steps, 1),
         "eval_mode": cfg.eval_mode,
+        "optimizer": cfg.optimizer,
+        "schedule": cfg.schedule,
         "tail_fraction": cfg.tail_fraction,
         "tail_steps": _tail_length(len(scores) - 1, cfg.tail_fraction),
         "final_loss": task_loss[-1] if task_loss else None,
@@ -647,12 +699,15 @@ def _to_scores(ctx: ScoringContext, stage1: dict[str, Any], stage2: dict[str, An
             "epsilon": stage1.get("epsilon"),
             "window": stage1.get("window"),
             "patience": stage1.get("patience"),
+            "cooldown_steps": stage1.get("cooldown_steps", 0),
         },
         "stage2": {
             "budget": ctx.config.stage2.budget,
             "budget_weight": ctx.config.stage2.budget_weight,
             "target_fraction": ctx.config.stage2.target_fraction,
             "learning_rate": ctx.config.stage2.learning_rate,
+            "optimizer": ctx.config.stage2.optimizer,
+            "schedule": ctx.config.stage2.schedule,
             "init_score": ctx.config.stage2.init_score,
             "grad_accum": ctx.config.stage2.grad_accum,
             "tail_fraction": ctx.config.stage2.tail_fraction,

@@ -23,7 +23,12 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 
 from ila.errors import IlaError
-from ila.train.trainer import ExtraLossMixin, PreferenceTraining, progress_bars_enabled
+from ila.train.trainer import (
+    ExtraLossMixin,
+    PreferenceTraining,
+    StageSchedule,
+    progress_bars_enabled,
+)
 
 __all__ = ["dpo_trainer"]
 
@@ -37,6 +42,7 @@ def dpo_trainer(
     callbacks: Sequence[TrainerCallback] = (),
     extra_loss: Callable[[], torch.Tensor] | None = None,
     eval_mode: bool = False,
+    stage_schedule: StageSchedule | None = None,
 ) -> Any:
     """A DPOTrainer for ``model`` (a peft model) on preference ``rows`` (TRL's text layout:
     ``prompt``, ``chosen``, ``rejected``; ila.data.preference.preference_rows)."""
@@ -77,6 +83,7 @@ def dpo_trainer(
         callbacks=list(callbacks),
         extra_loss=extra_loss,
         eval_mode=eval_mode,
+        stage_schedule=stage_schedule,
     )
     if "ref" in getattr(model, "peft_config", {}):
         # TRL's copy of the adapter as the reference; ila's reference is the model without

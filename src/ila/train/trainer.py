@@ -36,6 +36,7 @@ __all__ = [
     "IlaTrainer",
     "MetricsLogger",
     "PreferenceTraining",
+    "StageSchedule",
     "StepValues",
     "StopWhen",
     "make_training_args",
@@ -129,8 +130,22 @@ def make_training_args(
     )
 
 
+@dataclass(frozen=True)
+class StageSchedule:
+    """What a stage sets in place of the Trainer's own optimizer and schedule (None: keep).
+
+    ``optimizer`` builds the optimizer from the trainable parameters (stage 2's
+    ``--stage2-optimizer adam-shared``, ila.core.gate_optimizer); ``lr_factor`` is a
+    LambdaLR factor of the optimizer step (stage 1's cool-down, ila.core.cooldown).
+    """
+
+    optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer] | None = None
+    lr_factor: Callable[[int], float] | None = None
+
+
 class ExtraLossMixin:
-    """A Trainer (or TRL trainer) whose loss may carry an extra term (the stage-2 budget).
+    """A Trainer (or TRL trainer) whose loss may carry an extra term (the stage-2 budget),
+    and whose optimizer or learning-rate schedule a stage may set (:class:`StageSchedule`).
 
     ``extra_loss`` is called once per forward pass and added to the loss; it must return a
     scalar tensor on the loss's device. With ``eval_mode`` the model runs its forward and
@@ -143,11 +158,28 @@ class ExtraLossMixin:
         *args: Any,
         extra_loss: Callable[[], torch.Tensor] | None = None,
         eval_mode: bool = False,
+        stage_schedule: StageSchedule | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.extra_loss = extra_loss
         self.eval_mode = eval_mode
+        self.stage_schedule = stage_schedule or StageSchedule()
+
+    def create_optimizer(self, model=None):
+        make = self.stage_schedule.optimizer
+        if make is not None and self.optimizer is None:
+            opt_model = self.model if model is None else model
+            self.optimizer = make([p for p in opt_model.parameters() if p.requires_grad])
+        return super().create_optimizer(model)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        factor = self.stage_schedule.lr_factor
+        if factor is not None and self.lr_scheduler is None:
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer or self.optimizer, factor
+            )
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.eval_mode:
@@ -297,6 +329,7 @@ def run_trainer(
     resume_from: Path | None = None,
     eval_mode: bool = False,
     preference: PreferenceTraining | None = None,
+    stage_schedule: StageSchedule | None = None,
 ) -> tuple[Trainer, float]:
     """Train ``model``; returns the trainer and the wall time in seconds.
 
@@ -305,7 +338,8 @@ def run_trainer(
     eval mode (:mod:`ila.train.preference`) on ``train_features`` as preference rows.
     With ``resume_from`` (a ``checkpoint-N`` folder, see :mod:`ila.train.checkpoints`),
     training continues from that checkpoint: model or adapter weights, optimizer,
-    scheduler, RNG states and data position. ``eval_mode``: see :class:`ExtraLossMixin`.
+    scheduler, RNG states and data position. ``eval_mode``: see :class:`ExtraLossMixin`;
+    ``stage_schedule``: :class:`StageSchedule`.
     """
     if preference is not None:
         from ila.train.preference import dpo_trainer
@@ -318,6 +352,7 @@ def run_trainer(
             callbacks=callbacks,
             extra_loss=extra_loss,
             eval_mode=eval_mode,
+            stage_schedule=stage_schedule,
         )
     else:
         if collator is None:
@@ -330,6 +365,7 @@ def run_trainer(
             callbacks=list(callbacks),
             extra_loss=extra_loss,
             eval_mode=eval_mode,
+            stage_schedule=stage_schedule,
         )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)  # disable_tqdm's: a printed line per step

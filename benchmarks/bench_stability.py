@@ -181,9 +181,13 @@ class Stage2Runner:
         out: Path,
         unit: str = "module",
         precision: str = "auto",
+        stage2: dict | None = None,
+        average: str = "weights",
     ) -> dict:
-        """Stage 2 (``unit`` gates, stage-2 seed ``seed``, ``--precision``) on the mean of
-        the LoRA weights in ``files`` (one file: that adapter)."""
+        """Stage 2 (``unit`` gates, stage-2 seed ``seed``, ``--precision``, other stage-2
+        settings from ``stage2``) on the mean of the LoRA weights in ``files`` (one file:
+        that adapter), or with ``average="update"`` on the mean of their updates
+        Delta_i = (alpha / r) B_i A_i, through delta gates on the base model."""
         summary_path = out / "stage2" / "summary.json"
         if summary_path.is_file():
             return json.loads(summary_path.read_text())
@@ -197,17 +201,24 @@ class Stage2Runner:
         from ila.scorers.ila import run_stage2
 
         features, fingerprint = self._features(data)
-        peft_model = add_lora(self.model, self.layer_map.units, LoraSettings(), seed=0)
         loaded = [load_file(str(path)) for path in files]
-        weights = {name: torch.stack([w[name] for w in loaded]).mean(0) for name in loaded[0]}
-        set_peft_model_state_dict(peft_model, weights)
         config = ScoreConfig()
         config = dataclasses.replace(
             config,
             # Stage 2 in the recording's precision where it is recorded.
             train=dataclasses.replace(config.train, seed=seed, precision=precision),
-            stage2=dataclasses.replace(config.stage2, grad_accum=accum, unit=unit),
+            stage2=dataclasses.replace(
+                config.stage2, grad_accum=accum, unit=unit, **(stage2 or {})
+            ),
         )
+        deltas = None
+        if average == "update":
+            peft_model = self.model
+            deltas = mean_updates(loaded, self.layer_map, LoraSettings())
+        else:
+            peft_model = add_lora(self.model, self.layer_map.units, LoraSettings(), seed=0)
+            weights = {n: torch.stack([w[n] for w in loaded]).mean(0) for n in loaded[0]}
+            set_peft_model_state_dict(peft_model, weights)
         out.mkdir(parents=True, exist_ok=True)
         ctx = ScoringContext(
             model=peft_model,
@@ -223,11 +234,27 @@ class Stage2Runner:
         torch.manual_seed(seed)
         start = time.perf_counter()
         try:
-            summary = run_stage2(ctx, peft_model)
+            summary = run_stage2(ctx, peft_model, deltas=deltas)
         finally:
-            self.model = peft_model.unload()
+            if deltas is None:
+                self.model = peft_model.unload()
         print(f"stage 2 {out}: {time.perf_counter() - start:.0f} s", flush=True)
         return summary
+
+
+def mean_updates(loaded: list[dict], layer_map, lora) -> dict:
+    """Each unit's LoRA update Delta_i = (alpha / r) B_i A_i averaged over the snapshots in
+    ``loaded`` (peft state dicts): an iterate average of the update itself, which the mean
+    of A and of B separately is not once A and B have moved."""
+    import torch
+
+    scale = lora.alpha / lora.rank
+    deltas = {}
+    for unit in layer_map.units:
+        key = f"base_model.model.{unit.module_path}.lora_"
+        products = [w[key + "B.weight"].float() @ w[key + "A.weight"].float() for w in loaded]
+        deltas[unit.name] = scale * torch.stack(products).mean(0)
+    return deltas
 
 
 def top(values: list[float], fraction: float = FRACTION) -> set[int]:

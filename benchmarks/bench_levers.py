@@ -1,0 +1,338 @@
+"""Levers on the ranking's reproducibility, each measured on the same stage-1 recordings.
+
+Reads stage-1 recordings of ``benchmarks/record_stage1.py`` (one per dataset and seed,
+LoRA snapshots every 20 steps, run past 2T at a constant learning rate) and learns stage 2
+from them under each lever (docs/method.md, "What the ranking measures"; the second
+ranking review's F1-F5):
+
+- stage-2 dynamics on the adapter at T (the default rule's stop): the defaults; the
+  budget at the cut that is used (H = 0.25 for the top quarter, 0.75 for the freeze set);
+  one shared second moment for the gate scores (``--stage2-optimizer adam-shared``); a
+  longer stage 2 with a cosine-decayed rate; a stronger budget;
+- stage-1 drift: the mask learned at 2T; a temporal ensemble (the raw s of the masks at
+  T, 1.5T and 2T averaged); stage 2 on the iterate average of the update
+  Delta_i = (alpha / r) B_i A_i over the snapshots from T to 2T.
+
+For every lever: seed-vs-seed top-25% and bottom-25% Jaccard (the sets "tune the top" and
+"freeze the bottom" act on), the shared fraction, the structural null (top sets redrawn
+within module type) and the excess over it, Spearman with the stage-1 update norms at T,
+and how many of the top 25% are MLP modules.
+
+Every finished stage 2 is kept under ``benchmarks/records/bench_levers/`` (settings, the
+tail-averaged scores, the score trajectory, the loss; no weights), and each recording's
+``curve.json`` under ``benchmarks/records/stage1/``; ``--report-only`` rebuilds the
+section of docs/results.md from the records alone. Usage::
+
+    python benchmarks/record_stage1.py --data ila-instruct --seeds 0 1 2 3 4 5 --steps 200 \\
+        --work-dir runs/bench-levers --threads 1
+    python benchmarks/bench_levers.py --work-dir runs/bench-levers --levers default shared
+    python benchmarks/bench_levers.py --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_stability import (
+    DEFAULT_RULE,
+    RULES,
+    load_recordings,
+    rule_t,
+    snapshot_steps,
+)
+from ila.analysis.compare import spearman, structural_null_jaccard
+from ila.core.scores import expected_random_jaccard, jaccard, top_count
+from results_file import write_section
+
+RECORDS = Path(__file__).resolve().parent / "records"
+LEVER_RECORDS = RECORDS / "bench_levers"
+FRACTION = 0.25
+
+# lever -> (stage-2 settings, where the adapter comes from). "T": the snapshot at the
+# default rule's T; "2T": at twice that; "T..2T": the mean update over the snapshots from
+# T to 2T. The temporal ensemble is computed from the records of T, 1.5T and 2T.
+LEVERS: dict[str, tuple[dict, str]] = {
+    "default": ({}, "T"),
+    "H0.25": ({"target_fraction": 0.25}, "T"),
+    "H0.75": ({"target_fraction": 0.75}, "T"),
+    "shared": ({"optimizer": "adam-shared"}, "T"),
+    "shared-H0.25": ({"optimizer": "adam-shared", "target_fraction": 0.25}, "T"),
+    "cosine150": ({"steps": 150, "schedule": "cosine"}, "T"),
+    "lambda5": ({"budget_weight": 5.0}, "T"),
+    "default@1.5T": ({}, "1.5T"),
+    "default@2T": ({}, "2T"),
+    "mean-update-T..2T": ({}, "T..2T"),
+}
+LABELS = {
+    "default": "defaults (H 0.5, Adam, 60 steps constant), mask at T",
+    "H0.25": "budget at the cut used: H 0.25",
+    "H0.75": "budget at the freeze cut: H 0.75",
+    "shared": "one second moment for all gates (adam-shared)",
+    "shared-H0.25": "adam-shared and H 0.25",
+    "cosine150": "150 stage-2 steps, cosine-decayed rate",
+    "lambda5": "stronger budget (lambda 5)",
+    "default@2T": "defaults, mask at 2T",
+    "temporal": "temporal ensemble: mean s of the masks at T, 1.5T, 2T",
+    "mean-update-T..2T": "stage 2 on the mean update over T..2T",
+}
+
+
+def grid_step(curve: dict, step: float) -> int:
+    """The first snapshot at or after ``step`` (the recording's last if none)."""
+    steps = snapshot_steps(curve)
+    return min((s for s in steps if s >= step), default=steps[-1])
+
+
+def adapter_steps(curve: dict, t: int, where: str) -> tuple[int, ...]:
+    if where == "T":
+        return (grid_step(curve, t),)
+    if where == "1.5T":
+        return (grid_step(curve, 1.5 * t),)
+    if where == "2T":
+        return (grid_step(curve, 2 * t),)
+    start, end = grid_step(curve, t), grid_step(curve, 2 * t)
+    return tuple(s for s in snapshot_steps(curve) if start <= s <= end)
+
+
+def record_path(data: str, seed: int, lever: str) -> Path:
+    return LEVER_RECORDS / data / f"seed{seed}" / f"{lever}.json"
+
+
+def keep_record(path: Path, lever: str, curve: dict, t: int, steps: tuple, out: Path) -> None:
+    """The small outputs of one stage 2, in the repository (no weights)."""
+    summary = json.loads((out / "stage2" / "summary.json").read_text())
+    trajectory = json.loads((out / "stage2" / "gate_trajectory.json").read_text())
+    settings, where = LEVERS[lever]
+    record = {
+        "lever": lever,
+        "data": curve["data"],
+        "seed": curve["seed"],
+        "precision": curve.get("precision", "auto"),
+        "T": t,
+        "adapter": where,
+        "snapshot_steps": list(steps),
+        "stage2_settings": settings,
+        "seconds": summary["seconds"],
+        "steps": summary["steps"],
+        "raw_scores": summary["raw_scores"],
+        "gate_names": summary["gate_names"],
+        "loss_curve": summary["loss_curve"],
+        "score_trajectory": [[round(x, 4) for x in row] for row in trajectory["scores"]],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record) + "\n")
+
+
+def keep_curve(curve: dict) -> None:
+    """The recording's loss and update norms, so T and the norms survive the machine."""
+    path = RECORDS / "stage1" / "bench-levers" / curve["data"] / f"seed{curve['seed']}.json"
+    if path.is_file():
+        return
+    kept = {k: v for k, v in curve.items() if k != "dir"}
+    kept["norms"] = {k: [round(x, 5) for x in v] for k, v in curve["norms"].items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(kept) + "\n")
+
+
+def run_levers(work_dir: Path, levers: list[str], seeds: list[int] | None) -> None:
+    from bench_stability import Stage2Runner
+
+    recordings = load_recordings(work_dir)
+    rule = dict(RULES)[DEFAULT_RULE]
+    runner = None
+    for (data, seed), curve in sorted(recordings.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if seeds is not None and seed not in seeds:
+            continue
+        keep_curve(curve)
+        t = rule_t(curve, rule) or snapshot_steps(curve)[-1]
+        for lever in levers:
+            path = record_path(data, seed, lever)
+            if path.is_file():
+                continue
+            settings, where = LEVERS[lever]
+            steps = adapter_steps(curve, t, where)
+            out = work_dir / "stage2" / data / f"seed{seed}" / lever
+            runner = runner or Stage2Runner()
+            files = [curve["dir"] / "snapshots" / f"step-{s}.safetensors" for s in steps]
+            runner.run_files(
+                data,
+                files,
+                seed,
+                2,
+                out,
+                precision=curve.get("precision", "auto"),
+                stage2=settings,
+                average="update" if where == "T..2T" else "weights",
+            )
+            keep_record(path, lever, curve, t, steps, out)
+
+
+def load_records() -> tuple[dict[tuple[str, int], dict[str, dict]], dict[tuple[str, int], dict]]:
+    """Every lever record and every stage-1 curve kept in the repository."""
+    found: dict[tuple[str, int], dict[str, dict]] = {}
+    for path in sorted(LEVER_RECORDS.glob("*/seed*/*.json")):
+        record = json.loads(path.read_text())
+        found.setdefault((record["data"], record["seed"]), {})[record["lever"]] = record
+    curves = {}
+    for path in sorted((RECORDS / "stage1" / "bench-levers").glob("*/seed*.json")):
+        curve = json.loads(path.read_text())
+        curves[(curve["data"], curve["seed"])] = curve
+    return found, curves
+
+
+def lever_scores(records: dict[str, dict], lever: str) -> list[float] | None:
+    if lever == "temporal":
+        parts = [records.get(k) for k in ("default", "default@1.5T", "default@2T")]
+        if any(p is None for p in parts):
+            return None
+        return [
+            statistics.fmean(col) for col in zip(*(p["raw_scores"] for p in parts), strict=True)
+        ]
+    record = records.get(lever)
+    return None if record is None else record["raw_scores"]
+
+
+def module_type(name: str) -> str:
+    """The path inside the block: ``layers.12.mlp.up_proj`` -> ``mlp.up_proj``."""
+    return name.split(".", 2)[2]
+
+
+def top(values: list[float], fraction: float = FRACTION) -> set[int]:
+    k = top_count(len(values), fraction)
+    return set(sorted(range(len(values)), key=lambda i: (-values[i], i))[:k])
+
+
+def bottom(values: list[float], fraction: float = FRACTION) -> set[int]:
+    k = top_count(len(values), fraction)
+    return set(sorted(range(len(values)), key=lambda i: (values[i], -i))[:k])
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def lever_row(label: str, runs: list[list[float]], norms: list[list[float]], names, types) -> str:
+    """One table row over every pair of seeds of one lever."""
+    pairs = list(itertools.combinations(range(len(runs)), 2))
+    if not pairs:
+        return f"| {label} | {len(runs)} | | | | | | | |"
+    tops = [jaccard(top(runs[i]), top(runs[j])) for i, j in pairs]
+    bottoms = [jaccard(bottom(runs[i]), bottom(runs[j])) for i, j in pairs]
+    nulls = [
+        structural_null_jaccard(
+            names,
+            types,
+            {names[x] for x in top(runs[i])},
+            {names[x] for x in top(runs[j])},
+            draws=4000,
+        )
+        for i, j in pairs
+    ]
+    excess = [a - b for a, b in zip(tops, nulls, strict=True)]
+    shared = statistics.fmean(2 * j / (1 + j) for j in tops)
+    rho = [spearman(r, n) for r, n in zip(runs, norms, strict=True)]
+    mlp = [sum(types[x].startswith("mlp.") for x in top(r)) for r in runs]
+    return (
+        f"| {label} | {len(runs)} | {spread(tops)} | {shared:.2f} | {spread(bottoms)} | "
+        f"{statistics.fmean(nulls):.2f} | {statistics.fmean(excess):+.2f} | "
+        f"{statistics.fmean(rho):.2f} | {statistics.fmean(mlp):.0f} |"
+    )
+
+
+def report(levers: list[str], command: str) -> str:
+    found, curves = load_records()
+    if not found:
+        raise SystemExit(f"no records under {LEVER_RECORDS}; run without --report-only first")
+    lines = [
+        "## Levers on the ranking's reproducibility (`benchmarks/bench_levers.py`)",
+        "",
+        f"Command: `{command}` (rebuilt from `benchmarks/records/` with `--report-only`).",
+    ]
+    for data in sorted({d for d, _ in found}):
+        seeds = sorted(s for d, s in found if d == data)
+        first = found[(data, seeds[0])]
+        any_record = next(iter(first.values()))
+        names = any_record["gate_names"]
+        n = len(names)
+        k = top_count(n, FRACTION)
+        types = [module_type(name) for name in names]
+        ts = sorted({r["T"] for s in seeds for r in found[(data, s)].values()})
+        precision = sorted({r["precision"] for s in seeds for r in found[(data, s)].values()})
+        lines += [
+            "",
+            f"### {data}: seeds {', '.join(map(str, seeds))}",
+            "",
+            f"SmolLM2-135M, LoRA r 8 on all {n} units, stage 1 at lr 1e-3 constant "
+            f"(recordings of `record_stage1.py`, precision {', '.join(precision)}); T by the "
+            f"default rule: {', '.join(map(str, ts))}. Top and bottom 25% = {k} units; chance "
+            f"Jaccard {expected_random_jaccard(n, k):.2f}. Each row: every pair of seeds; "
+            "shared fraction |A∩B|/k = 2J/(1+J) of the mean Jaccard's pairs; null: the "
+            "top sets redrawn within module type; rho: Spearman of the importance with "
+            "the run's stage-1 update norms at T; MLP: MLP modules among the top 25%.",
+            "",
+            "| lever | seeds | top-25% Jaccard | shared | bottom-25% Jaccard | null | "
+            "excess | rho with norms | MLP in top |",
+            "|---|---:|---|---:|---|---:|---:|---:|---:|",
+        ]
+        for lever in levers:
+            runs, norms = [], []
+            for seed in seeds:
+                scores = lever_scores(found[(data, seed)], lever)
+                curve = curves.get((data, seed))
+                if scores is None or curve is None:
+                    continue
+                t_step = found[(data, seed)]["default"]["snapshot_steps"][0]
+                norm_steps = sorted(int(s) for s in curve["norms"])
+                at = min((s for s in norm_steps if s >= t_step), default=norm_steps[-1])
+                runs.append(scores)
+                norms.append(curve["norms"][str(at)])
+            if runs:
+                lines.append(lever_row(LABELS.get(lever, lever), runs, norms, names, types))
+    return "\n".join(lines) + "\n"
+
+
+REPORTED = [
+    "default",
+    "H0.25",
+    "H0.75",
+    "shared",
+    "shared-H0.25",
+    "cosine150",
+    "lambda5",
+    "default@2T",
+    "temporal",
+    "mean-update-T..2T",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-levers"))
+    parser.add_argument("--levers", nargs="*", default=list(LEVERS), choices=list(LEVERS))
+    parser.add_argument("--seeds", type=int, nargs="*", help="only these recordings' seeds")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--report-only", action="store_true", help="rebuild from records")
+    args = parser.parse_args()
+    if not args.report_only:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        run_levers(args.work_dir, args.levers, args.seeds)
+    command = "python benchmarks/bench_levers.py --work-dir runs/bench-levers"
+    write_section("bench_levers", report(REPORTED, command))
+    print(report(REPORTED, command))
+
+
+if __name__ == "__main__":
+    main()

@@ -388,6 +388,8 @@ def finetune(
         ranking = scores
 
         def chosen(layer_map: LayerMap) -> Selection:
+            if ranking is not None and ranking.layout.get("module_types"):
+                layer_map = layer_map.restricted_to(ranking.layout["module_types"])
             return select_units(
                 layer_map,
                 scores=ranking,

@@ -46,6 +46,7 @@ _SECTION_TITLES = {
     "finetune": "stage 3: fine-tune the selected units",
     "run": "after scoring (ila run): selection and fine-tuning",
     "eval": "evaluation",
+    "source": "an update that already exists (stage 2 only, instead of stage 1)",
 }
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "RunConfig",
     "RunSettings",
     "ScoreConfig",
+    "SourceSettings",
     "Stage1Config",
     "Stage2Config",
     "TrainConfig",
@@ -416,6 +417,34 @@ class EnsembleSettings:
 
 
 @dataclass
+class SourceSettings:
+    """An update that already exists, ranked by stage 2 alone instead of ila's own stage 1
+    (docs/method.md, "ILA on an update you already have")."""
+
+    from_adapter: str | None = _opt(
+        None,
+        "rank the units of this existing peft LoRA adapter (trained on --model by any tool): "
+        "stage 2 on its update, no stage 1; its target modules are the units",
+    )
+    from_model: str | None = _opt(
+        None,
+        "rank the weight changes of this aligned model against --model, its base: stage 2 on "
+        "W_aligned - W_base of every unit, no stage 1 (a second copy of the unit weights)",
+    )
+
+    def __post_init__(self) -> None:
+        _require(
+            not (self.from_adapter and self.from_model),
+            "--from-adapter",
+            "and --from-model both name an update to rank; pass one of them",
+        )
+
+    @property
+    def given(self) -> bool:
+        return bool(self.from_adapter or self.from_model)
+
+
+@dataclass
 class ScoreConfig:
     """Everything `ila score` needs: model, data, LoRA, training, stage 1 and stage 2."""
 
@@ -426,6 +455,7 @@ class ScoreConfig:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     ensemble: EnsembleSettings = field(default_factory=EnsembleSettings)
+    source: SourceSettings = field(default_factory=SourceSettings)
 
 
 @dataclass
@@ -761,6 +791,9 @@ def input_paths(config: Any) -> list[str]:
     """The files a job reads by the settings of ``config`` (model, data, MC questions); a
     run directory that contains one of them is never replaced (see ila.rundir)."""
     paths = [config.model.model, config.data.data]
+    source = getattr(config, "source", None)
+    if source is not None and source.given:
+        paths.append(source.from_adapter or source.from_model)
     settings = getattr(config, "eval", None)
     if settings is not None and settings.mc_data:
         paths.append(settings.mc_data)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ila.errors import IlaError
@@ -72,6 +72,14 @@ class LayerMap:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {u.name: u for u in self.units})
+
+    def restricted_to(self, module_types: Sequence[str]) -> LayerMap:
+        """The same model's units of ``module_types`` only (as ``--lora-module-types``
+        gives), e.g. for a ranking of the modules one adapter covers."""
+        kept = tuple(t for t in self.module_types if t in set(module_types))
+        return replace(
+            self, units=tuple(u for u in self.units if u.module_type in kept), module_types=kept
+        )
 
     def unit(self, name: str) -> Unit:
         """The unit called ``name``; an unknown name raises IlaError naming close matches."""

@@ -20,7 +20,6 @@ A few generations are saved for reading, since numbers alone hide how a model an
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -393,15 +392,16 @@ def load_model_for_eval(
     tuned tensors replace the base's). An adapter made on another model than
     ``model_spec`` (ila.model.identity) is refused unless ``allow_other_model``.
     """
+    from ila.model.adapters import check_adapter_base, resolve_adapter
     from ila.model.loading import load_model
 
-    adapter_dir = _resolve_adapter(adapter) if adapter is not None else None
+    adapter_dir = resolve_adapter(adapter) if adapter is not None else None
     model, tokenizer = load_model(
         model_spec, dtype=dtype, device=device, threads=threads, quantize_4bit=quantize_4bit
     )
     if adapter_dir is None:
         return ModelForEval(model, tokenizer, None)
-    other = _check_adapter_base(adapter_dir, model_spec, allow=allow_other_model)
+    other = check_adapter_base(adapter_dir, model_spec, allow=allow_other_model)
     if (adapter_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
@@ -415,66 +415,6 @@ def load_model_for_eval(
         return ModelForEval(model, tokenizer, other)
     changed = adapter_dir / "changed_weights.safetensors"
     return ModelForEval(_apply_changed_weights(model, changed), tokenizer, other)
-
-
-def _check_adapter_base(adapter_dir: Path, model_spec: str, *, allow: bool) -> str | None:
-    """Check that ``adapter_dir`` was trained on ``model_spec``: against the fingerprint
-    `ila finetune` saved beside it, else against the adapter's recorded base model when
-    that model is on this machine (a foreign adapter whose base is not is not checked)."""
-    from ila.model.identity import BASE_MODEL_FILE, check_same_model, model_fingerprint
-
-    recorded = adapter_dir / BASE_MODEL_FILE
-    what = f"--adapter {adapter_dir}"
-    hint = "pass the base model it was trained on as --model"
-    if recorded.is_file():
-        from ila.rundir import read_json
-
-        ours = model_fingerprint(model_spec)
-        note = check_same_model(read_json(recorded), ours, what=what, allow=allow, hint=hint)
-    else:
-        note = _check_foreign_adapter_base(adapter_dir, model_spec, what, allow=allow, hint=hint)
-    if note is not None:
-        log.warning("%s", note)
-    return note
-
-
-def _check_foreign_adapter_base(
-    adapter_dir: Path, model_spec: str, what: str, *, allow: bool, hint: str
-) -> str | None:
-    """A peft adapter not made by ila: its ``base_model_name_or_path``, if that model is
-    on this machine, must be ``model_spec``'s model."""
-    from ila.model.identity import check_same_model, local_fingerprint, model_fingerprint
-
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():  # changed weights saved before ila recorded the base
-        return None
-    try:
-        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise IlaError(f"{config_file} is not a readable adapter config ({exc})") from exc
-    if not isinstance(base, str) or not base or base == model_spec:
-        return None
-    theirs = local_fingerprint(base)
-    if theirs is None:
-        log.info("%s names base model %s, which is not on this machine; not checked", what, base)
-        return None
-    ours = model_fingerprint(model_spec)
-    return check_same_model(theirs, ours, what=f"{what} (base {base})", allow=allow, hint=hint)
-
-
-def _resolve_adapter(path: Path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise IlaError(f"--adapter {path} does not exist; pass an adapter or finetune directory")
-    for candidate in (path, path / "adapter", path / "changed_weights"):
-        if (candidate / "adapter_config.json").is_file():
-            return candidate
-        if (candidate / "changed_weights.safetensors").is_file():
-            return candidate
-    raise IlaError(
-        f"--adapter {path} holds no adapter_config.json, adapter/ or changed_weights/; "
-        "pass a peft adapter directory or an `ila finetune` output directory"
-    )
 
 
 def _apply_changed_weights(model: Any, file: Path) -> Any:

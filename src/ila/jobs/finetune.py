@@ -277,6 +277,11 @@ def _load_inputs(
         require_same_model(output_dir, identity)
     if callable(selection) and not isinstance(selection, Selection):
         selection = selection(layer_map)
+    # A ranking of some module types only (--lora-module-types, or an adapter of some
+    # modules ranked with --from-adapter) selects among those; the others stay frozen.
+    kept_types = selection.layout.get("module_types")
+    if kept_types and tuple(kept_types) != layer_map.module_types:
+        layer_map = layer_map.restricted_to(kept_types)
     units = selection.selected_units(layer_map)  # checks the selection's model layout
     other_model = check_same_model(
         selection.source.get("model_fingerprint"),

@@ -264,6 +264,24 @@ def _check_combination(config: ScoreConfig, method: str) -> None:
             f"--objective dpo: the {method} scorer reads supervised examples, not "
             "preference pairs; use --scorer ila (or lora-norm, snr, first, last, random)"
         )
+    source = config.source
+    if source.given:
+        flag = "--from-adapter" if source.from_adapter else "--from-model"
+        if method != "ila":
+            raise IlaError(
+                f"{flag} ranks an existing update with ILA's stage 2; drop --scorer {method} "
+                "(or pass --scorer ila)"
+            )
+        if config.ensemble.seeds > 1:
+            raise IlaError(
+                f"{flag} with --seeds {config.ensemble.seeds}: an existing update is one "
+                "stage 1, so independent identifications cannot be made from it; drop --seeds"
+            )
+        if source.from_model and config.train.objective == "dpo":
+            raise IlaError(
+                "--from-model with --objective dpo: DPO's reference is the model without the "
+                "update, which weight changes cannot switch off; use --from-adapter or sft"
+            )
     if method == "lora-norm" and stage1 != "lora":
         raise IlaError(
             "--stage1-method full: the lora-norm scorer ranks LoRA update norms; use it with "
@@ -319,6 +337,15 @@ def score(
     resolved["method"] = method
     _check_score_dir(output_dir, config, resolved, command, overwrite=overwrite, resume=resume)
     inputs, seconds = load_score_inputs(config)
+    update = None
+    if config.source.given:  # read and checked before the run directory is written
+        from ila.scorers.existing import load_existing_update
+
+        update = load_existing_update(
+            config.source, config.model.model, inputs.model, inputs.layer_map
+        )
+        inputs.layer_map = update.layer_map
+        seconds["load_update"] = update.seconds
     if resume:
         _require_same_data(output_dir, inputs.data_stats)
         require_same_model(output_dir, inputs.model_fingerprint)
@@ -346,7 +373,13 @@ def score(
             len(inputs.train_features),
         )
         start = time.perf_counter()
-        scores = scorer(_scoring_context(config, inputs, output_dir, resume))
+        ctx = _scoring_context(config, inputs, output_dir, resume)
+        if update is not None:
+            from ila.scorers.existing import rank_existing_update
+
+            scores = rank_existing_update(ctx, update)
+        else:
+            scores = scorer(ctx)
         seconds["score"] = time.perf_counter() - start
         if not isinstance(scores, LayerScores):
             raise TypeError(f"scorer {method!r} returned {type(scores).__name__}, not LayerScores")
@@ -492,6 +525,8 @@ def _warm_start(config: RunConfig) -> bool:
         reasons.append(f"--stage1-method {config.stage1.method} trains no LoRA adapter")
     if config.ensemble.seeds > 1:
         reasons.append(f"--seeds {config.ensemble.seeds} trains one adapter per member")
+    if config.source.given:
+        reasons.append("an existing update is ranked, ila trains no stage-1 adapter")
     if reasons:
         log.info("the fine-tunes start from LoRA's init: %s", "; ".join(reasons))
         return False

@@ -83,7 +83,15 @@ from ila.train.trainer import (
     stage_seed,
 )
 
-__all__ = ["FullUpdate", "LoraUpdate", "run_stage1", "run_stage2", "score_ila", "tail_mean"]
+__all__ = [
+    "FullUpdate",
+    "LoraUpdate",
+    "ila_scores",
+    "run_stage1",
+    "run_stage2",
+    "score_ila",
+    "tail_mean",
+]
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +128,7 @@ def score_ila(ctx: ScoringContext) -> LayerScores:
                 stage2 = run_stage2(ctx, model)
             finally:
                 ctx.model = model.unload()
-    return _to_scores(ctx, stage1, stage2)
+    return ila_scores(ctx, stage1, stage2)
 
 
 class LoraUpdate:
@@ -667,7 +675,8 @@ def _resume_point(ctx: ScoringContext, folder: Path, stage: str) -> StageCheckpo
     return checkpoint
 
 
-def _to_scores(ctx: ScoringContext, stage1: dict[str, Any], stage2: dict[str, Any]) -> LayerScores:
+def ila_scores(ctx: ScoringContext, stage1: dict[str, Any], stage2: dict[str, Any]) -> LayerScores:
+    """The ranking of a run from its stage summaries (docs/method.md, "Output")."""
     layer_map: LayerMap = ctx.layer_map
     raw, gammas = stage2["raw_scores"], stage2["gates"]
     if stage2["unit"] == "module":

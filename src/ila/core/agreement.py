@@ -30,7 +30,6 @@ Nothing here needs torch or a model.
 from __future__ import annotations
 
 import functools
-import statistics
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -48,6 +47,7 @@ __all__ = [
     "kappa",
     "set_agreement",
     "shared_fraction",
+    "spread",
     "summarize_agreements",
     "top_set",
     "unit_set",
@@ -227,8 +227,9 @@ class AgreementSummary:
         return asdict(self)
 
 
-def _spread(values: Sequence[float]) -> tuple[float, float, float]:
-    return statistics.fmean(values), min(values), max(values)
+def spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, min, max) of ``values``: how a measure is summarized over pairs."""
+    return sum(values) / len(values), min(values), max(values)
 
 
 def summarize_agreements(agreements: Sequence[SetAgreement]) -> AgreementSummary:
@@ -240,9 +241,9 @@ def summarize_agreements(agreements: Sequence[SetAgreement]) -> AgreementSummary
     if any((a.side, a.fraction, a.num_units) != key for a in agreements):
         raise ValueError("summarize agreements of one side, fraction and number of units")
     kappas = [a.kappa for a in agreements if a.kappa is not None]
-    mean_k, min_k, max_k = _spread(kappas) if kappas else (None, None, None)
-    mean_j, min_j, max_j = _spread([a.jaccard for a in agreements])
-    mean_o, min_o, max_o = _spread([a.shared_fraction for a in agreements])
+    mean_k, min_k, max_k = spread(kappas) if kappas else (None, None, None)
+    mean_j, min_j, max_j = spread([a.jaccard for a in agreements])
+    mean_o, min_o, max_o = spread([a.shared_fraction for a in agreements])
     return AgreementSummary(
         side=first.side,
         fraction=first.fraction,

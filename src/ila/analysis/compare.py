@@ -53,6 +53,7 @@ __all__ = [
     "COMPARISON_SCHEMA_VERSION",
     "CURVE_FRACTIONS",
     "DEFAULT_FRACTIONS",
+    "MEASURE_DEFINITIONS",
     "Comparison",
     "FractionSummary",
     "PairComparison",
@@ -70,7 +71,7 @@ __all__ = [
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 0.75)
 BOTTOM_FRACTIONS = (0.25,)
 """Bottom sets always compared (with every fraction asked for): "freeze the bottom 25%"."""
-MEASURES = {
+MEASURE_DEFINITIONS = {
     "jaccard": "|A∩B| / |A∪B| of the two runs' sets of k units",
     "shared_fraction": "|A∩B| / k: the share of either run's set that the other run's holds",
     "kappa": "(shared_fraction - k/N) / (1 - k/N): 0 at chance, 1 identical, < 0 below chance",
@@ -133,22 +134,31 @@ class FractionSummary:
     structural_null_jaccard: float
     """Mean over pairs of the structural null (see :func:`structural_null_jaccard`)."""
     mean_shared_fraction: float
+    """Mean over pairs of |A∩B|/k, the share of either run's top set the other's holds."""
     min_shared_fraction: float
     max_shared_fraction: float
     chance_shared_fraction: float
+    """k/N: the shared fraction of two random sets of k units."""
     mean_kappa: float | None
+    """Mean over pairs of (shared fraction - k/N) / (1 - k/N); chance is 0."""
     min_kappa: float | None
     max_kappa: float | None
     mean_jaccard_minus_structural_null: float
+    """Mean over pairs of Jaccard minus the pair's structural null (= mean_jaccard -
+    structural_null_jaccard): agreement the top sets' type composition does not explain."""
     min_jaccard_minus_structural_null: float
     max_jaccard_minus_structural_null: float
     mean_within_type_jaccard: float
+    """Mean over pairs of the within-module-type Jaccard
+    (:attr:`PairComparison.within_type_jaccard`)."""
     min_within_type_jaccard: float
     max_within_type_jaccard: float
     chance_within_type_jaccard: float
     """Within-type Jaccard of two random rankings (each type's random-set Jaccard)."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields by name: ``by_fraction`` of comparison.json (schema 1's seven keys
+        first, then the measures added beside them)."""
         return asdict(self)
 
 
@@ -212,6 +222,13 @@ class Comparison:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """comparison.json. Schema 1's keys are kept as they were; added beside them:
+        ``measures`` (what each measure is), ``bottom_fractions`` and ``bottom_by_fraction``
+        (:class:`AgreementSummary` of the bottom sets), per ``by_fraction`` entry the
+        shared fraction, kappa, Jaccard minus structural null and within-type Jaccard
+        (mean/min/max, with chance), per pair ``top`` and ``bottom`` (fraction ->
+        :class:`SetAgreement`), ``jaccard_minus_structural_null`` and
+        ``within_type_jaccard`` (fraction -> value)."""
         return {
             "schema_version": COMPARISON_SCHEMA_VERSION,
             "model_id": self.model_id,
@@ -220,7 +237,7 @@ class Comparison:
             "num_units": self.num_units,
             "fractions": self.fractions,
             "runs": self.runs,
-            "measures": MEASURES,
+            "measures": MEASURE_DEFINITIONS,
             "by_fraction": [s.to_dict() for s in self.by_fraction],
             "bottom_fractions": [s.fraction for s in self.bottom],
             "bottom_by_fraction": [s.to_dict() for s in self.bottom],

@@ -151,7 +151,7 @@ def split_agreement(runs: Sequence[LayerScores], size: int, fraction: float) -> 
     return [a.jaccard for a in split_set_agreements(runs, size, fraction)]
 
 
-MEASURES = ("jaccard", "shared_fraction", "kappa")
+_SCALES = ("jaccard", "shared_fraction", "kappa")
 """The scales each agreement of an ensemble is given on (:class:`SetAgreement`)."""
 
 
@@ -159,9 +159,9 @@ def _measure_keys(
     prefix: str, agreements: Sequence[SetAgreement], spread: bool
 ) -> dict[str, float | None]:
     """``{prefix}_{measure}_mean`` (and ``_min``, ``_max`` with ``spread``) of each of
-    :data:`MEASURES` over ``agreements``; None where undefined (kappa at k = N)."""
+    :data:`_SCALES` over ``agreements``; None where undefined (kappa at k = N)."""
     out: dict[str, float | None] = {}
-    for measure in MEASURES:
+    for measure in _SCALES:
         values = [v for a in agreements if (v := getattr(a, measure)) is not None]
         out[f"{prefix}_{measure}_mean"] = statistics.fmean(values) if values else None
         if spread:

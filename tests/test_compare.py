@@ -81,8 +81,48 @@ def test_planted_overlap_and_random_expectation():
     # Hypergeometric by hand for N = 20, k = 2: (36/190 * 1/3 + 1/190 * 1) = 13/190.
     assert first.random_jaccard == pytest.approx(13 / 190)
     assert result.matrix("jaccard", 0.1)[0] == [1.0, pytest.approx(1 / 3), 0.0]
+    # Beside the Jaccard: shared fraction |A n B|/k = 1/2 (chance k/N = 0.1), kappa
+    # (0.5 - 0.1) / 0.9; the disjoint reversed pair is below chance: -0.1 / 0.9.
+    top = result.pair("a", "b").top[0.1]
+    assert (top.shared_fraction, top.chance_shared_fraction) == (0.5, 0.1)
+    assert top.kappa == pytest.approx(4 / 9)
+    assert result.pair("a", "c").top[0.1].kappa == pytest.approx(-1 / 9)
+    assert first.mean_shared_fraction == pytest.approx(0.5 / 3)
+    assert (first.min_kappa, first.max_kappa) == (pytest.approx(-1 / 9), pytest.approx(4 / 9))
+    # The bottom sets, at 25% always and at every fraction asked for: a and b share their
+    # bottom 5 (the swap is at the top); the reversed run's bottom is a's top.
+    assert [s.fraction for s in result.bottom] == [0.1, 0.25, 0.5]
+    assert result.pair("a", "b").bottom[0.25].jaccard == 1.0
+    assert result.pair("a", "b").bottom[0.25].kappa == 1.0
+    assert result.pair("a", "c").bottom[0.25].shared_fraction == 0.0
+    bottom = result.bottom[1]
+    assert (bottom.side, bottom.k, bottom.pairs) == ("bottom", 5, 3)
+    assert bottom.mean_jaccard == pytest.approx(1 / 3)
+    assert bottom.chance_shared_fraction == 0.25
     assert len(result.curve["mean"]) == len(CURVE_FRACTIONS)
     assert result.curve["pairs"]["a vs b"][-1] == 1.0  # everything at 100%
+
+
+def test_within_type_agreement_sees_through_the_ordering_of_types():
+    # Both runs order the units of each module type by block (block 0 first), but a puts
+    # the types in the order of TYPES and b in the reverse: the global top 25% (k = 4) is
+    # all q_proj in a and all down_proj in b.
+    n = 16
+
+    def values(type_weight):
+        return [10 * type_weight(i % 4) - i // 4 for i in range(n)]
+
+    a = make_scores(values(lambda t: 4 - t))
+    b = make_scores(values(lambda t: t + 1))
+    pair = compare_scores([a, b], ["a", "b"], [0.25]).pair("a", "b")
+    assert pair.jaccard[0.25] == 0.0 and pair.structural_null[0.25] == 0.0
+    assert pair.jaccard_minus_structural_null[0.25] == 0.0
+    assert pair.within_type_jaccard[0.25] == 1.0  # each type's top unit is block 0 in both
+    # Reversing the order within one type (mlp.up_proj) costs that type's quarter.
+    c = make_scores(
+        [v if i % 4 != 2 else 10 * 2 + i // 4 for i, v in enumerate(values(lambda t: t + 1))]
+    )
+    assert compare_scores([a, c], ["a", "c"], [0.25]).pairs[0].within_type_jaccard[0.25] == 0.75
 
 
 def test_random_rankings_overlap_as_the_random_expectation_says():
@@ -96,6 +136,9 @@ def test_random_rankings_overlap_as_the_random_expectation_says():
     summary = result.by_fraction[0]
     assert summary.random_jaccard == pytest.approx(expected_random_jaccard(200, 50))
     assert abs(summary.mean_jaccard - summary.random_jaccard) < 0.03  # 66 pairs
+    assert abs(summary.mean_shared_fraction - 0.25) < 0.03 and abs(summary.mean_kappa) < 0.04
+    assert abs(summary.mean_within_type_jaccard - summary.chance_within_type_jaccard) < 0.03
+    assert abs(result.bottom[0].mean_kappa) < 0.04
     assert abs(np.mean([p.spearman for p in result.pairs])) < 0.05
 
 
@@ -164,6 +207,7 @@ def test_cli_writes_every_output(tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "3 runs of tiny, 40 module units, 3 pairs" in printed and "top 25% (k = 10)" in printed
+    assert "mean shared fraction |A n B|/k" in printed and "bottom 25% (k = 10)" in printed
     assert sorted(p.name for p in out.iterdir()) == [
         "comparison.json",
         "comparison.md",
@@ -180,9 +224,34 @@ def test_cli_writes_every_output(tmp_path, capsys):
     assert data["by_fraction"][0]["random_jaccard"] == pytest.approx(
         expected_random_jaccard(40, 10)
     )
+    # Every pair also carries the shared fraction and kappa of its top and bottom sets,
+    # the excess over the structural null and the within-type Jaccard.
+    saved = data["pairs"][0]
+    assert saved["top"]["0.25"] == pair.top[0.25].to_dict()
+    assert saved["top"]["0.25"]["shared_fraction"] == pytest.approx(pair.top[0.25].shared_fraction)
+    assert set(saved["bottom"]) == {"0.25", "0.5"}
+    assert saved["bottom"]["0.25"]["kappa"] == pytest.approx(pair.bottom[0.25].kappa)
+    assert saved["jaccard_minus_structural_null"]["0.5"] == pytest.approx(
+        pair.jaccard[0.5] - pair.structural_null[0.5]
+    )
+    assert saved["within_type_jaccard"]["0.25"] == pytest.approx(pair.within_type_jaccard[0.25])
+    summary = data["by_fraction"][0]
+    for key in ("shared_fraction", "kappa", "within_type_jaccard", "jaccard_minus_structural_null"):
+        assert summary[f"min_{key}"] <= summary[f"mean_{key}"] <= summary[f"max_{key}"]
+    assert summary["chance_shared_fraction"] == 0.25
+    assert data["bottom_fractions"] == [0.25, 0.5]
+    assert data["bottom_by_fraction"][0]["side"] == "bottom"
+    assert data["bottom_by_fraction"][0]["chance_jaccard"] == summary["random_jaccard"]
+    assert set(data["measures"]) >= {"jaccard", "shared_fraction", "kappa"}
     markdown = (out / "comparison.md").read_text()
     assert "| data0 | data1 |" in markdown and "| random sets |" in markdown
-    assert "| 25% | 10 |" in markdown
+    header = next(line for line in markdown.splitlines() if line.startswith("| set | k |"))
+    columns = [cell.strip() for cell in header.strip("|").split(" | ")]
+    assert columns[2] == "Jaccard" and columns[-1] == "kappa"
+    assert "shared fraction \\|A∩B\\|/k" in columns  # pipes escaped for the table
+    assert "| top 25% | 10 |" in markdown and "| bottom 25% | 10 |" in markdown
+    assert "| data0 | data1 | bottom 25% | 10 |" in markdown
+    assert "A Jaccard is not the share" in markdown
     from matplotlib.image import imread
 
     for name in ("pairwise.png", "overlap_curves.png"):

@@ -33,6 +33,48 @@ def test_identical_runs_agree_perfectly():
     assert row["single_run_jaccard_mean"] == row["split_half_jaccard_mean"] == 1.0
     assert row["split_half_runs"] == 2 and row["in_every_run"] == row["k"] == 10
     assert sorted(row["top_frequency"].values())[-10:] == [1.0] * 10
+    # Every scale, at the top 10/25/50/75% and the bottom 25%.
+    rows = stability["by_fraction"] + stability["bottom_by_fraction"]
+    assert [(r["side"], r["fraction"]) for r in rows] == [
+        ("top", 0.1), ("top", 0.25), ("top", 0.5), ("top", 0.75), ("bottom", 0.25)
+    ]  # fmt: skip
+    for r in rows:
+        for measure in ("jaccard", "shared_fraction", "kappa"):
+            for key in ("mean", "min", "max"):
+                assert r[f"single_run_{measure}_{key}"] == 1.0
+            assert r[f"split_half_{measure}_mean"] == 1.0
+    assert stability["bottom_by_fraction"][0]["in_every_run"] == 10
+
+
+def test_single_run_and_split_half_measures_by_hand():
+    # N = 8, top 25% = 2 units: a {u0, u1}, b {u0, u2} (units 1 and 2 swapped). One shared:
+    # Jaccard 1/3, shared fraction 1/2 (chance 2/8), kappa (1/2 - 1/4) / (3/4) = 1/3.
+    # The bottom 2 are the same: 1 on every scale. A reversed run c shares nothing.
+    a = scores_from([8.0, 7, 6, 5, 4, 3, 2, 1])
+    b = scores_from([8.0, 6, 7, 5, 4, 3, 2, 1])
+    pair = ensemble_stability([a, b])
+    top = next(r for r in pair["by_fraction"] if r["fraction"] == 0.25)
+    assert top["single_run_jaccard_mean"] == pytest.approx(1 / 3)
+    assert top["single_run_shared_fraction_mean"] == 0.5
+    assert top["chance_shared_fraction"] == 0.25
+    assert top["single_run_kappa_mean"] == pytest.approx(1 / 3)
+    # Two runs: each half is one run, so the split-half is that pair.
+    assert top["split_half_shared_fraction_mean"] == 0.5
+    assert top["split_half_kappa_mean"] == pytest.approx(1 / 3)
+    bottom = pair["bottom_by_fraction"][0]
+    assert (bottom["k"], bottom["single_run_kappa_mean"], bottom["in_every_run"]) == (2, 1.0, 2)
+    c = scores_from([1.0, 2, 3, 4, 5, 6, 7, 8])
+    three = ensemble_stability([a, b, c])
+    top = next(r for r in three["by_fraction"] if r["fraction"] == 0.25)
+    assert top["single_run_shared_fraction_mean"] == pytest.approx(0.5 / 3)
+    assert (top["single_run_shared_fraction_min"], top["single_run_shared_fraction_max"]) == (
+        0.0,
+        0.5,
+    )
+    assert top["single_run_kappa_min"] == pytest.approx(-1 / 3)  # disjoint: below chance
+    bottom = three["bottom_by_fraction"][0]
+    assert bottom["single_run_jaccard_mean"] == pytest.approx(1 / 3)  # a-b 1, the rest 0
+    assert bottom["in_every_run"] == 0
 
 
 def test_independent_random_runs_agree_at_chance_and_consensus_averages():
@@ -41,6 +83,8 @@ def test_independent_random_runs_agree_at_chance_and_consensus_averages():
     row = next(r for r in ensemble_stability(runs)["by_fraction"] if r["fraction"] == 0.25)
     assert abs(row["single_run_jaccard_mean"] - row["random_jaccard"]) < 0.05
     assert abs(row["split_half_jaccard_mean"] - row["random_jaccard"]) < 0.08
+    assert abs(row["single_run_shared_fraction_mean"] - 0.25) < 0.05
+    assert abs(row["single_run_kappa_mean"]) < 0.07 and abs(row["split_half_kappa_mean"]) < 0.1
     consensus = consensus_scores(runs, seeds=list(range(6)), members=[f"s{i}" for i in range(6)])
     first = consensus.units[0]
     assert first.importance == pytest.approx(sum(r.units[0].importance for r in runs) / 6)
@@ -109,12 +153,67 @@ def test_stability_lines_for_a_single_run_and_an_ensemble():
     assert "0.90" in lines[0] and "--seeds N" in lines[1]
     runs = [scores_from([float(i) for i in range(8)]) for _ in range(2)]
     both = consensus_scores(runs, seeds=[0, 1], members=["a", "b"])
-    assert stability_lines(both)[0].startswith("2 runs (seeds 0, 1)")
-    assert len(stability_lines(both)) == 2  # one run per half: no growth to show
+    lines = stability_lines(both)
+    assert lines[0].startswith("2 runs (seeds 0, 1)")
+    assert "Jaccard 1.00 (chance 0.18), shared fraction |A n B|/k 1.00 (chance 0.25)" in lines[0]
+    assert "kappa 1.00 (chance 0)" in lines[0]
+    assert lines[1].startswith("split-half (1 runs per half): Jaccard 1.00, shared fraction")
+    assert lines[2].startswith("bottom 25% (k=2): single runs agree at Jaccard 1.00")
+    assert lines[3].endswith("2 units are in every run's bottom 25%")
+    assert len(lines) == 4  # one run per half: no growth to show
     four = consensus_scores(runs * 2, seeds=[0, 1, 2, 3], members=["a", "b", "c", "d"])
-    assert stability_lines(four)[2] == (
+    assert stability_lines(four)[-1] == (
         "consensus of K runs against a consensus of K other runs, top 25%: 1 run 1.00, 2 runs 1.00"
     )
+    # A range is shown where the pairs differ.
+    other = scores_from([0.0, 1, 2, 3, 4, 6, 5, 7])  # top 2: u7, u5 instead of u7, u6
+    mixed = consensus_scores([*runs, other], seeds=[0, 1, 2], members=["a", "b", "c"])
+    assert "kappa 0.56 (0.33 to 1.00; chance 0)" in stability_lines(mixed)[0]
+
+
+def test_stability_of_an_ensemble_recorded_before_shared_fraction_and_kappa():
+    runs = [scores_from([float(i) for i in range(8)]) for _ in range(2)]
+    old = consensus_scores(runs, seeds=[0, 1], members=["a", "b"])
+    stability = old.meta["ensemble"]["stability"]
+    del stability["bottom_by_fraction"]
+    for row in stability["by_fraction"]:
+        for key in [k for k in row if "shared_fraction" in k or "kappa" in k]:
+            del row[key]
+    lines = stability_lines(old)
+    assert len(lines) == 2 and "kappa" not in " ".join(lines)
+    assert lines[0].endswith("single runs agree at Jaccard 1.00 (chance 0.18)")
+
+
+def test_run_report_shows_every_measure_of_the_ensemble(tmp_path):
+    from ila.reporting.document import to_markdown
+    from ila.reporting.run_record import RunRecord
+    from ila.reporting.run_report import build_run_document
+
+    a = scores_from([8.0, 7, 6, 5, 4, 3, 2, 1])
+    b = scores_from([8.0, 6, 7, 5, 4, 3, 2, 1])
+    scores = consensus_scores([a, b, a], seeds=[0, 1, 2], members=["s0", "s1", "s2"])
+    record = RunRecord(
+        tmp_path, "score", ["score"], scores, {}, {}, None, None, None, None, None, {}, None
+    )
+    text = to_markdown(build_run_document(record, {"blocks": "blocks.png"}))
+    stability = text[text.index("## Stability") :]
+    header = next(line for line in stability.splitlines() if line.startswith("| set | k |"))
+    columns = [cell.strip() for cell in header.strip("|").split(" | ")]
+    assert columns[2:] == [
+        "single-run Jaccard",
+        "chance Jaccard",
+        "single-run shared fraction \\|A∩B\\|/k",
+        "chance shared fraction k/N",
+        "single-run kappa",
+        "split-half Jaccard",
+        "split-half shared fraction \\|A∩B\\|/k",
+        "split-half kappa",
+    ]
+    # Top 25%: pairs a-b, a-a, b-a: shared fraction 1/2, 1, 1/2; kappa 1/3, 1, 1/3.
+    assert "| top 25% | 2 | 0.556 [0.333, 1.000] | 0.179 | 0.667 [0.500, 1.000] | 0.250 |" in text
+    assert "| bottom 25% | 2 | 1.000 | 0.179 | 1.000 | 0.250 | 1.000 |" in text
+    for fraction in ("10%", "50%", "75%"):
+        assert f"| top {fraction} |" in stability
 
 
 FAST = [

@@ -519,8 +519,10 @@ def _compare_parser(sub: Any) -> None:
     p = sub.add_parser(
         "compare",
         help="overlap of the important units of several runs (Jaccard, rank correlation)",
-        description="For every pair of runs of one model: Jaccard of the important sets at "
-        "each fraction (next to the overlap expected of random sets), Spearman and Kendall "
+        description="For every pair of runs of one model: Jaccard, shared fraction |A n B|/k "
+        "and kappa of the important sets at each fraction and of the bottom sets (the least "
+        "important units; always at 25%), each next to what random sets give, the top sets "
+        "also next to the structural null and within module type; Spearman and Kendall "
         "tau-b of the importances. Writes comparison.json, comparison.md, pairwise.png and "
         "overlap_curves.png into --output-dir.",
     )
@@ -533,7 +535,8 @@ def _compare_parser(sub: Any) -> None:
         type=float,
         nargs="+",
         metavar="K",
-        help="fractions of units in the important set, each in (0, 1] (default: 0.1 0.25 0.5 0.75)",
+        help="fractions of units in the important set, each in (0, 1] (default: 0.1 0.25 0.5 "
+        "0.75); the bottom sets are compared at these and at 0.25",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
     _add_allow_other_model(
@@ -563,10 +566,26 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(
             f"  top {100 * s.fraction:g}% (k = {s.k}): mean Jaccard {s.mean_jaccard:.3f} "
             f"(min {s.min_jaccard:.3f}, max {s.max_jaccard:.3f}; random {s.random_jaccard:.3f}, "
-            f"structural null {s.structural_null_jaccard:.3f})"
+            f"structural null {s.structural_null_jaccard:.3f}); within-type Jaccard "
+            f"{s.mean_within_type_jaccard:.3f} (random {s.chance_within_type_jaccard:.3f})"
+        )
+        print(f"    {_shared_and_kappa(s)}")
+    for b in comparison.bottom:
+        print(
+            f"  bottom {100 * b.fraction:g}% (k = {b.k}): mean Jaccard {b.mean_jaccard:.3f} "
+            f"(random {b.chance_jaccard:.3f}); {_shared_and_kappa(b)}"
         )
     print(f"  outputs: {args.output_dir} (comparison.json, comparison.md, *.png)")
     return 0
+
+
+def _shared_and_kappa(summary: Any) -> str:
+    """Mean shared fraction (with its chance) and kappa of an ``ila compare`` summary row."""
+    kappa = "-" if summary.mean_kappa is None else f"{summary.mean_kappa:.3f}"
+    return (
+        f"mean shared fraction |A n B|/k {summary.mean_shared_fraction:.3f} "
+        f"(random {summary.chance_shared_fraction:.3f}), mean kappa {kappa} (random 0)"
+    )
 
 
 def _report_parser(sub: Any) -> None:

@@ -7,6 +7,14 @@ measures, on the same model and the same kind of unit (docs/method.md, "Output")
 - the Jaccard index of the important sets at several fractions K (top ``k(K)`` units),
   next to the Jaccard expected of two random sets of that size, so an overlap can be
   read against chance (0.66 means little at K = 75%, where chance alone gives 0.6);
+- beside each Jaccard, the shared fraction |A∩B|/k (the share of either top set the other
+  holds, which the Jaccard is not) with its chance k/N, and kappa, the shared fraction
+  rescaled so chance is 0 and identity 1 (:mod:`ila.core.agreement`);
+- the structural null (each run's top set redrawn within module type) and the excess of
+  the Jaccard over it, and the within-module-type Jaccard (each type's own top K), two
+  views of the agreement that module-type composition cannot explain;
+- the same Jaccard, shared fraction and kappa for the bottom sets (the least important
+  k units, what "freeze the bottom 25%" acts on) at 25% and at every fraction asked;
 - Spearman's rho and Kendall's tau-b between the importance values of all units, which
   use the whole ranking rather than one cut. Tied importances get average ranks
   (Spearman) and the tau-b tie correction (Kendall).
@@ -18,22 +26,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ila.core.agreement import (
+    AgreementSummary,
+    SetAgreement,
+    chance_within_type_jaccard,
+    set_agreement,
+    spread,
+    summarize_agreements,
+    top_set,
+    within_type_jaccard,
+)
 from ila.core.scores import SCORES_FILE, LayerScores, expected_random_jaccard, jaccard, top_count
 from ila.errors import IlaError
 from ila.model.identity import fingerprint_of_record
 from ila.run_files import COMPARISON_SCHEMA_VERSION
 
 __all__ = [
+    "BOTTOM_FRACTIONS",
     "COMPARISON_SCHEMA_VERSION",
     "CURVE_FRACTIONS",
     "DEFAULT_FRACTIONS",
+    "MEASURE_DEFINITIONS",
     "Comparison",
     "FractionSummary",
     "PairComparison",
@@ -49,6 +69,20 @@ __all__ = [
 
 
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 0.75)
+BOTTOM_FRACTIONS = (0.25,)
+"""Bottom sets always compared (with every fraction asked for): "freeze the bottom 25%"."""
+MEASURE_DEFINITIONS = {
+    "jaccard": "|A∩B| / |A∪B| of the two runs' sets of k units",
+    "shared_fraction": "|A∩B| / k: the share of either run's set that the other run's holds",
+    "kappa": "(shared_fraction - k/N) / (1 - k/N): 0 at chance, 1 identical, < 0 below chance",
+    "chance_jaccard": "Jaccard expected of two random sets of k units (random_jaccard)",
+    "chance_shared_fraction": "shared fraction expected of two random sets of k units: k/N",
+    "structural_null": "Jaccard expected when each run's top set is redrawn within module type",
+    "jaccard_minus_structural_null": "Jaccard minus the structural null",
+    "within_type_jaccard": "Jaccard of the top K of each module type's units, averaged over "
+    "types weighted by unit count; chance_within_type_jaccard is its random expectation",
+}
+"""What each measure of comparison.json is (written there as ``measures``)."""
 CURVE_FRACTIONS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 """Fractions of the overlap-vs-fraction curves (5% steps up to 100%)."""
 
@@ -65,11 +99,31 @@ class PairComparison:
     structural_null: dict[float, float]
     """Jaccard expected at each fraction when each run's importances are shuffled within
     module type (its top sets keep their composition by module type)."""
+    top: dict[float, SetAgreement]
+    """The top sets at each fraction on every scale: Jaccard, shared fraction |A∩B|/k,
+    kappa and the chance of each (:class:`ila.core.agreement.SetAgreement`)."""
+    bottom: dict[float, SetAgreement]
+    """The same for the bottom sets (least important k units), at
+    :data:`BOTTOM_FRACTIONS` and every fraction compared."""
+    within_type_jaccard: dict[float, float]
+    """At each fraction, the Jaccard of the top K of each module type's units, averaged
+    over types weighted by unit count (:func:`ila.core.agreement.within_type_jaccard`)."""
+
+    @property
+    def jaccard_minus_structural_null(self) -> dict[float, float]:
+        """Jaccard minus the structural null at each fraction: the agreement that the top
+        sets' module-type composition does not explain."""
+        return {f: self.jaccard[f] - self.structural_null[f] for f in self.jaccard}
 
 
 @dataclass(frozen=True)
 class FractionSummary:
-    """All pairs at one fraction K: mean, min and max Jaccard, and the random expectation."""
+    """All pairs' top sets at one fraction K: mean, min and max of each measure, and the
+    random expectation of each.
+
+    ``random_jaccard`` is the Jaccard's chance; the shared fraction |A∩B|/k has chance
+    ``chance_shared_fraction`` = k/N, and kappa has 0 (None throughout when k = N).
+    """
 
     fraction: float
     k: int
@@ -79,6 +133,33 @@ class FractionSummary:
     random_jaccard: float
     structural_null_jaccard: float
     """Mean over pairs of the structural null (see :func:`structural_null_jaccard`)."""
+    mean_shared_fraction: float
+    """Mean over pairs of |A∩B|/k, the share of either run's top set the other's holds."""
+    min_shared_fraction: float
+    max_shared_fraction: float
+    chance_shared_fraction: float
+    """k/N: the shared fraction of two random sets of k units."""
+    mean_kappa: float | None
+    """Mean over pairs of (shared fraction - k/N) / (1 - k/N); chance is 0."""
+    min_kappa: float | None
+    max_kappa: float | None
+    mean_jaccard_minus_structural_null: float
+    """Mean over pairs of Jaccard minus the pair's structural null (= mean_jaccard -
+    structural_null_jaccard): agreement the top sets' type composition does not explain."""
+    min_jaccard_minus_structural_null: float
+    max_jaccard_minus_structural_null: float
+    mean_within_type_jaccard: float
+    """Mean over pairs of the within-module-type Jaccard
+    (:attr:`PairComparison.within_type_jaccard`)."""
+    min_within_type_jaccard: float
+    max_within_type_jaccard: float
+    chance_within_type_jaccard: float
+    """Within-type Jaccard of two random rankings (each type's random-set Jaccard)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields by name: ``by_fraction`` of comparison.json (schema 1's seven keys
+        first, then the measures added beside them)."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -107,6 +188,9 @@ class Comparison:
     models_differ: bool = False
     """The runs come from models with one layout but different files (allowed by
     ``allow_other_model``)."""
+    bottom: list[AgreementSummary] = field(default_factory=list)
+    """All pairs' bottom sets (least important k units) at each bottom fraction: Jaccard,
+    shared fraction and kappa (mean, min, max) and their chance."""
 
     @property
     def labels(self) -> list[str]:
@@ -138,6 +222,13 @@ class Comparison:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """comparison.json. Schema 1's keys are kept as they were; added beside them:
+        ``measures`` (what each measure is), ``bottom_fractions`` and ``bottom_by_fraction``
+        (:class:`AgreementSummary` of the bottom sets), per ``by_fraction`` entry the
+        shared fraction, kappa, Jaccard minus structural null and within-type Jaccard
+        (mean/min/max, with chance), per pair ``top`` and ``bottom`` (fraction ->
+        :class:`SetAgreement`), ``jaccard_minus_structural_null`` and
+        ``within_type_jaccard`` (fraction -> value)."""
         return {
             "schema_version": COMPARISON_SCHEMA_VERSION,
             "model_id": self.model_id,
@@ -146,31 +237,31 @@ class Comparison:
             "num_units": self.num_units,
             "fractions": self.fractions,
             "runs": self.runs,
-            "by_fraction": [
-                {
-                    "fraction": s.fraction,
-                    "k": s.k,
-                    "mean_jaccard": s.mean_jaccard,
-                    "min_jaccard": s.min_jaccard,
-                    "max_jaccard": s.max_jaccard,
-                    "random_jaccard": s.random_jaccard,
-                    "structural_null_jaccard": s.structural_null_jaccard,
-                }
-                for s in self.by_fraction
-            ],
-            "pairs": [
-                {
-                    "a": p.a,
-                    "b": p.b,
-                    "jaccard": {str(f): v for f, v in p.jaccard.items()},
-                    "spearman": p.spearman,
-                    "kendall_tau_b": p.kendall_tau_b,
-                    "structural_null": {str(f): v for f, v in p.structural_null.items()},
-                }
-                for p in self.pairs
-            ],
+            "measures": MEASURE_DEFINITIONS,
+            "by_fraction": [s.to_dict() for s in self.by_fraction],
+            "bottom_fractions": [s.fraction for s in self.bottom],
+            "bottom_by_fraction": [s.to_dict() for s in self.bottom],
+            "pairs": [_pair_dict(p) for p in self.pairs],
             "curve": self.curve,
         }
+
+
+def _pair_dict(p: PairComparison) -> dict[str, Any]:
+    """One pair in comparison.json: the keys of schema 1 first, then the added measures."""
+    return {
+        "a": p.a,
+        "b": p.b,
+        "jaccard": {str(f): v for f, v in p.jaccard.items()},
+        "spearman": p.spearman,
+        "kendall_tau_b": p.kendall_tau_b,
+        "structural_null": {str(f): v for f, v in p.structural_null.items()},
+        "jaccard_minus_structural_null": {
+            str(f): v for f, v in p.jaccard_minus_structural_null.items()
+        },
+        "within_type_jaccard": {str(f): v for f, v in p.within_type_jaccard.items()},
+        "top": {str(f): v.to_dict() for f, v in p.top.items()},
+        "bottom": {str(f): v.to_dict() for f, v in p.bottom.items()},
+    }
 
 
 def run_labels(paths: Sequence[Path]) -> list[str]:
@@ -260,54 +351,18 @@ def compare_scores(
                 "arbitrary and its rank correlation undefined"
             )
     order = first.names
-    vectors = [_importance_vector(s, order) for s in scores]
-    tops = {f: [set(s.top(f)) for s in scores] for f in (*fractions, *CURVE_FRACTIONS)}
-    types = [u.module_type for u in first.units]
-
-    pairs = []
-    for i, j in combinations(range(len(scores)), 2):
-        pairs.append(
-            PairComparison(
-                a=labels[i],
-                b=labels[j],
-                jaccard={f: jaccard(tops[f][i], tops[f][j]) for f in fractions},
-                spearman=spearman(vectors[i], vectors[j]),
-                kendall_tau_b=kendall_tau_b(vectors[i], vectors[j]),
-                structural_null={
-                    f: structural_null_jaccard(order, types, tops[f][i], tops[f][j])
-                    for f in fractions
-                },
-            )
-        )
-    by_fraction = []
-    for f in fractions:
-        values = [p.jaccard[f] for p in pairs]
-        k = top_count(n, f)
-        by_fraction.append(
-            FractionSummary(
-                fraction=f,
-                k=k,
-                mean_jaccard=sum(values) / len(values),
-                min_jaccard=min(values),
-                max_jaccard=max(values),
-                random_jaccard=expected_random_jaccard(n, k),
-                structural_null_jaccard=sum(p.structural_null[f] for p in pairs) / len(pairs),
-            )
-        )
-    curve_pairs = {
-        f"{labels[i]} vs {labels[j]}": [jaccard(tops[f][i], tops[f][j]) for f in CURVE_FRACTIONS]
-        for i, j in combinations(range(len(scores)), 2)
-    }
-    curve = {
-        "fraction": list(CURVE_FRACTIONS),
-        "k": [top_count(n, f) for f in CURVE_FRACTIONS],
-        "random": [expected_random_jaccard(n, top_count(n, f)) for f in CURVE_FRACTIONS],
-        "mean": [
-            sum(values[c] for values in curve_pairs.values()) / len(curve_pairs)
-            for c in range(len(CURVE_FRACTIONS))
-        ],
-        "pairs": curve_pairs,
-    }
+    types = {u.name: u.module_type for u in first.units}
+    ranked = [
+        _Ranked(label, s.ranking(), _importance_vector(s, order))
+        for label, s in zip(labels, scores, strict=True)
+    ]
+    bottom_fractions = sorted({*BOTTOM_FRACTIONS, *fractions})
+    pairs = [
+        _compare_pair(a, b, types, fractions, bottom_fractions) for a, b in combinations(ranked, 2)
+    ]
+    by_fraction = [_fraction_summary(pairs, f, types) for f in fractions]
+    bottom = [summarize_agreements([p.bottom[f] for p in pairs]) for f in bottom_fractions]
+    curve = _curve(ranked, n)
     runs = [
         _run_facts(label, s, source)
         for label, s, source in zip(labels, scores, sources or [None] * len(scores), strict=True)
@@ -322,7 +377,100 @@ def compare_scores(
         by_fraction=by_fraction,
         curve=curve,
         models_differ=models_differ,
+        bottom=bottom,
     )
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    """One run as compared: its label, ranking and importances in model order."""
+
+    label: str
+    ranking: list[str]
+    importance: np.ndarray
+
+
+def _compare_pair(
+    a: _Ranked,
+    b: _Ranked,
+    types: dict[str, str | None],
+    fractions: Sequence[float],
+    bottom_fractions: Sequence[float],
+) -> PairComparison:
+    """Every measure of one pair of runs (see :class:`PairComparison`)."""
+    names, kinds = list(types), list(types.values())
+    top = {f: set_agreement(a.ranking, b.ranking, f) for f in fractions}
+    return PairComparison(
+        a=a.label,
+        b=b.label,
+        jaccard={f: top[f].jaccard for f in fractions},
+        spearman=spearman(a.importance, b.importance),
+        kendall_tau_b=kendall_tau_b(a.importance, b.importance),
+        structural_null={
+            f: structural_null_jaccard(
+                names, kinds, set(top_set(a.ranking, f)), set(top_set(b.ranking, f))
+            )
+            for f in fractions
+        },
+        top=top,
+        bottom={f: set_agreement(a.ranking, b.ranking, f, "bottom") for f in bottom_fractions},
+        within_type_jaccard={
+            f: within_type_jaccard(a.ranking, b.ranking, types, f) for f in fractions
+        },
+    )
+
+
+def _fraction_summary(
+    pairs: Sequence[PairComparison], fraction: float, types: dict[str, str | None]
+) -> FractionSummary:
+    """Mean, min and max over ``pairs`` of every top-set measure at ``fraction``."""
+    top = summarize_agreements([p.top[fraction] for p in pairs])
+    excess = spread([p.jaccard_minus_structural_null[fraction] for p in pairs])
+    within = spread([p.within_type_jaccard[fraction] for p in pairs])
+    return FractionSummary(
+        fraction=fraction,
+        k=top.k,
+        mean_jaccard=top.mean_jaccard,
+        min_jaccard=top.min_jaccard,
+        max_jaccard=top.max_jaccard,
+        random_jaccard=top.chance_jaccard,
+        structural_null_jaccard=sum(p.structural_null[fraction] for p in pairs) / len(pairs),
+        mean_shared_fraction=top.mean_shared_fraction,
+        min_shared_fraction=top.min_shared_fraction,
+        max_shared_fraction=top.max_shared_fraction,
+        chance_shared_fraction=top.chance_shared_fraction,
+        mean_kappa=top.mean_kappa,
+        min_kappa=top.min_kappa,
+        max_kappa=top.max_kappa,
+        mean_jaccard_minus_structural_null=excess[0],
+        min_jaccard_minus_structural_null=excess[1],
+        max_jaccard_minus_structural_null=excess[2],
+        mean_within_type_jaccard=within[0],
+        min_within_type_jaccard=within[1],
+        max_within_type_jaccard=within[2],
+        chance_within_type_jaccard=chance_within_type_jaccard(types, fraction),
+    )
+
+
+def _curve(ranked: Sequence[_Ranked], n: int) -> dict[str, Any]:
+    """Jaccard of every pair at :data:`CURVE_FRACTIONS`, their mean and random sets."""
+    tops = {r.label: [top_set(r.ranking, f) for f in CURVE_FRACTIONS] for r in ranked}
+    pairs = {
+        f"{a.label} vs {b.label}": [
+            jaccard(x, y) for x, y in zip(tops[a.label], tops[b.label], strict=True)
+        ]
+        for a, b in combinations(ranked, 2)
+    }
+    return {
+        "fraction": list(CURVE_FRACTIONS),
+        "k": [top_count(n, f) for f in CURVE_FRACTIONS],
+        "random": [expected_random_jaccard(n, top_count(n, f)) for f in CURVE_FRACTIONS],
+        "mean": [
+            sum(values[c] for values in pairs.values()) / len(pairs)
+            for c in range(len(CURVE_FRACTIONS))
+        ],
+        "pairs": pairs,
+    }
 
 
 def structural_null_jaccard(

@@ -7,11 +7,16 @@ its own seed: LoRA init, data order, dropout, gates) and combines them here
 - the **consensus ranking**: each unit's importance (and raw value) averaged over the
   runs, ranked as usual;
 - per unit, the **top-K frequency**: the share of runs that put it in their top K;
-- the **single-run agreement**: Jaccard of the top K of every pair of runs (what one run
+- the **single-run agreement**: the top K of every pair of runs compared (what one run
   of this setting can be expected to agree with another), next to chance;
 - the **split-half agreement**: the runs split into two disjoint halves of floor(N/2)
   runs, the two halves' consensus rankings compared (mean over every split), which says
   how reproducible a consensus of that many runs is.
+
+Both are given on every scale of :mod:`ila.core.agreement`: the Jaccard, the shared
+fraction |A∩B|/k (the share of one run's top set the other holds, which the Jaccard is
+not) and kappa (0 at chance, 1 identical), at the top 10/25/50/75% and for the bottom 25%
+(the set "freeze the bottom 25%" acts on).
 
 An ensemble's figures are the ensemble's: ``meta["ensemble"]`` says how many runs stand
 behind them, and reports label them so. No torch here.
@@ -19,26 +24,32 @@ behind them, and reports label them so. No torch here.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ila.core.scores import LayerScores, UnitScore, expected_random_jaccard, jaccard, top_count
+from ila.core.agreement import SetAgreement, set_agreement, unit_set
+from ila.core.scores import LayerScores, UnitScore
 from ila.errors import IlaError
 
 __all__ = [
+    "ENSEMBLE_BOTTOM_FRACTIONS",
     "ENSEMBLE_FRACTIONS",
     "consensus",
     "consensus_scores",
     "ensemble_stability",
     "split_agreement",
+    "split_set_agreements",
     "stability_lines",
 ]
 
-ENSEMBLE_FRACTIONS = (0.1, 0.25, 0.5)
+ENSEMBLE_FRACTIONS = (0.1, 0.25, 0.5, 0.75)
+ENSEMBLE_BOTTOM_FRACTIONS = (0.25,)
+"""Bottom sets whose agreement an ensemble reports: what "freeze the bottom 25%" acts on."""
 
 
 def _check_members(runs: Sequence[LayerScores]) -> None:
@@ -96,61 +107,141 @@ def _group_pairs(n_runs: int, size: int) -> list[tuple[tuple[int, ...], tuple[in
     return pairs
 
 
-def split_agreement(runs: Sequence[LayerScores], size: int, fraction: float) -> list[float]:
-    """Top-``fraction`` Jaccard between the consensus rankings of two disjoint groups of
-    ``size`` runs, for every such pair of groups (each unordered pair once; a fixed-seed
-    sample of :data:`MAX_GROUP_PAIRS` of them where there are more).
+GroupRanking = Callable[[tuple[int, ...]], list[str]]
+"""The consensus ranking of a group of runs (indices into the ensemble)."""
+
+
+def _group_rankings(runs: Sequence[LayerScores]) -> GroupRanking:
+    """Consensus rankings of groups of ``runs``, each computed once (shared by fractions)."""
+
+    @functools.cache
+    def ranking(group: tuple[int, ...]) -> list[str]:
+        return consensus([runs[i] for i in group]).ranking()
+
+    return ranking
+
+
+def split_set_agreements(
+    runs: Sequence[LayerScores],
+    size: int,
+    fraction: float,
+    side: str = "top",
+    *,
+    rankings: GroupRanking | None = None,
+) -> list[SetAgreement]:
+    """The ``side`` sets at ``fraction`` of the consensus rankings of two disjoint groups of
+    ``size`` runs, compared on every scale, for every such pair of groups (each unordered
+    pair once; a fixed-seed sample of :data:`MAX_GROUP_PAIRS` of them where there are more).
 
     ``size = len(runs) // 2`` is the split-half agreement of the ensemble; smaller sizes
-    say how reproducible a consensus of fewer runs is (size 1 = single runs).
+    say how reproducible a consensus of fewer runs is (size 1 = single runs). ``rankings``
+    (from one ensemble) reuses consensus rankings across calls.
     """
     if not 1 <= size <= len(runs) // 2:
         raise ValueError(f"group size must be in [1, {len(runs) // 2}] for {len(runs)} runs")
-    tops: dict[tuple[int, ...], list[str]] = {}
+    ranking = rankings or _group_rankings(runs)
+    return [
+        set_agreement(ranking(a), ranking(b), fraction, side)
+        for a, b in _group_pairs(len(runs), size)
+    ]
 
-    def top(group: tuple[int, ...]) -> list[str]:
-        if group not in tops:
-            tops[group] = consensus([runs[i] for i in group]).top(fraction)
-        return tops[group]
 
-    return [jaccard(top(a), top(b)) for a, b in _group_pairs(len(runs), size)]
+def split_agreement(runs: Sequence[LayerScores], size: int, fraction: float) -> list[float]:
+    """The top-``fraction`` Jaccard of :func:`split_set_agreements`, pair of groups by pair."""
+    return [a.jaccard for a in split_set_agreements(runs, size, fraction)]
+
+
+_SCALES = ("jaccard", "shared_fraction", "kappa")
+"""The scales each agreement of an ensemble is given on (:class:`SetAgreement`)."""
+
+
+def _measure_keys(
+    prefix: str, agreements: Sequence[SetAgreement], spread: bool
+) -> dict[str, float | None]:
+    """``{prefix}_{measure}_mean`` (and ``_min``, ``_max`` with ``spread``) of each of
+    :data:`_SCALES` over ``agreements``; None where undefined (kappa at k = N)."""
+    out: dict[str, float | None] = {}
+    for measure in _SCALES:
+        values = [v for a in agreements if (v := getattr(a, measure)) is not None]
+        out[f"{prefix}_{measure}_mean"] = statistics.fmean(values) if values else None
+        if spread:
+            out[f"{prefix}_{measure}_min"] = min(values) if values else None
+            out[f"{prefix}_{measure}_max"] = max(values) if values else None
+    return out
+
+
+def _set_stability(
+    runs: Sequence[LayerScores], fraction: float, side: str, rankings: GroupRanking
+) -> dict[str, Any]:
+    """Single-run and split-half agreement of the ``side`` sets at ``fraction``."""
+    half = len(runs) // 2
+    single = [
+        set_agreement(a.ranking(), b.ranking(), fraction, side)
+        for a, b in itertools.combinations(runs, 2)
+    ]
+    halves = split_set_agreements(runs, half, fraction, side, rankings=rankings)
+    return {
+        "fraction": fraction,
+        "k": single[0].k,
+        "side": side,
+        "random_jaccard": single[0].chance_jaccard,
+        "chance_shared_fraction": single[0].chance_shared_fraction,
+        **_measure_keys("single_run", single, spread=True),
+        "split_half_runs": half,
+        **_measure_keys("split_half", halves, spread=False),
+    }
 
 
 def ensemble_stability(
-    runs: Sequence[LayerScores], fractions: Sequence[float] = ENSEMBLE_FRACTIONS
+    runs: Sequence[LayerScores],
+    fractions: Sequence[float] = ENSEMBLE_FRACTIONS,
+    bottom_fractions: Sequence[float] = ENSEMBLE_BOTTOM_FRACTIONS,
 ) -> dict[str, Any]:
-    """Top-K frequencies, single-run and split-half agreement of ``runs`` (>= 2)."""
+    """Top-K frequencies, single-run and split-half agreement of ``runs`` (>= 2): the
+    top sets at ``fractions`` (``by_fraction``) and the bottom sets at
+    ``bottom_fractions`` (``bottom_by_fraction``), each as Jaccard, shared fraction
+    |A∩B|/k and kappa (``single_run_<measure>_mean/min/max``,
+    ``split_half_<measure>_mean``), with their chance (``random_jaccard``,
+    ``chance_shared_fraction``; kappa's is 0)."""
     _check_members(runs)
-    n_units, n_runs = len(runs[0].units), len(runs)
-    half = n_runs // 2
-    by_fraction = []
-    for fraction in fractions:
-        k = top_count(n_units, fraction)
-        tops = [r.top(fraction) for r in runs]
-        pairs = [jaccard(a, b) for a, b in itertools.combinations(tops, 2)]
-        by_size = {size: split_agreement(runs, size, fraction) for size in range(1, half + 1)}
-        halves = by_size[half]
-        frequency = {name: sum(name in set(t) for t in tops) / n_runs for name in runs[0].names}
-        by_fraction.append(
-            {
-                "fraction": fraction,
-                "k": k,
-                "random_jaccard": expected_random_jaccard(n_units, k),
-                "single_run_jaccard_mean": statistics.fmean(pairs),
-                "single_run_jaccard_min": min(pairs),
-                "single_run_jaccard_max": max(pairs),
-                "split_half_runs": half,
-                "split_half_jaccard_mean": statistics.fmean(halves),
-                # Consensus of K runs against K others, K = 1 .. half: how agreement grows
-                # with the number of runs (what a larger --seeds would buy).
-                "consensus_jaccard_by_runs": {
-                    str(size): statistics.fmean(v) for size, v in by_size.items()
-                },
-                "in_every_run": sum(v == 1.0 for v in frequency.values()),
-                "top_frequency": frequency,
-            }
-        )
-    return {"runs": n_runs, "by_fraction": by_fraction}
+    rankings = _group_rankings(runs)
+    by_fraction = [_top_stability(runs, f, rankings) for f in fractions]
+    bottom = [_bottom_stability(runs, f, rankings) for f in bottom_fractions]
+    return {"runs": len(runs), "by_fraction": by_fraction, "bottom_by_fraction": bottom}
+
+
+def _bottom_stability(
+    runs: Sequence[LayerScores], fraction: float, rankings: GroupRanking
+) -> dict[str, Any]:
+    """:func:`_set_stability` of the bottom sets, with the number of units every run put
+    in its bottom set."""
+    row = _set_stability(runs, fraction, "bottom", rankings)
+    bottoms = [unit_set(r.ranking(), fraction, "bottom") for r in runs]
+    row["in_every_run"] = len(frozenset.intersection(*bottoms))
+    return row
+
+
+def _top_stability(
+    runs: Sequence[LayerScores], fraction: float, rankings: GroupRanking
+) -> dict[str, Any]:
+    """:func:`_set_stability` of the top sets, with how agreement grows with the number
+    of runs and each unit's share of runs that put it in their top set."""
+    row = _set_stability(runs, fraction, "top", rankings)
+    sizes = range(1, len(runs) // 2 + 1)
+    by_size = {
+        size: [a.jaccard for a in split_set_agreements(runs, size, fraction, rankings=rankings)]
+        for size in sizes
+    }
+    tops = [unit_set(r.ranking(), fraction, "top") for r in runs]
+    frequency = {name: sum(name in t for t in tops) / len(runs) for name in runs[0].names}
+    # Consensus of K runs against K others, K = 1 .. half: how agreement grows with the
+    # number of runs (what a larger --seeds would buy).
+    row["consensus_jaccard_by_runs"] = {
+        str(size): statistics.fmean(v) for size, v in by_size.items()
+    }
+    row["in_every_run"] = sum(v == 1.0 for v in frequency.values())
+    row["top_frequency"] = frequency
+    return row
 
 
 def consensus_scores(
@@ -202,27 +293,74 @@ def _by_runs_line(row: dict[str, Any]) -> list[str]:
     return [f"consensus of K runs against a consensus of K other runs, top 25%: {steps}"]
 
 
+SHARED_LABEL = "shared fraction |A n B|/k"
+"""The shared fraction as the stability lines name it (ASCII: they are printed)."""
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _single_runs(row: dict[str, Any]) -> str:
+    """The single-run agreement of one set on every scale present in ``row`` (ensembles
+    made before the shared fraction and kappa were recorded give the Jaccard only)."""
+
+    def measure(name: str, label: str, chance: str) -> str:
+        mean, low, high = (row[f"single_run_{name}_{s}"] for s in ("mean", "min", "max"))
+        spread = "" if low == high else f"{_number(low)} to {_number(high)}; "
+        return f"{label} {_number(mean)} ({spread}chance {chance})"
+
+    parts = [measure("jaccard", "Jaccard", f"{row['random_jaccard']:.2f}")]
+    if "single_run_shared_fraction_mean" in row:
+        parts.append(
+            measure("shared_fraction", SHARED_LABEL, f"{row['chance_shared_fraction']:.2f}")
+        )
+        parts.append(measure("kappa", "kappa", "0"))
+    return f"single runs agree at {', '.join(parts)}"
+
+
+def _split_half(row: dict[str, Any]) -> str:
+    """The split-half agreement of one set on every scale present in ``row``."""
+    parts = [f"Jaccard {row['split_half_jaccard_mean']:.2f}"]
+    if "split_half_shared_fraction_mean" in row:
+        parts.append(f"{SHARED_LABEL} {_number(row['split_half_shared_fraction_mean'])}")
+        parts.append(f"kappa {_number(row['split_half_kappa_mean'])}")
+    return f"split-half ({row['split_half_runs']} runs per half): {', '.join(parts)}"
+
+
+def _ensemble_lines(ensemble: dict[str, Any]) -> list[str]:
+    """The top-25% and bottom-25% agreement of an ensemble, one line per set and view."""
+    stability = ensemble["stability"]
+    row = next(r for r in stability["by_fraction"] if r["fraction"] == 0.25)
+    lines = [
+        f"{stability['runs']} runs (seeds {', '.join(map(str, ensemble['seeds']))}); top 25% "
+        f"(k={row['k']}): {_single_runs(row)}",
+        f"{_split_half(row)}; {row['in_every_run']} units are in every run's top 25%",
+    ]
+    bottom = next(
+        (r for r in stability.get("bottom_by_fraction", []) if r["fraction"] == 0.25), None
+    )
+    if bottom is not None:
+        lines += [
+            f"bottom 25% (k={bottom['k']}): {_single_runs(bottom)}",
+            f"bottom 25% {_split_half(bottom)}; {bottom['in_every_run']} units are in every "
+            "run's bottom 25%",
+        ]
+    return [*lines, *_by_runs_line(row)]
+
+
 def stability_lines(scores: LayerScores) -> list[str]:
     """What a run can say about its own reproducibility, in one line per fact.
 
-    An ensemble (``--seeds N``) reports the top-25% agreement between its single runs,
-    its split-half agreement and the units every run put on top; a single ILA run
-    reports how much its rankings still moved at the end of stage 1 and of stage 2.
+    An ensemble (``--seeds N``) reports the agreement between its single runs and its
+    split-half agreement for the top 25% and the bottom 25% (Jaccard, shared fraction
+    |A n B|/k and kappa, each with its chance), the units every run put on top or at the
+    bottom, and how agreement grows with the number of runs; a single ILA run reports how
+    much its rankings still moved at the end of stage 1 and of stage 2.
     """
     ensemble = scores.meta.get("ensemble")
     if ensemble:
-        row = next(r for r in ensemble["stability"]["by_fraction"] if r["fraction"] == 0.25)
-        n = ensemble["stability"]["runs"]
-        return [
-            f"{n} runs (seeds {', '.join(map(str, ensemble['seeds']))}); top 25% (k={row['k']}): "
-            f"single runs agree at Jaccard {row['single_run_jaccard_mean']:.2f} "
-            f"({row['single_run_jaccard_min']:.2f}-{row['single_run_jaccard_max']:.2f}; "
-            f"chance {row['random_jaccard']:.2f})",
-            f"split-half ({row['split_half_runs']} runs per half): Jaccard "
-            f"{row['split_half_jaccard_mean']:.2f}; {row['in_every_run']} units are in "
-            "every run's top 25%",
-            *_by_runs_line(row),
-        ]
+        return _ensemble_lines(ensemble)
     own = scores.meta.get("self_stability") or {}
     lines = []
     if own.get("stage1_last_ranking_check") is not None:

@@ -29,19 +29,16 @@ def _percent(fraction: float) -> str:
 
 
 def comparison_markdown(comparison: Comparison) -> str:
-    """Runs, overlap by fraction (mean over pairs vs random), and every pair's numbers."""
+    """Runs, agreement of the top and bottom sets on every scale (mean over pairs with
+    min and max), and every pair's numbers.
+
+    Every column names its measure: a Jaccard is never shown as a share.
+    """
     c = comparison
     lines = [
         f"# Overlap of important units: {len(c.runs)} runs of {c.model_id}",
         "",
-        f"{c.num_units} {c.unit_kind} units per run. The important set at fraction K is the "
-        "top k = max(1, floor(K N + 0.5)) units of a ranking; overlap is the Jaccard index "
-        "|A n B| / |A u B| of two runs' sets, shown next to the Jaccard expected of two random "
-        "sets of k units and to the structural null: the Jaccard expected when each run's "
-        "units are redrawn within module type, keeping how many of each type its top set "
-        "holds (what agreeing only on which kinds of module matter gives). Spearman and "
-        "Kendall tau-b correlate the importances of all units.",
-        "",
+        *_introduction(c),
         *(
             [
                 "**The runs come from different models** (same layout, different files; "
@@ -51,6 +48,65 @@ def comparison_markdown(comparison: Comparison) -> str:
             if c.models_differ
             else []
         ),
+        *_runs_table(c),
+        *_agreement_table(c),
+    ]
+    head = " | ".join(f"Jaccard {_percent(f)}" for f in c.fractions)
+    lines += [
+        "",
+        "## Pairs",
+        "",
+        f"| run A | run B | {head} | Spearman | Kendall tau-b |",
+        "|---|---|" + "---:|" * (len(c.fractions) + 2),
+    ]
+    for p in c.pairs:
+        values = " | ".join(f"{p.jaccard[f]:.3f}" for f in c.fractions)
+        lines.append(f"| {p.a} | {p.b} | {values} | {p.spearman:.3f} | {p.kendall_tau_b:.3f} |")
+    randoms = " | ".join(f"{s.random_jaccard:.3f}" for s in c.by_fraction)
+    lines += [
+        f"| random sets | | {randoms} | 0 | 0 |",
+        *_pair_sets_table(c),
+        "",
+        "![pairwise overlap](pairwise.png)",
+        "",
+        "![overlap vs fraction](overlap_curves.png)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+SHARED = "shared fraction \\|A∩B\\|/k"
+"""The shared fraction's column label, its pipes escaped for a markdown table."""
+
+
+def _introduction(c: Comparison) -> list[str]:
+    return [
+        f"{c.num_units} {c.unit_kind} units per run. A run's top set at fraction K is its "
+        "k = max(1, floor(K N + 0.5)) most important units, its bottom set its k least "
+        "important ones (what freezing the bottom K acts on). Two runs' sets are measured "
+        "on three scales, each next to what two random sets of k units give:",
+        "",
+        "- **Jaccard** = |A∩B| / |A∪B| (chance: hypergeometric). A Jaccard is not the share "
+        "of a set that two runs have in common: Jaccard 0.5 means two thirds of each set "
+        "is shared.",
+        "- **shared fraction |A∩B|/k**: the share of either run's set that the other run's "
+        "set also holds (= 2 Jaccard / (1 + Jaccard)); chance k/N.",
+        "- **kappa** = (shared fraction - k/N) / (1 - k/N): 0 at chance, 1 for identical "
+        "sets, below 0 for less overlap than chance.",
+        "",
+        "The top sets' Jaccard also stands next to the structural null, the Jaccard expected "
+        "when each run's units are redrawn within module type, keeping how many of each type "
+        "its top set holds (what agreeing only on which kinds of module matter gives), and "
+        "its excess over it (Jaccard - null); and beside the within-type Jaccard: the "
+        "Jaccard of the top K of each module type's own units (as Spectrum selects per "
+        "type), averaged over types weighted by their unit counts, with its chance. Both "
+        "show agreement that module-type composition cannot explain. Spearman and Kendall "
+        "tau-b correlate the importances of all units.",
+        "",
+    ]
+
+
+def _runs_table(c: Comparison) -> list[str]:
+    lines = [
         "## Runs",
         "",
         "| run | method | data fingerprint | seed | T | Spearman vs stage-1 norm | source |",
@@ -66,38 +122,102 @@ def comparison_markdown(comparison: Comparison) -> str:
             f"{seed} | {_cell(run['T'])} | {'-' if rho is None else f'{rho:.2f}'} | "
             f"{run['source'] or '-'} |"
         )
-    lines += [
+    return lines
+
+
+def _spread(summary: object, measure: str, pairs: int) -> str:
+    """``measure``'s 'mean [min, max]' over pairs from ``summary``'s mean_/min_/max_
+    fields ('mean' alone for one pair; '-' where undefined: kappa at k = N)."""
+    mean, low, high = (getattr(summary, f"{stat}_{measure}") for stat in ("mean", "min", "max"))
+    if mean is None or low is None or high is None:
+        return "-"
+    return f"{mean:.3f}" if pairs == 1 else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _agreement_table(c: Comparison) -> list[str]:
+    """One row per top and bottom set: every measure's mean over pairs [min, max]."""
+    n = len(c.pairs)
+    lines = [
         "",
         "## Overlap by fraction (all pairs)",
         "",
-        "| fraction | k | mean Jaccard | min | max | random | structural null |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"Mean over the {n} pair{'s' if n != 1 else ''}"
+        + (", [min, max] beside it" if n > 1 else "")
+        + "; '-' where a measure is not computed for the set (or kappa is undefined, k = N).",
+        "",
+        _row(
+            [
+                "set",
+                "k",
+                "Jaccard",
+                "chance Jaccard",
+                "structural null Jaccard",
+                "Jaccard - null",
+                "within-type Jaccard",
+                "within-type chance Jaccard",
+                SHARED,
+                "chance shared fraction k/N",
+                "kappa",
+            ]
+        ),
+        "|---|" + "---:|" * 10,
     ]
     for s in c.by_fraction:
-        lines.append(
-            f"| {_percent(s.fraction)} | {s.k} | {s.mean_jaccard:.3f} | {s.min_jaccard:.3f} | "
-            f"{s.max_jaccard:.3f} | {s.random_jaccard:.3f} | {s.structural_null_jaccard:.3f} |"
-        )
-    head = " | ".join(f"Jaccard {_percent(f)}" for f in c.fractions)
-    lines += [
+        cells = [f"top {_percent(s.fraction)}", str(s.k), _spread(s, "jaccard", n)]
+        cells += [f"{s.random_jaccard:.3f}", f"{s.structural_null_jaccard:.3f}"]
+        cells += [_spread(s, "jaccard_minus_structural_null", n)]
+        cells += [_spread(s, "within_type_jaccard", n), f"{s.chance_within_type_jaccard:.3f}"]
+        cells += [_spread(s, "shared_fraction", n), f"{s.chance_shared_fraction:.3f}"]
+        lines.append(_row([*cells, _spread(s, "kappa", n)]))
+    for b in c.bottom:
+        cells = [f"bottom {_percent(b.fraction)}", str(b.k), _spread(b, "jaccard", n)]
+        cells += [f"{b.chance_jaccard:.3f}", "-", "-", "-", "-"]
+        cells += [_spread(b, "shared_fraction", n), f"{b.chance_shared_fraction:.3f}"]
+        lines.append(_row([*cells, _spread(b, "kappa", n)]))
+    return lines
+
+
+def _pair_sets_table(c: Comparison) -> list[str]:
+    """Every pair, set by set: each measure of that pair (chances are in the table above)."""
+    lines = [
         "",
-        "## Pairs",
+        "## Pairs, set by set",
         "",
-        f"| run A | run B | {head} | Spearman | Kendall tau-b |",
-        "|---|---|" + "---:|" * (len(c.fractions) + 2),
+        _row(
+            [
+                "run A",
+                "run B",
+                "set",
+                "k",
+                "Jaccard",
+                "structural null Jaccard",
+                "Jaccard - null",
+                "within-type Jaccard",
+                SHARED,
+                "kappa",
+            ]
+        ),
+        "|---|---|---|" + "---:|" * 7,
     ]
     for p in c.pairs:
-        values = " | ".join(f"{p.jaccard[f]:.3f}" for f in c.fractions)
-        lines.append(f"| {p.a} | {p.b} | {values} | {p.spearman:.3f} | {p.kendall_tau_b:.3f} |")
-    randoms = " | ".join(f"{s.random_jaccard:.3f}" for s in c.by_fraction)
-    lines += [
-        f"| random sets | | {randoms} | 0 | 0 |",
-        "",
-        "![pairwise overlap](pairwise.png)",
-        "",
-        "![overlap vs fraction](overlap_curves.png)",
-    ]
-    return "\n".join(lines) + "\n"
+        for f, top in p.top.items():
+            cells = [p.a, p.b, f"top {_percent(f)}", str(top.k), f"{top.jaccard:.3f}"]
+            cells += [f"{p.structural_null[f]:.3f}", f"{p.jaccard_minus_structural_null[f]:.3f}"]
+            cells += [f"{p.within_type_jaccard[f]:.3f}", f"{top.shared_fraction:.3f}"]
+            lines.append(_row([*cells, _number(top.kappa)]))
+        for f, bottom in p.bottom.items():
+            cells = [p.a, p.b, f"bottom {_percent(f)}", str(bottom.k), f"{bottom.jaccard:.3f}"]
+            cells += ["-", "-", "-", f"{bottom.shared_fraction:.3f}"]
+            lines.append(_row([*cells, _number(bottom.kappa)]))
+    return lines
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _cell(value: object) -> str:

@@ -217,6 +217,14 @@ def _stability(record: RunRecord) -> Section | None:
     blocks: list[Any] = [" ".join(line[0].upper() + line[1:] + "." for line in lines)]
     ensemble = record.scores.meta.get("ensemble")
     if ensemble:
+        blocks += [
+            "Agreement between the runs by set: single runs (mean over every pair of runs, "
+            "[min, max]) and split halves (mean over the splits). The Jaccard is "
+            "|A∩B| / |A∪B|; the shared fraction |A∩B|/k is the share of one run's set that "
+            "the other's holds (chance k/N); kappa rescales it so chance is 0 and identical "
+            "sets 1.",
+            _ensemble_agreement_table(ensemble["stability"]),
+        ]
         row = next(r for r in ensemble["stability"]["by_fraction"] if r["fraction"] == 0.25)
         frequency = row["top_frequency"]
         ranking = record.scores.ranking()[: row["k"]]
@@ -234,6 +242,47 @@ def _stability(record: RunRecord) -> Section | None:
             )
         )
     return Section("Stability", "stability", blocks)
+
+
+_ENSEMBLE_COLUMNS = [
+    ("single_run", "jaccard", "single-run Jaccard"),
+    (None, "random_jaccard", "chance Jaccard"),
+    ("single_run", "shared_fraction", "single-run shared fraction |A∩B|/k"),
+    (None, "chance_shared_fraction", "chance shared fraction k/N"),
+    ("single_run", "kappa", "single-run kappa"),
+    ("split_half", "jaccard", "split-half Jaccard"),
+    ("split_half", "shared_fraction", "split-half shared fraction |A∩B|/k"),
+    ("split_half", "kappa", "split-half kappa"),
+]
+"""An ensemble's agreement columns: (view, measure or key, label)."""
+
+
+def _ensemble_cell(row: dict[str, Any], view: str | None, measure: str) -> str:
+    """One measure of one set: single runs as 'mean [min, max]' (the mean alone where
+    every pair agrees alike), split halves and chance as one number; '-' where the
+    ensemble did not record it (made by an older ila)."""
+    if view is None:
+        value = row.get(measure)
+        return "-" if value is None else f"{value:.3f}"
+    mean = row.get(f"{view}_{measure}_mean")
+    if mean is None:
+        return "-"
+    low, high = row.get(f"{view}_{measure}_min"), row.get(f"{view}_{measure}_max")
+    if low is None or high is None or low == high:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _ensemble_agreement_table(stability: dict[str, Any]) -> Table:
+    """Top sets at every fraction, then bottom sets: every view and measure recorded."""
+    rows = []
+    for side, key in (("top", "by_fraction"), ("bottom", "bottom_by_fraction")):
+        for row in stability.get(key, []):
+            cells = [f"{side} {100 * row['fraction']:g}%", str(row["k"])]
+            cells += [_ensemble_cell(row, view, m) for view, m, _ in _ENSEMBLE_COLUMNS]
+            rows.append(cells)
+    header = ["set", "k", *(label for _, _, label in _ENSEMBLE_COLUMNS)]
+    return Table(header, rows, [False] + [True] * (len(header) - 1))
 
 
 def build_run_document(record: RunRecord, figures: dict[str, str]) -> Document:

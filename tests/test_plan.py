@@ -12,7 +12,14 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from ila.analysis.plan import activation_bytes, model_shape, plan_run
 from ila.cli import main
-from ila.config import FinetuneSettings, LoraSettings, ModelConfig, PlanConfig, PlanSettings
+from ila.config import (
+    FinetuneSettings,
+    LoraSettings,
+    ModelConfig,
+    PlanConfig,
+    PlanSettings,
+    Stage1Config,
+)
 from ila.core.gates import attach_gates
 from ila.core.layers import find_layers
 from ila.core.lora import add_lora
@@ -268,3 +275,22 @@ def test_a_4bit_base_needs_cuda(tiny_model_dir, tmp_path, capsys):
     full = [*argv, "--quantization", "nf4", "--stage1-method", "full"]
     assert main(full) == 2
     assert "4-bit weights cannot be fine-tuned" in capsys.readouterr().err
+
+
+def test_an_existing_update_replaces_stage1_training(tiny_model_dir):
+    from ila.config import SourceSettings
+
+    model = ModelConfig(model=str(tiny_model_dir))
+    lora = plan_run(PlanConfig(model=model))
+    pair = plan_run(PlanConfig(model=model, source=SourceSettings(from_model="aligned")))
+    adapter = plan_run(PlanConfig(model=model, source=SourceSettings(from_adapter="adapter")))
+    for plan in (pair, adapter):
+        stage1 = plan.stages[0]
+        assert stage1.trainable_parameters == 0 and stage1.max_steps == 0
+        assert stage1.optimizer_bytes == stage1.activation_bytes == 0
+    # The pair holds a second copy of the unit weights (the deltas) for stage 2, as the
+    # stage 2 of a full-delta stage 1 does.
+    full = plan_run(PlanConfig(model=model, stage1=Stage1Config(method="full")))
+    assert pair.stages[1].weight_bytes == full.stages[1].weight_bytes
+    assert pair.stages[1].weight_bytes > lora.stages[1].weight_bytes
+    assert adapter.stages[1].weight_bytes == lora.stages[1].weight_bytes

@@ -349,7 +349,7 @@ def _scoring_stages(
     lora_units = list(shape.lora_map.units)
     blocks = {u.block for u in lora_units}
     gates = len(lora_units) if config.stage2.unit == "module" else len(blocks)
-    if config.stage1.method == "full":
+    if config.stage1.method == "full" or config.source.from_model:
         # Stage 1 trains every unit's weight matrix and keeps W(0) beside it; stage 2 holds
         # Delta = W(T) - W(0) in its place (ila.core.deltas). No LoRA, so no dropout.
         unit_weights = sum(u.num_params for u in lora_units)
@@ -358,7 +358,11 @@ def _scoring_stages(
         stage1_weights = base_weights + unit_weights * per_weight
         stage1_trainable, stage1_per_param, kept = unit_weights, per_weight, "weights"
         stage2_weights = base_weights + unit_weights * per_weight + gates * _FLOAT32
-        stage2_notes = ["gates the full fine-tuning change Delta = W(T) - W(0) of each unit"]
+        stage2_notes = [
+            "gates the weight change W(aligned) - W(base) of each unit"
+            if config.source.from_model
+            else "gates the full fine-tuning change Delta = W(T) - W(0) of each unit"
+        ]
         dropout = False
     else:
         adapter = _lora_parameters(lora_units, lora.rank)
@@ -403,6 +407,8 @@ def _scoring_stages(
             f"each step accumulates {config.stage2.grad_accum} micro-batches (--stage2-grad-accum)",
         ],
     )
+    if config.source.given:
+        stage1 = _existing_update_stage(config, base_weights, stage2_weights - gates * _FLOAT32)
     if config.model.quantization == "nf4":
         note = (
             "block linears in 4-bit NF4 (double quantisation), CUDA only; QLoRA's preparation "
@@ -411,6 +417,30 @@ def _scoring_stages(
         stage1 = replace(stage1, notes=[*stage1.notes, note])
         stage2 = replace(stage2, notes=[*stage2.notes, note])
     return stage1, stage2
+
+
+def _existing_update_stage(config: PlanConfig, base_weights: int, with_update: int) -> StagePlan:
+    """Stage 1 replaced by reading an existing update (--from-adapter / --from-model): no
+    training; the peak is the base model plus the update (the aligned model's unit weights
+    are read one tensor at a time, so one unit matrix more at most)."""
+    if config.source.from_model:
+        what = f"no training: weight changes of {config.source.from_model} (read unit by unit)"
+        note = "a second copy of the unit weights (the deltas) is held for stage 2"
+    else:
+        what = f"no training: the LoRA adapter {config.source.from_adapter}"
+        note = "the adapter's own rank and target modules apply; --lora-rank is counted here"
+    return StagePlan(
+        name="stage 1",
+        what=what,
+        trainable_parameters=0,
+        weight_bytes=max(base_weights, with_update),
+        gradient_bytes=0,
+        optimizer_bytes=0,
+        activation_bytes=0,
+        max_steps=0,
+        seconds=0.0 if config.plan.tokens_per_second else None,
+        notes=[note],
+    )
 
 
 def _finetune_units(

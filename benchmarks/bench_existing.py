@@ -51,7 +51,6 @@ def measure(seed: int, work: Path, threads: int) -> None:
         ila(
             "finetune", "--all-units", "--method", "lora", "--max-steps", str(STEPS),
             "--seed", str(seed), "--output-dir", str(ft), "--overwrite", *DATA, *threads_flag,
-            "--eval-generate-examples", "0",
         )  # fmt: skip
     if not (scored / "layer_scores.json").is_file():
         ila(

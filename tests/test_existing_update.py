@@ -45,6 +45,12 @@ def test_ranking_an_ila_adapter_equals_that_runs_own_stage2(own_run, tiny_model_
     summary = json.loads((tmp_path / "a" / "stage1" / "summary.json").read_text())
     assert summary["source"] == "adapter" and summary["steps"] == 0
     assert (tmp_path / "a" / "report" / "ranking.md").is_file()
+    page = ila.report(tmp_path / "a", output_dir=tmp_path / "page")
+    text = page.read_text()
+    assert "No stage-1 training" in text and "--from-adapter" in text
+    assert not (tmp_path / "page" / "stage1_loss.png").exists()
+    comparison = ila.compare([own_run.output_dir, tmp_path / "a"], output_dir=tmp_path / "cmp")
+    assert comparison.pairs[0].spearman == pytest.approx(1.0)
 
 
 def _plain_peft_adapter(model_dir: Path, out: Path, targets: list[str]) -> Path:

@@ -82,12 +82,34 @@ def _summary(record: RunRecord) -> Section:
 
 def _stage1(record: RunRecord) -> Section:
     st = record.stage1 or {}
-    text = (
-        "Stage 1 trains LoRA until the training loss is epsilon-stable: the mean of the last "
-        "W steps changes by less than epsilon relative to the W steps before, for `patience` "
-        f"steps in a row. T = {st.get('T')} of at most {st.get('max_steps')} steps "
-        f"({_fmt(st.get('epochs'))} epochs, {_fmt(st.get('seconds'))} s)."
+    if st.get("source"):
+        flag = "--from-adapter" if st["source"] == "adapter" else "--from-model"
+        text = (
+            f"No stage-1 training: the update is one that already exists, read from "
+            f'`{st.get("path")}` (`ila score {flag}`, docs/method.md "ILA on an update you '
+            f'already have") in {_fmt(st.get("seconds"))} s; stage 2 gates it as it is.'
+        )
+        return Section("Stage 1: an existing update", "stage1", [text])
+    rule = (
+        "the loss has fallen significantly and the last window moved it by at most epsilon "
+        "of that drop (checks every W steps on non-overlapping windows)"
+        if str(st.get("criterion", "")).startswith("drop")
+        else "the mean of the last W steps changes by less than epsilon relative to the W "
+        "steps before"
     )
+    if st.get("criterion") == "drop+ranking":
+        rule += ", and the top units by update norm overlap the previous check's"
+    text = (
+        f"Stage 1 trains LoRA until the training loss is epsilon-stable: {rule}, for "
+        f"`patience` checks in a row, or until the step cap. T = {st.get('T')} of at most "
+        f"{st.get('max_steps')} steps ({_fmt(st.get('epochs'))} epochs, "
+        f"{_fmt(st.get('seconds'))} s)."
+    )
+    if st.get("cooldown_steps"):
+        text += (
+            f" After T, {st['cooldown_steps']} cool-down steps at a linearly falling learning "
+            f"rate; the mask is learned at step {st.get('steps')}."
+        )
     table = _key_values(
         [
             ("criterion", st.get("criterion")),
@@ -99,7 +121,9 @@ def _stage1(record: RunRecord) -> Section:
         ]
     )
     figure = Figure("stage1_loss.png", "Stage-1 training loss; the dashed line marks T")
-    return Section("Stage 1: LoRA until epsilon-stable", "stage1", [text, figure, table])
+    return Section(
+        "Stage 1: LoRA until epsilon-stable, or the cap", "stage1", [text, figure, table]
+    )
 
 
 def _stage2(record: RunRecord) -> Section:
@@ -322,7 +346,7 @@ def write_run_report(record: RunRecord, output_dir: Path) -> list[Path]:
         plot_unit_heatmap(scores, out / "heatmap.png")
         files["heatmap"] = "heatmap.png"
     written = [out / name for name in files.values()]
-    if record.stage1 is not None:
+    if record.stage1 is not None and not record.stage1.get("source"):
         plot_stage1_loss(record.stage1, out / "stage1_loss.png")
         written.append(out / "stage1_loss.png")
     if record.gate_trajectory is not None:

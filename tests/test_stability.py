@@ -172,3 +172,24 @@ def test_drop_rule_min_steps_and_errors():
         DropDetector(epsilon=0.1, window=20, patience=2).update({"update_norm": 1.0})
     with pytest.raises(ValueError, match="unknown stage-1 criterion"):
         detect_stable(curve, epsilon=0.1, window=20, patience=2, criterion="nope")
+
+
+def test_ranking_check_within_type_is_not_passed_by_module_shape_alone():
+    """Two module types; the large type always holds the top set by size (a shape prior),
+    while the order *within* each type keeps rotating. The raw check passes at once; the
+    check on norms standardised within type waits for the within-type order to settle."""
+    from ila.core.stability import standardise_within
+
+    curve = decay(1.0, steps=400)
+    groups = ["big"] * 10 + ["small"] * 30  # the top 25% (10 units) is all "big" by size
+    units = {}
+    for step in range(20, 401, 20):
+        shift = 0 if step >= 200 else (step // 20) * 7
+        big = [10.0 + ((i + shift) % 10) / 10 for i in range(10)]
+        small = [1.0 + ((i + shift) % 30) / 30 for i in range(30)]
+        units[step] = big + small
+    ranking = {**DROP, "criterion": "drop+ranking", "unit_values": units}
+    assert detect_stable(curve, **ranking) == 100  # the top 10 are always "big" units
+    assert detect_stable(curve, **ranking, unit_groups=groups) == 240
+    z = standardise_within([1.0, 3.0, 10.0, 10.0], ["a", "a", "b", "b"])
+    assert z == [-1.0, 1.0, 0.0, 0.0]

@@ -297,6 +297,11 @@ class Stage1Config:
     rank_fraction: float = _opt(
         0.25, "[choice] drop+ranking: fraction of units whose top set is compared"
     )
+    rank_within_type: bool = _opt(
+        False,
+        "[choice] drop+ranking: compare top sets of the update norms standardised within "
+        "module type, so that which module shapes get the largest updates cannot pass it",
+    )
     cooldown_fraction: float = _opt(
         0.0,
         "[choice] after the stop S (T, or the cap) train ceil(this x S) more steps with the "

@@ -54,6 +54,7 @@ __all__ = [
     "detect_stable",
     "make_detector",
     "relative_change",
+    "standardise_within",
     "top_set",
 ]
 
@@ -112,6 +113,24 @@ def top_set(values: Sequence[float], fraction: float) -> frozenset[int]:
     return frozenset(order[:k])
 
 
+def standardise_within(values: Sequence[float], groups: Sequence[str]) -> list[float]:
+    """Each value as a z-score within its group (0 for a group whose values are all equal)."""
+    if len(values) != len(groups):
+        raise ValueError(f"{len(values)} values but {len(groups)} groups")
+    members: dict[str, list[float]] = {}
+    for value, group in zip(values, groups, strict=True):
+        members.setdefault(group, []).append(value)
+    stats = {}
+    for group, xs in members.items():
+        mean = sum(xs) / len(xs)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs))
+        stats[group] = (mean, sd)
+    return [
+        (v - stats[g][0]) / stats[g][1] if stats[g][1] > 0 else 0.0
+        for v, g in zip(values, groups, strict=True)
+    ]
+
+
 def _jaccard(a: frozenset[int], b: frozenset[int]) -> float:
     union = a | b
     return len(a & b) / len(union) if union else 1.0
@@ -147,6 +166,9 @@ class DropDetector:
         rank_epsilon: with a value, the ranking check is on: consecutive top sets of the
             per-unit update norms must overlap with Jaccard >= 1 - rank_epsilon.
         rank_fraction: the top fraction of units whose set is compared.
+        unit_groups: with a group per unit (its module type), the norms are standardised
+            within each group before the top set is taken, so the set cannot be fixed by
+            which module shapes get the largest updates (docs/method.md, Stage 1).
     """
 
     epsilon: float
@@ -155,6 +177,7 @@ class DropDetector:
     min_steps: int = 0
     rank_epsilon: float | None = None
     rank_fraction: float = 0.25
+    unit_groups: Sequence[str] | None = None
     losses: list[float] = field(default_factory=list)
     means: list[float] = field(default_factory=list)
     top_sets: list[frozenset[int]] = field(default_factory=list)
@@ -201,10 +224,10 @@ class DropDetector:
         if self.rank_epsilon is not None:
             if unit_values is None:
                 raise ValueError(f"step {self.step} is a check: the unit values are needed")
-            current = top_set(
-                [_check_value("unit value", v, self.step) for v in unit_values],
-                self.rank_fraction,
-            )
+            checked = [_check_value("unit value", v, self.step) for v in unit_values]
+            if self.unit_groups is not None:
+                checked = standardise_within(checked, self.unit_groups)
+            current = top_set(checked, self.rank_fraction)
             if self.top_sets:
                 ranking_overlap = _jaccard(current, self.top_sets[-1])
             self.top_sets.append(current)
@@ -296,8 +319,10 @@ def make_detector(
     min_steps: int = 0,
     rank_epsilon: float = 0.1,
     rank_fraction: float = 0.25,
+    unit_groups: Sequence[str] | None = None,
 ) -> Detector:
-    """The detector of a stage-1 ``criterion`` (one of :data:`CRITERIA`)."""
+    """The detector of a stage-1 ``criterion`` (one of :data:`CRITERIA`); ``unit_groups``
+    (a module type per unit) standardises the ranking check's norms within each type."""
     if criterion in ("drop", "drop+ranking"):
         return DropDetector(
             epsilon=epsilon,
@@ -306,6 +331,7 @@ def make_detector(
             min_steps=min_steps,
             rank_epsilon=rank_epsilon if criterion == "drop+ranking" else None,
             rank_fraction=rank_fraction,
+            unit_groups=unit_groups,
         )
     if criterion in ("loss", "loss+update"):
         return StabilityDetector(
@@ -325,6 +351,7 @@ def detect_stable(
     unit_values: Mapping[int, Sequence[float]] | None = None,
     rank_epsilon: float = 0.1,
     rank_fraction: float = 0.25,
+    unit_groups: Sequence[str] | None = None,
 ) -> int | None:
     """T for a complete history (one series, or several of equal length), or None.
 
@@ -344,6 +371,7 @@ def detect_stable(
         min_steps=min_steps,
         rank_epsilon=rank_epsilon,
         rank_fraction=rank_fraction,
+        unit_groups=unit_groups,
     )
     for i in range(lengths.pop()):
         step = i + 1

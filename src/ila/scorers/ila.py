@@ -313,6 +313,9 @@ class _Stage1Watch:
             min_steps=cfg.min_steps,
             rank_epsilon=cfg.rank_epsilon,
             rank_fraction=cfg.rank_fraction,
+            unit_groups=(
+                [u.module_type for u in ctx.layer_map.units] if cfg.rank_within_type else None
+            ),
         )
         self.values = StepValues()
         self.track_update = cfg.criterion == "loss+update"
@@ -408,6 +411,7 @@ def _stage1_summary(
         "window": cfg.window,
         "patience": cfg.patience,
         "rank_epsilon": cfg.rank_epsilon if cfg.criterion == "drop+ranking" else None,
+        "rank_within_type": cfg.rank_within_type,
         "ranking_checks": _ranking_checks(values.unit_values, cfg.rank_fraction),
         # ||Delta_i|| at the end of stage 1: what the gates scale (and the lora-norm scorer).
         "unit_update_norms": watch.update.norms().tolist(),

@@ -221,6 +221,24 @@ def spread(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
+def stopping_lines(data: str, seeds: list[int], curves: dict, names, types) -> list[str]:
+    """T of the default rule against T with the ranking check on norms standardised within
+    module type (--stage1-rank-within-type), applied offline to the recorded curves."""
+    rule = dict(RULES)[DEFAULT_RULE]
+    cells = []
+    for seed in seeds:
+        curve = curves.get((data, seed))
+        if curve is None:
+            continue
+        plain = rule_t(curve, rule)
+        within = rule_t(curve, {**rule, "unit_groups": types})
+        cells.append(f"seed {seed}: {plain} / {within}")
+    return [
+        "Stopping step T of the default rule / with the ranking check within module type "
+        f"(`--stage1-rank-within-type`, applied offline to the curves): {'; '.join(cells)}."
+    ]
+
+
 def lever_row(label: str, runs: list[list[float]], norms: list[list[float]], names, types) -> str:
     """One table row over every pair of seeds of one lever."""
     pairs = list(itertools.combinations(range(len(runs)), 2))
@@ -280,6 +298,9 @@ def report(levers: list[str], command: str) -> str:
             "top sets redrawn within module type; rho: Spearman of the importance with "
             "the run's stage-1 update norms at T; MLP: MLP modules among the top 25%.",
             "",
+        ]
+        lines += [*stopping_lines(data, seeds, curves, names, types), ""]
+        lines += [
             "| lever | seeds | top-25% Jaccard | shared | bottom-25% Jaccard | null | "
             "excess | rho with norms | MLP in top |",
             "|---|---:|---|---:|---|---:|---:|---:|---:|",

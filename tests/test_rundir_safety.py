@@ -369,3 +369,27 @@ def test_a_file_size_limit_hit_while_saving_is_one_error_line(tiny_model_dir, tm
     (line,) = [x for x in done.stderr.splitlines() if x.startswith("ila: error:")]
     assert "File too large" in line and "file-size limit" in line and "--resume" in line
     assert not (out / "changed_weights").exists()  # nothing half-written
+
+
+def test_python_jobs_release_the_lock_when_they_return(tiny_model_dir, tmp_path):
+    """From Python the process goes on after a job: its lock must not outlive the call."""
+    import ila
+
+    tiny = {"max_length": 64, "limit": 40, "batch_size": 4, "device": "cpu"}
+    scored = ila.score(str(tiny_model_dir), output_dir=tmp_path / "s", scorer="random", **tiny)
+    tuned = ila.finetune(
+        str(tiny_model_dir), output_dir=tmp_path / "f", all_units=True, max_steps=1, **tiny
+    )
+    for out in (scored.output_dir, tuned.output_dir):
+        assert not (out / LOCK_FILE).exists()
+        # Another process can take the directory's lock at once.
+        probe = subprocess.run(
+            [sys.executable, "-c", _TAKE_LOCK, str(out / LOCK_FILE)], capture_output=True, text=True
+        )
+        assert probe.returncode == 0, probe.stderr
+
+
+_TAKE_LOCK = (
+    "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+    "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+)

@@ -116,7 +116,6 @@ def trainable_summary(model: nn.Module) -> dict[str, int]:
     return {"parameters": total, "trainable_parameters": trainable}
 
 
-@runs_locked
 @dataclass
 class _Inputs:
     """What a fine-tune works on, read and checked before its run directory is touched."""
@@ -141,6 +140,7 @@ class _Inputs:
     """``PreferenceTraining`` under ``--objective dpo``."""
 
 
+@runs_locked
 def finetune(
     config: FinetuneConfig,
     selection: Selection | Callable[[LayerMap], Selection],

@@ -267,6 +267,24 @@ def lever_row(label: str, runs: list[list[float]], norms: list[list[float]], nam
     )
 
 
+def ensemble_cells(runs: list[list[float]]) -> str:
+    """Consensus (mean s) of K runs against the consensus of K other runs, top 25%, over
+    every split into two disjoint groups, for K = 1 .. n // 2: what --seeds K buys."""
+    cells = []
+    for size in range(1, len(runs) // 2 + 1):
+        values = []
+        for group in itertools.combinations(range(len(runs)), 2 * size):
+            for left in itertools.combinations(group, size):
+                if left[0] != group[0]:
+                    continue  # each split once
+                right = [i for i in group if i not in left]
+                mean_a = [statistics.fmean(col) for col in zip(*(runs[i] for i in left))]
+                mean_b = [statistics.fmean(col) for col in zip(*(runs[i] for i in right))]
+                values.append(jaccard(top(mean_a), top(mean_b)))
+        cells.append(f"K={size}: {statistics.fmean(values):.2f} ({len(values)} splits)")
+    return "; ".join(cells)
+
+
 def report(levers: list[str], command: str) -> str:
     found, curves = load_records()
     if not found:
@@ -305,6 +323,7 @@ def report(levers: list[str], command: str) -> str:
             "excess | rho with norms | MLP in top |",
             "|---|---:|---|---:|---|---:|---:|---:|---:|",
         ]
+        ensembles: list[str] = []
         for lever in levers:
             runs, norms = [], []
             for seed in seeds:
@@ -319,6 +338,16 @@ def report(levers: list[str], command: str) -> str:
                 norms.append(curve["norms"][str(at)])
             if runs:
                 lines.append(lever_row(LABELS.get(lever, lever), runs, norms, names, types))
+                if len(runs) >= 4:
+                    ensembles.append(f"- {LABELS.get(lever, lever)}: {ensemble_cells(runs)}")
+        if ensembles:
+            lines += [
+                "",
+                "Ensembles: top-25% Jaccard of the consensus of K seeds against the consensus "
+                "of K other seeds (mean s; every split of the seeds into two disjoint groups):",
+                "",
+                *ensembles,
+            ]
     return "\n".join(lines) + "\n"
 
 

@@ -267,6 +267,11 @@ def lever_row(label: str, runs: list[list[float]], norms: list[list[float]], nam
     )
 
 
+def consensus(runs: list[list[float]]) -> list[float]:
+    """The mean s of each unit over ``runs`` (what `ila score --seeds` ranks by)."""
+    return [statistics.fmean(col) for col in zip(*runs, strict=True)]
+
+
 def ensemble_cells(runs: list[list[float]]) -> str:
     """Consensus (mean s) of K runs against the consensus of K other runs, top 25%, over
     every split into two disjoint groups, for K = 1 .. n // 2: what --seeds K buys."""
@@ -278,8 +283,8 @@ def ensemble_cells(runs: list[list[float]]) -> str:
                 if left[0] != group[0]:
                     continue  # each split once
                 right = [i for i in group if i not in left]
-                mean_a = [statistics.fmean(col) for col in zip(*(runs[i] for i in left))]
-                mean_b = [statistics.fmean(col) for col in zip(*(runs[i] for i in right))]
+                mean_a = consensus([runs[i] for i in left])
+                mean_b = consensus([runs[i] for i in right])
                 values.append(jaccard(top(mean_a), top(mean_b)))
         cells.append(f"K={size}: {statistics.fmean(values):.2f} ({len(values)} splits)")
     return "; ".join(cells)

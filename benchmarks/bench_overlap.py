@@ -65,20 +65,44 @@ def run_dir(work_dir: Path, data: str, seed: int) -> Path:
     return work_dir / data / f"seed{seed}"
 
 
+RECORDS = Path(__file__).resolve().parent / "records" / "bench_overlap"
+
+
+def record_file(data: str, seed: int) -> Path:
+    return RECORDS / data / f"seed{seed}.json"
+
+
 def ensure_run(work_dir: Path, data: str, seed: int) -> LayerScores:
-    """Score ``data`` with ``seed`` unless a finished run is already there."""
+    """The ranking of ``data`` at ``seed``: from the records kept in the repository, else
+    from a finished run in ``work_dir``, else scored now; a new ranking is recorded."""
+    if record_file(data, seed).is_file():
+        return LayerScores.load(record_file(data, seed))
     out = run_dir(work_dir, data, seed)
     if not (out / "layer_scores.json").is_file():
         argv = ["-q", "score", "--data", data, "--seed", str(seed), "--output-dir", str(out)]
         if ila_main([*argv, *DATA_FLAGS[data], "--overwrite"]) != 0:
             raise SystemExit(f"ila score failed for {data} seed {seed}")
-    return LayerScores.load(out)
+    scores = LayerScores.load(out)
+    record_file(data, seed).parent.mkdir(parents=True, exist_ok=True)
+    scores.save(record_file(data, seed))
+    return scores
+
+
+def have_run(work_dir: Path, data: str, seed: int) -> bool:
+    return (
+        record_file(data, seed).is_file()
+        or (run_dir(work_dir, data, seed) / "layer_scores.json").is_file()
+    )
 
 
 def pair_stats(
-    groups: dict[str, list[LayerScores]], pairs: list[tuple[str, str]]
+    groups: dict[str, list[LayerScores]],
+    pairs: list[tuple[str, str]],
+    same_seed: bool | None = None,
 ) -> dict[str, list[float]]:
-    """Jaccard at each fraction and Spearman over every run pair across the group pairs."""
+    """Jaccard at each fraction and Spearman over every run pair across the group pairs;
+    ``same_seed`` True / False keeps only the pairs whose runs share / differ in their seed
+    (runs of one seed share their LoRA initialisation; the review's F6)."""
     values: dict[str, list[float]] = {str(f): [] for f in FRACTIONS}
     values["spearman"] = []
     values["null25"] = []
@@ -86,6 +110,10 @@ def pair_stats(
         for x, y in itertools.product(range(len(groups[a])), range(len(groups[b]))):
             if a == b and x >= y:
                 continue
+            if same_seed is not None:
+                seed_a, seed_b = groups[a][x].meta.get("seed"), groups[b][y].meta.get("seed")
+                if (seed_a == seed_b) != same_seed:
+                    continue
             cmp = compare_scores([groups[a][x], groups[b][y]], [f"{a}/{x}", f"{b}/{y}"], FRACTIONS)
             pair = cmp.pairs[0]
             for f in FRACTIONS:
@@ -191,8 +219,7 @@ def main() -> None:
     seeds_used: dict[str, list[int]] = {}
     for data in (*ALIGNMENT, REASONING):
         for seed in args.seeds:
-            done = (run_dir(args.work_dir, data, seed) / "layer_scores.json").is_file()
-            if args.only_existing and not done:
+            if args.only_existing and not have_run(args.work_dir, data, seed):
                 continue
             groups.setdefault(data, []).append(ensure_run(args.work_dir, data, seed))
             seeds_used.setdefault(data, []).append(seed)
@@ -203,8 +230,8 @@ def main() -> None:
     rows: list[tuple[str, str, dict[str, list[float]]]] = []
     row_pairs: list[tuple[str, list[tuple[str, str]]]] = []
 
-    def add(name: str, kind: str, pairs: list[tuple[str, str]]) -> None:
-        rows.append((name, kind, pair_stats(groups, pairs)))
+    def add(name: str, kind: str, pairs: list[tuple[str, str]], same_seed=None) -> None:
+        rows.append((name, kind, pair_stats(groups, pairs, same_seed)))
         row_pairs.append((name, pairs))
 
     for data in groups:
@@ -214,7 +241,9 @@ def main() -> None:
     for a, b in cross:
         add(f"{a} vs {b}", "cross", [(a, b)])
     if len(cross) > 1:
-        add("all cross-dataset alignment pairs", "cross", cross)
+        add("all cross-dataset alignment pairs (pooled)", "cross", cross)
+        add("  of them, runs of the same seed (same LoRA init)", "split", cross, True)
+        add("  of them, runs of different seeds", "split", cross, False)
     if REASONING in groups:
         add("ila-reasoning vs alignment", "reasoning", [(REASONING, d) for d in alignment])
 
@@ -250,6 +279,19 @@ def main() -> None:
             f"| {name} | {len(values['spearman'])} | {cells} | {fmt(values['null25'])} | "
             f"{fmt(values['spearman'])} |"
         )
+    per_pair = [values for _, kind, values in rows[:] if kind == "cross"][: len(cross)]
+    if len(per_pair) > 1:
+        # Each dataset pair weighs the same, however many runs it has (not pooled 18:6:3).
+        cells = " | ".join(
+            f"{statistics.fmean(statistics.fmean(v[str(f)]) for v in per_pair):.2f}"
+            for f in FRACTIONS
+        )
+        null = statistics.fmean(statistics.fmean(v["null25"]) for v in per_pair)
+        rho = statistics.fmean(statistics.fmean(v["spearman"]) for v in per_pair)
+        lines.append(
+            f"| mean of the {len(per_pair)} dataset pairs' means | | {cells} | {null:.2f} | "
+            f"{rho:.2f} |"
+        )
     lines.append(
         "| random sets of the same size (expected) | | "
         + " | ".join(f"{random[str(f)]:.2f}" for f in FRACTIONS)
@@ -271,7 +313,11 @@ def main() -> None:
             lines.append(f"| {pair.a} vs {pair.b} | {cells} | {pair.spearman:.2f} |")
     lines += ensemble_lines(groups)
     n_blocks = len(next(iter(groups.values()))[0].block_scores())
-    block_rows = [(name, block_pair_stats(groups, pairs)) for name, pairs in row_pairs]
+    block_rows = [
+        (name, block_pair_stats(groups, pairs))
+        for name, pairs in row_pairs
+        if not name.startswith("  of them")  # the block view is not split by seed
+    ]
     lines += [
         "",
         "Block view: Jaccard of the top 25% of blocks (a block's importance is the mean of its "

@@ -6,8 +6,10 @@ a sparsity budget, and the mask ranks the units; stage 3 tunes only the units th
 
 Every command is a function here (ila.api): ``ila.score``, ``ila.select``,
 ``ila.finetune``, ``ila.evaluate``, ``ila.run``, ``ila.compare``, ``ila.report``,
-``ila.export`` and ``ila.plan``. Importing this package is cheap: the functions, and the
-heavy modules (torch, transformers) behind them, are imported on first use.
+``ila.export`` and ``ila.plan``; ``ila.IlaCallback`` (:mod:`ila.integrations.callback`)
+ranks the LoRA adapter a transformers ``Trainer`` is training, inside that run. Importing
+this package is cheap: the functions and the callback, and the heavy modules (torch,
+transformers) behind them, are imported on first use.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "IlaCallback",
     "__version__",
     "compare",
     "evaluate",
@@ -28,10 +31,11 @@ __all__ = [
     "score",
     "select",
 ]
-_API = frozenset(__all__) - {"__version__"}
+_API = frozenset(__all__) - {"__version__", "IlaCallback"}
 
 if TYPE_CHECKING:
     from ila.api import compare, evaluate, export, finetune, plan, report, run, score, select
+    from ila.integrations.callback import IlaCallback
 
 
 def __getattr__(name: str) -> Any:
@@ -39,4 +43,8 @@ def __getattr__(name: str) -> Any:
         from ila import api
 
         return getattr(api, name)
+    if name == "IlaCallback":
+        from ila.integrations.callback import IlaCallback
+
+        return IlaCallback
     raise AttributeError(f"module 'ila' has no attribute {name!r}")

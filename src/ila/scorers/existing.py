@@ -32,7 +32,13 @@ from ila.rundir import atomic_write_json, is_main_process, mark_stage
 from ila.scorers.base import ScoringContext
 from ila.scorers.ila import ila_scores, run_stage2
 
-__all__ = ["ExistingUpdate", "load_existing_update", "rank_existing_update"]
+__all__ = [
+    "ExistingUpdate",
+    "adapted_layer_map",
+    "load_existing_update",
+    "rank_existing_update",
+    "rank_recorded_update",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +97,8 @@ def _adapter_update(path: Path, model_spec: str, model: Any, layer_map: LayerMap
     check_adapter_base(adapter_dir, model_spec, allow=False, flag=flag)
     settings = adapter_settings(adapter_dir)
     peft_model = load_lora_adapter(model, adapter_dir, model_spec, flag=flag)
-    adapted, missing = _adapted_units(peft_model, layer_map)
-    if not adapted:
+    units, missing = adapted_layer_map(peft_model, layer_map)
+    if not units.units:
         peft_model.unload()
         raise IlaError(
             f"{flag} {adapter_dir} adapts none of --model's block linear modules "
@@ -107,13 +113,6 @@ def _adapter_update(path: Path, model_spec: str, model: Any, layer_map: LayerMap
         "base_model_name_or_path": settings.get("base_model_name_or_path"),
         "not_adapted": missing,
     }
-    units = replace(
-        layer_map,
-        units=tuple(adapted),
-        module_types=tuple(
-            t for t in layer_map.module_types if any(u.module_type == t for u in adapted)
-        ),
-    )
     return ExistingUpdate("adapter", str(adapter_dir), peft_model, units, None, facts)
 
 
@@ -127,6 +126,23 @@ def _adapted_units(peft_model: Any, layer_map: LayerMap) -> tuple[list, list[str
         else:
             missing.append(unit.name)
     return adapted, missing
+
+
+def adapted_layer_map(peft_model: Any, layer_map: LayerMap) -> tuple[LayerMap, list[str]]:
+    """``layer_map`` restricted to the units that carry the LoRA adapter ``default`` of
+    ``peft_model`` (the units of a ranking of that adapter), and the names of the others.
+
+    The restricted map may hold no unit; callers refuse that with their own message.
+    """
+    adapted, missing = _adapted_units(peft_model, layer_map)
+    units = replace(
+        layer_map,
+        units=tuple(adapted),
+        module_types=tuple(
+            t for t in layer_map.module_types if any(u.module_type == t for u in adapted)
+        ),
+    )
+    return units, missing
 
 
 def rank_existing_update(ctx: ScoringContext, update: ExistingUpdate) -> LayerScores:
@@ -151,14 +167,31 @@ def rank_existing_update(ctx: ScoringContext, update: ExistingUpdate) -> LayerSc
         "method": update.kind,
         "unit_update_norms": update.norms(),
     }
-    if is_main_process():
-        atomic_write_json(ctx.output_dir / "stage1" / STAGE_SUMMARY_FILE, stage1)
-        mark_stage(ctx.output_dir, "stage1")
     try:
-        stage2 = run_stage2(ctx, update.model, deltas=update.deltas)
+        scores = rank_recorded_update(ctx, update.model, stage1, deltas=update.deltas)
     finally:
         if update.deltas is None:
             ctx.model = update.model.unload()
-    scores = ila_scores(ctx, stage1, stage2)
     scores.meta["source"] = {"kind": update.kind, "path": update.path, **update.facts}
     return scores
+
+
+def rank_recorded_update(
+    ctx: ScoringContext,
+    model: Any,
+    stage1: dict[str, Any],
+    *,
+    deltas: dict[str, torch.Tensor] | None = None,
+) -> LayerScores:
+    """Stage 2 on the update ``model`` carries (or ``deltas``) and the ranking.
+
+    ``stage1`` is the ``stage1/summary.json`` that records where the update came from
+    (written first, on the main process); ``ctx.layer_map`` must name the units the update
+    covers. The model is left as :func:`ila.scorers.ila.run_stage2` leaves it: gates
+    removed, every parameter frozen (callers restore the flags they need).
+    """
+    if is_main_process():
+        atomic_write_json(ctx.output_dir / "stage1" / STAGE_SUMMARY_FILE, stage1)
+        mark_stage(ctx.output_dir, "stage1")
+    stage2 = run_stage2(ctx, model, deltas=deltas)
+    return ila_scores(ctx, stage1, stage2)

@@ -175,3 +175,20 @@ def test_a_loaded_model_is_a_model(tiny_llama, tiny_tokenizer, tmp_path, monkeyp
         model_source("smollm2-135m", tiny_tokenizer)
     with pytest.raises(IlaError, match="not a dict"):
         model_source({"weights": 1}, tiny_tokenizer)
+
+
+@pytest.mark.slow
+def test_existing_update_example_runs(tmp_path, embedded_cache):
+    """examples/existing_update.py, the README's "Rank the fine-tune you already have"."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "existing_update.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**_env(embedded_cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        timeout=1800,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    for line in ("1. ranked by the callback", "2. from the saved adapter", "3. from the base"):
+        assert line in out.stdout
+    for run in ("trainer/ila", "from-adapter", "from-model"):
+        assert (tmp_path / run / "layer_scores.json").is_file()

@@ -193,7 +193,9 @@ def _print_score(result: Any, header: str) -> None:
     s = result.summary()
     stable = "epsilon-stable" if s["stage1_stable"] else "hit the step cap"
     print(f"{header}: {s['method']} on {s['model']}, {s['units']} {s['unit_kind']} units")
-    if s["T"] is not None:
+    if s.get("source"):
+        print(f"  update: {s['source'].get('kind')} {s['source'].get('path', '')} (no stage 1)")
+    elif s["T"] is not None:
         print(f"  stage 1: T = {s['T']} steps ({stable})")
     times = ", ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items())
     print(f"  time: {times}")

@@ -86,6 +86,7 @@ class ScoreRun:
             "unit_kind": self.scores.unit_kind,
             "T": meta.get("T"),
             "stage1_stable": meta.get("stage1_stable"),
+            "source": meta.get("source"),
             "top_units": self.scores.top(0.1)[:10],
             "stability": stability_lines(self.scores),
             "seconds": self.seconds,

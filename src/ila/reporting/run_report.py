@@ -70,7 +70,12 @@ def _summary(record: RunRecord) -> Section:
         ("blocks", s.layout.get("num_blocks")),
         ("completed stages", record.completed_stages),
     ]
-    if record.stage1 is not None:
+    source = meta.get("source") or {}
+    if source:
+        where = f" at step {source['step']}" if source.get("step") is not None else ""
+        pairs.append(("update ranked", f"{source.get('kind')}{where}: {source.get('path', '-')}"))
+        pairs.append(("stage-2 steps", meta.get("stage2_steps")))
+    elif record.stage1 is not None:
         stable = "epsilon-stable" if record.stage1.get("stable") else "hit the step cap"
         pairs.append(("stage-1 stopping step T", f"{meta.get('T')} ({stable})"))
         pairs.append(("stage-2 steps", meta.get("stage2_steps")))
@@ -219,6 +224,12 @@ def _environment(record: RunRecord) -> Section:
 
 
 def _reproduce(record: RunRecord) -> Section:
+    if (record.scores.meta.get("source") or {}).get("kind") == "callback":
+        text = (
+            "Ranked by `ila.IlaCallback` inside a training run, on the adapter as it was at "
+            "that step; the training script reproduces it (the adapter is not kept here)."
+        )
+        return Section("Reproduce", "reproduce", [text])
     blocks: list[Any] = [
         "`config.yaml` in the run directory holds every resolved setting, seeds included; "
         "this command re-runs the job with them (same versions and hardware give the same "

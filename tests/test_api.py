@@ -192,3 +192,18 @@ def test_existing_update_example_runs(tmp_path, embedded_cache):
         assert line in out.stdout
     for run in ("trainer/ila", "from-adapter", "from-model"):
         assert (tmp_path / run / "layer_scores.json").is_file()
+
+
+def test_wrapping_with_peft_prints_no_transformers_deprecation(tiny_llama):
+    """peft reads transformers' deprecated is_gradient_checkpointing when it wraps a model;
+    ila filters that one FutureWarning where it wraps (and nothing else)."""
+    import warnings
+
+    from ila.config import LoraSettings
+    from ila.core.layers import find_layers
+    from ila.core.lora import add_lora
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        add_lora(tiny_llama, find_layers(tiny_llama).units, LoraSettings(), seed=0)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

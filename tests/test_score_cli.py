@@ -223,3 +223,13 @@ def test_method_is_the_older_spelling_of_scorer(tiny_model_dir, tmp_path, capsys
     assert "'ila score --method' is deprecated, use --scorer" in caplog.text
     assert main([*argv, "--method", "random", "--scorer", "snr", "--overwrite"]) == 2
     assert "--scorer snr and --method random disagree" in capsys.readouterr().err
+
+
+def test_ls_presets_lists_every_preset_with_its_objective(capsys):
+    from ila.cli import main
+
+    assert main(["ls", "presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = {line.split()[0]: line.split()[1] for line in lines}
+    assert listed["ila-instruct"] == "[sft]" and listed["chitchat"] == "[sft]"
+    assert listed["ila-preference"] == "[dpo]"

@@ -625,9 +625,13 @@ def _cmd_ls(args: argparse.Namespace) -> int:
             print(f"{name:16s} {description}")
     else:
         from ila.data import PRESETS
+        from ila.data.preference import PREFERENCE_PRESETS
 
+        # Every preset with the objective it is for (--objective sft, the default, or dpo).
         for name, description in PRESETS.items():
-            print(f"{name:16s} {description}")
+            print(f"{name:16s} [sft] {description}")
+        for name, description in PREFERENCE_PRESETS.items():
+            print(f"{name:16s} [dpo] {description}")
     return 0
 
 

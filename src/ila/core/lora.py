@@ -8,7 +8,9 @@ Frobenius norm is computed without forming the d_out x d_in product:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,10 +25,24 @@ __all__ = [
     "add_lora",
     "lora_state",
     "lora_update_norms",
+    "peft_wrapping",
     "read_unit_lora",
     "set_unit_lora",
     "unit_lora_layer",
 ]
+
+
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Wrap a model with peft without transformers' FutureWarning about
+    ``is_gradient_checkpointing``: peft (0.21) reads that deprecated property of the model
+    whenever it wraps one, so the warning is about peft's internals, which no user of ila
+    can act on; every other warning passes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+        )
+        yield
 
 
 def add_lora(
@@ -51,7 +67,8 @@ def add_lora(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return get_peft_model(model, config)
+        with peft_wrapping():
+            return get_peft_model(model, config)
 
 
 def read_unit_lora(

@@ -406,7 +406,10 @@ def load_model_for_eval(
         from peft import PeftModel
 
         try:
-            model = PeftModel.from_pretrained(model, str(adapter_dir))
+            from ila.core.lora import peft_wrapping
+
+            with peft_wrapping():
+                model = PeftModel.from_pretrained(model, str(adapter_dir))
         except (ValueError, KeyError, RuntimeError) as err:
             raise IlaError(
                 f"adapter {adapter_dir} does not fit model {model_spec}: {err}; pass the base "

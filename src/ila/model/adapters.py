@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ila.core.lora import peft_wrapping
 from ila.errors import IlaError
 
 __all__ = [
@@ -121,7 +122,8 @@ def load_lora_adapter(model: Any, adapter_dir: Path, model_spec: str, *, flag: s
             "pass a plain LoRA adapter, or merge it and pass --from-model"
         )
     try:
-        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        with peft_wrapping():
+            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     except (ValueError, KeyError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise IlaError(

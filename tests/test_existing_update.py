@@ -233,3 +233,27 @@ def test_model_pair_and_combination_refusals(tiny_model_dir, tmp_path):
     weights[key] = weights[key][:, :-2].contiguous()
     save_file(weights, str(aligned / "model.safetensors"), metadata={"format": "pt"})
     _refused(tmp_path, ("--from-model", "shape", key), model=model_dir, from_model=str(aligned))
+
+
+def test_an_adapter_is_ranked_under_dpo_and_cli_refusals_name_flags(
+    own_run, tiny_model_dir, tmp_path, capsys
+):
+    """--objective dpo applies to stage 2 on an adapter (its reference: the model with the
+    adapter switched off); from the command line a refusal names the flag, exits 2 and
+    writes nothing."""
+    from tests.conftest import fails
+
+    from ila.cli import main
+
+    adapter = str(own_run.output_dir / "stage1" / "adapter")
+    tiny = ["--max-length", "64", "--limit", "40", "--batch-size", "4", "--device", "cpu"]
+    out = tmp_path / "dpo"
+    argv = ["-q", "score", "--model", str(tiny_model_dir), "--from-adapter", adapter]
+    argv += ["--data", "ila-preference", "--objective", "dpo", "--stage2-steps", "3"]
+    assert main([*argv, "--output-dir", str(out), *tiny]) == 0
+    scores = json.loads((out / "layer_scores.json").read_text())
+    assert scores["meta"]["objective"] == "dpo" and scores["meta"]["source"]["kind"] == "adapter"
+    refused = tmp_path / "refused"
+    argv = ["score", "--model", str(tiny_model_dir), "--from-model", str(tmp_path / "nope")]
+    fails([*argv, "--output-dir", str(refused), *tiny], capsys, "--from-model", "does not exist")
+    assert not refused.exists()

@@ -38,15 +38,10 @@ CPU and CUDA, iterable (streaming) training data, data that is not tokenized
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
-import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -56,12 +51,8 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ila.config import (
-    LoraSettings,
-    ModelConfig,
-    ScoreConfig,
     Stage1Config,
     Stage2Config,
-    TrainConfig,
     recorded_config,
 )
 from ila.core.layers import LayerMap, find_layers
@@ -70,9 +61,20 @@ from ila.core.scores import LayerScores, jaccard
 from ila.core.selection import Selection, select_units
 from ila.core.stability import Detector, make_detector, top_set
 from ila.errors import IlaError
-from ila.run_files import DATA_FILE, SCORES_FILE, SELECTION_FILE
+from ila.integrations.live_run import (
+    complete_meta,
+    examples_needed,
+    fingerprint,
+    freeze_units,
+    outer_run_kept,
+    peft_settings,
+    save_run,
+    score_config,
+    stage2_examples,
+    training_data,
+)
+from ila.run_files import SCORES_FILE, SELECTION_FILE
 from ila.rundir import (
-    atomic_write_json,
     check_output_dir,
     is_main_process,
     mark_stage,
@@ -80,10 +82,8 @@ from ila.rundir import (
     runs_locked,
 )
 from ila.scorers.base import ScoringContext
-from ila.scorers.common import preserved_model_state
 from ila.scorers.existing import adapted_layer_map, rank_recorded_update
 from ila.train.parallel import requested_sharding
-from ila.train.trainer import stage_seed
 
 __all__ = ["AT_CHOICES", "THEN_CHOICES", "IlaCallback"]
 
@@ -96,9 +96,6 @@ THEN_CHOICES = ("freeze-bottom", "tune-top")
 """What the rest of the run trains after a ranking at ``"stable"``."""
 
 ADAPTER = "default"
-# What accelerate's ``prepare`` sets on a model it wraps (mixed-precision forward, the
-# prepared flag); the nested Trainer's prepare must not leave its own behind.
-_PREPARED_ATTRIBUTES = ("forward", "_original_forward", "_is_accelerate_prepared")
 
 
 class IlaCallback(TrainerCallback):
@@ -154,7 +151,7 @@ class IlaCallback(TrainerCallback):
         """Check everything the ranking will need, before the first training step."""
         _check_launch(args, at=self.at, then=self.then)
         layer_map, not_adapted = _lora_layer_map(kwargs.get("model"), self.blocks_path)
-        _training_data(kwargs.get("train_dataloader"))
+        training_data(kwargs.get("train_dataloader"))
         output_dir = Path(args.output_dir) / self.output_subdir
         if is_main_process():
             # The directory is the callback's own: an earlier ranking there is replaced,
@@ -216,10 +213,10 @@ class IlaCallback(TrainerCallback):
     ) -> LayerScores:
         """Stage 2 on the live adapter, nested in this run; write the run directory."""
         model, out = kwargs["model"], run.output_dir
-        dataset, collate = _training_data(kwargs.get("train_dataloader"))
+        dataset, collate = training_data(kwargs.get("train_dataloader"))
         seed = args.seed if self.seed is None else self.seed
-        config = _score_config(args, model, run.layer_map, self.stage1, self.stage2, seed)
-        features = _stage2_examples(dataset, _examples_needed(args, self.stage2), seed)
+        config = score_config(args, model, run.layer_map, self.stage1, self.stage2, seed)
+        features = stage2_examples(dataset, examples_needed(args, self.stage2), seed)
         stage1 = self._stage1_summary(run, args, state, model, stable=stable)
         resolved = {**recorded_config(config), "method": "ila", "callback": self._settings()}
         log.info(
@@ -228,7 +225,7 @@ class IlaCallback(TrainerCallback):
             len(run.layer_map.units),
         )
         with (
-            _outer_run_kept(model),
+            outer_run_kept(model),
             run_directory(out, command="score", resolved=resolved, overwrite=True) as main,
         ):
             ctx = ScoringContext(
@@ -240,13 +237,13 @@ class IlaCallback(TrainerCallback):
                 collator=collate,
                 config=config,
                 output_dir=out,
-                data_fingerprint=_fingerprint(features),
+                data_fingerprint=fingerprint(features),
             )
             scores = rank_recorded_update(ctx, model, stage1)
             source = self._source(run, state, stable)
-            _complete_meta(scores, config, source=source, examples=len(dataset))
+            complete_meta(scores, config, source=source, examples=len(dataset))
             if main:
-                _save_run(scores, out, dataset_size=len(dataset), stage2_examples=len(features))
+                save_run(scores, out, dataset_size=len(dataset), stage2_examples=len(features))
         self.scores, self.ranked_step = scores, state.global_step
         return scores
 
@@ -261,7 +258,7 @@ class IlaCallback(TrainerCallback):
             freeze_bottom_fraction=bottom,
             scores_file=run.output_dir / SCORES_FILE,
         )
-        _freeze_units(model, run.layer_map, selection.frozen)
+        freeze_units(model, run.layer_map, selection.frozen)
         if is_main_process():
             selection.save(run.output_dir / SELECTION_FILE)
             mark_stage(run.output_dir, "select")
@@ -305,7 +302,7 @@ class IlaCallback(TrainerCallback):
         return {
             "source": "callback",
             "path": str(args.output_dir),
-            **_peft_settings(model),
+            **peft_settings(model),
             "not_adapted": list(run.not_adapted),
             "stable": stable if self.at == "stable" else None,
             "T": state.global_step if stable else None,
@@ -496,223 +493,3 @@ def _lora_layer_map(model: Any, blocks_path: str | None) -> tuple[LayerMap, list
                 f"active ({list(layer.active_adapters)}); train one unmerged adapter"
             )
     return units, missing
-
-
-def _training_data(dataloader: Any) -> tuple[Sequence[Any], Callable[[list[Any]], Any]]:
-    """The training examples and collator of the Trainer's DataLoader (refused when
-    stage 2 cannot draw its own batches from them)."""
-    dataset = getattr(dataloader, "dataset", None)
-    if dataset is None:
-        raise IlaError("IlaCallback found no training DataLoader; give the Trainer train_dataset")
-    if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
-        raise IlaError(
-            "IlaCallback: stage 2 draws its own random batches of the training data, which an "
-            "iterable (streaming) dataset cannot give; pass a map-style dataset"
-        )
-    if len(dataset) == 0:
-        raise IlaError("IlaCallback: the training dataset is empty")
-    first = dataset[0]
-    if isinstance(first, Mapping) and "input_ids" not in first:
-        raise IlaError(
-            "IlaCallback learns the gates on the next-token loss of tokenized examples "
-            f"(input_ids, labels); this trainer's examples hold {sorted(first)[:6]}: "
-            "preference trainers (DPO) are not supported"
-        )
-    return dataset, dataloader.collate_fn
-
-
-def _examples_needed(args: TrainingArguments, stage2: Stage2Config) -> int:
-    """Examples stage 2 reads over all its steps and processes."""
-    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
-    return stage2.steps * stage2.grad_accum * per_step * args.world_size
-
-
-def _stage2_examples(dataset: Sequence[Any], needed: int, seed: int) -> list[Any]:
-    """The examples stage 2 learns on: all of them, or a uniformly drawn ``needed`` of them.
-
-    Stage 2 reads ``needed`` examples in a random order (its own seed, docs/method.md,
-    "Stage 2: the gates"); a uniform subset of that size, shuffled by the stage-2 Trainer,
-    is the same draw without reading (and copying) the rest of a large dataset.
-    """
-    size = len(dataset)
-    if size <= needed:
-        return [dataset[i] for i in range(size)]
-    chosen = random.Random(stage_seed(seed, "stage2-examples")).sample(range(size), needed)
-    return [dataset[i] for i in sorted(chosen)]
-
-
-def _fingerprint(features: Sequence[Any]) -> str:
-    """First 16 hex digits of a SHA-256 over the token ids of the stage-2 examples."""
-    digest = hashlib.sha256()
-    for feature in features:
-        ids = feature["input_ids"] if isinstance(feature, Mapping) else feature
-        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-        digest.update(json.dumps(ids).encode("utf-8"))
-    return digest.hexdigest()[:16]
-
-
-def _base_model(model: Any) -> Any:
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-def _model_id(model: Any) -> str:
-    """The base model's name or path as transformers recorded it (else its class name)."""
-    base = _base_model(model)
-    name = getattr(getattr(base, "config", None), "_name_or_path", None)
-    return str(name or getattr(base, "name_or_path", None) or type(base).__name__)
-
-
-def _peft_settings(model: Any) -> dict[str, Any]:
-    """The adapter's rank, alpha, dropout and target modules (peft's config)."""
-    config = model.peft_config[ADAPTER]
-    targets = config.target_modules
-    return {
-        "rank": int(config.r),
-        "alpha": float(config.lora_alpha),
-        "dropout": float(config.lora_dropout),
-        "target_modules": sorted(targets) if isinstance(targets, (set, list)) else targets,
-    }
-
-
-def _score_config(
-    args: TrainingArguments,
-    model: Any,
-    layer_map: LayerMap,
-    stage1: Stage1Config,
-    stage2: Stage2Config,
-    seed: int,
-) -> ScoreConfig:
-    """The settings stage 2 runs with: the outer run's batch, accumulation, precision and
-    device, ``seed``, the adapter's LoRA settings and the callback's stage settings."""
-    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-    train = TrainConfig(
-        batch_size=args.per_device_train_batch_size,
-        grad_accum=args.gradient_accumulation_steps,
-        precision=precision,
-        seed=seed,
-    )
-    dtypes = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-    weights = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    base = _base_model(model)
-    model_config = ModelConfig(
-        model=_model_id(model),
-        dtype=dtypes.get(weights, "float32"),
-        device="cpu" if args.device.type == "cpu" else "auto",
-        quantization="nf4" if getattr(base, "is_loaded_in_4bit", False) else "none",
-    )
-    peft = _peft_settings(model)
-    lora = LoraSettings(
-        rank=peft["rank"],
-        alpha=peft["alpha"],
-        dropout=peft["dropout"],
-        module_types=list(layer_map.module_types),
-    )
-    return ScoreConfig(model=model_config, lora=lora, train=train, stage1=stage1, stage2=stage2)
-
-
-def _complete_meta(
-    scores: LayerScores, config: ScoreConfig, *, source: dict[str, Any], examples: int
-) -> None:
-    """What ``ila score`` adds to a ranking's meta, in the callback's terms."""
-    from ila.model.identity import local_fingerprint
-
-    scores.meta["source"] = source
-    scores.meta["num_train_examples"] = examples
-    fingerprint = local_fingerprint(config.model.model)
-    if fingerprint is not None:
-        scores.meta["model_fingerprint"] = fingerprint.to_dict()
-    scores.meta["base"] = {
-        "dtype": config.model.dtype,
-        "quantization": config.model.quantization,
-    }
-    scores.meta["objective"] = "sft"
-
-
-def _save_run(scores: LayerScores, out: Path, *, dataset_size: int, stage2_examples: int) -> None:
-    """``layer_scores.json``, its report and ``data.json``; the run is marked scored."""
-    from ila.reporting import write_score_report
-
-    atomic_write_json(
-        out / DATA_FILE,
-        {
-            "source": "the Trainer's training data",
-            "num_train_examples": dataset_size,
-            "stage2_examples": stage2_examples,
-            "fingerprint": scores.meta["data_fingerprint"],
-        },
-    )
-    scores.save(out / SCORES_FILE)
-    write_score_report(scores, out / "report")
-    mark_stage(out, "score")
-    log.info("IlaCallback: wrote %s and its report in %s", out / SCORES_FILE, out / "report")
-
-
-def _freeze_units(model: torch.nn.Module, layer_map: LayerMap, names: Sequence[str]) -> None:
-    """``requires_grad=False`` on the LoRA A and B of the units ``names``."""
-    for name in names:
-        layer = unit_lora_layer(model, layer_map.unit(name))
-        for matrices in (layer.lora_A, layer.lora_B):
-            for param in matrices[ADAPTER].parameters():
-                param.requires_grad_(False)
-
-
-@contextmanager
-def _outer_run_kept(model: torch.nn.Module) -> Iterator[None]:
-    """Leave the outer run as the nested stage-2 Trainer found it.
-
-    The nested Trainer freezes parameters and switches modes (put back by
-    :func:`ila.scorers.common.preserved_model_state`), seeds every random generator,
-    resets and re-creates accelerate's process-wide state (``PartialState``,
-    ``AcceleratorState``, ``GradientState``: the outer Trainer's accelerator reads the same
-    dictionaries), may set ``ACCELERATE_*`` variables and transformers' log level, and its
-    ``prepare`` may wrap the model's forward for mixed precision. All of that is recorded
-    here and put back.
-    """
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-    from transformers.utils import logging as transformers_logging
-
-    stores = [s._shared_state for s in (PartialState, AcceleratorState, GradientState)]
-    saved_stores = [dict(store) for store in stores]
-    environ = dict(os.environ)
-    verbosity = transformers_logging.get_verbosity()
-    attributes = {k: model.__dict__[k] for k in _PREPARED_ATTRIBUTES if k in model.__dict__}
-    rng = _rng_states()
-    try:
-        with preserved_model_state(model):
-            yield
-    finally:
-        _restore_rng(rng)
-        transformers_logging.set_verbosity(verbosity)
-        for store, saved in zip(stores, saved_stores, strict=True):
-            store.clear()
-            store.update(saved)
-        for key in set(os.environ) - set(environ):
-            del os.environ[key]
-        os.environ.update(environ)
-        for key in _PREPARED_ATTRIBUTES:
-            model.__dict__.pop(key, None)
-        model.__dict__.update(attributes)
-
-
-def _rng_states() -> dict[str, Any]:
-    import numpy as np
-
-    states: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _restore_rng(states: dict[str, Any]) -> None:
-    import numpy as np
-
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states:
-        torch.cuda.set_rng_state_all(states["cuda"])

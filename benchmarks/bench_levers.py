@@ -10,7 +10,7 @@ ranking review's F1-F5):
   one shared second moment for the gate scores (``--stage2-optimizer adam-shared``); a
   longer stage 2 with a cosine-decayed rate; a stronger budget;
 - stage-1 drift: the mask learned at 2T; a temporal ensemble (the raw s of the masks at
-  T, 1.5T and 2T averaged); stage 2 on the iterate average of the update
+  T and 2T averaged); stage 2 on the iterate average of the update
   Delta_i = (alpha / r) B_i A_i over the snapshots from T to 2T.
 
 For every lever: seed-vs-seed top-25% and bottom-25% Jaccard (the sets "tune the top" and
@@ -60,7 +60,7 @@ FRACTION = 0.25
 
 # lever -> (stage-2 settings, where the adapter comes from). "T": the snapshot at the
 # default rule's T; "2T": at twice that; "T..2T": the mean update over the snapshots from
-# T to 2T. The temporal ensemble is computed from the records of T, 1.5T and 2T.
+# T to 2T. The temporal ensemble is computed from the records of T and 2T.
 LEVERS: dict[str, tuple[dict, str]] = {
     "default": ({}, "T"),
     "H0.25": ({"target_fraction": 0.25}, "T"),
@@ -82,7 +82,7 @@ LABELS = {
     "cosine150": "150 stage-2 steps, cosine-decayed rate",
     "lambda5": "stronger budget (lambda 5)",
     "default@2T": "defaults, mask at 2T",
-    "temporal": "temporal ensemble: mean s of the masks at T, 1.5T, 2T",
+    "temporal": "temporal ensemble: mean s of the masks at T and 2T",
     "mean-update-T..2T": "stage 2 on the mean update over T..2T",
 }
 
@@ -192,7 +192,7 @@ def load_records() -> tuple[dict[tuple[str, int], dict[str, dict]], dict[tuple[s
 
 def lever_scores(records: dict[str, dict], lever: str) -> list[float] | None:
     if lever == "temporal":
-        parts = [records.get(k) for k in ("default", "default@1.5T", "default@2T")]
+        parts = [records.get(k) for k in ("default", "default@2T")]
         if any(p is None for p in parts):
             return None
         return [

@@ -8,7 +8,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format bench clean browser
+.PHONY: install demo test test-fast lint format bench bench-levers clean browser
 
 install: $(STAMP)
 
@@ -85,6 +85,15 @@ bench: install
 	$(OFFLINE) $(PY) benchmarks/bench_dpo.py --steps 40 --stage1-max-steps 100 --sft-runs \
 		runs/bench-overlap/ila-instruct/seed0 runs/bench-overlap/ila-instruct/seed1 \
 		runs/bench-overlap/ila-instruct/seed2
+
+# Levers on reproducibility and ILA on finished fine-tunes; both keep their small outputs in
+# benchmarks/records/ and rebuild their sections from them with --report-only.
+bench-levers: install
+	$(OFFLINE) $(PY) benchmarks/record_stage1.py --data ila-instruct --seeds 0 1 2 3 --steps 200 \
+		--work-dir runs/bench-levers --threads 1
+	$(OFFLINE) $(PY) benchmarks/bench_levers.py --work-dir runs/bench-levers --threads 1 \
+		--levers default shared H0.25 default@2T mean-update-T..2T
+	$(OFFLINE) $(PY) benchmarks/bench_existing.py --seeds 0 1 2 --threads 1
 
 # Debian's Chromium for the headless-browser test of `ila report` (tests/test_report.py);
 # installed only when missing (needs root and Debian's apt, as on CI).

@@ -222,3 +222,33 @@ def fit_gates(model, gated, batch, *, steps: int = 60):
         loss.backward()
         optimizer.step()
     return gated.gate_values()
+
+
+def score_tiny_ila(model, tokenizer, out: Path, config, *, limit: int):
+    """``score_ila`` on the first ``limit`` ila-instruct examples (max length 64) in ``out``;
+    returns the scores and the metrics rows of every step."""
+    import json
+
+    from ila.core.layers import find_layers
+    from ila.data import PaddingCollator, load_examples
+    from ila.data.tokenization import tokenize_examples
+    from ila.scorers.base import ScoringContext
+    from ila.scorers.ila import score_ila
+
+    features = tokenize_examples(
+        load_examples("ila-instruct", limit=limit), tokenizer, max_length=64
+    ).features
+    ctx = ScoringContext(
+        model=model,
+        tokenizer=tokenizer,
+        layer_map=find_layers(model),
+        model_id="tiny",
+        train_features=features,
+        collator=PaddingCollator(tokenizer.pad_token_id),
+        config=config,
+        output_dir=out,
+        data_fingerprint="x",
+    )
+    scores = score_ila(ctx)
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    return scores, rows

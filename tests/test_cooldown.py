@@ -5,15 +5,11 @@ import itertools
 import json
 
 import pytest
+from tests.conftest import score_tiny_ila
 
 from ila.config import ScoreConfig, Stage1Config, Stage2Config, TrainConfig
 from ila.core.cooldown import cooldown_length, learning_rate_factor
-from ila.core.layers import find_layers
-from ila.data import PaddingCollator, load_examples
-from ila.data.tokenization import tokenize_examples
 from ila.errors import IlaError
-from ila.scorers.base import ScoringContext
-from ila.scorers.ila import score_ila
 
 
 def test_cooldown_length_is_the_ceiling_of_the_fraction_of_the_stop():
@@ -53,9 +49,6 @@ def test_setting_is_validated_with_its_flag():
 
 
 def _score(model, tokenizer, out, cooldown: float, max_steps: int = 40):
-    features = tokenize_examples(
-        load_examples("ila-instruct", limit=80), tokenizer, max_length=64
-    ).features
     config = ScoreConfig(
         train=TrainConfig(batch_size=4, precision="fp32"),
         stage1=Stage1Config(
@@ -70,19 +63,7 @@ def _score(model, tokenizer, out, cooldown: float, max_steps: int = 40):
         ),
         stage2=Stage2Config(steps=2, grad_accum=1),
     )
-    ctx = ScoringContext(
-        model=model,
-        tokenizer=tokenizer,
-        layer_map=find_layers(model),
-        model_id="tiny",
-        train_features=features,
-        collator=PaddingCollator(tokenizer.pad_token_id),
-        config=config,
-        output_dir=out,
-        data_fingerprint="x",
-    )
-    scores = score_ila(ctx)
-    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    scores, rows = score_tiny_ila(model, tokenizer, out, config, limit=80)
     return scores, [r for r in rows if r["stage"] == "stage1"]
 
 

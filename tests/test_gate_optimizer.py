@@ -72,34 +72,16 @@ def test_stage2_learns_the_gates_with_shared_scale_adam_and_a_cosine_schedule(
 ):
     import json
 
-    from ila.config import ScoreConfig, Stage1Config, TrainConfig
-    from ila.core.layers import find_layers
-    from ila.data import PaddingCollator, load_examples
-    from ila.data.tokenization import tokenize_examples
-    from ila.scorers.base import ScoringContext
-    from ila.scorers.ila import score_ila
+    from tests.conftest import score_tiny_ila
 
-    features = tokenize_examples(
-        load_examples("ila-instruct", limit=40), tiny_tokenizer, max_length=64
-    ).features
+    from ila.config import ScoreConfig, Stage1Config, TrainConfig
+
     config = ScoreConfig(
         train=TrainConfig(batch_size=4, precision="fp32"),
         stage1=Stage1Config(max_steps=4, min_steps=0),
         stage2=Stage2Config(steps=8, grad_accum=1, optimizer="adam-shared", schedule="cosine"),
     )
-    ctx = ScoringContext(
-        model=tiny_llama,
-        tokenizer=tiny_tokenizer,
-        layer_map=find_layers(tiny_llama),
-        model_id="tiny",
-        train_features=features,
-        collator=PaddingCollator(tiny_tokenizer.pad_token_id),
-        config=config,
-        output_dir=tmp_path,
-        data_fingerprint="x",
-    )
-    scores = score_ila(ctx)
-    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    scores, rows = score_tiny_ila(tiny_llama, tiny_tokenizer, tmp_path, config, limit=40)
     rates = [r["learning_rate"] for r in rows if r["stage"] == "stage2"]
     assert rates[0] > rates[len(rates) // 2] > rates[-1]  # cosine decay towards zero
     summary = json.loads((tmp_path / "stage2" / "summary.json").read_text())

@@ -18,7 +18,7 @@ import logging
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -400,11 +400,14 @@ class Stage2Config:
         _fraction(self.target_fraction, "--stage2-target-fraction")
         _require(self.grad_accum >= 1, "--stage2-grad-accum", "must be >= 1")
         _fraction(self.tail_fraction, "--stage2-tail-fraction", open_low=False)
-        for flag, value, allowed in (
-            ("--stage2-optimizer", self.optimizer, ("adam", "adam-shared")),
-            ("--stage2-schedule", self.schedule, ("constant", "cosine")),
-        ):
-            _require(value in allowed, flag, f"must be one of {', '.join(allowed)}, got {value!r}")
+        for name in ("optimizer", "schedule"):  # their choices, checked from Python too
+            allowed = next(f for f in fields(self) if f.name == name).metadata["choices"]
+            value = getattr(self, name)
+            _require(
+                value in allowed,
+                f"--stage2-{name}",
+                f"must be one of {', '.join(allowed)}, got {value!r}",
+            )
 
 
 @dataclass

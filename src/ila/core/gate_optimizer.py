@@ -20,10 +20,7 @@ import torch
 
 from ila.train.sharding import whole
 
-__all__ = ["GATE_OPTIMIZERS", "SharedScaleAdam"]
-
-# The choices of --stage2-optimizer.
-GATE_OPTIMIZERS = ("adam", "adam-shared")
+__all__ = ["SharedScaleAdam"]
 
 
 class SharedScaleAdam(torch.optim.Optimizer):

@@ -42,7 +42,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ila.config import Stage1Config
 
 __all__ = [
     "CRITERIA",
@@ -54,6 +57,7 @@ __all__ = [
     "detect_stable",
     "make_detector",
     "relative_change",
+    "stage1_detector",
     "standardise_within",
     "top_set",
 ]
@@ -338,6 +342,21 @@ def make_detector(
             epsilon=epsilon, window=window, patience=patience, min_steps=min_steps
         )
     raise ValueError(f"unknown stage-1 criterion {criterion!r}; known: {', '.join(CRITERIA)}")
+
+
+def stage1_detector(cfg: Stage1Config, unit_groups: Sequence[str] | None = None) -> Detector:
+    """The detector of a stage-1 config's stopping rule (its criterion and settings);
+    ``unit_groups`` as in :func:`make_detector`."""
+    return make_detector(
+        cfg.criterion,
+        epsilon=cfg.epsilon,
+        window=cfg.window,
+        patience=cfg.patience,
+        min_steps=cfg.min_steps,
+        rank_epsilon=cfg.rank_epsilon,
+        rank_fraction=cfg.rank_fraction,
+        unit_groups=unit_groups,
+    )
 
 
 def detect_stable(

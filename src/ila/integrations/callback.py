@@ -14,7 +14,7 @@ When (``at``):
 
 - ``"end"``: in ``on_train_end``, on the adapter the run finished with;
 - ``"stable"``: at the step where ila's stage-1 stopping rule (docs/method.md, "Stage 1",
-  :func:`ila.core.stability.make_detector` with the ``stage1`` settings) calls training
+  :func:`ila.core.stability.stage1_detector` with the ``stage1`` settings) calls training
   epsilon-stable, fed with the training loss the Trainer logs (one value per log: with
   ``logging_steps=1`` the rule's window, patience and minimum count steps). Stage 2 then
   runs nested, inside the ``on_log`` call of that step: a second Trainer trains only the
@@ -59,7 +59,7 @@ from ila.core.layers import LayerMap, find_layers
 from ila.core.lora import lora_update_norms, unit_lora_layer
 from ila.core.scores import LayerScores, jaccard
 from ila.core.selection import Selection, select_units
-from ila.core.stability import Detector, make_detector, top_set
+from ila.core.stability import Detector, stage1_detector, top_set
 from ila.errors import IlaError
 from ila.integrations.live_run import (
     complete_meta,
@@ -337,15 +337,7 @@ class _LossWatch:
     """
 
     def __init__(self, cfg: Stage1Config) -> None:
-        self.detector: Detector = make_detector(
-            cfg.criterion,
-            epsilon=cfg.epsilon,
-            window=cfg.window,
-            patience=cfg.patience,
-            min_steps=cfg.min_steps,
-            rank_epsilon=cfg.rank_epsilon,
-            rank_fraction=cfg.rank_fraction,
-        )
+        self.detector: Detector = stage1_detector(cfg)
         self.losses: list[float] = []
         self.steps: list[int] = []
         self.unit_values: dict[int, list[float]] = {}

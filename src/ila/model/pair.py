@@ -20,6 +20,7 @@ from torch import nn
 from ila.core.deltas import unit_weight
 from ila.core.layers import LayerMap
 from ila.errors import IlaError
+from ila.rundir import read_json
 
 __all__ = ["aligned_unit_deltas", "model_directory"]
 
@@ -71,7 +72,9 @@ def _check_architecture(base_config: Any, directory: Path, aligned: str) -> None
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise IlaError(f"{FLAG} {aligned} has no config.json; pass a saved model directory")
-    theirs = json.loads(config_file.read_text(encoding="utf-8"))
+    theirs = read_json(config_file)
+    if not isinstance(theirs, dict):
+        raise IlaError(f"{FLAG} {config_file} holds no JSON object; re-save the aligned model")
     ours = {"model_type": base_config.model_type, "architectures": base_config.architectures}
     for key, value in ours.items():
         if value and theirs.get(key) and theirs.get(key) != value:

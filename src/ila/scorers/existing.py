@@ -116,8 +116,12 @@ def _adapter_update(path: Path, model_spec: str, model: Any, layer_map: LayerMap
     return ExistingUpdate("adapter", str(adapter_dir), peft_model, units, None, facts)
 
 
-def _adapted_units(peft_model: Any, layer_map: LayerMap) -> tuple[list, list[str]]:
-    """The units the adapter put a LoRA layer on, and the names of those it did not."""
+def adapted_layer_map(peft_model: Any, layer_map: LayerMap) -> tuple[LayerMap, list[str]]:
+    """``layer_map`` restricted to the units that carry the LoRA adapter ``default`` of
+    ``peft_model`` (the units of a ranking of that adapter), and the names of the others.
+
+    The restricted map may hold no unit; callers refuse that with their own message.
+    """
     adapted, missing = [], []
     for unit in layer_map.units:
         layer = unit_lora_layer(peft_model, unit)
@@ -125,22 +129,11 @@ def _adapted_units(peft_model: Any, layer_map: LayerMap) -> tuple[list, list[str
             adapted.append(unit)
         else:
             missing.append(unit.name)
-    return adapted, missing
-
-
-def adapted_layer_map(peft_model: Any, layer_map: LayerMap) -> tuple[LayerMap, list[str]]:
-    """``layer_map`` restricted to the units that carry the LoRA adapter ``default`` of
-    ``peft_model`` (the units of a ranking of that adapter), and the names of the others.
-
-    The restricted map may hold no unit; callers refuse that with their own message.
-    """
-    adapted, missing = _adapted_units(peft_model, layer_map)
+    kept_types = {u.module_type for u in adapted}
     units = replace(
         layer_map,
         units=tuple(adapted),
-        module_types=tuple(
-            t for t in layer_map.module_types if any(u.module_type == t for u in adapted)
-        ),
+        module_types=tuple(t for t in layer_map.module_types if t in kept_types),
     )
     return units, missing
 

@@ -50,7 +50,7 @@ from ila.core.gates import (
 from ila.core.layers import LayerMap
 from ila.core.lora import add_lora, lora_state, lora_update_norms
 from ila.core.scores import LayerScores, UnitScore, jaccard
-from ila.core.stability import make_detector, top_set
+from ila.core.stability import stage1_detector, top_set
 from ila.errors import IlaError
 from ila.run_files import GATE_TRAJECTORY_FILE, METRICS_FILE, STAGE_SUMMARY_FILE
 from ila.rundir import (
@@ -305,18 +305,8 @@ class _Stage1Watch:
         self.update = update
         self.max_steps, self.warmup_steps = cfg.max_steps, cfg.warmup_steps
         self.cooldown_fraction = cfg.cooldown_fraction
-        self.detector = make_detector(
-            cfg.criterion,
-            epsilon=cfg.epsilon,
-            window=cfg.window,
-            patience=cfg.patience,
-            min_steps=cfg.min_steps,
-            rank_epsilon=cfg.rank_epsilon,
-            rank_fraction=cfg.rank_fraction,
-            unit_groups=(
-                [u.module_type for u in ctx.layer_map.units] if cfg.rank_within_type else None
-            ),
-        )
+        groups = [u.module_type for u in ctx.layer_map.units] if cfg.rank_within_type else None
+        self.detector = stage1_detector(cfg, groups)
         self.values = StepValues()
         self.track_update = cfg.criterion == "loss+update"
 

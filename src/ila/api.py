@@ -191,7 +191,6 @@ def data_source(data: DataArgument) -> str | None:
 
 
 ModelArgument = str | Path | Any
-_SAVE_FILLS = {"architectures", "dtype", "torch_dtype", "_name_or_path", "transformers_version"}
 
 
 @_speaks_settings
@@ -199,7 +198,8 @@ def model_source(model: ModelArgument, tokenizer: Any = None) -> str | None:
     """``model`` as the ``--model`` value a job records: a name, path or hub id as it is; a
     loaded ``transformers`` model (with its ``tokenizer``) is saved once to
     ``<ila cache>/models/memory-<digest>/`` (the cache of ila.model.loading), named by a
-    digest of its config and weights, so that the run's config.yaml names a model that
+    digest of its config, weights and tokenizer (vocabulary, chat template, special
+    tokens), so that the run's config.yaml names a model that
     ``--resume``, the reproduce command and the model fingerprint (ila.model.identity) can
     read. Saving costs one write of the weights; for a large model pass its path instead.
     """
@@ -209,48 +209,27 @@ def model_source(model: ModelArgument, tokenizer: Any = None) -> str | None:
         return None if model is None else str(model)
     if hasattr(model, "peft_config") or hasattr(model, "get_base_model"):
         raise IlaError(
-            "model is a peft model; pass its base model, or merge the adapter first "
-            "(model.merge_and_unload())"
+            "model holds peft adapter layers (a PeftModel, or the model its get_base_model() "
+            "returns); pass the model without them: model.merge_and_unload() to merge the "
+            "adapter, model.unload() to drop it, or the base model as loaded before peft"
         )
     if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
         raise IlaError(
             "model must be a name, a path, a hub id or a loaded transformers model, "
             f"not a {type(model).__name__}"
         )
-    if tokenizer is None or not hasattr(tokenizer, "save_pretrained"):
+    if tokenizer is None:
         raise IlaError("a loaded model needs its tokenizer: pass tokenizer=")
-    import hashlib
-    import json
-    import shutil
-    import tempfile
+    from transformers import PreTrainedTokenizerBase
 
-    import torch
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        raise IlaError(
+            "tokenizer must be a transformers tokenizer (e.g. from AutoTokenizer."
+            f"from_pretrained), not a {type(tokenizer).__name__}"
+        )
+    from ila.model.in_memory import saved_model
 
-    from ila.model.loading import cache_dir
-
-    # Saving fills in config fields (architectures, dtype); the class and the weights'
-    # dtypes say the same, so the digest does not change once the model has been saved.
-    described = {k: v for k, v in model.config.to_dict().items() if k not in _SAVE_FILLS}
-    described["class"] = type(model).__name__
-    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        value = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-        digest.update(value.reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
-    path = cache_dir() / "models" / f"memory-{digest.hexdigest()[:16]}"
-    if not (path / "config.json").is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=path.parent))
-        try:
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-            staging.rename(path)
-        except OSError as exc:
-            if not (path / "config.json").is_file():  # not a concurrent save of the same model
-                raise IlaError(f"cannot save the loaded model to {path}: {exc}") from exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)  # gone already once renamed
-    return str(path)
+    return str(saved_model(model, tokenizer))
 
 
 def _setting_names(config_cls: type) -> dict[str, tuple[str, str]]:
@@ -298,18 +277,25 @@ def select(
     blocks: Sequence[int] | None = None,
     output: str | Path | None = None,
     overwrite: bool = False,
+    allow_tied_ranking: bool = False,
 ) -> Selection:
     """`ila select`: apply one rule to a ranking (a LayerScores, a run directory or its
-    ``layer_scores.json``); with ``output`` (a file or directory) write ``selection.json``."""
+    ``layer_scores.json``); with ``output`` (a file or directory) write ``selection.json``.
+    A fraction rule on a ranking that is a tie (ila.core.ties) is refused unless
+    ``allow_tied_ranking``."""
     from ila.core.layers import LayerMap
     from ila.core.scores import SCORES_FILE, LayerScores
     from ila.core.selection import SELECTION_FILE, select_units
+    from ila.core.ties import require_separated
 
     scores_file = None
     if not isinstance(scores, LayerScores):
         path = Path(scores)
         scores_file = path / SCORES_FILE if path.is_dir() else path
         scores = LayerScores.load(path)
+    if tune_top_fraction is not None or freeze_bottom_fraction is not None:
+        origin = str(scores_file or "the scores given")
+        require_separated(scores, origin=origin, allow=allow_tied_ranking)
     target = None
     if output is not None:
         target = Path(output)
@@ -349,14 +335,17 @@ def finetune(
     overwrite: bool = False,
     resume: bool = False,
     allow_other_model: bool = False,
+    allow_tied_ranking: bool = False,
     **settings: Any,
 ) -> FinetuneRun:
     """`ila finetune`: tune only the units chosen by one rule (a ranking rule on ``scores``,
     a saved ``selection``, ``units``/``blocks`` by hand, or ``all_units``); the fine-tune
-    method (``method="lora"``, ``"full"``, ``"qlora"``) and its steps are settings."""
+    method (``method="lora"``, ``"full"``, ``"qlora"``) and its steps are settings. A
+    ranking rule on a tie (ila.core.ties) is refused unless ``allow_tied_ranking``."""
     from ila.core.layers import LayerMap
     from ila.core.scores import SCORES_FILE, LayerScores
     from ila.core.selection import Selection, select_units
+    from ila.core.ties import require_separated
     from ila.jobs.finetune import finetune as finetune_job
 
     resolved = make_config(
@@ -385,6 +374,9 @@ def finetune(
             scores_file = path / SCORES_FILE if path.is_dir() else path
             stage1_run = scores_file.parent
             scores = LayerScores.load(path)
+        if ranked and scores is not None:  # before the model loads
+            origin = str(scores_file or "the scores given")
+            require_separated(scores, origin=origin, allow=allow_tied_ranking)
         ranking = scores
 
         def chosen(layer_map: LayerMap) -> Selection:
@@ -452,16 +444,24 @@ def run(
     config: Any = None,
     overwrite: bool = False,
     resume: bool = False,
+    allow_tied_ranking: bool = False,
     **settings: Any,
 ) -> RunResult:
     """`ila run`: score with ILA, select, fine-tune the selection, and (by default) compare
-    it with all units and the base model."""
+    it with all units and the base model. A ranking that is a tie (ila.core.ties) stops
+    the run after scoring unless ``allow_tied_ranking``."""
     from ila.jobs.pipeline import run as run_job
 
     resolved = make_config(
         RunConfig, config, model=model_source(model, tokenizer), data=data_source(data), **settings
     )
-    return run_job(resolved, Path(output_dir), overwrite=overwrite, resume=resume)
+    return run_job(
+        resolved,
+        Path(output_dir),
+        overwrite=overwrite,
+        resume=resume,
+        allow_tied_ranking=allow_tied_ranking,
+    )
 
 
 @_speaks_settings

@@ -143,6 +143,15 @@ def _add_allow_other_model(p: argparse.ArgumentParser, help_text: str = _ALLOW_H
     p.add_argument("--allow-other-model", action="store_true", help=help_text)
 
 
+def _add_allow_tied_ranking(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-tied-ranking",
+        action="store_true",
+        help="select from a ranking that is a tie (its importances do not separate, or "
+        "stage 1 learned nothing), whose order is then the model's; refused without it",
+    )
+
+
 def _add_rule_flags(
     parser: argparse.ArgumentParser, *, with_all: bool, with_selection: bool
 ) -> None:
@@ -199,7 +208,10 @@ def _print_score(result: Any, header: str) -> None:
         print(f"  stage 1: T = {s['T']} steps ({stable})")
     times = ", ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items())
     print(f"  time: {times}")
-    print(f"  top units: {', '.join(s['top_units'])}")
+    if s.get("tie"):
+        print(f"  top units: none, the ranking is a tie: {s['tie']}")
+    else:
+        print(f"  top units: {', '.join(s['top_units'])}")
     for line in s["stability"]:
         print(f"  stability: {line}")
     print(f"  scores: {s['scores_file']}")
@@ -260,6 +272,7 @@ def _run_parser(sub: Any) -> None:
         "OUTPUT_DIR/finetune.",
     )
     _score_flags(p, RunConfig)
+    _add_allow_tied_ranking(p)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -267,7 +280,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = _resolve_config(args, RunConfig)
     result = api.run(
-        config=config, output_dir=args.output_dir, overwrite=args.overwrite, resume=args.resume
+        config=config,
+        output_dir=args.output_dir,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        allow_tied_ranking=args.allow_tied_ranking,
     )
     _print_score(result.score, "ila run")
     selection = result.selection
@@ -367,6 +384,7 @@ def _finetune_parser(sub: Any) -> None:
     p.add_argument("--scores", type=Path, help="a score run directory or layer_scores.json")
     _add_rule_flags(p, with_all=True, with_selection=True)
     _add_allow_other_model(p)
+    _add_allow_tied_ranking(p)
     _add_config_flags(p, FinetuneConfig)
 
 
@@ -386,6 +404,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resume=args.resume,
         allow_other_model=args.allow_other_model,
+        allow_tied_ranking=args.allow_tied_ranking,
     )
     _print_finetune(result, "ila finetune")
     return 0
@@ -425,6 +444,7 @@ def _select_parser(sub: Any) -> None:
         "--output-dir", type=Path, help="where selection.json goes (default: beside the scores)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing selection.json")
+    _add_allow_tied_ranking(p)
     _add_rule_flags(p, with_all=False, with_selection=False)
 
 
@@ -443,12 +463,15 @@ def _cmd_select(args: argparse.Namespace) -> int:
         blocks=args.blocks,
         output=target,
         overwrite=args.overwrite,
+        allow_tied_ranking=args.allow_tied_ranking,
     )
     total = len(selection.selected) + len(selection.frozen)
     print(
         f"ila select: {len(selection.selected)} of {total} units to tune "
         f"({selection.rule} {selection.value}); written to {target}"
     )
+    if selection.source.get("tied_ranking"):
+        print("  note: the ranking is a tie, so these are the model's first units (as asked)")
     return 0
 
 

@@ -129,7 +129,11 @@ class DataConfig:
         "prompt template: auto (tokenizer's chat template if it has one, else plain), chat, plain",
         choices=["auto", "chat", "plain"],
     )
-    max_length: int = _opt(256, "maximum tokens per example (longer ones are truncated)")
+    max_length: int = _opt(
+        256,
+        "maximum tokens per example (longer ones are truncated); at most the model's "
+        "positions (max_position_embeddings), checked before the run starts",
+    )
     eval_fraction: float = _opt(0.1, "fraction of examples held out for evaluation, in [0, 1)")
     limit: int | None = _opt(None, "use at most this many examples (before the split)")
     split_seed: int = _opt(

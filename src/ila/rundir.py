@@ -474,24 +474,34 @@ _STORAGE_MESSAGES = (
     "Disk quota exceeded",
     "Read-only file system",
 )
+# torch.save's writer reports a short write by position, or as a failed C++ stream, and
+# does not pass the system's text on.
+_TORCH_WRITE_MESSAGES = ("unexpected pos", "basic_ios::clear: iostream error")
 
 
 def storage_failure(exc: BaseException) -> str | None:
     """What stopped a write, if ``exc`` (or what caused it) is a full disk, a file-size
     limit, a quota or a read-only file system; else ``None``.
 
-    Writers report these differently: ``OSError`` (Python), ``SafetensorError`` and the
-    ``RuntimeError`` of ``torch.save`` (their message holds the system's text).
+    Writers report these differently: ``OSError`` (Python; its errno), ``SafetensorError``
+    (the system's text), and the ``RuntimeError`` of ``torch.save``, whose writer says only
+    that a write came up short (``unexpected pos ... vs ...``) or that its stream failed
+    (``basic_ios::clear: iostream error``).
     """
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in _STORAGE_ERRNOS:
-            where = f" {seen.filename}" if seen.filename else ""
-            return f"cannot write{where}: {seen.strerror}"
+        number = getattr(seen, "errno", None)
+        if number in _STORAGE_ERRNOS:
+            filename = getattr(seen, "filename", None)
+            where = f" {filename}" if filename else ""
+            return f"cannot write{where}: {getattr(seen, 'strerror', None) or os.strerror(number)}"
         text = str(seen)
+        first = text.strip().splitlines()[0][:200] if text.strip() else type(seen).__name__
         for message in _STORAGE_MESSAGES:
             if message in text:
-                return f"a write failed: {message} ({text.splitlines()[0][:200]})"
+                return f"a write failed: {message} ({first})"
+        if any(message in text for message in _TORCH_WRITE_MESSAGES):
+            return f"a write failed: a file could not be written in full (torch.save: {first})"
         seen = seen.__cause__ or seen.__context__
     return None
 

@@ -356,8 +356,15 @@ def stability_lines(scores: LayerScores) -> list[str]:
     split-half agreement for the top 25% and the bottom 25% (Jaccard, shared fraction
     |A n B|/k and kappa, each with its chance), the units every run put on top or at the
     bottom, and how agreement grows with the number of runs; a single ILA run reports how
-    much its rankings still moved at the end of stage 1 and of stage 2.
+    much its rankings still moved at the end of stage 1 and of stage 2. A tied ranking
+    (ila.core.ties) reports only that it is a tie.
     """
+    found = scores.separation()
+    if found.tie:  # its overlaps are 1.00 by construction (ila.core.ties)
+        return [
+            f"none: the ranking is a tie ({found.reason}); the overlaps of a tied ranking "
+            "are 1.00 by construction and measure nothing"
+        ]
     ensemble = scores.meta.get("ensemble")
     if ensemble:
         return _ensemble_lines(ensemble)

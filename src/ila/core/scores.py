@@ -5,7 +5,8 @@ docs/method.md, "Output": the importance of unit i is sigmoid(s_i) at the end of
 unit's position in the model (earlier first), so a ranking is deterministic. The
 important set at fraction K is the top ``k(K) = max(1, floor(K * N + 0.5))`` units
 (round half up). Two rankings overlap at K by the Jaccard index of their important sets,
-reported next to the Jaccard expected of two random sets of the same size.
+reported next to the Jaccard expected of two random sets of the same size. A ranking
+whose values do not separate is a tie (:mod:`ila.core.ties`); the file says so (``tie``).
 
 Every scorer writes this same ``layer_scores.json`` (see :data:`SCHEMA_VERSION`), so every
 downstream command works with any scorer. No torch here: reports and comparisons load
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ila.core.ties import Separation, separation
 from ila.errors import IlaError
 from ila.run_files import SCORES_FILE
 from ila.run_files import SCORES_SCHEMA_VERSION as SCHEMA_VERSION
@@ -101,6 +103,10 @@ class LayerScores:
         """The least important ``top_count(N, fraction)`` units."""
         return self.ranking()[len(self.units) - top_count(len(self.units), fraction) :]
 
+    def separation(self) -> Separation:
+        """Whether the ranking separates the units or is a tie (ila.core.ties)."""
+        return separation(self)
+
     def block_scores(self) -> dict[int, float]:
         """Block view: mean importance of each block's units (docs/method.md, "Unit")."""
         sums: dict[int, list[float]] = {}
@@ -133,11 +139,15 @@ class LayerScores:
     def to_dict(self) -> dict[str, Any]:
         ranking = self.ranking()
         rank_of = {name: i + 1 for i, name in enumerate(ranking)}
+        found = self.separation()
         return {
             "schema_version": SCHEMA_VERSION,
             "method": self.method,
             "model_id": self.model_id,
             "unit_kind": self.unit_kind,
+            # Written for readers, recomputed from the units on load (ila.core.ties).
+            "tie": found.tie,
+            "separation": found.to_dict(),
             "layout": self.layout,
             "meta": self.meta,
             "units": [

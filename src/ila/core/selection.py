@@ -50,7 +50,8 @@ class Selection:
     ``selected`` and ``frozen`` partition the layout's unit names and are in model order.
     ``source`` says where the ranking came from: ``method``, ``model_id``,
     ``scores_file``, ``unit_kind`` and ``model_fingerprint`` (ila.model.identity) of the
-    scores (all None for hand-typed rules).
+    scores (all None for hand-typed rules), and ``tied_ranking`` for a fraction rule
+    applied to a ranking that is a tie (ila.core.ties; refused unless asked for).
     """
 
     rule: str
@@ -162,7 +163,8 @@ def select_units(
     blocks and each chosen block brings all its module units. ``units`` and ``blocks``
     name the tuned units directly, and ``all_units`` tunes every unit (the baseline that
     selective tuning is compared with); ``scores`` is not used by them. ``scores_file`` is
-    only recorded in ``source``. Raises IlaError for no rule or several, a fraction
+    only recorded in ``source``, with whether the ranking is a tie (the commands refuse a
+    tie before they get here, ila.core.ties). Raises IlaError for no rule or several, a fraction
     outside (0, 1), unknown names, blocks out of range, or a selection that tunes nothing.
     """
     given = {
@@ -204,6 +206,8 @@ def select_units(
             "scores_file": None if scores_file is None else str(scores_file),
             "unit_kind": scores.unit_kind,
             "model_fingerprint": scores.meta.get("model_fingerprint"),
+            # Chosen from a ranking that is a tie (ila.core.ties): the model's order.
+            "tied_ranking": scores.separation().tie,
         }
         if not tuned:
             k = top_count(len(scores.units), value)

@@ -135,14 +135,25 @@ def preference_fingerprint(pairs: Sequence[PreferencePair]) -> str:
 
 
 def preference_rows(
-    pairs: Sequence[PreferencePair], tokenizer: Any, *, template: str = "auto"
+    pairs: Sequence[PreferencePair],
+    tokenizer: Any,
+    *,
+    template: str = "auto",
+    max_length: int | None = None,
 ) -> list[dict[str, str]]:
     """The pairs as TRL's text layout: ``prompt`` (rendered up to the assistant header)
     and ``chosen`` / ``rejected`` (the rest of each rendered conversation, which ends with
-    the template's end of turn), in the template supervised data uses."""
+    the template's end of turn), in the template supervised data uses.
+
+    A pair whose two replies the tokenizer turns into the same tokens (e.g. replies that
+    differ only in white space a tokenizer drops) carries no preference and is refused
+    with its location, as a pair of equal texts is (:func:`record_to_pair`). Pairs whose
+    tokens differ only after ``max_length`` (where training cuts them) teach nothing
+    either: a warning counts them, and data of only such pairs is refused."""
     from ila.data.tokenization import format_prompt, render_conversation
 
     rows = []
+    cut_alike = 0
     for pair in pairs:
         prompt = format_prompt(list(pair.prompt), tokenizer, template)
         row = {"prompt": prompt}
@@ -155,8 +166,34 @@ def preference_rows(
                     "the reply, so the reply cannot be cut out; pass --template plain"
                 )
             row[key] = text[len(prompt) :].rstrip("\n")
+        cut_alike += not _distinct_tokens(pair, row, tokenizer, max_length)
         rows.append(row)
+    if cut_alike:
+        what = (
+            f"{cut_alike} of the {len(rows)} preference pairs differ only after --max-length "
+            f"{max_length} tokens, where training cuts them, so they carry no preference"
+        )
+        if cut_alike == len(rows):
+            raise IlaError(f"all {what}; raise --max-length")
+        log.warning("%s; raise --max-length for them to count", what)
     return rows
+
+
+def _distinct_tokens(
+    pair: PreferencePair, row: dict[str, str], tokenizer: Any, max_length: int | None
+) -> bool:
+    """Whether the pair's replies differ within the first ``max_length`` tokens of prompt +
+    reply (as TRL tokenizes and cuts them); replies of the same tokens are refused."""
+    chosen, rejected = (
+        tokenizer(row["prompt"] + row[key], add_special_tokens=False)["input_ids"]
+        for key in ("chosen", "rejected")
+    )
+    if chosen == rejected:
+        raise IlaError(
+            f"{pair.source}: 'chosen' and 'rejected' give the same {len(chosen)} tokens, so the "
+            "pair carries no preference; make the replies differ or drop the pair"
+        )
+    return max_length is None or chosen[:max_length] != rejected[:max_length]
 
 
 def _prompt(value: Any, where: str) -> tuple[dict[str, str], ...]:

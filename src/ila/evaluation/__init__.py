@@ -384,20 +384,27 @@ def load_model_for_eval(
     threads: int | None = None,
     allow_other_model: bool = False,
     quantize_4bit: bool = False,
+    max_length: int | None = None,
 ) -> ModelForEval:
     """Load a model to evaluate: the base, plus ``adapter`` when given.
 
     ``adapter`` is a peft adapter directory (``adapter_config.json``), or an `ila finetune`
     run directory: its ``adapter/`` (LoRA) or ``changed_weights/`` (full fine-tuning: the
     tuned tensors replace the base's). An adapter made on another model than
-    ``model_spec`` (ila.model.identity) is refused unless ``allow_other_model``.
+    ``model_spec`` (ila.model.identity) is refused unless ``allow_other_model``;
+    ``max_length`` is checked against the model's positions (ila.model.loading).
     """
     from ila.model.adapters import check_adapter_base, resolve_adapter
     from ila.model.loading import load_model
 
     adapter_dir = resolve_adapter(adapter) if adapter is not None else None
     model, tokenizer = load_model(
-        model_spec, dtype=dtype, device=device, threads=threads, quantize_4bit=quantize_4bit
+        model_spec,
+        dtype=dtype,
+        device=device,
+        threads=threads,
+        quantize_4bit=quantize_4bit,
+        max_length=max_length,
     )
     if adapter_dir is None:
         return ModelForEval(model, tokenizer, None)

@@ -115,6 +115,7 @@ def evaluate(
         threads=config.model.threads,
         allow_other_model=allow_other_model,
         quantize_4bit=config.model.quantization == "nf4",
+        max_length=config.data.max_length,
     )
     resolved = config_to_dict(config)
     resolved["adapter"] = str(adapter) if adapter is not None else None

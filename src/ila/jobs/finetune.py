@@ -270,6 +270,7 @@ def _load_inputs(
         device=config.model.device,
         threads=config.model.threads,
         quantize_4bit=settings.method == "qlora" or config.model.quantization == "nf4",
+        max_length=config.data.max_length,
     )
     layer_map = find_layers(model, blocks_path=config.model.blocks_path)
     identity = model_fingerprint(config.model.model)
@@ -334,7 +335,7 @@ def _training_rows(config: FinetuneConfig, train: list[Any], tokenizer: Any) -> 
     from ila.data.preference import preference_rows
     from ila.train.trainer import PreferenceTraining
 
-    rows = preference_rows(train, tokenizer, template=data.template)
+    rows = preference_rows(train, tokenizer, template=data.template, max_length=data.max_length)
     return rows, PreferenceTraining(tokenizer, config.train.dpo_beta, data.max_length)
 
 

@@ -77,8 +77,10 @@ class ScoreRun:
     report_files: list[Path]
 
     def summary(self) -> dict[str, Any]:
-        """Facts worth printing: T, top units, time per stage, where the report is."""
+        """Facts worth printing: T, top units (none for a tie, then ``tie`` says why),
+        time per stage, where the report is."""
         meta = self.scores.meta
+        found = self.scores.separation()
         return {
             "method": self.scores.method,
             "model": self.scores.model_id,
@@ -87,7 +89,9 @@ class ScoreRun:
             "T": meta.get("T"),
             "stage1_stable": meta.get("stage1_stable"),
             "source": meta.get("source"),
-            "top_units": self.scores.top(0.1)[:10],
+            # A tie has no top units: its order is the model's (ila.core.ties).
+            "top_units": [] if found.tie else self.scores.top(0.1)[:10],
+            "tie": found.reason if found.tie else None,
             "stability": stability_lines(self.scores),
             "seconds": self.seconds,
             "scores_file": str(self.output_dir / SCORES_FILE),
@@ -126,7 +130,9 @@ def _preference_inputs(
     from ila.data.preference import preference_fingerprint, preference_rows
     from ila.train.trainer import PreferenceTraining
 
-    rows = preference_rows(train, tokenizer, template=config.data.template)
+    rows = preference_rows(
+        train, tokenizer, template=config.data.template, max_length=config.data.max_length
+    )
     fingerprint = preference_fingerprint(train)
     stats = {
         "source": config.data.data,
@@ -171,6 +177,7 @@ def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float
         device=config.model.device,
         threads=config.model.threads,
         quantize_4bit=config.model.quantization == "nf4",
+        max_length=data.max_length,
     )
     layer_map = find_layers(
         model, blocks_path=config.model.blocks_path, module_types=config.lora.module_types or None
@@ -537,7 +544,12 @@ def _warm_start(config: RunConfig) -> bool:
 
 @runs_locked
 def run(
-    config: RunConfig, output_dir: Path, *, overwrite: bool = False, resume: bool = False
+    config: RunConfig,
+    output_dir: Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    allow_tied_ranking: bool = False,
 ) -> RunResult:
     """The main job: identify the important units (ILA), select some, fine-tune only those.
 
@@ -550,11 +562,13 @@ def run(
 
     ``resume`` continues an interrupted run: scoring as :func:`score` resumes it, the
     selection is made again, the fine-tune continues from its last complete checkpoint
-    (or starts again when it has none).
+    (or starts again when it has none). A ranking that is a tie (ila.core.ties) stops the
+    run after scoring, its scores kept, unless ``allow_tied_ranking``.
     """
     from ila.config import FinetuneConfig
     from ila.core.layers import LayerMap
     from ila.core.selection import select_units
+    from ila.core.ties import require_separated
     from ila.jobs.finetune import finetune_step
 
     require_supported_launch(
@@ -574,6 +588,9 @@ def run(
         require_resumable(output_dir, resolved, finished_stage=last)
     scored = score(
         config, output_dir, method="ila", overwrite=overwrite, resume=resume, command="run"
+    )
+    require_separated(
+        scored.scores, origin=str(scored.output_dir / SCORES_FILE), allow=allow_tied_ranking
     )
     settings = config.run
     fraction = settings.selection_rule

@@ -73,7 +73,12 @@ def _check_foreign_base(
 ) -> str | None:
     """A peft adapter not made by ila: its ``base_model_name_or_path``, if that model is
     on this machine, must be ``model_spec``'s model."""
-    from ila.model.identity import check_same_model, local_fingerprint, model_fingerprint
+    from ila.model.identity import (
+        BASE_MODEL_FILE,
+        check_same_model,
+        local_fingerprint,
+        model_fingerprint,
+    )
 
     if not (adapter_dir / "adapter_config.json").is_file():  # changed weights, older runs
         return None
@@ -82,7 +87,14 @@ def _check_foreign_base(
         return None
     theirs = local_fingerprint(base)
     if theirs is None:
-        log.info("%s names base model %s, which is not on this machine; not checked", what, base)
+        log.warning(
+            "%s names base model %s, which is not on this machine (nor a hub model in the "
+            "cache), and holds no %s: whether it was trained on --model %s is not checked",
+            what,
+            base,
+            BASE_MODEL_FILE,
+            model_spec,
+        )
         return None
     ours = model_fingerprint(model_spec)
     return check_same_model(theirs, ours, what=f"{what} (base {base})", allow=allow, hint=hint)

@@ -42,6 +42,7 @@ __all__ = [
     "load_model_config",
     "load_tokenizer",
     "model_summary",
+    "require_positions",
     "resolve_device",
     "resolve_dtype",
 ]
@@ -161,8 +162,12 @@ def load_model(
     threads: int | None = None,
     cache: Path | None = None,
     quantize_4bit: bool = False,
+    max_length: int | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer.
+
+    ``max_length`` (``--max-length``) is checked against the model's positions from its
+    config, before any weight is read (:func:`require_positions`).
 
     ``quantize_4bit`` loads the base weights as 4-bit NF4 through bitsandbytes (QLoRA);
     it needs a CUDA device and the ``bitsandbytes`` package, and is refused otherwise.
@@ -189,7 +194,10 @@ def load_model(
         raise IlaError(f"model directory {model} has no config.json; pass a saved model directory")
     from transformers import AutoConfig
 
-    _require_causal_decoder(_from_pretrained(AutoConfig, model, source), model)
+    model_config = _from_pretrained(AutoConfig, model, source)
+    _require_causal_decoder(model_config, model)
+    if max_length is not None:
+        require_positions(model_config, model, max_length)
     tokenizer = _load_tokenizer(model, source)
     if quantize_4bit:
         loaded = _from_pretrained(
@@ -208,6 +216,11 @@ def load_model(
             logger.info("FSDP launch: the model stays on the CPU until FSDP shards it")
         else:
             loaded.to(target)
+    if Path(source).is_dir():
+        # peft records this as the adapters' base_model_name_or_path: absolute, so that an
+        # adapter copied without ila_base_model.json can still be checked from another
+        # directory (ila.model.adapters).
+        loaded.name_or_path = loaded.config._name_or_path = str(Path(source).resolve())
     generation_config = getattr(loaded, "generation_config", None)
     if generation_config is not None and generation_config.pad_token_id is None:
         generation_config.pad_token_id = tokenizer.pad_token_id
@@ -238,6 +251,36 @@ def load_model_config(model: str, *, cache: Path | None = None) -> Any:
     config = _from_pretrained(AutoConfig, model, source)
     _require_causal_decoder(config, model)
     return config
+
+
+# Config fields that mark rotary position embeddings (RoPE), across model families.
+_ROTARY_FIELDS = ("rope_parameters", "rope_theta", "rope_scaling", "rotary_dim", "rotary_pct")
+
+
+def require_positions(config: Any, model: str, max_length: int) -> None:
+    """Refuse a ``--max-length`` above the positions ``model`` has (its config's
+    ``max_position_embeddings``, GPT-2's ``n_positions``; no limit where it has none).
+
+    Learned position embeddings (GPT-2, OPT) have no row for a later position: the first
+    longer example fails inside the model. Rotary positions (Llama, Qwen, ...) compute any
+    position, but the model never saw those past its limit; [choice] ila refuses them too
+    rather than train on positions the model does not know (a long-context model states
+    its longer limit in its config).
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = getattr(text, "max_position_embeddings", None)
+    if isinstance(limit, bool) or not isinstance(limit, int) or max_length <= limit:
+        return
+    rotary = any(getattr(text, name, None) is not None for name in _ROTARY_FIELDS)
+    kind = (
+        "rotary positions, trained up to that length"
+        if rotary
+        else "learned position embeddings, which end there"
+    )
+    raise IlaError(
+        f"--max-length {max_length} is above the {limit} positions of model {model!r} "
+        f"(max_position_embeddings in its config; {kind}); pass --max-length {limit} or less"
+    )
 
 
 def _nf4_config(target: torch.device, compute_dtype: torch.dtype) -> Any:
@@ -333,12 +376,18 @@ def _from_pretrained(factory: Any, model: str, source: str, **kwargs: Any) -> An
     """Call ``factory.from_pretrained``; its OSError/ValueError becomes a one-line IlaError.
 
     transformers raises these for a missing hub repo, missing files or an unknown model type;
-    safetensors raises ``SafetensorError`` for a corrupt or truncated weights file.
+    safetensors raises ``SafetensorError`` for a corrupt or truncated weights file, and the
+    config's strict dataclass a ``StrictDataclassError`` for a field of the wrong type.
     """
+    from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
 
     try:
         return factory.from_pretrained(source, **kwargs)
+    except StrictDataclassError as exc:  # a config.json field of the wrong type
+        config = Path(source) / "config.json" if Path(source).is_dir() else f"{source} config"
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
+        raise IlaError(f"model {model!r}: {config} is not valid ({detail}); fix it") from None
     except SafetensorError as exc:
         raise IlaError(
             f"model {model!r} could not be loaded: a .safetensors file in {source} is corrupt or "

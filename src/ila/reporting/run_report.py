@@ -80,8 +80,15 @@ def _summary(record: RunRecord) -> Section:
         pairs.append(("stage-1 stopping step T", f"{meta.get('T')} ({stable})"))
         pairs.append(("stage-2 steps", meta.get("stage2_steps")))
     pairs += [("seed", meta.get("seed")), ("data fingerprint", meta.get("data_fingerprint"))]
-    top = ", ".join(f"`{name}`" for name in s.top(0.1)[:10])
-    text = f"Most important units (top 10%, at most 10): {top}."
+    found = s.separation()
+    if found.tie:
+        text = (
+            f"No most important units: the ranking is a tie ({found.reason}). Its order is "
+            "the model's order, not a measurement."
+        )
+    else:
+        top = ", ".join(f"`{name}`" for name in s.top(0.1)[:10])
+        text = f"Most important units (top 10%, at most 10): {top}."
     return Section("Summary", "summary", [_key_values(pairs), text])
 
 
@@ -165,6 +172,8 @@ def _units(record: RunRecord, figures: list[Figure]) -> Section:
         [True, False, True, False, True],
     )
     text = f"Top {len(rows)} of {len(s.units)} units; the full ranking is in `ranking.md`."
+    if s.separation().tie:
+        text += " The ranking is a tie, so this order is the model's order."
     return Section("Units", "units", [*figures, text, table])
 
 

@@ -8,7 +8,8 @@ __all__ = ["ranking_markdown"]
 
 
 def ranking_markdown(scores: LayerScores) -> str:
-    """The full ranking (rank, unit, block, module type, importance, raw) and the block view."""
+    """The full ranking (rank, unit, block, module type, importance, raw) and the block view;
+    a tied ranking (ila.core.ties) says so above the table."""
     rank = {name: i + 1 for i, name in enumerate(scores.ranking())}
     by_name = {u.name: u for u in scores.units}
     lines = [
@@ -19,6 +20,7 @@ def ranking_markdown(scores: LayerScores) -> str:
             "sigmoid(s) after ILA stage 2." if scores.method == "ila" else f"{scores.method} score."
         ),
         "",
+        *_tie_note(scores),
         "| rank | unit | block | module | importance | raw |",
         "|---:|---|---:|---|---:|---:|",
     ]
@@ -38,3 +40,15 @@ def ranking_markdown(scores: LayerScores) -> str:
         ]
         lines += [f"| {b} | {v:.4f} |" for b, v in scores.block_scores().items()]
     return "\n".join(lines) + "\n"
+
+
+def _tie_note(scores: LayerScores) -> list[str]:
+    """A paragraph saying that the ranking is a tie (ila.core.ties), or nothing."""
+    found = scores.separation()
+    if not found.tie:
+        return []
+    return [
+        f"**The ranking is a tie**: {found.reason}. The order below is the model's order, "
+        "not a measurement; `ila select` refuses it unless given `--allow-tied-ranking`.",
+        "",
+    ]

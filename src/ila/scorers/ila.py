@@ -51,6 +51,7 @@ from ila.core.layers import LayerMap
 from ila.core.lora import add_lora, lora_state, lora_update_norms
 from ila.core.scores import LayerScores, UnitScore, jaccard
 from ila.core.stability import stage1_detector, top_set
+from ila.core.ties import loss_moved
 from ila.errors import IlaError
 from ila.run_files import GATE_TRAJECTORY_FILE, METRICS_FILE, STAGE_SUMMARY_FILE
 from ila.rundir import (
@@ -687,6 +688,9 @@ def ila_scores(ctx: ScoringContext, stage1: dict[str, Any], stage2: dict[str, An
     meta = {
         "T": stage1["T"],
         "stage1_stable": stage1["stable"],
+        # False when every stage-1 loss equals the first: nothing was learned, and the
+        # ranking is a tie whatever the gates say (ila.core.ties).
+        "stage1_loss_moved": loss_moved(stage1.get("loss_curve") or []),
         "stage1_steps": stage1["steps"],
         "stage1_seconds": stage1["seconds"],
         "stage2_steps": stage2["steps"],

@@ -37,13 +37,14 @@ from ila.config import (
     PlanConfig,
     RunConfig,
     ScoreConfig,
+    check_setting_types,
     config_from_dict,
     config_to_dict,
     flag_name,
     iter_settings,
     load_yaml_config,
 )
-from ila.errors import IlaError
+from ila.errors import IlaError, short_repr
 
 if TYPE_CHECKING:
     from ila.analysis.compare import Comparison
@@ -132,8 +133,13 @@ def make_config(config_cls: type[_C], config: Any = None, **settings: Any) -> _C
     elif dataclasses.is_dataclass(config) and not isinstance(config, type):
         data = config_to_dict(config)
     else:
-        raise IlaError(f"config must be a YAML path, a mapping or a config object, not {config!r}")
+        raise IlaError(
+            f"config must be a YAML path, a mapping or a config object, not {short_repr(config)}"
+        )
     data.pop("method", None)  # a run's config.yaml records its scorer
+    if config is not None:  # its own values too, also those a keyword overrides
+        origin = str(config) if isinstance(config, (str, Path)) else "config"
+        check_setting_types(config_cls, data, origin=origin)
     names = _setting_names(config_cls)
     for key, value in settings.items():
         if value is None:

@@ -27,12 +27,13 @@ from ila.config import (
     PlanConfig,
     RunConfig,
     ScoreConfig,
+    check_setting_types,
     config_from_dict,
     flag_name,
     iter_settings,
     load_yaml_config,
 )
-from ila.errors import IlaError
+from ila.errors import IlaError, short_repr
 
 __all__ = ["build_parser", "main"]
 
@@ -175,7 +176,7 @@ def _int_list(text: str) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated block indices, got {text!r}"
+            f"expected comma-separated block indices, got {short_repr(text)}"
         ) from exc
 
 
@@ -191,6 +192,7 @@ def _resolve_config(args: argparse.Namespace, config_cls: type = ScoreConfig) ->
             f"{origin}: records method '{recorded}' but this command scores with '{method}'; "
             f"pass --scorer {recorded} to 'ila score'"
         )
+    check_setting_types(config_cls, data, origin=origin)  # also values a flag overrides
     for key, value in vars(args).items():
         if "." in key:
             section, name = key.split(".", 1)

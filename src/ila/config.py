@@ -24,7 +24,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from ila.errors import IlaError
+from ila.errors import IlaError, short_repr
 
 __all__ = [
     "DataConfig",
@@ -44,6 +44,7 @@ __all__ = [
     "Stage1Config",
     "Stage2Config",
     "TrainConfig",
+    "check_setting_types",
     "config_from_dict",
     "config_to_dict",
     "flag_name",
@@ -66,6 +67,25 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 def _require(ok: bool, flag: str, message: str) -> None:
     if not ok:
         raise IlaError(f"{flag}: {message}")
+
+
+# Upper bounds of the counts a user types: far above any real job, and low enough that a
+# typo (--seeds 20241203 meant as --seed) fails at once, not after hours or out of memory.
+MAX_SEEDS = 1000
+MAX_STEPS = 10_000_000
+MAX_BATCH = 1_000_000
+MAX_TOKENS = 16_777_216
+MAX_EXAMPLES = 1_000_000_000
+MAX_RANK = 65_536
+MAX_PROCESSES = 65_536
+MAX_SEED = 2**32 - 1
+"""torch, numpy and transformers' set_seed take seeds in [0, 2**32 - 1]."""
+
+
+def _at_most(value: int | None, high: int, flag: str, what: str) -> None:
+    """Refuse a count above its bound, naming the bound."""
+    if value is not None and value > high:
+        raise IlaError(f"{flag}: must be at most {high:,} ({what}), got {short_repr(value)}")
 
 
 def _fraction(value: float, flag: str, *, open_low: bool = True, open_high: bool = True) -> None:
@@ -108,6 +128,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _require(bool(self.model), "--model", "must not be empty")
         _require(self.threads is None or self.threads >= 1, "--threads", "must be >= 1")
+        _at_most(self.threads, MAX_PROCESSES, "--threads", "CPU threads")
 
 
 @dataclass
@@ -146,6 +167,8 @@ class DataConfig:
         _require(self.max_length >= 8, "--max-length", f"must be >= 8, got {self.max_length}")
         _fraction(self.eval_fraction, "--eval-fraction", open_low=False)
         _require(self.limit is None or self.limit >= 1, "--limit", "must be >= 1")
+        _at_most(self.max_length, MAX_TOKENS, "--max-length", "tokens")
+        _at_most(self.limit, MAX_EXAMPLES, "--limit", "examples")
 
 
 @dataclass
@@ -162,6 +185,7 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         _require(self.rank >= 1, "--lora-rank", f"must be >= 1, got {self.rank}")
+        _at_most(self.rank, MAX_RANK, "--lora-rank", "the LoRA rank")
         _require(self.alpha > 0, "--lora-alpha", f"must be > 0, got {self.alpha}")
         _fraction(self.dropout, "--lora-dropout", open_low=False)
 
@@ -200,6 +224,12 @@ class TrainConfig:
         _require(self.save_steps >= 0, "--save-steps", "must be >= 0")
         _require(self.grad_accum >= 1, "--grad-accum", "must be >= 1")
         _require(self.logging_steps >= 1, "--logging-steps", "must be >= 1")
+        seed_ok = 0 <= self.seed <= MAX_SEED
+        _require(seed_ok, "--seed", f"must be in [0, {MAX_SEED}], got {short_repr(self.seed)}")
+        _at_most(self.batch_size, MAX_BATCH, "--batch-size", "examples per device")
+        _at_most(self.grad_accum, MAX_BATCH, "--grad-accum", "micro-batches per step")
+        _at_most(self.logging_steps, MAX_STEPS, "--logging-steps", "steps")
+        _at_most(self.save_steps, MAX_STEPS, "--save-steps", "steps")
         _require(
             not self.bf16 or self.precision in ("auto", "bf16"),
             "--bf16",
@@ -330,6 +360,8 @@ class Stage1Config:
         _fraction(self.epsilon, "--stage1-epsilon")
         _require(self.window >= 2, "--stage1-window", "must be >= 2")
         _require(self.patience >= 1, "--stage1-patience", "must be >= 1")
+        for name in ("max_steps", "min_steps", "warmup_steps", "window", "patience"):
+            _at_most(getattr(self, name), MAX_STEPS, flag_name("stage1", name), "steps")
         _fraction(self.rank_epsilon, "--stage1-rank-epsilon", open_low=False)
         _fraction(self.rank_fraction, "--stage1-rank-fraction")
         _fraction(
@@ -403,6 +435,8 @@ class Stage2Config:
         _require(self.budget_weight >= 0, "--stage2-budget-weight", "must be >= 0")
         _fraction(self.target_fraction, "--stage2-target-fraction")
         _require(self.grad_accum >= 1, "--stage2-grad-accum", "must be >= 1")
+        _at_most(self.steps, MAX_STEPS, "--stage2-steps", "steps")
+        _at_most(self.grad_accum, MAX_BATCH, "--stage2-grad-accum", "micro-batches per step")
         _fraction(self.tail_fraction, "--stage2-tail-fraction", open_low=False)
         for name in ("optimizer", "schedule"):  # their choices, checked from Python too
             allowed = next(f for f in fields(self) if f.name == name).metadata["choices"]
@@ -410,7 +444,7 @@ class Stage2Config:
             _require(
                 value in allowed,
                 f"--stage2-{name}",
-                f"must be one of {', '.join(allowed)}, got {value!r}",
+                f"must be one of {', '.join(allowed)}, got {short_repr(value)}",
             )
 
 
@@ -426,6 +460,7 @@ class EnsembleSettings:
 
     def __post_init__(self) -> None:
         _require(self.seeds >= 1, "--seeds", f"must be >= 1, got {self.seeds}")
+        _at_most(self.seeds, MAX_SEEDS, "--seeds", "independent identifications, each a full run")
 
 
 @dataclass
@@ -469,6 +504,15 @@ class ScoreConfig:
     ensemble: EnsembleSettings = field(default_factory=EnsembleSettings)
     source: SourceSettings = field(default_factory=SourceSettings)
 
+    def __post_init__(self) -> None:
+        last = self.train.seed + self.ensemble.seeds - 1  # the seeds are --seed, --seed + 1, ...
+        _require(
+            last <= MAX_SEED,
+            "--seeds",
+            f"{self.ensemble.seeds} from --seed {self.train.seed} reach seed {last}, above "
+            f"{MAX_SEED} (the largest seed torch takes); lower --seed or --seeds",
+        )
+
 
 @dataclass
 class FinetuneSettings:
@@ -508,6 +552,8 @@ class FinetuneSettings:
         )
         _require(self.max_steps >= 1, "--max-steps", "must be >= 1")
         _require(self.warmup_steps >= 0, "--warmup-steps", "must be >= 0")
+        _at_most(self.max_steps, MAX_STEPS, "--max-steps", "steps")
+        _at_most(self.warmup_steps, MAX_STEPS, "--warmup-steps", "steps")
 
     def resolved_learning_rate(self) -> float:
         """The learning rate in use: the given one, or the method's default."""
@@ -567,6 +613,10 @@ class EvalSettings:
         _require(self.generate_examples >= 0, "--eval-generate-examples", "must be >= 0")
         _require(self.max_new_tokens >= 1, "--eval-max-new-tokens", "must be >= 1")
         _require(self.batch_size >= 1, "--eval-batch-size", "must be >= 1")
+        for name in ("max_examples", "mc_limit", "lm_eval_limit", "generate_examples"):
+            _at_most(getattr(self, name), MAX_EXAMPLES, flag_name("eval", name), "examples")
+        _at_most(self.max_new_tokens, MAX_TOKENS, "--eval-max-new-tokens", "tokens")
+        _at_most(self.batch_size, MAX_BATCH, "--eval-batch-size", "examples per batch")
 
 
 @dataclass
@@ -627,6 +677,7 @@ class RunSettings:
             "--finetune-steps",
             "must be >= 0",
         )
+        _at_most(self.finetune_steps, MAX_STEPS, "--finetune-steps", "steps")
         if self.select_rule is not None or self.select_fraction is not None:
             rule = (self.select_rule or "tune-top-fraction").replace("-", "_")
             fraction = 0.3 if self.select_fraction is None else self.select_fraction
@@ -675,6 +726,7 @@ class RunConfig(ScoreConfig):
     eval: EvalSettings = field(default_factory=EvalSettings)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._move_deprecated_run_settings()
         _require(
             not self.finetune.init_from_stage1 or self.ensemble.seeds == 1,
@@ -738,6 +790,8 @@ class PlanSettings:
         _fraction(self.tune_top_fraction, "--tune-top-fraction")
         _require(self.fsdp >= 1, "--fsdp", "must be >= 1 (processes)")
         _require(self.zero3 >= 1, "--zero3", "must be >= 1 (processes)")
+        _at_most(self.fsdp, MAX_PROCESSES, "--fsdp", "processes")
+        _at_most(self.zero3, MAX_PROCESSES, "--zero3", "processes")
         _require(
             self.fsdp == 1 or self.zero3 == 1,
             "--fsdp",
@@ -819,28 +873,55 @@ def config_from_dict(config_cls: type, data: dict[str, Any], *, origin: str = "c
     are skipped, so one YAML file can drive every step of a job; a section no command
     knows is refused, with the closest names.
     """
+    hints = get_type_hints(config_cls)
+    sections = _typed_sections(config_cls, data, origin)
+    return config_cls(**{key: hints[key](**values) for key, values in sections.items()})
+
+
+def check_setting_types(config_cls: type, data: dict[str, Any], *, origin: str) -> None:
+    """Check the sections, keys and value types of ``data`` (a YAML file, a mapping) for
+    ``config_cls`` on their own, before flags or keywords override some of its values: a
+    wrong value in a file is an error even where it is overridden. Ranges are checked on
+    the merged settings (a file's min steps may fit only the max steps a flag gives)."""
+    _typed_sections(config_cls, data, origin)
+
+
+def _typed_sections(
+    config_cls: type, data: dict[str, Any], origin: str
+) -> dict[str, dict[str, Any]]:
+    """The sections of ``data`` that ``config_cls`` has, each value type-checked."""
     if not isinstance(data, dict):
         raise IlaError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
     hints = get_type_hints(config_cls)
     sections = {f.name for f in dataclasses.fields(config_cls)}
     every_section = {f.name for cls in _COMMAND_CONFIGS for f in dataclasses.fields(cls)}
-    kwargs = {}
+    typed: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
         if key not in sections and key in every_section:
             continue  # another command's settings
         if key not in sections:
-            raise IlaError(f"{origin}: unknown section '{key}'{_suggest(key, every_section)}")
+            shown = _key_text(key)
+            raise IlaError(f"{origin}: unknown section '{shown}'{_suggest(shown, every_section)}")
         section_cls = hints[key]
         names = {f.name for f in dataclasses.fields(section_cls)}
         if not isinstance(value, dict):
             raise IlaError(f"{origin}: section '{key}' must be a mapping")
         types = get_type_hints(section_cls)
+        typed[key] = {}
         for name, item in value.items():
             if name not in names:
-                raise IlaError(f"{origin}: unknown key '{key}.{name}'{_suggest(name, names)}")
-            value[name] = _check_type(item, types[name], f"{origin}: {key}.{name}")
-        kwargs[key] = section_cls(**value)
-    return config_cls(**kwargs)
+                shown = _key_text(name)
+                raise IlaError(f"{origin}: unknown key '{key}.{shown}'{_suggest(shown, names)}")
+            typed[key][name] = _check_type(item, types[name], f"{origin}: {key}.{name}")
+    return typed
+
+
+def _key_text(key: Any) -> str:
+    """A YAML key as a message shows it: a name as it is (cut at 60 characters), anything
+    else through :func:`ila.errors.short_repr`."""
+    if isinstance(key, str):
+        return key if len(key) <= 60 else key[:57] + "..."
+    return short_repr(key)
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
@@ -860,7 +941,7 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
                 break
             return value
     names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
-    raise IlaError(f"{where} must be {names}, got {value!r}")
+    raise IlaError(f"{where} must be {names}, got {short_repr(value)}")
 
 
 def load_yaml_config(path: Path) -> dict[str, Any]:
@@ -872,8 +953,13 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except _DuplicateKeyError as exc:
         raise IlaError(
-            f"{path}:{exc.line}: key '{exc.key}' appears twice in one section (first on line "
-            f"{exc.first_line}); keep one of them"
+            f"{path}:{exc.line}: key '{_key_text(exc.key)}' appears twice in one section "
+            f"(first on line {exc.first_line}); keep one of them"
+        ) from exc
+    except _AliasError as exc:
+        raise IlaError(
+            f"{path}:{exc.line}: YAML anchors and aliases ({exc.mark}) are not accepted in a "
+            "config file (an alias can expand without bound); write each value out"
         ) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -881,6 +967,8 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
         raise IlaError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
     except UnicodeDecodeError as exc:
         raise IlaError(f"--config {path}: not UTF-8 text; pass a YAML file") from exc
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise IlaError(f"{path}: a value cannot be read ({str(exc)[:200]})") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -898,9 +986,23 @@ class _DuplicateKeyError(Exception):
         self.key, self.line, self.first_line = key, line, first_line
 
 
+class _AliasError(Exception):
+    def __init__(self, mark: str, line: int) -> None:
+        super().__init__(mark)
+        self.mark, self.line = mark, line
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml's safe loader, except that a key given twice in one mapping is an error (the
-    plain loader silently keeps the last value)."""
+    plain loader silently keeps the last value), and so is an anchor or an alias (nested
+    aliases expand exponentially, and settings never need them)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            mark = ("*" if isinstance(event, yaml.AliasEvent) else "&") + str(event.anchor)
+            raise _AliasError(short_repr(mark), event.start_mark.line + 1)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}

@@ -31,9 +31,10 @@ from typing import Any
 
 import yaml
 
+from ila.config import MAX_RANK
 from ila.core.layers import LayerMap, Unit, peft_target_modules
 from ila.core.selection import Selection
-from ila.errors import IlaError
+from ila.errors import IlaError, short_repr
 
 __all__ = ["EXPORT_FORMATS", "export_selection", "module_regex", "parameter_regex"]
 
@@ -76,9 +77,12 @@ def export_selection(
     take an integer ``lora_alpha``.
     """
     if fmt not in EXPORT_FORMATS:
-        raise IlaError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+        known = ", ".join(EXPORT_FORMATS)
+        raise IlaError(f"unknown export format {short_repr(fmt)}; choose one of {known}")
     if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1:
-        raise IlaError(f"--lora-rank: must be an integer >= 1, got {lora_rank!r}")
+        raise IlaError(f"--lora-rank: must be an integer >= 1, got {short_repr(lora_rank)}")
+    if lora_rank > MAX_RANK:
+        raise IlaError(f"--lora-rank: must be at most {MAX_RANK:,} (LoRA rank), got {lora_rank}")
     if not 0 < lora_alpha < float("inf"):
         raise IlaError(f"--lora-alpha: must be a finite number > 0, got {lora_alpha}")
     if not 0 <= lora_dropout < 1:

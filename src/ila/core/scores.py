@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ila.core.ties import Separation, separation
-from ila.errors import IlaError
+from ila.errors import IlaError, short_repr
 from ila.run_files import SCORES_FILE
 from ila.run_files import SCORES_SCHEMA_VERSION as SCHEMA_VERSION
 from ila.rundir import atomic_write_json, read_json, require_schema_version
@@ -68,7 +68,8 @@ class LayerScores:
 
     def __post_init__(self) -> None:
         if self.unit_kind not in ("module", "block"):
-            raise IlaError(f"unit_kind must be 'module' or 'block', got {self.unit_kind!r}")
+            kind = short_repr(self.unit_kind)
+            raise IlaError(f"unit_kind must be 'module' or 'block', got {kind}")
         if not self.units:
             raise IlaError("scores hold no unit")
         names = [u.name for u in self.units]

@@ -24,7 +24,7 @@ from typing import Any
 
 from ila.core.layers import LayerMap, Unit
 from ila.core.scores import LayerScores, top_count
-from ila.errors import IlaError
+from ila.errors import IlaError, short_repr
 from ila.run_files import SELECTION_FILE
 from ila.run_files import SELECTION_SCHEMA_VERSION as SCHEMA_VERSION
 from ila.rundir import atomic_write_json, read_json, require_schema_version
@@ -288,7 +288,7 @@ def _expand(scores: LayerScores, layer_map: LayerMap, names: Sequence[str]) -> s
 
 def _fraction(value: Any, flag: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise IlaError(f"{flag} must be a number in (0, 1), got {value!r}")
+        raise IlaError(f"{flag} must be a number in (0, 1), got {short_repr(value)}")
     if not (math.isfinite(value) and 0 < value < 1):
         raise IlaError(f"{flag} must be in (0, 1), got {value}")
     return float(value)
@@ -296,7 +296,7 @@ def _fraction(value: Any, flag: str) -> float:
 
 def _as_sequence(value: Any, flag: str) -> list[Any]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise IlaError(f"{flag} takes a list, got {value!r}")
+        raise IlaError(f"{flag} takes a list, got {short_repr(value)}")
     if not value:
         raise IlaError(f"{flag} is empty, so nothing would be tuned")
     return list(value)
@@ -309,7 +309,7 @@ def _as_names(units: Any) -> list[str]:
 
 def _as_block(block: Any) -> int:
     if isinstance(block, bool) or not isinstance(block, int):
-        raise IlaError(f"--blocks takes block indices (integers), got {block!r}")
+        raise IlaError(f"--blocks takes block indices (integers), got {short_repr(block)}")
     return block
 
 

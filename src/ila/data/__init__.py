@@ -38,7 +38,7 @@ from ila.data.tokenization import (
     prompt_token_ids,
     tokenize_examples,
 )
-from ila.errors import IlaError
+from ila.errors import IlaError, short_repr
 
 __all__ = [
     "FORMATS",
@@ -81,7 +81,7 @@ def load_examples(
     if format not in FORMATS:
         raise IlaError(f"unknown --data-format {format!r}; pass one of {', '.join(FORMATS)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise IlaError(f"--limit must be a positive integer or none, got {limit!r}")
+        raise IlaError(f"--limit must be a positive integer or none, got {short_repr(limit)}")
     if not source.strip():
         raise IlaError(f"--data is empty; pass a preset ({', '.join(PRESETS)}) or a file")
     name = PRESET_ALIASES.get(source, source)
@@ -93,7 +93,7 @@ def load_examples(
         if format not in ("auto", _PRESET_FORMAT):
             raise IlaError(
                 f"data preset {name!r} is stored as {_PRESET_FORMAT!r}; "
-                f"leave --data-format auto (got {format!r})"
+                f"leave --data-format auto (got {short_repr(format)})"
             )
         stream: Iterator[Example] = iter_preset_examples(name)
     else:
@@ -134,7 +134,7 @@ def split_examples(
     whatever else the data holds, and duplicates never straddle the split.
     """
     if isinstance(eval_fraction, bool) or not 0.0 <= eval_fraction < 1.0:
-        raise IlaError(f"--eval-fraction must be in [0, 1), got {eval_fraction!r}")
+        raise IlaError(f"--eval-fraction must be in [0, 1), got {short_repr(eval_fraction)}")
     n = len(examples)
     num_eval = max(1, round(eval_fraction * n)) if eval_fraction > 0 else 0
     if n - num_eval < 1:

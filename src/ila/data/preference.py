@@ -29,7 +29,7 @@ from itertools import islice
 from typing import Any
 
 from ila.data.sources import iter_file_records, iter_hub_records, resolve_local_file
-from ila.errors import IlaError
+from ila.errors import IlaError, short_repr
 
 __all__ = [
     "PREFERENCE_PRESETS",
@@ -106,7 +106,7 @@ def load_preference_pairs(source: str, *, limit: int | None = None) -> list[Pref
     """Read preference pairs from a preset (:data:`PREFERENCE_PRESETS`), a local file or a
     datasets hub name (offline cache only), as ``ila.data.load_examples`` reads SFT data."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise IlaError(f"--limit must be a positive integer or none, got {limit!r}")
+        raise IlaError(f"--limit must be a positive integer or none, got {short_repr(limit)}")
     if source in _PRESET_FILES:
         records = _iter_preset(source)
     else:

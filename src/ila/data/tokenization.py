@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ila.data.formats import Example
-from ila.errors import IlaError
+from ila.errors import IlaError, short_repr
 
 if TYPE_CHECKING:
     import torch
@@ -136,7 +136,7 @@ def tokenize_examples(
     and when every kept example was cut.
     """
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise IlaError(f"--max-length must be an integer >= 2, got {max_length!r}")
+        raise IlaError(f"--max-length must be an integer >= 2, got {short_repr(max_length)}")
     if not examples:
         raise IlaError("no examples to tokenize; check the data source")
     if not getattr(tokenizer, "is_fast", False):
@@ -241,7 +241,8 @@ class PaddingCollator:
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
         if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
-            raise IlaError(f"pad_token_id must be an integer token id, got {pad_token_id!r}")
+            shown = short_repr(pad_token_id)
+            raise IlaError(f"pad_token_id must be an integer token id, got {shown}")
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
             raise IlaError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
         self.pad_token_id = pad_token_id

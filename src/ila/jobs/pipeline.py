@@ -456,7 +456,7 @@ def _score_ensemble(
     finished = _finished_score(output_dir, {}) if resume else None
     if finished is not None:
         return finished
-    seeds = [config.train.seed + k for k in range(config.ensemble.seeds)]
+    seeds = range(config.train.seed, config.train.seed + config.ensemble.seeds)  # lazily
     with run_directory(
         output_dir,
         command=command,

@@ -26,6 +26,7 @@ import contextvars
 import dataclasses
 import difflib
 import functools
+import inspect
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -116,13 +117,16 @@ def _speaks_settings(function: _F) -> _F:
 
 
 @_speaks_settings
-def make_config(config_cls: type[_C], config: Any = None, **settings: Any) -> _C:
+def make_config(
+    config_cls: type[_C], config: Any = None, *, keywords: Sequence[str] = (), **settings: Any
+) -> _C:
     """A ``config_cls`` (e.g. :class:`ila.config.ScoreConfig`) from ``config`` and settings.
 
     ``config`` is a YAML path, a nested mapping, or a config object of any command (its
     sections this command does not use are skipped); ``settings`` are flat keywords named
     like the flags (``max_length=96``, ``stage1_max_steps=30``), which win. ``None`` values
-    are ignored, so optional arguments can be passed through.
+    are ignored, so optional arguments can be passed through. ``keywords`` are the calling
+    function's own keywords, suggested too for a misspelled setting.
     """
     if config is None:
         data: dict[str, Any] = {}
@@ -145,7 +149,7 @@ def make_config(config_cls: type[_C], config: Any = None, **settings: Any) -> _C
         if value is None:
             continue
         if key not in names:
-            close = difflib.get_close_matches(key, sorted(names), n=3)
+            close = difflib.get_close_matches(key, sorted({*names, *keywords}), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise IlaError(f"unknown setting {key!r} for {config_cls.__name__}{hint}")
         section, name = names[key]
@@ -238,6 +242,22 @@ def model_source(model: ModelArgument, tokenizer: Any = None) -> str | None:
     return str(saved_model(model, tokenizer))
 
 
+def _output_dir(value: Any) -> Path:
+    """``output_dir`` as a path; anything else (None included) is refused by name."""
+    if isinstance(value, (str, Path)) and str(value):
+        return Path(value)
+    raise IlaError(
+        f"output_dir must be a directory path (a str or Path), not {short_repr(value)}; "
+        "pass where the run goes, e.g. output_dir='runs/x'"
+    )
+
+
+def _keywords(function: Callable[..., Any]) -> tuple[str, ...]:
+    """The keyword-only parameters of an API function (for :func:`make_config`'s hints)."""
+    parameters = inspect.signature(function).parameters.values()
+    return tuple(p.name for p in parameters if p.kind is p.KEYWORD_ONLY)
+
+
 def _setting_names(config_cls: type) -> dict[str, tuple[str, str]]:
     """Keyword name (the flag without dashes) -> (section, field) for ``config_cls``."""
     return {
@@ -263,14 +283,16 @@ def score(
     (ILA stages 1-2 by default; docs/scorers.md lists the others)."""
     from ila.jobs.pipeline import score as score_job
 
+    output = _output_dir(output_dir)
     resolved = make_config(
         ScoreConfig,
         config,
+        keywords=_keywords(score),
         model=model_source(model, tokenizer),
         data=data_source(data),
         **settings,
     )
-    return score_job(resolved, Path(output_dir), method=scorer, overwrite=overwrite, resume=resume)
+    return score_job(resolved, output, method=scorer, overwrite=overwrite, resume=resume)
 
 
 @_speaks_settings
@@ -354,9 +376,11 @@ def finetune(
     from ila.core.ties import require_separated
     from ila.jobs.finetune import finetune as finetune_job
 
+    output = _output_dir(output_dir)
     resolved = make_config(
         FinetuneConfig,
         config,
+        keywords=_keywords(finetune),
         model=model_source(model, tokenizer),
         data=data_source(data),
         **settings,
@@ -402,7 +426,7 @@ def finetune(
     return finetune_job(
         resolved,
         chosen,
-        Path(output_dir),
+        output,
         overwrite=overwrite,
         resume=resume,
         inputs=inputs,
@@ -428,12 +452,18 @@ def evaluate(
     ``adapter`` or an `ila finetune` run directory applied)."""
     from ila.jobs.evaluate import evaluate as evaluate_job
 
+    output = _output_dir(output_dir)
     resolved = make_config(
-        EvalConfig, config, model=model_source(model, tokenizer), data=data_source(data), **settings
+        EvalConfig,
+        config,
+        keywords=_keywords(evaluate),
+        model=model_source(model, tokenizer),
+        data=data_source(data),
+        **settings,
     )
     return evaluate_job(
         resolved,
-        Path(output_dir),
+        output,
         adapter=None if adapter is None else Path(adapter),
         overwrite=overwrite,
         allow_other_model=allow_other_model,
@@ -458,12 +488,18 @@ def run(
     the run after scoring unless ``allow_tied_ranking``."""
     from ila.jobs.pipeline import run as run_job
 
+    output = _output_dir(output_dir)
     resolved = make_config(
-        RunConfig, config, model=model_source(model, tokenizer), data=data_source(data), **settings
+        RunConfig,
+        config,
+        keywords=_keywords(run),
+        model=model_source(model, tokenizer),
+        data=data_source(data),
+        **settings,
     )
     return run_job(
         resolved,
-        Path(output_dir),
+        output,
         overwrite=overwrite,
         resume=resume,
         allow_tied_ranking=allow_tied_ranking,
@@ -483,6 +519,12 @@ def compare(
     with ``output_dir`` also write comparison.json, comparison.md and the figures."""
     from ila.analysis.compare import DEFAULT_FRACTIONS, compare_scores, load_runs
 
+    if isinstance(runs, (str, bytes, Path)):
+        raise IlaError(
+            f"runs takes a list of run directories, got the single {type(runs).__name__} "
+            f"{short_repr(str(runs))}; pass [run_a, run_b, ...]"
+        )
+    output = None if output_dir is None else _output_dir(output_dir)
     loaded = load_runs([Path(r) for r in runs])
     comparison = compare_scores(
         [r.scores for r in loaded],
@@ -491,12 +533,12 @@ def compare(
         sources=[r.source for r in loaded],
         allow_other_model=allow_other_model,
     )
-    if output_dir is not None:
+    if output is not None:
         from ila.reporting.comparison import write_comparison_report
         from ila.reporting.output import report_directory
 
         with report_directory(
-            Path(output_dir),
+            output,
             inputs=[Path(r) for r in runs],
             overwrite=overwrite,
             command="compare",
@@ -512,12 +554,13 @@ def report(run_dir: str | Path, *, output_dir: str | Path, overwrite: bool = Fal
     from ila.reporting.run_record import load_run_record
     from ila.reporting.run_report import RUN_REPORT_HTML, write_run_report
 
+    output = _output_dir(output_dir)
     record = load_run_record(Path(run_dir))
     with report_directory(
-        Path(output_dir), inputs=[Path(run_dir)], overwrite=overwrite, command="report"
+        output, inputs=[Path(run_dir)], overwrite=overwrite, command="report"
     ) as tmp:
         write_run_report(record, tmp)
-    return Path(output_dir) / RUN_REPORT_HTML
+    return output / RUN_REPORT_HTML
 
 
 @_speaks_settings
@@ -585,7 +628,13 @@ def plan(
     from ila.analysis.plan import plan_run
     from ila.core.selection import Selection
 
-    resolved = make_config(PlanConfig, config, model=model_source(model, tokenizer), **settings)
+    resolved = make_config(
+        PlanConfig,
+        config,
+        keywords=_keywords(plan),
+        model=model_source(model, tokenizer),
+        **settings,
+    )
     if selection is not None and not isinstance(selection, Selection):
         selection = Selection.load(Path(selection))
     return plan_run(resolved, selection=selection)

@@ -280,6 +280,7 @@ def check_output_dir(
     resume: bool = False,
     inputs: Iterable[str | Path | None] = (),
     report: str | None = None,
+    resumable: bool = True,
 ) -> None:
     """Refuse, before any work, an output dir this job may not write (see prepare_output_dir).
 
@@ -287,7 +288,9 @@ def check_output_dir(
     holds (its lock); a directory that holds files, unless ``overwrite`` or ``resume``; and
     with ``overwrite``, any directory :func:`_check_overwrite` refuses. ``inputs`` are the
     job's input paths (model, data, scores, adapter); ``report`` names the report command
-    (``compare`` or ``report``) for directories without a run_state.json.
+    (``compare`` or ``report``) for directories without a run_state.json; the message for
+    an occupied directory offers ``--resume`` only to a ``resumable`` job (not eval, compare,
+    report).
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
@@ -296,9 +299,10 @@ def check_output_dir(
     _refuse_if_locked(output_dir)
     occupied = bool(_entries(output_dir))
     if occupied and not (overwrite or resume):
+        resume_hint = "--resume to continue, " if resumable and report is None else ""
         raise IlaError(
             f"--output-dir {output_dir} already holds files; pass --overwrite to replace "
-            "them, --resume to continue, or choose another directory"
+            f"them, {resume_hint}or choose another directory"
         )
     if occupied and overwrite:
         _check_overwrite(output_dir, inputs=inputs, report=report)
@@ -440,13 +444,15 @@ def prepare_output_dir(
     """
     output_dir = Path(output_dir)
     inputs = list(inputs)
-    check_output_dir(output_dir, overwrite=overwrite, resume=resume, inputs=inputs)
+    checks = {"overwrite": overwrite, "resume": resume, "inputs": inputs}
+    checks["resumable"] = command != "eval"  # an evaluation is run again, not resumed
+    check_output_dir(output_dir, **checks)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise IlaError(f"--output-dir {output_dir}: cannot create it ({exc.strerror})") from exc
     run_lock(output_dir, command)
-    check_output_dir(output_dir, overwrite=overwrite, resume=resume, inputs=inputs)
+    check_output_dir(output_dir, **checks)
     occupied = bool(_entries(output_dir))
     if occupied and resume:
         state = read_run_state(output_dir)
@@ -733,6 +739,7 @@ def require_same_model(output_dir: Path, fingerprint: ModelFingerprint) -> None:
         fingerprint,
         what=f"--resume: the run in {output_dir}",
         hint="resume with the model the run started with, or start a new run",
+        allowable=False,  # a run continues on its own model; no flag accepts another
     )
 
 

@@ -332,7 +332,7 @@ def compare_scores(
     Raises :class:`IlaError` for fewer than two runs, runs of different models (by
     fingerprint, ila.model.identity, unless ``allow_other_model``; by resolved path for
     runs that record none) or unit kinds or layouts, fractions outside (0, 1] or
-    repeated, and a run whose importances are all equal (its rank correlation is
+    repeated, and a run whose ranking is a tie (ila.core.ties; its rank correlation is
     undefined).
     """
     if len(scores) < 2:
@@ -344,11 +344,11 @@ def compare_scores(
     first = scores[0]
     n = len(first.units)
     for label, s in zip(labels, scores, strict=True):
-        values = [u.importance for u in s.units]
-        if min(values) == max(values):
+        found = s.separation()
+        if found.tie:
             raise IlaError(
-                f"run {label}: all {n} importances are equal ({values[0]}); its ranking is "
-                "arbitrary and its rank correlation undefined"
+                f"run {label}: the ranking is a tie ({found.reason}); its order is arbitrary "
+                "and its rank correlation undefined"
             )
     order = first.names
     types = {u.name: u.module_type for u in first.units}
@@ -602,6 +602,13 @@ def _same_model(a: LayerScores, b: LayerScores) -> bool:
     return _model_identity(a.model_id) == _model_identity(b.model_id)
 
 
+def _model_text(scores: LayerScores) -> str:
+    """A run's model as an error names it: its id, and its fingerprint where recorded (two
+    runs of ``--model model`` from different folders differ only there)."""
+    fingerprint = fingerprint_of_record(scores.meta.get("model_fingerprint"))
+    return scores.model_id + (f", fingerprint {fingerprint.id}" if fingerprint else "")
+
+
 def _check_comparable(
     scores: Sequence[LayerScores], labels: Sequence[str], *, allow_other_model: bool
 ) -> bool:
@@ -617,8 +624,8 @@ def _check_comparable(
         if not _same_model(s, first):
             if not allow_other_model:
                 raise IlaError(
-                    f"runs {label0} and {label} come from different models ({first.model_id} "
-                    f"vs {s.model_id}); compare runs of one model, or pass "
+                    f"runs {label0} and {label} come from different models ({_model_text(first)} "
+                    f"vs {_model_text(s)}); compare runs of one model, or pass "
                     "--allow-other-model if comparing these models is what you mean"
                 )
             models_differ = True

@@ -25,7 +25,7 @@ from typing import Any
 from ila.core.layers import LayerMap, Unit
 from ila.core.scores import LayerScores, top_count
 from ila.errors import IlaError, short_repr
-from ila.run_files import SELECTION_FILE
+from ila.run_files import SCORES_FILE, SELECTION_FILE
 from ila.run_files import SELECTION_SCHEMA_VERSION as SCHEMA_VERSION
 from ila.rundir import atomic_write_json, read_json, require_schema_version
 
@@ -131,9 +131,22 @@ class Selection:
 
     @classmethod
     def load(cls, path: Path) -> Selection:
-        """Read ``selection.json``, or the one inside a run directory."""
+        """Read ``selection.json``, or the one inside a run directory (a directory without
+        one is refused, saying how to make one)."""
         path = Path(path)
         if path.is_dir():
+            if not (path / SELECTION_FILE).is_file():
+                ranked = (path / SCORES_FILE).is_file()
+                raise IlaError(
+                    f"{path} holds no {SELECTION_FILE}"
+                    + (
+                        f" (it holds a ranking); make one with 'ila select {path} "
+                        "--tune-top-fraction F' (or another rule) first"
+                        if ranked
+                        else "; pass a directory where 'ila select' or 'ila finetune' wrote "
+                        "one, or the file itself"
+                    )
+                )
             path = path / SELECTION_FILE
         return cls.from_dict(read_json(path), origin=str(path))
 

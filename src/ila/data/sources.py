@@ -68,7 +68,8 @@ def resolve_local_file(source: str) -> Path | None:
 
     A directory must hold exactly one data file. A missing path that looks like a file
     (a data suffix, or starting with ``/``, ``./``, ``../``, ``~``) is an error here, so it
-    is not mistaken for a hub dataset name.
+    is not mistaken for a hub dataset name; so is a path that is no regular file (a pipe
+    such as ``<(command)``, a device such as ``/dev/zero``), named for what it is.
     """
     path = Path(source).expanduser()
     if path.is_dir():
@@ -87,9 +88,30 @@ def resolve_local_file(source: str) -> Path | None:
                 f"use one of {', '.join(FILE_SUFFIXES)}"
             )
         return path
+    if path.exists():  # neither a directory nor a regular file: a pipe, a device, ...
+        raise IlaError(
+            f"{source}: not a regular file ({_file_kind(path)}); save the data to a "
+            f"{'/'.join(FILE_SUFFIXES)} file and pass that"
+        )
     if _is_data_file(path) or source.startswith(("/", "./", "../", "~")):
         raise IlaError(f"{source}: data file not found")
     return None
+
+
+def _file_kind(path: Path) -> str:
+    """What a path that is neither a directory nor a regular file is, in words."""
+    import stat
+
+    mode = path.stat().st_mode
+    for test, kind in (
+        (stat.S_ISFIFO, "a pipe, e.g. from <(command)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "a special file"
 
 
 def iter_file_records(path: Path) -> Iterator[tuple[str, Any]]:

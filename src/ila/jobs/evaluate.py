@@ -104,7 +104,7 @@ def evaluate(
     main = is_main_process()
     inputs = [*input_paths(config), adapter]
     if main:
-        check_output_dir(output_dir, overwrite=overwrite, inputs=inputs)
+        check_output_dir(output_dir, overwrite=overwrite, inputs=inputs, resumable=False)
     check_eval_inputs(config.eval)
     examples = load_eval_examples(config.data, config.eval, config.train.objective)
     model, tokenizer, other_model = load_model_for_eval(

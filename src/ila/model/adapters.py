@@ -49,27 +49,33 @@ def check_adapter_base(
 ) -> str | None:
     """Check that ``adapter_dir`` was trained on ``model_spec``: against the fingerprint
     ila saved beside it, else against the adapter's recorded base model when that model is
-    on this machine (a foreign adapter whose base is not here is not checked). Returns the
-    note of an accepted other model (``allow``), else None."""
+    on this machine (a foreign adapter whose base is not here is not checked, with a
+    warning). Returns the note of an accepted other model (``allow``), else None. Only
+    ``--adapter`` (``ila eval``) has ``--allow-other-model``; the refusal offers it there."""
     from ila.model.identity import BASE_MODEL_FILE, check_same_model, model_fingerprint
 
     recorded = adapter_dir / BASE_MODEL_FILE
     what = f"{flag} {adapter_dir}"
+    allowable = flag == "--adapter"
     hint = "pass the base model it was trained on as --model"
     if recorded.is_file():
         from ila.rundir import read_json
 
         ours = model_fingerprint(model_spec)
-        note = check_same_model(read_json(recorded), ours, what=what, allow=allow, hint=hint)
+        note = check_same_model(
+            read_json(recorded), ours, what=what, allow=allow, hint=hint, allowable=allowable
+        )
     else:
-        note = _check_foreign_base(adapter_dir, model_spec, what, allow=allow, hint=hint)
+        note = _check_foreign_base(
+            adapter_dir, model_spec, what, allow=allow, hint=hint, allowable=allowable
+        )
     if note is not None:
         log.warning("%s", note)
     return note
 
 
 def _check_foreign_base(
-    adapter_dir: Path, model_spec: str, what: str, *, allow: bool, hint: str
+    adapter_dir: Path, model_spec: str, what: str, *, allow: bool, hint: str, allowable: bool
 ) -> str | None:
     """A peft adapter not made by ila: its ``base_model_name_or_path``, if that model is
     on this machine, must be ``model_spec``'s model."""
@@ -97,7 +103,9 @@ def _check_foreign_base(
         )
         return None
     ours = model_fingerprint(model_spec)
-    return check_same_model(theirs, ours, what=f"{what} (base {base})", allow=allow, hint=hint)
+    return check_same_model(
+        theirs, ours, what=f"{what} (base {base})", allow=allow, hint=hint, allowable=allowable
+    )
 
 
 def adapter_settings(adapter_dir: Path) -> dict[str, Any]:

@@ -147,12 +147,14 @@ def check_same_model(
     what: str,
     allow: bool = False,
     hint: str = "pass the model it was made with",
+    allowable: bool = True,
 ) -> str | None:
     """Raise :class:`IlaError` unless ``recorded`` (from ``what``) is ``actual``'s model.
 
     Returns ``None`` when the models are the same or nothing was recorded (runs made
     before fingerprints), and, with ``allow`` (``--allow-other-model``), a sentence saying
-    that they differ, for the run's record and report.
+    that they differ, for the run's record and report. The refusal offers
+    ``--allow-other-model`` only where the command has it (``allowable``).
     """
     theirs = recorded if isinstance(recorded, ModelFingerprint) else fingerprint_of_record(recorded)
     if theirs is None or theirs.same_model(actual):
@@ -166,6 +168,8 @@ def check_same_model(
     )
     if allow:
         return message + "; used anyway (--allow-other-model)"
+    if not allowable:
+        raise IlaError(f"{message}; {hint}")
     raise IlaError(
         f"{message}; {hint}, or pass --allow-other-model if using it with this model is "
         "what you mean"

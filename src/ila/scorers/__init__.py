@@ -12,7 +12,7 @@ import difflib
 import importlib
 from collections.abc import Callable
 
-from ila.errors import IlaError
+from ila.errors import IlaError, short_repr
 from ila.scorers.base import ScoringContext
 
 __all__ = ["SCORERS", "ScoringContext", "get_scorer"]
@@ -65,9 +65,10 @@ SCORERS: dict[str, tuple[str, str, str]] = {
 
 def get_scorer(name: str) -> Callable[[ScoringContext], object]:
     """The scorer registered as ``name``; a misspelling suggests the closest names."""
-    if name not in SCORERS:
-        close = difflib.get_close_matches(name, SCORERS, n=3)
+    if not isinstance(name, str) or name not in SCORERS:
+        close = difflib.get_close_matches(name, SCORERS, n=3) if isinstance(name, str) else []
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise IlaError(f"--method: unknown scorer '{name}'{hint} (known: {', '.join(SCORERS)})")
+        known = ", ".join(SCORERS)
+        raise IlaError(f"--scorer: unknown scorer {short_repr(name)}{hint} (known: {known})")
     module, function, _ = SCORERS[name]
     return getattr(importlib.import_module(module), function)

@@ -21,13 +21,7 @@ import pytest
 from conftest import fails, tree
 from ila.cli import main
 from ila.errors import IlaError
-from ila.rundir import (
-    LOCK_FILE,
-    check_output_dir,
-    prepare_output_dir,
-    release_run_lock,
-    run_lock,
-)
+from ila.rundir import LOCK_FILE, check_output_dir, prepare_output_dir, release_run_lock, run_lock
 
 TINY_RUN = ["--limit", "24", "--max-length", "64", "--batch-size", "4", "--device", "cpu"]
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -666,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     # peft 0.21 calls an API that transformers 5 deprecates; not actionable for users.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
-    from ila.rundir import is_main_process
+    from ila.train.parallel import is_main_process
 
     # Under torchrun / accelerate every rank runs this; only rank 0 prints results.
     quiet_rank = (
@@ -684,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ila: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except Exception as exc:
-        from ila.rundir import storage_failure
+        from ila.files import storage_failure
 
         reason = storage_failure(exc)
         if reason is None:

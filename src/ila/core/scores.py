@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ila.errors import IlaError
+from ila.files import atomic_write_json, read_json, require_schema_version
 from ila.run_files import SCORES_FILE
 from ila.run_files import SCORES_SCHEMA_VERSION as SCHEMA_VERSION
-from ila.rundir import atomic_write_json, read_json, require_schema_version
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -57,7 +57,7 @@ def check_adapter_base(
     what = f"{flag} {adapter_dir}"
     hint = "pass the base model it was trained on as --model"
     if recorded.is_file():
-        from ila.rundir import read_json
+        from ila.files import read_json
 
         ours = model_fingerprint(model_spec)
         note = check_same_model(read_json(recorded), ours, what=what, allow=allow, hint=hint)

@@ -16,7 +16,7 @@ def write_score_report(scores, output_dir) -> list:
     """Write ranking.md, heatmap.png and blocks.png for ``scores`` under ``output_dir``."""
     from pathlib import Path
 
-    from ila.rundir import atomic_write_text
+    from ila.files import atomic_write_text
 
     out = Path(output_dir)
     atomic_write_text(out / "ranking.md", ranking_markdown(scores))

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ila.analysis.compare import Comparison
+from ila.files import atomic_write_json, atomic_write_text
 from ila.reporting.figures import pyplot, save_png
-from ila.rundir import atomic_write_json, atomic_write_text
 
 __all__ = [
     "COMPARISON_FILES",

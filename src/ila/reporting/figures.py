@@ -21,7 +21,7 @@ def pyplot() -> Any:
 
 def save_png(fig: Any, path: Path) -> None:
     """Write ``fig`` as a PNG atomically, then close it."""
-    from ila.rundir import atomic_write_bytes
+    from ila.files import atomic_write_bytes
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")

@@ -16,6 +16,7 @@ import yaml
 
 from ila.core.scores import SCORES_FILE, LayerScores
 from ila.errors import IlaError
+from ila.files import read_json, require_schema_version
 from ila.run_files import (
     CONFIG_FILE,
     DATA_FILE,
@@ -28,7 +29,7 @@ from ila.run_files import (
     SELECTION_FILE,
     STAGE_SUMMARY_FILE,
 )
-from ila.rundir import RUN_STATE_FILE, read_json, require_schema_version
+from ila.rundir import RUN_STATE_FILE
 
 __all__ = ["EVAL_SCHEMA_VERSION", "RunRecord", "load_run_record"]
 

@@ -13,13 +13,13 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from ila.files import atomic_write_text
 from ila.reporting.document import Code, Document, Figure, Section, Table, to_html, to_markdown
 from ila.reporting.plots import plot_block_bars, plot_unit_heatmap
 from ila.reporting.run_plots import plot_gate_trajectories, plot_stage1_loss
 from ila.reporting.run_record import RunRecord
 from ila.reporting.tables import ranking_markdown
 from ila.run_files import CONFIG_FILE
-from ila.rundir import atomic_write_text
 
 __all__ = ["RUN_REPORT_HTML", "build_run_document", "reproduce_command", "write_run_report"]
 

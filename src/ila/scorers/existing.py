@@ -27,10 +27,12 @@ from ila.core.layers import LayerMap
 from ila.core.lora import lora_update_norms, unit_lora_layer
 from ila.core.scores import LayerScores
 from ila.errors import IlaError
+from ila.files import atomic_write_json
 from ila.run_files import STAGE_SUMMARY_FILE
-from ila.rundir import atomic_write_json, is_main_process, mark_stage
+from ila.rundir import RunDir
 from ila.scorers.base import ScoringContext
 from ila.scorers.ila import ila_scores, run_stage2
+from ila.train.parallel import is_main_process
 
 __all__ = [
     "ExistingUpdate",
@@ -185,6 +187,6 @@ def rank_recorded_update(
     """
     if is_main_process():
         atomic_write_json(ctx.output_dir / "stage1" / STAGE_SUMMARY_FILE, stage1)
-        mark_stage(ctx.output_dir, "stage1")
+        RunDir(ctx.output_dir).mark("stage1")
     stage2 = run_stage2(ctx, model, deltas=deltas)
     return ila_scores(ctx, stage1, stage2)

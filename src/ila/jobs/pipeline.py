@@ -1,25 +1,9 @@
-"""Run the product's jobs end to end; owns the run directory.
+"""The score and run jobs.
 
 ``score``: load model and data, find the units, run a scorer (ILA by default), write
 ``layer_scores.json`` and its report. ``run``: the main job behind ``make demo``:
-score -> select -> fine-tune -> evaluate (base, all units, selection).
-
-Layout of a run directory (every file written atomically)::
-
-    run_state.json      which stages completed (a run is complete only when listed)
-    config.yaml         the fully resolved configuration
-    environment.json    library versions, git sha, devices
-    ila.log             the run's log (INFO and above)
-    data.json           data source, fingerprint, split sizes, dropped/truncated counts
-    metrics.jsonl       one row per training step of every stage
-    stage1/             ILA stage 1: adapter/, summary.json, trainer/ (--save-steps checkpoints)
-    stage2/             ILA stage 2: summary.json, gate_trajectory.json, trainer/
-    layer_scores.json   the ranking (schema_version 1)
-    report/             ranking.md, heatmap.png, blocks.png
-    selection.json      `ila run` only: the units selected from the ranking
-    finetune/           `ila run` only: the selective fine-tune (see ila.jobs.finetune)
-    finetune-all-units/ `ila run` only: the all-units baseline, same method and steps
-    eval/               `ila run` only: base/, all-units/, selected/, variants.json
+score -> select -> fine-tune -> evaluate (base, all units, selection). What each writes
+where is :class:`ila.rundir.RunDir`'s (docs/rundirs.md).
 """
 
 from __future__ import annotations
@@ -33,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ila.config import RunConfig, ScoreConfig, input_paths, recorded_config
 from ila.core.ensemble import stability_lines
-from ila.core.scores import SCORES_FILE, LayerScores
+from ila.core.scores import LayerScores
 from ila.errors import IlaError
 from ila.files import atomic_write_json, read_json
 from ila.model.identity import ModelFingerprint, model_fingerprint
@@ -78,8 +62,8 @@ class ScoreRun:
             "top_units": self.scores.top(0.1)[:10],
             "stability": stability_lines(self.scores),
             "seconds": self.seconds,
-            "scores_file": str(self.output_dir / SCORES_FILE),
-            "report_dir": str(self.output_dir / "report"),
+            "scores_file": str(RunDir(self.output_dir).scores),
+            "report_dir": str(RunDir(self.output_dir).report),
         }
 
 

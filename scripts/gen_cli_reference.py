@@ -46,8 +46,9 @@ def render(parser: argparse.ArgumentParser | None = None) -> str:
     commands = _subcommands(parser)
     parts = [_HEADER, "## Commands\n", _command_index(parser), "## `ila` (every command)\n"]
     parts.append(_tables(parser, skip_help=True))
+    helps = {c.dest: c.help or "" for c in _subparsers_action(parser)._choices_actions}
     for name, sub in commands.items():
-        parts.append(_command_section(name, sub))
+        parts.append(_command_section(name, sub, helps.get(name, "")))
     return "\n".join(part.rstrip("\n") + "\n" for part in parts)
 
 
@@ -70,10 +71,11 @@ def _command_index(parser: argparse.ArgumentParser) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _command_section(name: str, parser: argparse.ArgumentParser) -> str:
+def _command_section(name: str, parser: argparse.ArgumentParser, summary: str) -> str:
     lines = [f"## `ila {name}`\n"]
-    if parser.description:
-        lines.append(parser.description + "\n")
+    text = parser.description or (summary[:1].upper() + summary[1:] + "." if summary else "")
+    if text:
+        lines.append(text + "\n")
     lines.append(_tables(parser, skip_help=True))
     for group in parser._mutually_exclusive_groups:
         flags = ", ".join(f"`{a.option_strings[0]}`" for a in group._group_actions)
@@ -109,7 +111,8 @@ def _group_title(parser: argparse.ArgumentParser, group: argparse._ArgumentGroup
 def _table(actions: Iterable[argparse.Action]) -> str:
     actions = list(actions)
     with_key = any("." in a.dest for a in actions)
-    head = ["flag", "value", "default", *(["YAML key"] if with_key else []), "description"]
+    first = "flag" if any(a.option_strings for a in actions) else "argument"
+    head = [first, "value", "default", *(["YAML key"] if with_key else []), "description"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for action in actions:
         default, help_text = _default_and_help(action)
@@ -133,7 +136,9 @@ def _value(action: argparse.Action) -> str:
     if action.choices is not None:
         return ", ".join(f"`{c}`" for c in action.choices)
     metavar = action.metavar or (action.dest.upper() if action.option_strings else action.dest)
-    return f"`{metavar} ...`" if action.nargs in ("+", "*") else f"`{metavar}`"
+    if action.nargs in ("+", "*"):
+        return f"`{metavar} ...`"
+    return f"`{metavar}`" if action.option_strings else ""  # a positional is its own value
 
 
 def _default_and_help(action: argparse.Action) -> tuple[str, str]:

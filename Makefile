@@ -8,7 +8,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format bench bench-levers clean browser
+.PHONY: install demo test test-fast lint format docs bench bench-levers clean browser
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format src tests benchmarks scripts examples
 	$(VENV)/bin/ruff check --fix src tests benchmarks scripts examples
+
+# docs/cli.md, the flag reference, from the parser (tests/test_cli_reference.py fails when stale).
+docs: install
+	$(PY) scripts/gen_cli_reference.py
 
 # Benchmarks write their sections of docs/results.md (several hours on a 2-core CPU in all;
 # bench_overlap and bench_quality reuse the finished runs in their work dirs).

@@ -159,7 +159,7 @@ def data_source(data: DataArgument) -> str | None:
     memory (a list of dicts, or a ``datasets.Dataset``) are written once to a JSONL file
     named by their content under ``<ila cache>/data/`` (the cache of ila.model.loading), so the
     run's config.yaml names a file that ``--resume`` and the reproduce command can read.
-    The rows must be in one of the formats a file may hold (docs: README, "Data").
+    The rows must be in one of the formats a file may hold (docs/usage.md, "Data").
     """
     if data is None or isinstance(data, (str, Path)):
         return None if data is None else str(data)

@@ -48,7 +48,8 @@ def _api(command: str, model: Path, out: Path) -> Path:
 
     settings, _ = JOBS[command]
     job = getattr(ila, "evaluate" if command == "eval" else command)
-    return job(str(model), output_dir=out, **TINY, **settings).output_dir
+    result = job(str(model), output_dir=out, **TINY, **settings)
+    return result.score.output_dir if command == "run" else result.output_dir
 
 
 def other_process_takes(folder: Path) -> bool:

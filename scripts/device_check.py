@@ -125,24 +125,23 @@ def commands(s: Settings, work: Path, py: str) -> dict[str, list[str]]:
     probe = [py, str(SCRIPTS / "device_check_probe.py"), "measure"]
     tests = [str(p.relative_to(REPO)) for p in cuda_test_files(REPO / "tests")]
     selection = work / "finetune" / "selection.json"
-    return {
-        "pytest": [py, "-m", "pytest", "-p", "device_check_select", "-p", "no:cacheprovider",
-                   "-q", "-rs", f"--junitxml={work / 'pytest.xml'}", *tests],  # fmt: skip
-        "model": [py, str(SCRIPTS / "device_check_model.py"), "--size", s.size,
-                  "--out", str(work), "--max-length", str(s.max_length),
-                  "--examples", str(s.examples), "--json", str(work / "model.json")],  # fmt: skip
-        "score": [*probe, "--json", str(work / "score_peak.json"), "--", "-q", "score",
-                  *common, *ila_stages(s), "--output-dir", str(work / "score")],  # fmt: skip
-        "finetune": [*probe, "--json", str(work / "finetune_peak.json"), "--", "-q",
-                     "finetune", *common, "--scores", str(work / "score"),
-                     "--tune-top-fraction", str(s.tune_top_fraction),
-                     "--max-steps", str(s.finetune_steps),
-                     "--output-dir", str(work / "finetune")],  # fmt: skip
-        "plan": [py, "-m", "ila", "plan", "--json", *common, *ila_stages(s),
-                 "--max-steps", str(s.finetune_steps),
-                 *(["--selection", str(selection)] if selection.is_file()
-                   else ["--tune-top-fraction", str(s.tune_top_fraction)])],  # fmt: skip
-    }
+    units = (["--selection", str(selection)] if selection.is_file()
+             else ["--tune-top-fraction", str(s.tune_top_fraction)])  # fmt: skip
+    pytest = [py, "-m", "pytest", "-p", "device_check_select", "-p", "no:cacheprovider",
+              "-q", "-rs", f"--junitxml={work / 'pytest.xml'}", *tests]  # fmt: skip
+    model = [py, str(SCRIPTS / "device_check_model.py"), "--size", s.size, "--out", str(work),
+             "--max-length", str(s.max_length), "--examples", str(s.examples),
+             "--json", str(work / "model.json")]  # fmt: skip
+    score = [*probe, "--json", str(work / "score_peak.json"), "--", "-q", "score", *common,
+             *ila_stages(s), "--output-dir", str(work / "score")]  # fmt: skip
+    finetune = [*probe, "--json", str(work / "finetune_peak.json"), "--", "-q", "finetune",
+                *common, "--scores", str(work / "score"),
+                "--tune-top-fraction", str(s.tune_top_fraction),
+                "--max-steps", str(s.finetune_steps),
+                "--output-dir", str(work / "finetune")]  # fmt: skip
+    plan = [py, "-m", "ila", "plan", "--json", *common, *ila_stages(s),
+            "--max-steps", str(s.finetune_steps), *units]  # fmt: skip
+    return {"pytest": pytest, "model": model, "score": score, "finetune": finetune, "plan": plan}
 
 
 def setup_commands(py: str, wheels: list[Path], site: Path, work: Path, gpu: bool) -> dict:

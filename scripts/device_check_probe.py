@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"missing packages: {', '.join(found['missing'])}", file=sys.stderr)
             return 1
         if args.require_cuda and not found["gpu_count"]:
-            print("torch sees no CUDA device; pass --dry-run for the CPU rehearsal", file=sys.stderr)
+            print("torch sees no CUDA device (--dry-run rehearses on a CPU)", file=sys.stderr)
             return 1
         return 0
     ila_args = args.ila_args[1:] if args.ila_args[:1] == ["--"] else args.ila_args

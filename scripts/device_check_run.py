@@ -27,9 +27,7 @@ class Budget:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.start = time.monotonic()
-        self.started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"
-        )
+        self.started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start

@@ -3,8 +3,8 @@
 The pytest counts come from pytest's JUnit XML; the step times from the runs' own
 ``metrics.jsonl`` (one row per optimizer step, with the seconds since the stage began) and
 summaries; the peak memory from scripts/device_check_probe.py; the estimate from
-``ila plan --json``. A figure whose file is missing (its step failed or did not run) is
-None. docs/distributed.md, "The prepared GPU check", defines every key.
+``ila plan --json``. A figure whose file is missing or cut short (its step failed, was
+killed or did not run) is None. docs/distributed.md, "The prepared GPU check", defines every key.
 """
 
 from __future__ import annotations
@@ -20,16 +20,24 @@ PLAN_PARTS = ("peak_bytes", "weight_bytes", "gradient_bytes", "optimizer_bytes",
 
 
 def _json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The file's JSON; None when it is missing or cut short (its step was killed: the
+    step's own status records that)."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None
 
 
 def pytest_counts(junit: Path) -> dict[str, Any]:
     """Selected, passed, failed, errors and skipped tests, the skip reasons and the names
     of the tests that failed; every value None when there is no report."""
     keys = ("selected", "passed", "failed", "errors", "skipped", "skip_reasons", "failures")
-    if not junit.is_file():
+    try:
+        cases = list(ET.parse(junit).getroot().iter("testcase")) if junit.is_file() else None
+    except ET.ParseError:  # cut short by the step's timeout, which its status records
+        cases = None
+    if cases is None:
         return dict.fromkeys(keys)
-    cases = list(ET.parse(junit).getroot().iter("testcase"))
     failed = [c for c in cases if c.find("failure") is not None]
     errors = [c for c in cases if c.find("error") is not None]
     skipped = [c.find("skipped") for c in cases if c.find("skipped") is not None]
@@ -135,12 +143,8 @@ def data_cut(work: Path) -> dict[str, Any]:
 
 
 def _plan(path: Path) -> dict[str, Any] | None:
-    """``ila plan --json``'s output; None when the plan step wrote none (or failed midway:
-    the step's own status says so)."""
-    try:
-        plan = _json(path)
-    except json.JSONDecodeError:
-        return None
+    """``ila plan --json``'s output; None when the plan step wrote none."""
+    plan = _json(path)
     return plan if isinstance(plan, dict) and "stages" in plan else None
 
 

@@ -121,7 +121,7 @@ RUN_ENTRIES: dict[str, frozenset[str]] = {
 # `ila compare` and `ila report` write a directory of report files (no run_state.json).
 REPORT_ENTRIES: dict[str, frozenset[str]] = {
     "compare": frozenset(
-        {"comparison.json", "comparison.md", "pairwise.png", "overlap_curves.png"}
+        {"comparison.json", "comparison.md", "pairwise.png", "overlap_curves.png", "units.png"}
     ),
     "report": frozenset(
         {

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ila.reporting.figures import pyplot, save_png
+from ila.reporting.figures import data_limits, pyplot, save_png
 
 __all__ = ["plot_gate_trajectories", "plot_stage1_loss"]
 
@@ -29,6 +29,8 @@ def plot_stage1_loss(summary: dict[str, Any], path: Path) -> None:
     The windowed mean is the series the epsilon-stability test compares (window W);
     the update norm ||Delta||_F, when recorded, is drawn on a second axis.
     """
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     loss = summary["loss_curve"]
     steps = list(range(1, len(loss) + 1))
@@ -49,6 +51,7 @@ def plot_stage1_loss(summary: dict[str, Any], path: Path) -> None:
         stable = "epsilon-stable" if summary.get("stable") else "step cap, not stable"
         ax.axvline(t, color="#c0392b", linestyle="--", linewidth=1.4, label=f"T = {t} ({stable})")
     ax.set_xlabel("stage-1 step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
@@ -67,6 +70,19 @@ def plot_stage1_loss(summary: dict[str, Any], path: Path) -> None:
     save_png(fig, path)
 
 
+def _gate_axis(values: Any) -> tuple[float, float]:
+    """The gates' y range: 0 to 1 where they spread over more than half of it, else their
+    own range (padded), so gates that barely move are not drawn as one flat line."""
+    limits = data_limits(values.ravel())
+    if limits is None:
+        value = float(values.ravel()[0])
+        return max(0.0, value - 0.05), min(1.02, value + 0.05)
+    if limits[1] - limits[0] > 0.5:
+        return 0.0, 1.02
+    pad = 0.08 * (limits[1] - limits[0])
+    return limits[0] - pad, limits[1] + pad
+
+
 def plot_gate_trajectories(
     trajectory: dict[str, Any],
     path: Path,
@@ -81,6 +97,7 @@ def plot_gate_trajectories(
     plus the budget term) when given.
     """
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
     names = trajectory["gate_names"]
@@ -108,19 +125,27 @@ def plot_gate_trajectories(
             label=f"{kind}: {names[j]}",
         )
     ax.plot(steps, values.mean(axis=1), color="black", linewidth=2.0, label="mean gate")
-    if target_fraction is not None:
+    title = f"Stage 2: {len(names)} gates"
+    low, high = _gate_axis(values)
+    if target_fraction is not None and low <= target_fraction <= high:
         ax.axhline(target_fraction, color="#c0392b", linestyle="--", linewidth=1.0)
         ax.text(0, target_fraction, f" budget H = {target_fraction}", fontsize=7, va="bottom")
-    ax.set_ylim(0, 1.02)
+    elif target_fraction is not None:
+        side = "below" if target_fraction < low else "above"
+        title += f" (budget H = {target_fraction}, {side} the gates' range drawn)"
+    ax.set_ylim(low, high)
     ax.set_xlabel("stage-2 step")
-    ax.set_ylabel("gate sigmoid(s)")
-    ax.set_title(f"Stage 2: {len(names)} gates", fontsize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    full = (low, high) == (0.0, 1.02)
+    ax.set_ylabel("gate sigmoid(s)" + ("" if full else "\n(axis: the gates' range)"))
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     ax.grid(alpha=0.3)
     if panels == 2:
         loss_ax = axes[0][1]
         loss_ax.plot(range(1, len(stage2_loss) + 1), stage2_loss, color="#24476b")
         loss_ax.set_xlabel("stage-2 step")
+        loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         loss_ax.set_ylabel("loss (with budget term)")
         loss_ax.set_title("Stage 2: training loss", fontsize=9)
         loss_ax.grid(alpha=0.3)

@@ -24,6 +24,7 @@ from ila.rundir import atomic_write_json, atomic_write_text
 __all__ = [
     "COMPARISON_FILES",
     "comparison_markdown",
+    "pairwise_figure",
     "plot_overlap_curves",
     "plot_pairwise_heatmaps",
     "write_comparison_report",
@@ -289,7 +290,7 @@ def _draw_pair_panel(
                     ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
 
 
-def plot_pairwise_heatmaps(comparison: Comparison, path: Path) -> None:
+def pairwise_figure(comparison: Comparison) -> Any:
     """Runs x runs heatmaps: Jaccard at each fraction, then Spearman and Kendall tau-b,
     each coloured from its chance level to 1 (full agreement)."""
     plt = pyplot()
@@ -313,7 +314,12 @@ def plot_pairwise_heatmaps(comparison: Comparison, path: Path) -> None:
     fig.suptitle(
         f"{len(labels)} runs of {c.model_id}: {c.num_units} {c.unit_kind} units", fontsize=9
     )
-    save_png(fig, path)
+    return fig
+
+
+def plot_pairwise_heatmaps(comparison: Comparison, path: Path) -> None:
+    """Write :func:`pairwise_figure` as a PNG."""
+    save_png(pairwise_figure(comparison), path)
 
 
 def plot_overlap_curves(comparison: Comparison, path: Path) -> None:

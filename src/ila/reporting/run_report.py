@@ -1,7 +1,7 @@
 """`ila report`: one self-contained HTML page (and markdown) describing a finished run.
 
 Sections: summary, stage 1 (loss with T marked), stage 2 (gate trajectories), the units
-(blocks x module types heatmap, block bars, top of the ranking), and when the run has
+(blocks x module types heatmap, block plot, top of the ranking), and when the run has
 them the selection, the fine-tunes and the evaluation; then the data, the versions and
 the command that reproduces the run from its resolved ``config.yaml``. Built from the
 run's JSON files only (:mod:`ila.reporting.run_record`).
@@ -19,7 +19,7 @@ from ila.reporting.marks import UnitMarks, marks_from_selection
 from ila.reporting.plots import plot_blocks, plot_unit_heatmap
 from ila.reporting.run_plots import plot_gate_trajectories, plot_stage1_loss
 from ila.reporting.run_record import RunRecord
-from ila.reporting.tables import ranking_markdown
+from ila.reporting.tables import importance_format, ranking_markdown
 from ila.run_files import CONFIG_FILE
 from ila.rundir import atomic_write_text
 
@@ -151,13 +151,14 @@ def _units(record: RunRecord, figures: list[Figure]) -> Section:
     s = record.scores
     rank = {name: i + 1 for i, name in enumerate(s.ranking())}
     by_name = {u.name: u for u in s.units}
+    spec = importance_format(s)
     rows = [
         [
             str(rank[name]),
             f"`{name}`",
             str(by_name[name].block),
             by_name[name].module_type or "-",
-            f"{by_name[name].importance:.4f}",
+            f"{by_name[name].importance:{spec}}",
         ]
         for name in s.ranking()[:_TOP_ROWS]
     ]

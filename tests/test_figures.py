@@ -280,3 +280,39 @@ def test_gates_that_barely_move_get_their_own_axis_and_the_budget_is_named():
     assert fig.axes[0].get_ylim() == (0.0, 1.02)
     assert any(t.get_text().strip() == "budget H = 0.5" for t in fig.axes[0].texts)
     close(fig)
+
+
+def test_draw_ranking_script_draws_a_recorded_ranking(tmp_path):
+    """scripts/draw_ranking.py (docs/img/ranking.png) on a committed bench_levers record."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from matplotlib.image import imread
+
+    repo = Path(__file__).resolve().parents[1]
+    record = repo / "benchmarks/records/bench_levers/ila-instruct/seed0/default.json"
+    out = tmp_path / "ranking.png"
+    argv = [sys.executable, str(repo / "scripts/draw_ranking.py"), str(record), str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "210 units, top 25% outlined" in done.stdout
+    image = imread(out)
+    assert image.shape[0] > 800 and image[..., :3].std() > 0.1
+    raw = json.loads(record.read_text())["raw_scores"]
+    sys.path.insert(0, str(repo / "scripts"))
+    try:
+        from draw_ranking import record_scores
+    finally:
+        sys.path.remove(str(repo / "scripts"))
+    scores = record_scores(json.loads(record.read_text()), str(record))
+    fig = heatmap_figure(scores)
+    norm = fig.axes[0].images[0].norm
+    assert norm.vmin == pytest.approx(1 / (1 + math.exp(-min(raw))))
+    assert norm.vmax == pytest.approx(1 / (1 + math.exp(-max(raw))))
+    close(fig)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"gate_names": ["model.embed"], "raw_scores": [0.0]}))
+    done = subprocess.run([*argv[:2], str(bad), str(out)], capture_output=True, text=True)
+    assert done.returncode != 0 and "is not layers.BLOCK.MODULE" in done.stderr

@@ -40,7 +40,8 @@ def _label_panel(ax: Any, grid: UnitGrid, first: bool) -> None:
     step = 1 if rows <= 32 else 2 if rows <= 64 else 5
     ax.set_yticks(range(0, rows, step), [str(b) for b in grid.blocks[::step]] if first else [])
     ax.tick_params(axis="y", labelsize=7, length=2)
-    ax.set_xticks(range(len(grid.types)), short_labels(grid.types), rotation=90, fontsize=7)
+    rotation = 90 if len(grid.types) > 1 else 0
+    ax.set_xticks(range(len(grid.types)), short_labels(grid.types), rotation=rotation, fontsize=7)
     if first:
         ax.set_ylabel("block (layer)", fontsize=8)
 
@@ -94,7 +95,7 @@ def units_figure(scores: Sequence[LayerScores], labels: Sequence[str], fraction:
         wrap(
             f"{len(scores)} runs of {scores[0].model_id}: colour = rank; outlined: "
             f"the run's top {100 * fraction:g}% (k = {k} of {n}); last panel: outlined where "
-            f"all {runs} runs agree ({len(everywhere)} units)",
+            f"all {runs} runs agree ({len(everywhere)} unit{'' if len(everywhere) == 1 else 's'})",
             ncols * width + 1.6,
             9,
         ),

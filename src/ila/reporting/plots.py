@@ -236,7 +236,8 @@ def block_figure(scores: LayerScores, marks: UnitMarks | None = None) -> Any:
         ax.axvspan(i - 0.5, i + 0.5, color="#f2f4f7", zorder=0)
     xs, ys, hit = _block_points(grid, marks.names if marks is not None else frozenset())
     what = "block" if grid.types == ["block"] else "unit"
-    ax.scatter(xs[~hit], ys[~hit], s=14, color="#9aa5b1", label=f"other {what}", zorder=2)
+    label = what if marks is None else f"other {what}"
+    ax.scatter(xs[~hit], ys[~hit], s=14, color="#9aa5b1", label=label, zorder=2)
     if marks is not None and hit.any():
         frozen = marks.kind == "frozen"
         ax.scatter(xs[hit], ys[hit], s=26 if frozen else 18, marker="x" if frozen else "o",

@@ -120,7 +120,11 @@ def gate_figure(
     steps = np.arange(values.shape[0])
     panels = 2 if len(stage2_loss) else 1
     fig, axes = plt.subplots(
-        1, panels, figsize=(6.5 * panels, 4.4), squeeze=False, width_ratios=[3, 2][:panels]
+        1,
+        panels,
+        figsize=(6.5 if panels == 1 else 11.0, 4.6),
+        squeeze=False,
+        width_ratios=[3, 2][:panels],
     )
     ax = axes[0][0]
     for j in range(values.shape[1]):

@@ -55,13 +55,6 @@ class UnitGrid:
     values: Any
     """rows x columns importances (numpy), NaN where there is no unit."""
 
-    def cell(self, name: str) -> tuple[int, int]:
-        """(row, column) of unit ``name``."""
-        for i, row in enumerate(self.names):
-            if name in row:
-                return i, row.index(name)
-        raise KeyError(name)
-
 
 def unit_grid(scores: LayerScores, values: dict[str, float] | None = None) -> UnitGrid:
     """The grid of ``scores``; cells hold ``values`` (by unit name) or the importances.

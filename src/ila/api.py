@@ -510,7 +510,7 @@ def compare(
             overwrite=overwrite,
             command="compare",
         ) as tmp:
-            write_comparison_report(comparison, tmp)
+            write_comparison_report(comparison, tmp, scores=[r.scores for r in loaded])
     return comparison
 
 

@@ -596,7 +596,7 @@ def _report_parser(sub: Any) -> None:
         help="one self-contained HTML page (and markdown) describing a finished run",
         description="Build report.html (opens from the file, no server), report.md and its "
         "figures from a finished 'ila score' or 'ila run' directory: stage-1 loss with T, "
-        "stage-2 gates, unit heatmap, block bars, selection, fine-tune and evaluation "
+        "stage-2 gates, unit heatmap, block plot, selection, fine-tune and evaluation "
         "metrics, versions and the command that reproduces the run.",
     )
     p.add_argument("run", type=Path, help="a finished run directory")

@@ -152,7 +152,9 @@ _COMMON: dict[str, Any] = {
     LOCK_FILE: None,
 }
 REPORT_ENTRIES: dict[str, frozenset[str]] = {
-    "compare": frozenset({COMPARISON_FILE, "comparison.md", "pairwise.png", "overlap_curves.png"}),
+    "compare": frozenset(
+        {COMPARISON_FILE, "comparison.md", "pairwise.png", "overlap_curves.png", "units.png"}
+    ),
     "report": frozenset(
         {
             "report.html",

@@ -6,10 +6,10 @@ display. ``write_score_report`` is the report every score run writes; ``ila repo
 the larger ones.
 """
 
-from ila.reporting.plots import plot_block_bars, plot_unit_heatmap
+from ila.reporting.plots import plot_blocks, plot_unit_heatmap
 from ila.reporting.tables import ranking_markdown
 
-__all__ = ["plot_block_bars", "plot_unit_heatmap", "ranking_markdown", "write_score_report"]
+__all__ = ["plot_blocks", "plot_unit_heatmap", "ranking_markdown", "write_score_report"]
 
 
 def write_score_report(scores, output_dir) -> list:
@@ -21,7 +21,7 @@ def write_score_report(scores, output_dir) -> list:
     out = Path(output_dir)
     atomic_write_text(out / "ranking.md", ranking_markdown(scores))
     paths = [out / "ranking.md", out / "blocks.png"]
-    plot_block_bars(scores, out / "blocks.png")
+    plot_blocks(scores, out / "blocks.png")
     if scores.unit_kind == "module":
         plot_unit_heatmap(scores, out / "heatmap.png")
         paths.append(out / "heatmap.png")

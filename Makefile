@@ -8,7 +8,8 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format bench bench-levers clean browser
+.PHONY: install demo test test-fast lint format docs bench bench-levers clean browser \
+	device-check device-check-dry-run
 
 install: $(STAMP)
 
@@ -38,6 +39,10 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format src tests benchmarks scripts examples
 	$(VENV)/bin/ruff check --fix src tests benchmarks scripts examples
+
+# docs/cli.md, the flag reference, from the parser (tests/test_cli_reference.py fails when stale).
+docs: install
+	$(PY) scripts/gen_cli_reference.py
 
 # Benchmarks write their sections of docs/results.md (several hours on a 2-core CPU in all;
 # bench_overlap and bench_quality reuse the finished runs in their work dirs).
@@ -94,6 +99,16 @@ bench-levers: install
 	$(OFFLINE) $(PY) benchmarks/bench_levers.py --work-dir runs/bench-levers --threads 1 \
 		--levers default shared H0.25 default@2T mean-update-T..2T
 	$(OFFLINE) $(PY) benchmarks/bench_existing.py --seeds 0 1 2 --threads 1
+
+# The prepared GPU check (docs/distributed.md): on a CUDA machine whose python3 has torch,
+# transformers, peft and accelerate (no venv, no network; the missing wheels come from
+# scripts/fetch_device_wheels.sh, run where there is network). Its CPU rehearsal uses the venv.
+DEVICE_CHECK_ARGS ?=
+device-check:
+	PYTHON=$(PYTHON) scripts/device_check.sh $(DEVICE_CHECK_ARGS)
+
+device-check-dry-run: install
+	PYTHON=$(PY) scripts/device_check.sh --dry-run $(DEVICE_CHECK_ARGS)
 
 # Debian's Chromium for the headless-browser test of `ila report` (tests/test_report.py);
 # installed only when missing (needs root and Debian's apt, as on CI).

@@ -197,8 +197,7 @@ class Stage2Runner:
 
         from ila.config import LoraSettings
         from ila.core.lora import add_lora
-        from ila.scorers.base import ScoringContext
-        from ila.scorers.ila import run_stage2
+        from ila.scorers.existing import learn_stage2
 
         features, fingerprint = self._features(data)
         loaded = [load_file(str(path)) for path in files]
@@ -219,22 +218,20 @@ class Stage2Runner:
             peft_model = add_lora(self.model, self.layer_map.units, LoraSettings(), seed=0)
             weights = {n: torch.stack([w[n] for w in loaded]).mean(0) for n in loaded[0]}
             set_peft_model_state_dict(peft_model, weights)
-        out.mkdir(parents=True, exist_ok=True)
-        ctx = ScoringContext(
-            model=peft_model,
-            tokenizer=self.tokenizer,
-            layer_map=self.layer_map,
-            model_id="smollm2-135m",
-            train_features=features,
-            collator=self.collator,
-            config=config,
-            output_dir=out,
-            data_fingerprint=fingerprint,
-        )
-        torch.manual_seed(seed)
         start = time.perf_counter()
         try:
-            summary = run_stage2(ctx, peft_model, deltas=deltas)
+            summary = learn_stage2(
+                peft_model,
+                tokenizer=self.tokenizer,
+                layer_map=self.layer_map,
+                train_features=features,
+                config=config,
+                output_dir=out,
+                data_fingerprint=fingerprint,
+                model_id="smollm2-135m",
+                deltas=deltas,
+                seed=seed,
+            )
         finally:
             if deltas is None:
                 self.model = peft_model.unload()

@@ -75,11 +75,8 @@ def learn_gates(
 ) -> dict[str, Any]:
     """Stage 2 on ``run``'s adapter with the run's settings, ``stage2`` overrides and
     training seed ``seed``; returns the stage-2 summary (``gates``, ``seconds``, ...)."""
-    import torch
-
-    from ila.data import PaddingCollator, data_fingerprint
-    from ila.scorers.base import ScoringContext
-    from ila.scorers.ila import run_stage2
+    from ila.data import data_fingerprint
+    from ila.scorers.existing import learn_stage2
 
     base = run.config
     config = dataclasses.replace(
@@ -87,17 +84,14 @@ def learn_gates(
         stage2=dataclasses.replace(base.stage2, **stage2),
         train=dataclasses.replace(base.train, seed=seed),
     )
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = ScoringContext(
-        model=run.model,
+    return learn_stage2(
+        run.model,
         tokenizer=run.tokenizer,
         layer_map=run.layer_map,
-        model_id=config.model.model,
         train_features=features if features is not None else run.features(),
-        collator=PaddingCollator(run.tokenizer.pad_token_id),
         config=config,
         output_dir=out,
         data_fingerprint=data_fingerprint(run.train_examples),
+        model_id=config.model.model,
+        seed=seed,
     )
-    torch.manual_seed(seed)
-    return run_stage2(ctx, run.model)

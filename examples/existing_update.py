@@ -1,5 +1,5 @@
 """Rank the fine-tune you already have, three ways, on the embedded model (a few minutes on
-a laptop CPU). README, "Rank the fine-tune you already have"; docs/method.md, "ILA on an
+a laptop CPU). docs/usage.md, "Rank the fine-tune you already have"; docs/method.md, "ILA on an
 update you already have".
 
 1. A plain peft LoRA fine-tune in a plain transformers Trainer, ranked by ila.IlaCallback

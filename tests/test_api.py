@@ -107,7 +107,7 @@ def test_score_select_finetune_evaluate_compare_export_plan(tiny_model_dir, tmp_
 
 @pytest.mark.slow
 def test_example_script_runs(tmp_path, embedded_cache):
-    """examples/python_api.py, the README's "Python" example, at its --quick size."""
+    """examples/python_api.py, the "Python" example of docs/usage.md, at its --quick size."""
     out = subprocess.run(
         [sys.executable, str(REPO / "examples" / "python_api.py"), "--quick", str(tmp_path)],
         capture_output=True,
@@ -179,7 +179,7 @@ def test_a_loaded_model_is_a_model(tiny_llama, tiny_tokenizer, tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_existing_update_example_runs(tmp_path, embedded_cache):
-    """examples/existing_update.py, the README's "Rank the fine-tune you already have"."""
+    """examples/existing_update.py, docs/usage.md, "Rank the fine-tune you already have"."""
     out = subprocess.run(
         [sys.executable, str(REPO / "examples" / "existing_update.py"), str(tmp_path)],
         capture_output=True,

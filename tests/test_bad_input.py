@@ -491,9 +491,10 @@ def test_overwrite_replaces_the_other_run(finished_run, tiny_model_dir, tmp_path
     fails(argv, capsys, "holds files ila did not write (notes.txt)", "move them out")
     assert tree(copy) == before
     (copy / "notes.txt").unlink()
-    (copy / "adapter" / "stale.bin").write_text("from the old run")  # inside an ila entry
+    (copy / "adapter" / "stale.bin").write_text("not written by ila")  # inside an ila entry
+    fails(argv, capsys, "holds files ila did not write (adapter/stale.bin)")
+    (copy / "adapter" / "stale.bin").unlink()
     assert main(["-q", *argv]) == 0
-    assert not (copy / "adapter" / "stale.bin").exists()
     assert json.loads((copy / "selection.json").read_text())["value"] == [1]
 
 

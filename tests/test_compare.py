@@ -213,6 +213,7 @@ def test_cli_writes_every_output(tmp_path, capsys):
         "comparison.md",
         "overlap_curves.png",
         "pairwise.png",
+        "units.png",
     ]
     data = json.loads((out / "comparison.json").read_text())
     expected = compare_scores([LayerScores.load(r) for r in runs], ["data0", "data1", "data2"])
@@ -254,7 +255,8 @@ def test_cli_writes_every_output(tmp_path, capsys):
     assert "A Jaccard is not the share" in markdown
     from matplotlib.image import imread
 
-    for name in ("pairwise.png", "overlap_curves.png"):
+    assert "top 25% outlined" in markdown and "](units.png)" in markdown
+    for name in ("pairwise.png", "overlap_curves.png", "units.png"):
         image = imread(out / name)
         assert image.shape[0] > 200 and image.shape[1] > 300
         assert image[..., :3].std() > 0.05  # drawn, not a blank canvas
@@ -299,6 +301,9 @@ def test_cli_refusals_write_nothing(tmp_path, capsys):
     assert main(["compare", *map(str, runs), "--output-dir", str(out), "--overwrite"]) == 0
     assert (out / "comparison.json").is_file()
     assert (out / "comparison.md").read_text() != "an older comparison"
+    # A comparison ila wrote, every figure included, is replaced again.
+    assert (out / "units.png").is_file()
+    assert main(["compare", *map(str, runs), "--output-dir", str(out), "--overwrite"]) == 0
 
 
 def test_load_runs_reads_directories_and_files(tmp_path):

@@ -16,7 +16,8 @@ from ila.core.layers import find_layers
 from ila.core.scores import LayerScores, UnitScore
 from ila.errors import IlaError
 from ila.model.identity import model_fingerprint
-from ila.rundir import atomic_write_json, require_same_model
+from ila.files import atomic_write_json
+from ila.rundir import RunDir
 
 
 def test_a_pipe_or_a_device_as_data_is_named_for_what_it_is(tiny_model_dir, tmp_path, capsys):
@@ -46,7 +47,7 @@ def test_resume_with_another_model_does_not_offer_a_flag_score_lacks(
     record = {"completed_stages": [], "model_fingerprint": model_fingerprint(str(other)).to_dict()}
     atomic_write_json(run / "run_state.json", record)
     with pytest.raises(IlaError, match="was made with another model") as caught:
-        require_same_model(run, model_fingerprint(str(tiny_model_dir)))
+        RunDir(run).require_same_model(model_fingerprint(str(tiny_model_dir)))
     assert "--allow-other-model" not in str(caught.value)
 
 

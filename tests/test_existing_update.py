@@ -257,3 +257,38 @@ def test_an_adapter_is_ranked_under_dpo_and_cli_refusals_name_flags(
     argv = ["score", "--model", str(tiny_model_dir), "--from-model", str(tmp_path / "nope")]
     fails([*argv, "--output-dir", str(refused), *tiny], capsys, "--from-model", "does not exist")
     assert not refused.exists()
+
+
+def test_learn_stage2_is_the_runs_own_stage2(own_run, tiny_model_dir, tmp_path):
+    """The library call the benchmarks use gives, on a run's stage-1 adapter with the run's
+    settings and features, the gates that run's stage 2 learned."""
+    from peft import PeftModel
+
+    from ila.api import make_config
+    from ila.config import ScoreConfig
+    from ila.core.layers import find_layers
+    from ila.data import load_split, tokenize_examples
+    from ila.model.loading import load_model
+    from ila.scorers.existing import learn_stage2
+
+    config = make_config(ScoreConfig, own_run.output_dir / "config.yaml")
+    model, tokenizer = load_model(str(tiny_model_dir), device="cpu")
+    layer_map = find_layers(model)
+    peft_model = PeftModel.from_pretrained(model, own_run.output_dir / "stage1" / "adapter")
+    _, train, _ = load_split(config.data)
+    features = tokenize_examples(train, tokenizer, max_length=64).features
+    summary = learn_stage2(
+        peft_model,
+        tokenizer=tokenizer,
+        layer_map=layer_map,
+        train_features=features,
+        config=config,
+        output_dir=tmp_path / "s2",
+        data_fingerprint="x",
+        seed=config.train.seed,
+    )
+    recorded = json.loads((own_run.output_dir / "stage2" / "summary.json").read_text())
+    assert summary["gate_names"] == recorded["gate_names"]
+    assert summary["gates"] == pytest.approx(recorded["gates"], abs=1e-5)
+    assert summary["raw_scores"] == pytest.approx(recorded["raw_scores"], abs=1e-5)
+    assert (tmp_path / "s2" / "stage2" / "summary.json").is_file()

@@ -16,8 +16,10 @@ import pytest
 
 from ila.cli import main
 from ila.core.scores import LayerScores
+from ila.reporting.figures import pyplot
+from ila.reporting.plots import heatmap_figure
 from ila.reporting.run_record import load_run_record
-from ila.reporting.run_report import reproduce_command
+from ila.reporting.run_report import reproduce_command, selection_marks
 
 TINY = [
     "--max-length", "64",
@@ -112,9 +114,32 @@ def test_report_content_comes_from_the_run_files(full_run, full_report):
     assert (full_report / "ranking.md").read_text().count("| `layers.") == len(scores.units)
 
 
+def test_report_figures_mark_the_runs_selection_and_name_their_scale(full_run, full_report):
+    record = load_run_record(full_run)
+    selection = json.loads((full_run / "selection.json").read_text())
+    marks = selection_marks(record)
+    assert marks.kind == "tuned" and marks.names == set(selection["selected"])
+    n, k = len(record.scores.units), len(selection["selected"])
+    assert marks.label == f"tuned: top 25% ({k} of {n} units)"
+    figure = heatmap_figure(record.scores, marks)
+    outlined = {p.get_gid().split(":", 2)[2] for p in figure.axes[0].patches}
+    assert outlined == set(selection["selected"])
+    low = min(u.importance for u in record.scores.units)
+    assert figure.axes[0].images[0].norm.vmin == pytest.approx(low)
+    pyplot().close(figure)
+    markdown = (full_report / "report.md").read_text()
+    captions = [line for line in markdown.splitlines() if line.startswith("![")]
+    heatmap = next(c for c in captions if c.endswith("(heatmap.png)"))
+    blocks = next(c for c in captions if c.endswith("(blocks.png)"))
+    for caption in (heatmap, blocks):
+        assert "(lowest)" in caption and "(highest), not to 0-1" in caption
+        assert f"tuned: top 25% ({k} of {n} units)" in caption
+
+
 def test_report_of_a_score_run_has_no_run_sections(score_run, tmp_path):
     out = tmp_path / "report"
     assert main(["report", str(score_run), "--output-dir", str(out)]) == 0
+    assert "Marked" not in (out / "report.md").read_text()  # no selection to mark
     page = (out / "report.html").read_text()
     for anchor in SECTIONS:
         assert f'<section id="{anchor}">' in page

@@ -5,14 +5,8 @@ import json
 import pytest
 
 from ila.errors import IlaError
-from ila.rundir import (
-    atomic_directory,
-    atomic_write_json,
-    mark_stage,
-    prepare_output_dir,
-    read_run_state,
-    release_run_lock,
-)
+from ila.files import atomic_directory, atomic_write_json
+from ila.rundir import RunDir, prepare_output_dir, read_run_state, release_run_lock
 
 
 def test_atomic_write_json_refuses_nan_and_leaves_nothing(tmp_path):
@@ -46,8 +40,8 @@ def test_prepare_refuses_an_occupied_dir_unless_overwrite(tmp_path):
 def test_run_state_records_completed_stages(tmp_path):
     out = prepare_output_dir(tmp_path / "run", command="run")
     assert read_run_state(out)["completed_stages"] == []
-    mark_stage(out, "score")
-    mark_stage(out, "score")
+    RunDir(out).mark("score")
+    RunDir(out).mark("score")
     state = json.loads((out / "run_state.json").read_text())
     assert state["command"] == "run" and state["completed_stages"] == ["score"]
 

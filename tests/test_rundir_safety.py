@@ -21,13 +21,7 @@ import pytest
 from conftest import fails, tree
 from ila.cli import main
 from ila.errors import IlaError
-from ila.rundir import (
-    LOCK_FILE,
-    check_output_dir,
-    prepare_output_dir,
-    release_run_lock,
-    run_lock,
-)
+from ila.rundir import LOCK_FILE, check_output_dir, prepare_output_dir, release_run_lock, run_lock
 
 TINY_RUN = ["--limit", "24", "--max-length", "64", "--batch-size", "4", "--device", "cpu"]
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -62,7 +56,7 @@ def test_overwrite_refuses_a_run_with_files_ila_did_not_write(tmp_path):
     (run / "my-notes.md").write_text("keep me")
     (run / "plots").mkdir()
     before = tree(run)
-    with pytest.raises(IlaError, match=r"holds files ila did not write \(my-notes.md, plots\)"):
+    with pytest.raises(IlaError, match=r"holds files ila did not write \(my-notes.md, plots/\)"):
         prepare_output_dir(run, command="score", overwrite=True)
     assert tree(run) == before
 
@@ -134,14 +128,48 @@ def test_overwrite_deletes_only_what_ila_wrote(tmp_path):
     (outside / "precious.txt").write_text("x")
     (run / "report").symlink_to(outside, target_is_directory=True)  # a known name, a link
     (run / ".layer_scores.json.abc123.tmp").write_text("{")  # an interrupted atomic write
+    # ila never writes a link: one at a known name is the user's, and is refused.
+    with pytest.raises(IlaError, match=r"holds files ila did not write \(report\)"):
+        prepare_output_dir(run, command="score", overwrite=True)
+    (run / "report").unlink()
     prepare_output_dir(run, command="score", overwrite=True)
     try:
         assert sorted(p.name for p in run.iterdir()) == [LOCK_FILE, "run_state.json"]
-        assert (outside / "precious.txt").is_file()  # the link was removed, not followed
+        assert (outside / "precious.txt").is_file()
         assert json.loads((run / "run_state.json").read_text())["completed_stages"] == []
     finally:
         release_run_lock(run)
     assert sorted(p.name for p in run.iterdir()) == ["run_state.json"]
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        "report/my_notes.md",
+        "stage1/my_extra.txt",
+        "stage2/trainer/notes/",
+        "stage1/adapter/edited_by_hand.safetensors.bak",
+        "seeds/seed-0/stage1/summary.json.orig",
+    ],
+)
+def test_overwrite_refuses_user_files_at_any_depth(tmp_path, planted):
+    """PA9: a name ila does not write inside ila's own folders is refused, not deleted."""
+    run = a_run(tmp_path / "run")
+    (run / "seeds" / "seed-0" / "stage1").mkdir(parents=True)
+    (run / "stage1" / "adapter").mkdir()
+    (run / "stage2" / "trainer" / "checkpoint-20").mkdir(parents=True)
+    (run / "stage2" / "trainer" / "checkpoint-20" / "optimizer.pt").write_bytes(b"x")
+    path = run / planted
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if planted.endswith("/"):
+        path.mkdir()
+        (path / "a.txt").write_text("the user's")  # a folder of theirs is named as one
+    else:
+        path.write_text("the user's")
+    before = tree(run)
+    with pytest.raises(IlaError, match=f"holds files ila did not write \\({planted}\\)"):
+        prepare_output_dir(run, command="score", overwrite=True)
+    assert tree(run) == before
 
 
 def test_compare_overwrite_replaces_only_report_files(tmp_path, capsys):

@@ -29,7 +29,7 @@ def _env() -> dict[str, str]:
 def test_torch_save_past_the_file_size_limit_is_a_storage_failure(tmp_path):
     code = (
         "import sys, torch\n"
-        "from ila.rundir import storage_failure\n"
+        "from ila.files import storage_failure\n"
         "try:\n"
         "    torch.save({'w': torch.zeros(100_000)}, sys.argv[1])\n"
         "except Exception as exc:\n"

@@ -169,7 +169,7 @@ def data_source(data: DataArgument) -> str | None:
     memory (a list of dicts, or a ``datasets.Dataset``) are written once to a JSONL file
     named by their content under ``<ila cache>/data/`` (the cache of ila.model.loading), so the
     run's config.yaml names a file that ``--resume`` and the reproduce command can read.
-    The rows must be in one of the formats a file may hold (docs: README, "Data").
+    The rows must be in one of the formats a file may hold (docs/usage.md, "Data").
     """
     if data is None or isinstance(data, (str, Path)):
         return None if data is None else str(data)
@@ -185,8 +185,8 @@ def data_source(data: DataArgument) -> str | None:
     import hashlib
     import json
 
+    from ila.files import atomic_write_text
     from ila.model.loading import cache_dir
-    from ila.rundir import atomic_write_text
 
     try:
         lines = "".join(json.dumps(dict(row), ensure_ascii=False) + "\n" for row in rows)
@@ -328,8 +328,7 @@ def select(
     if output is not None:
         target = Path(output)
         target = target / SELECTION_FILE if target.is_dir() or not target.suffix else target
-        if target.exists() and not overwrite:
-            raise IlaError(f"{target} exists; pass --overwrite or another --output-dir")
+        _check_selection_target(target, overwrite)
     selection = select_units(
         LayerMap.from_dict(scores.layout),
         scores=scores,
@@ -340,9 +339,25 @@ def select(
         scores_file=scores_file,
     )
     if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        selection.save(target)
+        from ila.rundir import RunDir
+
+        # Under the folder's lock (a run there may be writing it), checked again.
+        with RunDir(target.parent).locked("select"):
+            _check_selection_target(target, overwrite)
+            selection.save(target)
     return selection
+
+
+def _check_selection_target(target: Path, overwrite: bool) -> None:
+    """Refuse a selection.json target that exists (unless ``overwrite``), is a folder, or
+    lies in a folder that is a file or cannot be written."""
+    from ila.rundir import check_writable
+
+    if target.is_dir():
+        raise IlaError(f"{target} is a directory; pass a file name or its folder")
+    if target.exists() and not overwrite:
+        raise IlaError(f"{target} exists; pass --overwrite or another --output-dir")
+    check_writable(target.parent)
 
 
 @_speaks_settings
@@ -543,7 +558,7 @@ def compare(
             overwrite=overwrite,
             command="compare",
         ) as tmp:
-            write_comparison_report(comparison, tmp)
+            write_comparison_report(comparison, tmp, scores=[r.scores for r in loaded])
     return comparison
 
 
@@ -578,7 +593,7 @@ def export(
     from ila.analysis.exports import export_selection
     from ila.core.layers import LayerMap
     from ila.core.selection import Selection
-    from ila.rundir import atomic_write_text
+    from ila.files import atomic_write_text
 
     if not isinstance(selection, Selection):
         selection = Selection.load(Path(selection))

@@ -621,7 +621,7 @@ def _report_parser(sub: Any) -> None:
         help="one self-contained HTML page (and markdown) describing a finished run",
         description="Build report.html (opens from the file, no server), report.md and its "
         "figures from a finished 'ila score' or 'ila run' directory: stage-1 loss with T, "
-        "stage-2 gates, unit heatmap, block bars, selection, fine-tune and evaluation "
+        "stage-2 gates, unit heatmap, block plot, selection, fine-tune and evaluation "
         "metrics, versions and the command that reproduces the run.",
     )
     p.add_argument("run", type=Path, help="a finished run directory")
@@ -691,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     # peft 0.21 calls an API that transformers 5 deprecates; not actionable for users.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
-    from ila.rundir import is_main_process
+    from ila.train.parallel import is_main_process
 
     # Under torchrun / accelerate every rank runs this; only rank 0 prints results.
     quiet_rank = (
@@ -709,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ila: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except Exception as exc:
-        from ila.rundir import storage_failure
+        from ila.files import storage_failure
 
         reason = storage_failure(exc)
         if reason is None:

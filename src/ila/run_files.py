@@ -1,7 +1,7 @@
 """The names of the files ila writes, and the schema versions of its JSON records.
 
 One place for them, so that writers and readers cannot drift apart. A run directory
-(README, "Run directories") holds, by command:
+(docs/rundirs.md) holds, by command:
 
 - every job: ``config.yaml`` (every resolved setting), ``environment.json`` (versions,
   hardware, the training precision), ``run_state.json`` (completed stages, the model's

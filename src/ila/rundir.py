@@ -1,27 +1,29 @@
-"""The run directory contract: every command writes only under its ``--output-dir``.
+"""The run directory: one object, :class:`RunDir`, owns its layout, its lock and its rules.
 
-Files are written atomically (temporary file in the same directory, then ``os.replace``),
-so a crash never leaves a half-written artifact that looks complete. A run directory holds
-``run_state.json`` describing which stages have completed; a directory that holds another
-run is refused unless ``overwrite`` is set.
+Every command writes only under its ``--output-dir``. A run directory holds
+``run_state.json`` (the command, the completed stages, the model's fingerprint); files are
+written atomically (:mod:`ila.files`), so a crash never leaves a half-written artifact that
+looks complete.
 
-``overwrite`` is safe: it replaces only a directory that holds an ila run (its
-``run_state.json``) or, for ``ila compare`` / ``ila report``, only ila's report files, and it
-deletes only the entries ila writes there (:data:`RUN_ENTRIES`). It refuses, before anything
-is loaded or deleted, the current, home and root directories, a symlink, a directory that
-contains the job's own inputs and a directory holding anything else.
-
-While a job runs, its main process holds an exclusive ``fcntl.flock`` on ``.ila.lock`` in
-the run directory (pid and command written into it); a second job into the same directory
-is refused. The file is deleted when the job ends; the operating system releases the lock
-when the process ends, however it ends (a file left by a killed job locks nothing).
+- **Layout.** :class:`RunDir`'s properties name every file and folder ila writes; the names
+  themselves live in :mod:`ila.run_files`. :data:`RUN_LAYOUT` lists, for each command, every
+  name ila writes at every depth (Trainer checkpoints, adapters, nested runs included).
+- **Overwrite.** ``--overwrite`` replaces only a directory that holds an ila run (or, for
+  ``ila compare`` / ``ila report``, only ila's report files), and deletes only what ila
+  wrote there. It refuses, before anything is loaded or deleted, the current, home and root
+  directories, a symlink, a directory that contains the job's own inputs, and a directory
+  holding any name ila does not write, at any depth (the refusal lists them).
+- **Lock.** While a job writes a directory, its main process holds an exclusive
+  ``fcntl.flock`` on ``.ila.lock`` there (pid and command line written into it); a second
+  job into the same directory is refused. :meth:`RunDir.open` and :meth:`RunDir.locked`
+  release it when their block ends (unless this process held it before the block began).
+  The operating system releases it when the process ends, however it ends.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import functools
+import fnmatch
 import json
 import logging
 import os
@@ -29,12 +31,12 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Union
 
 try:
     import fcntl
@@ -44,84 +46,114 @@ except ImportError:  # Windows: no flock; runs there are not locked
 import yaml
 
 from ila.errors import IlaError
-from ila.model.identity import ModelFingerprint, check_same_model
+from ila.files import atomic_write_json, file_mode, now, read_json, write_yaml
 from ila.run_files import (
+    BASE_MODEL_FILE,
+    CHECKPOINT_STATE_FILE,
+    COMPARISON_FILE,
     CONFIG_FILE,
     DATA_FILE,
     ENVIRONMENT_FILE,
+    EVAL_FILE,
+    EVAL_VARIANTS_FILE,
+    EVAL_VARIANTS_FILE_BEFORE,
     FINETUNE_SUMMARY_FILE,
+    GATE_TRAJECTORY_FILE,
+    GENERATIONS_FILE,
     LOCK_FILE,
     LOG_FILE,
     METRICS_FILE,
     RUN_STATE_FILE,
+    SCORES_FILE,
     SELECTION_FILE,
+    STAGE_SUMMARY_FILE,
 )
+from ila.train.parallel import is_main_process
 
 __all__ = [
     "LOCK_FILE",
     "REPORT_ENTRIES",
     "RUN_ENTRIES",
+    "RUN_LAYOUT",
     "RUN_STATE_FILE",
-    "append_jsonl",
-    "atomic_directory",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_write_text",
+    "RunDir",
     "check_output_dir",
+    "check_writable",
     "collect_environment",
-    "is_main_process",
+    "foreign_entries",
     "log_to_file",
-    "mark_stage",
     "prepare_output_dir",
-    "read_json",
     "read_run_state",
-    "record_model",
     "release_run_lock",
+    "remove_ila_entries",
+    "replaceable_layout",
     "require_resumable",
-    "require_same_model",
-    "require_schema_version",
-    "run_directory",
     "run_lock",
-    "runs_locked",
-    "storage_failure",
-    "write_environment",
-    "write_yaml",
 ]
 
+# -- the layout: every name ila writes, at every depth ---------------------------------------
 
-# Every top-level name ila writes into a run directory, per command (the command recorded
-# in run_state.json). --overwrite deletes these and nothing else.
-_COMMON_ENTRIES = frozenset(
-    {RUN_STATE_FILE, CONFIG_FILE, ENVIRONMENT_FILE, LOG_FILE, METRICS_FILE, LOCK_FILE}
-)
-_SCORE_ENTRIES = _COMMON_ENTRIES | {
-    DATA_FILE,
-    "stage1",
-    "stage2",
-    "layer_scores.json",
-    "report",
-    "seeds",
-    SELECTION_FILE,  # `ila select RUN` writes it beside the scores
+# A layout maps a name pattern (fnmatch, one path segment) to what may be under it: None for
+# a file, a nested layout for a folder, ANY for a folder of a library's own sharded format
+# (FSDP's distributed checkpoints, DeepSpeed's global_step folders, TensorBoard's events).
+ANY = "any"
+Layout = Mapping[str, Union["Layout", str, None]]
+
+_PEFT_ADAPTER = {
+    "README.md": None,
+    "adapter_config.json": None,
+    "adapter_model.safetensors": None,
+    "adapter_model.bin": None,
+    BASE_MODEL_FILE: None,
 }
-RUN_ENTRIES: dict[str, frozenset[str]] = {
-    "score": _SCORE_ENTRIES,
-    "score-member": _SCORE_ENTRIES,
-    "run": _SCORE_ENTRIES | {"finetune", "finetune-all-units", "eval"},
-    "finetune": _COMMON_ENTRIES
-    | {
-        SELECTION_FILE,
-        "trainer",
-        "adapter",
-        "changed_weights",
-        "merged",
-        FINETUNE_SUMMARY_FILE,
-    },
-    "eval": _COMMON_ENTRIES | {"eval_results.json", "generations.jsonl"},
+# What save_pretrained of a model and its tokenizer writes (merged/, full-weight checkpoints).
+_MODEL_FILES = {
+    "config.json": None,
+    "generation_config.json": None,
+    "model.safetensors": None,
+    "model-*-of-*.safetensors": None,
+    "model.safetensors.index.json": None,
+    "pytorch_model*.bin": None,
+    "pytorch_model.bin.index.json": None,
+    "tokenizer.json": None,
+    "tokenizer_config.json": None,
+    "special_tokens_map.json": None,
+    "chat_template.jinja": None,
+    "chat_template.json": None,
+    "vocab.json": None,
+    "merges.txt": None,
+    "tokenizer.model": None,
+    "added_tokens.json": None,
 }
-# `ila compare` and `ila report` write a directory of report files (no run_state.json).
+_CHECKPOINT = {
+    **_PEFT_ADAPTER,
+    **_MODEL_FILES,
+    CHECKPOINT_STATE_FILE: None,
+    "trainer_state.json": None,
+    "training_args.bin": None,
+    "optimizer.pt": None,
+    "optimizer.bin": None,
+    "scheduler.pt": None,
+    "scaler.pt": None,
+    "rng_state*.pth": None,
+    "latest": None,
+    "zero_to_fp32.py": None,
+    "pytorch_model_fsdp_*": ANY,
+    "optimizer_*": ANY,
+    "global_step*": ANY,
+}
+_TRAINER = {"checkpoint-*": _CHECKPOINT}
+_COMMON: dict[str, Any] = {
+    RUN_STATE_FILE: None,
+    CONFIG_FILE: None,
+    ENVIRONMENT_FILE: None,
+    LOG_FILE: None,
+    METRICS_FILE: None,
+    LOCK_FILE: None,
+}
 REPORT_ENTRIES: dict[str, frozenset[str]] = {
     "compare": frozenset(
-        {"comparison.json", "comparison.md", "pairwise.png", "overlap_curves.png"}
+        {COMPARISON_FILE, "comparison.md", "pairwise.png", "overlap_curves.png", "units.png"}
     ),
     "report": frozenset(
         {
@@ -135,142 +167,343 @@ REPORT_ENTRIES: dict[str, frozenset[str]] = {
         }
     ),
 }
-_TRACKED_PACKAGES = (
-    "ila",
-    "torch",
-    "transformers",
-    "peft",
-    "accelerate",
-    "datasets",
-    "safetensors",
-    "tokenizers",
-    "gguf",
-    "numpy",
-)
+"""The files `ila compare` and `ila report` write into their output directory."""
+
+_STAGE = {
+    STAGE_SUMMARY_FILE: None,
+    GATE_TRAJECTORY_FILE: None,
+    "adapter": _PEFT_ADAPTER,
+    "deltas": {"*.safetensors": None, "*.json": None},
+    "trainer": _TRAINER,
+    "tensorboard": ANY,
+}
+_SCORE: dict[str, Any] = {
+    **_COMMON,
+    DATA_FILE: None,
+    SCORES_FILE: None,
+    SELECTION_FILE: None,  # `ila select RUN` writes it beside the scores
+    "stage1": _STAGE,
+    "stage2": _STAGE,
+    "report": dict.fromkeys(REPORT_ENTRIES["report"]),
+}
+_FINETUNE: dict[str, Any] = {
+    **_COMMON,
+    SELECTION_FILE: None,
+    FINETUNE_SUMMARY_FILE: None,
+    "trainer": _TRAINER,
+    "tensorboard": ANY,
+    "adapter": _PEFT_ADAPTER,
+    "changed_weights": {"changed_weights.safetensors": None, BASE_MODEL_FILE: None},
+    "merged": _MODEL_FILES,
+}
+_EVAL_FILES = {EVAL_FILE: None, GENERATIONS_FILE: None}
+_SCORE["seeds"] = {"seed-*": _SCORE}
+RUN_LAYOUT: dict[str, Layout] = {
+    "score": _SCORE,
+    "score-member": _SCORE,
+    "run": {
+        **_SCORE,
+        "finetune": _FINETUNE,
+        "finetune-all-units": _FINETUNE,
+        "eval": {
+            EVAL_VARIANTS_FILE: None,
+            EVAL_VARIANTS_FILE_BEFORE: None,
+            "*": {**_COMMON, **_EVAL_FILES},
+        },
+    },
+    "finetune": _FINETUNE,
+    "eval": {**_COMMON, **_EVAL_FILES},
+}
+"""Every name ila writes in a run directory of each command (the one in run_state.json)."""
+
+RUN_ENTRIES: dict[str, frozenset[str]] = {
+    command: frozenset(layout) for command, layout in RUN_LAYOUT.items()
+}
+"""The top-level names of :data:`RUN_LAYOUT` (patterns for eval variants and seeds)."""
 
 
-def is_main_process() -> bool:
-    """True unless this is a non-zero rank of a torchrun / accelerate launch (env RANK).
+def _match(layout: Layout, name: str) -> tuple[bool, Any]:
+    """Whether ``name`` is one ila writes under ``layout``, and what may be under it."""
+    if name in layout:
+        return True, layout[name]
+    for pattern, inner in layout.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return True, inner
+    # An interrupted atomic write of a known entry: ``.<name>.<random>.tmp``.
+    if name.startswith(".") and name.endswith(".tmp"):
+        stem = name[1:].split(".")[0]
+        if any(fnmatch.fnmatchcase(stem, p.split(".")[0]) for p in layout):
+            return True, ANY
+    return False, None
 
-    Only the main process writes the run directory; the other ranks train and compute the
-    same values but leave the files to rank 0.
+
+def foreign_entries(directory: Path, layout: Layout, *, limit: int = 50) -> list[str]:
+    """The paths under ``directory`` (relative, at any depth) that ``layout`` does not list.
+
+    A file where the layout has a folder (or the reverse) counts as foreign. The walk stops
+    after ``limit`` findings. Symlinks are never followed.
     """
-    return int(os.environ.get("RANK", "0")) == 0
+    found: list[str] = []
+    stack: list[tuple[Path, Layout, str]] = [(Path(directory), layout, "")]
+    while stack and len(found) < limit:
+        folder, spec, prefix = stack.pop()
+        for path in sorted(folder.iterdir()):
+            relative = f"{prefix}{path.name}"
+            known, inner = _match(spec, path.name)
+            is_dir = path.is_dir() and not path.is_symlink()
+            if (
+                not known
+                or (inner is None and is_dir)
+                or (isinstance(inner, Mapping) and not is_dir)
+            ):
+                found.append(relative + ("/" if is_dir else ""))
+            elif isinstance(inner, Mapping):
+                stack.append((path, inner, relative + "/"))
+    return found[:limit]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+# -- the run directory ---------------------------------------------------------------------
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        # Remove the temporary file, then let the original error propagate unchanged.
-        Path(tmp).unlink(missing_ok=True)
-        raise
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory: where each artifact of a run lives, and the run's lifecycle.
 
-
-@contextlib.contextmanager
-def atomic_directory(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory that becomes ``path`` only if the block succeeds.
-
-    For artifacts written by other libraries (``save_pretrained``): a crash leaves a
-    hidden temporary directory, never a complete-looking ``path``.
+    Construct it on a path (nothing is read or written); :meth:`open` is the prologue and
+    epilogue every job shares.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
+    path: Path
 
-@contextlib.contextmanager
-def log_to_file(output_dir: Path, name: str = LOG_FILE) -> Iterator[Path]:
-    """Copy the ``ila`` loggers' records (INFO and above) into ``output_dir/name``."""
-    path = Path(output_dir) / name
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("ila")
-    previous = logger.level
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
-        yield path
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
-        handler.close()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
 
+    # -- layout (ila.run_files holds the names) --
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write UTF-8 ``text`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    @property
+    def state_file(self) -> Path:
+        return self.path / RUN_STATE_FILE
 
+    @property
+    def data(self) -> Path:
+        return self.path / DATA_FILE
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically. NaN/inf are refused, not written."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    @property
+    def environment(self) -> Path:
+        return self.path / ENVIRONMENT_FILE
 
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_FILE
 
-def write_yaml(path: Path, obj: Any) -> None:
-    """Write ``obj`` as YAML atomically (key order preserved)."""
-    atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
+    @property
+    def scores(self) -> Path:
+        return self.path / SCORES_FILE
 
+    @property
+    def selection(self) -> Path:
+        return self.path / SELECTION_FILE
 
-def read_json(path: Path) -> Any:
-    """Read a JSON file; a missing or malformed file is an :class:`IlaError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise IlaError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise IlaError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+    @property
+    def report(self) -> Path:
+        return self.path / "report"
 
+    def stage(self, number: int) -> Path:
+        """``stage1/`` or ``stage2/`` (each with ``summary.json`` and ``trainer/``)."""
+        return self.path / f"stage{number}"
 
-def require_schema_version(data: Any, expected: int, *, origin: str, command: str) -> None:
-    """Refuse a JSON artifact written under another schema version (or not a mapping)."""
-    version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != expected:
-        raise IlaError(
-            f"{origin}: schema_version {version!r} is not supported (this ila reads "
-            f"{expected}); re-run '{command}' with this version"
+    def stage_summary(self, number: int) -> Path:
+        return self.stage(number) / STAGE_SUMMARY_FILE
+
+    @property
+    def gate_trajectory(self) -> Path:
+        return self.stage(2) / GATE_TRAJECTORY_FILE
+
+    @property
+    def trainer(self) -> Path:
+        """The Trainer's checkpoints of a fine-tune run."""
+        return self.path / "trainer"
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def changed_weights(self) -> Path:
+        return self.path / "changed_weights"
+
+    @property
+    def merged(self) -> Path:
+        return self.path / "merged"
+
+    @property
+    def finetune_summary(self) -> Path:
+        return self.path / FINETUNE_SUMMARY_FILE
+
+    @property
+    def finetune(self) -> RunDir:
+        """`ila run`'s fine-tune of the selection (a finetune run directory)."""
+        return RunDir(self.path / "finetune")
+
+    @property
+    def finetune_all_units(self) -> RunDir:
+        """`ila run`'s all-units baseline (a finetune run directory)."""
+        return RunDir(self.path / "finetune-all-units")
+
+    @property
+    def evaluation(self) -> Path:
+        """`ila run`'s ``eval/`` (one folder per variant and ``variants.json``)."""
+        return self.path / "eval"
+
+    def seed(self, seed: int) -> RunDir:
+        """An ensemble member of ``--seeds`` (a score run directory)."""
+        return RunDir(self.path / "seeds" / f"seed-{seed}")
+
+    # -- state --
+    def state(self) -> dict[str, Any] | None:
+        """``run_state.json``, or None where the directory holds no run."""
+        return read_run_state(self.path)
+
+    def completed(self, stage: str) -> bool:
+        """Whether ``stage`` finished (its artifacts are complete)."""
+        return stage in (self.state() or {}).get("completed_stages", [])
+
+    def mark(self, stage: str) -> None:
+        """Record that ``stage`` finished and its artifacts are complete."""
+        state = self.state() or {"completed_stages": []}
+        if stage not in state["completed_stages"]:
+            state["completed_stages"].append(stage)
+        state["updated_at"] = now()
+        atomic_write_json(self.state_file, state)
+
+    def record_model(self, fingerprint: Any) -> None:
+        """Record which model the run uses (an ila.model.identity fingerprint), for
+        ``--resume`` to check."""
+        state = self.state() or {"completed_stages": []}
+        state["model_fingerprint"] = fingerprint.to_dict()
+        atomic_write_json(self.state_file, state)
+
+    def require_same_model(self, fingerprint: Any) -> None:
+        """``--resume``: refuse to continue a run with another model than it started with.
+
+        Runs recorded before ila wrote fingerprints are not checked.
+        """
+        from ila.model.identity import check_same_model
+
+        check_same_model(
+            (self.state() or {}).get("model_fingerprint"),
+            fingerprint,
+            what=f"--resume: the run in {self.path}",
+            hint="resume with the model the run started with, or start a new run",
+            allowable=False,  # a run continues on its own model; no flag accepts another
         )
 
+    # -- lifecycle --
+    def check(
+        self,
+        resolved: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        inputs: Iterable[str | Path | None] = (),
+        finished_stage: str | None = None,
+    ) -> None:
+        """Everything about the directory that can be refused before a model is loaded:
+        ``--resume`` with ``--overwrite``; ``--resume`` of a run that is not resumable with
+        these settings (:func:`require_resumable`); a new run into a directory it may not
+        use (:func:`check_output_dir`)."""
+        if resume and overwrite:
+            raise IlaError("--resume and --overwrite contradict each other; pass one of them")
+        if resume:
+            require_resumable(self.path, resolved, finished_stage=finished_stage)
+        elif is_main_process():
+            check_output_dir(self.path, overwrite=overwrite, inputs=inputs)
 
-def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Append rows to a JSONL log (logs are append-only; a torn last line is tolerated)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(dict(row), allow_nan=False) + "\n")
+    @contextlib.contextmanager
+    def open(
+        self,
+        command: str,
+        resolved: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        inputs: Iterable[str | Path | None] = (),
+        environment: Mapping[str, Any] | None = None,
+    ) -> Iterator[bool]:
+        """The lifecycle every job shares; yields whether this is the main process.
+
+        The main process prepares and locks the directory (:func:`prepare_output_dir`:
+        every check again under the lock, then the old run's files deleted for
+        ``overwrite``), logs into it for the duration and, for a new run, writes
+        ``config.yaml`` (``resolved``) and ``environment.json`` (with ``environment``).
+        The lock is released when the block ends, however it ends, unless this process
+        held it already (an enclosing job). Other ranks of a launch only run the block.
+        """
+        main = is_main_process()
+        with self.lock_scope():
+            if main:
+                prepare_output_dir(
+                    self.path, command=command, overwrite=overwrite, resume=resume, inputs=inputs
+                )
+            with log_to_file(self.path) if main else contextlib.nullcontext():
+                if main and not resume:
+                    write_yaml(self.config, dict(resolved))
+                    write_environment(self.path, environment)
+                yield main
+
+    @contextlib.contextmanager
+    def locked(self, command: str) -> Iterator[RunDir]:
+        """Hold the directory's lock for the block (the directory is created if missing).
+
+        For writers of single files and report folders (`ila select`, `ila compare`,
+        `ila report`), which check the directory again under the lock.
+        """
+        with self.lock_scope():
+            if is_main_process():
+                try:
+                    self.path.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise IlaError(
+                        f"--output-dir {self.path}: cannot create it ({exc.strerror})"
+                    ) from exc
+            self.lock(command)
+            yield self
+
+    def lock(self, command: str) -> None:
+        """Take the directory's lock now (main process; a no-op if this process holds it).
+        Use inside :meth:`lock_scope`, which releases it."""
+        if is_main_process():
+            run_lock(self.path, command)
+
+    @contextlib.contextmanager
+    def lock_scope(self) -> Iterator[None]:
+        """A block at whose end this process releases the directory's lock, if it took it
+        inside the block. Scopes nest: only the outermost one releases (`ila run` holds
+        its directory across scoring, selection, fine-tunes and evaluation)."""
+        key = self.path.resolve()
+        if key not in _SCOPES:
+            _SCOPES[key] = [0, _holds(key)]
+        _SCOPES[key][0] += 1
+        try:
+            yield
+        finally:
+            _SCOPES[key][0] -= 1
+            if not _SCOPES[key][0]:
+                held_before = _SCOPES.pop(key)[1]
+                if not held_before:
+                    release_run_lock(key)
 
 
 def read_run_state(output_dir: Path) -> dict[str, Any] | None:
     """Return the run state of ``output_dir`` or ``None`` when it holds no run."""
     state = Path(output_dir) / RUN_STATE_FILE
     return read_json(state) if state.is_file() else None
+
+
+# -- what a job may write, and what --overwrite may replace --------------------------------
 
 
 def check_output_dir(
@@ -295,7 +528,7 @@ def check_output_dir(
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise IlaError(f"--output-dir {output_dir} is a file; pass a directory")
-    _require_writable(output_dir)
+    check_writable(output_dir)
     _refuse_if_locked(output_dir)
     occupied = bool(_entries(output_dir))
     if occupied and not (overwrite or resume):
@@ -315,13 +548,16 @@ def _entries(output_dir: Path) -> list[Path]:
     return sorted(p for p in output_dir.iterdir() if p.name != LOCK_FILE)
 
 
-def _require_writable(output_dir: Path) -> None:
-    """Refuse an output dir that cannot be created or written, before the model is loaded."""
+def check_writable(output_dir: Path) -> None:
+    """Refuse an output dir that cannot be created or written, before the model is loaded:
+    it, or the nearest of its parents that exists, must be a writable directory."""
+    output_dir = Path(output_dir)
     existing = output_dir
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise IlaError(f"--output-dir {output_dir}: {existing} is a file, not a directory")
+        what = "is a file" if existing == output_dir else f"lies under the file {existing}"
+        raise IlaError(f"--output-dir {output_dir} {what}, not a directory; pass a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "it" if existing == output_dir else f"its parent {existing}"
         raise IlaError(
@@ -330,13 +566,18 @@ def _require_writable(output_dir: Path) -> None:
         )
 
 
-def _is_ila_temporary(name: str, known: frozenset[str]) -> bool:
-    """A temporary file or directory of an interrupted atomic write of a known entry."""
-    return name.endswith(".tmp") and any(name.startswith(f".{entry}.") for entry in known)
+def replaceable_layout(output_dir: Path, *, report: str | None = None) -> Layout:
+    """What ``--overwrite`` may delete in ``output_dir``: the layout of the ila run there,
+    or (for ``report``, ``compare`` or ``report``) that command's files; an empty folder
+    has nothing to delete. Refuses a folder that holds anything else (see
+    :func:`check_output_dir`)."""
+    if not _entries(Path(output_dir)):
+        return {}
+    return _layout_of(Path(output_dir), report)
 
 
-def _known_entries(output_dir: Path, report: str | None) -> frozenset[str]:
-    """The names ila writes in ``output_dir``; refuse a directory that holds no ila output."""
+def _layout_of(output_dir: Path, report: str | None) -> Layout:
+    """Every name ila writes in ``output_dir``; refuse a directory that holds no ila output."""
     state_file = output_dir / RUN_STATE_FILE
     if state_file.is_file():
         try:
@@ -344,21 +585,36 @@ def _known_entries(output_dir: Path, report: str | None) -> frozenset[str]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             state = None
         command = state.get("command") if isinstance(state, dict) else None
-        if command not in RUN_ENTRIES:
+        if command not in RUN_LAYOUT:
             raise IlaError(
                 f"--overwrite: {state_file} is not a run state ila wrote (command {command!r}); "
                 "delete the directory yourself if it is no longer needed, or choose another"
             )
-        return RUN_ENTRIES[command]
+        return RUN_LAYOUT[command]
     if report is not None:
-        known = REPORT_ENTRIES[report]
-        if all(p.name in known or _is_ila_temporary(p.name, known) for p in _entries(output_dir)):
-            return known
+        layout = {**dict.fromkeys(REPORT_ENTRIES[report]), LOCK_FILE: None}
+        if not foreign_entries(output_dir, layout, limit=1):
+            return layout
     raise IlaError(
         f"--overwrite: {output_dir} holds files but no {RUN_STATE_FILE}, so it is not an ila "
         "run directory; ila replaces only its own runs: choose another --output-dir (or empty "
         "this one yourself)"
     )
+
+
+def _special_directory(resolved: Path) -> str | None:
+    """What makes ``resolved`` a directory ila never replaces, if anything does."""
+    home = Path.home().resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == resolved.parent:
+        return "a filesystem root"
+    if resolved == home:
+        return "your home directory"
+    if resolved == cwd:
+        return "the current directory"
+    if resolved in cwd.parents:
+        return "a directory that contains the current directory"
+    return None
 
 
 def _check_overwrite(
@@ -371,19 +627,7 @@ def _check_overwrite(
             f"points to ({output_dir.resolve()}) or a new directory"
         )
     resolved = output_dir.resolve()
-    home = Path.home().resolve()
-    cwd = Path.cwd().resolve()
-    special = (
-        "a filesystem root"
-        if resolved == resolved.parent
-        else "your home directory"
-        if resolved == home
-        else "the current directory"
-        if resolved == cwd
-        else "a directory that contains the current directory"
-        if resolved in cwd.parents
-        else None
-    )
+    special = _special_directory(resolved)
     if special is not None:
         raise IlaError(
             f"--overwrite: --output-dir {output_dir} is {special}; ila never replaces it: "
@@ -401,12 +645,7 @@ def _check_overwrite(
                 f"--overwrite: --output-dir {output_dir} contains the input {item}; replacing "
                 "the run would delete it: move the input out or choose another --output-dir"
             )
-    known = _known_entries(output_dir, report)
-    unknown = [
-        p.name
-        for p in _entries(output_dir)
-        if p.name not in known and not _is_ila_temporary(p.name, known)
-    ]
+    unknown = foreign_entries(output_dir, _layout_of(output_dir, report))
     if unknown:
         shown = ", ".join(unknown[:5]) + (
             f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
@@ -417,10 +656,13 @@ def _check_overwrite(
         )
 
 
-def _remove_ila_entries(output_dir: Path, known: frozenset[str]) -> None:
-    """Delete the entries ila wrote in ``output_dir`` (never the lock, never anything else)."""
+def remove_ila_entries(output_dir: Path, layout: Layout, *, keep: str | None = None) -> None:
+    """Delete the top-level entries of ``layout`` in ``output_dir`` (never the lock, nor
+    the entry named ``keep``). Call only under the directory's lock, after
+    :func:`check_output_dir` found nothing foreign there.
+    """
     for path in _entries(output_dir):
-        if path.name not in known and not _is_ila_temporary(path.name, known):
+        if path.name == keep or not _match(layout, path.name)[0]:
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
@@ -465,51 +707,66 @@ def prepare_output_dir(
             )
         return output_dir
     if occupied:
-        _remove_ila_entries(output_dir, _known_entries(output_dir, None))
+        remove_ila_entries(output_dir, _layout_of(output_dir, None))
     atomic_write_json(
         output_dir / RUN_STATE_FILE,
-        {"command": command, "completed_stages": [], "started_at": _now()},
+        {"command": command, "completed_stages": [], "started_at": now()},
     )
     return output_dir
 
 
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
-_STORAGE_MESSAGES = (
-    "No space left on device",
-    "File too large",
-    "Disk quota exceeded",
-    "Read-only file system",
-)
-# torch.save's writer reports a short write by position, or as a failed C++ stream, and
-# does not pass the system's text on.
-_TORCH_WRITE_MESSAGES = ("unexpected pos", "basic_ios::clear: iostream error")
+def require_resumable(
+    output_dir: Path, resolved: Mapping[str, Any], *, finished_stage: str | None
+) -> dict[str, Any]:
+    """Check that ``--resume`` can continue the run in ``output_dir``; return its run state.
 
-
-def storage_failure(exc: BaseException) -> str | None:
-    """What stopped a write, if ``exc`` (or what caused it) is a full disk, a file-size
-    limit, a quota or a read-only file system; else ``None``.
-
-    Writers report these differently: ``OSError`` (Python; its errno), ``SafetensorError``
-    (the system's text), and the ``RuntimeError`` of ``torch.save``, whose writer says only
-    that a write came up short (``unexpected pos ... vs ...``) or that its stream failed
-    (``basic_ios::clear: iostream error``).
+    Refused: a directory without a run, a run that completed ``finished_stage`` (nothing
+    left to do), and a run started with other settings than ``resolved`` (the config the
+    command would write): the first setting that differs is named by its flag.
     """
-    seen: BaseException | None = exc
-    while seen is not None:
-        number = getattr(seen, "errno", None)
-        if number in _STORAGE_ERRNOS:
-            filename = getattr(seen, "filename", None)
-            where = f" {filename}" if filename else ""
-            return f"cannot write{where}: {getattr(seen, 'strerror', None) or os.strerror(number)}"
-        text = str(seen)
-        first = text.strip().splitlines()[0][:200] if text.strip() else type(seen).__name__
-        for message in _STORAGE_MESSAGES:
-            if message in text:
-                return f"a write failed: {message} ({first})"
-        if any(message in text for message in _TORCH_WRITE_MESSAGES):
-            return f"a write failed: a file could not be written in full (torch.save: {first})"
-        seen = seen.__cause__ or seen.__context__
-    return None
+    output_dir = Path(output_dir)
+    state = read_run_state(output_dir)
+    if state is None:
+        raise IlaError(f"--resume: {output_dir} holds no {RUN_STATE_FILE}; nothing to resume")
+    if is_main_process():  # the other ranks of a launch never write (nor lock) the run
+        check_writable(output_dir)
+        _refuse_if_locked(output_dir)
+    if finished_stage is not None and finished_stage in state.get("completed_stages", []):
+        raise IlaError(
+            f"--resume: the run in {output_dir} has finished; nothing to resume (pass "
+            "--overwrite to run it again)"
+        )
+    recorded_path = output_dir / CONFIG_FILE
+    if not recorded_path.is_file():
+        raise IlaError(
+            f"--resume: {recorded_path} not found; the run stopped before it began, so start "
+            "it again with --overwrite"
+        )
+    recorded = yaml.safe_load(recorded_path.read_text(encoding="utf-8")) or {}
+    for key, was, now_ in _differences(recorded, dict(resolved)):
+        raise IlaError(
+            f"--resume: {_flag_of(key)} is {now_!r} here but {was!r} in {recorded_path}; "
+            "resume with the settings the run started with, or start a new run"
+        )
+    return state
+
+
+def _differences(
+    recorded: Mapping[str, Any], resolved: Mapping[str, Any], prefix: str = ""
+) -> Iterator[tuple[str, Any, Any]]:
+    for key in list(resolved) + [k for k in recorded if k not in resolved]:
+        was, now_ = recorded.get(key), resolved.get(key)
+        if isinstance(was, Mapping) and isinstance(now_, Mapping):
+            yield from _differences(was, now_, f"{prefix}{key}.")
+        elif was != now_:
+            yield f"{prefix}{key}", was, now_
+
+
+def _flag_of(key: str) -> str:
+    from ila.config import flag_name
+
+    section, _, name = key.partition(".")
+    return flag_name(section, name) if name and "." not in name else "--" + key.replace("_", "-")
 
 
 # -- the run lock --------------------------------------------------------------------------
@@ -518,16 +775,22 @@ def storage_failure(exc: BaseException) -> str | None:
 # belong to an open file description, so a second open() in this process would conflict
 # with the first: the same directory is locked once and shared.
 _HELD_LOCKS: dict[Path, int] = {}
-_LOCK_SCOPE_DEPTH = 0
-_F = TypeVar("_F", bound=Callable[..., Any])
+# Open lock scopes (RunDir.lock_scope) per directory: [depth, whether the lock was held
+# before the outermost scope began].
+_SCOPES: dict[Path, list] = {}
+
+
+def _holds(output_dir: Path) -> bool:
+    """Whether this process holds the lock of ``output_dir``."""
+    return Path(output_dir).resolve() in _HELD_LOCKS
 
 
 def run_lock(output_dir: Path, command: str) -> None:
     """Take the exclusive lock of ``output_dir`` (no-op if this process holds it already).
 
     The lock file records this process's pid and command line, which a refused job names.
-    It is released by :func:`release_run_lock`, at the end of the outermost
-    :func:`runs_locked` call, or by the operating system when the process exits.
+    It is released by :func:`release_run_lock` (at the end of :meth:`RunDir.open` or
+    :meth:`RunDir.locked`), or by the operating system when the process exits.
     """
     if fcntl is None:
         return
@@ -536,7 +799,7 @@ def run_lock(output_dir: Path, command: str) -> None:
         return
     path = key / LOCK_FILE
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # The holder before us deletes the file as it lets go: the lock counts only if
@@ -551,7 +814,7 @@ def run_lock(output_dir: Path, command: str) -> None:
         if current == os.fstat(fd).st_ino:
             break
         os.close(fd)
-    holder = {"pid": os.getpid(), "command": command, "argv": sys.argv, "started_at": _now()}
+    holder = {"pid": os.getpid(), "command": command, "argv": sys.argv, "started_at": now()}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
     _HELD_LOCKS[key] = fd
@@ -568,30 +831,10 @@ def release_run_lock(output_dir: Path) -> None:
     os.close(fd)  # closing the only descriptor releases the flock
 
 
-def runs_locked(function: _F) -> _F:
-    """Decorate a job: locks taken during its outermost call are released when it returns
-    or raises (nested jobs, e.g. `ila run` calling score and finetune, keep them)."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        global _LOCK_SCOPE_DEPTH
-        before = set(_HELD_LOCKS)
-        _LOCK_SCOPE_DEPTH += 1
-        try:
-            return function(*args, **kwargs)
-        finally:
-            _LOCK_SCOPE_DEPTH -= 1
-            if _LOCK_SCOPE_DEPTH == 0:
-                for key in [k for k in _HELD_LOCKS if k not in before]:
-                    release_run_lock(key)
-
-    return wrapper  # type: ignore[return-value]
-
-
 def _refuse_if_locked(output_dir: Path) -> None:
     """Refuse at once a directory whose lock another live process holds."""
     path = output_dir / LOCK_FILE
-    if fcntl is None or not path.is_file() or output_dir.resolve() in _HELD_LOCKS:
+    if fcntl is None or not path.is_file() or _holds(output_dir):
         return
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -635,121 +878,41 @@ def _locked_message(output_dir: Path, path: Path) -> str:
     )
 
 
-def require_resumable(
-    output_dir: Path, resolved: Mapping[str, Any], *, finished_stage: str | None
-) -> dict[str, Any]:
-    """Check that ``--resume`` can continue the run in ``output_dir``; return its run state.
-
-    Refused: a directory without a run, a run that completed ``finished_stage`` (nothing
-    left to do), and a run started with other settings than ``resolved`` (the config the
-    command would write): the first setting that differs is named by its flag.
-    """
-    output_dir = Path(output_dir)
-    state = read_run_state(output_dir)
-    if state is None:
-        raise IlaError(f"--resume: {output_dir} holds no {RUN_STATE_FILE}; nothing to resume")
-    if is_main_process():  # the other ranks of a launch never write (nor lock) the run
-        _require_writable(output_dir)
-        _refuse_if_locked(output_dir)
-    if finished_stage is not None and finished_stage in state.get("completed_stages", []):
-        raise IlaError(
-            f"--resume: the run in {output_dir} has finished; nothing to resume (pass "
-            "--overwrite to run it again)"
-        )
-    recorded_path = output_dir / CONFIG_FILE
-    if not recorded_path.is_file():
-        raise IlaError(
-            f"--resume: {recorded_path} not found; the run stopped before it began, so start "
-            "it again with --overwrite"
-        )
-    recorded = yaml.safe_load(recorded_path.read_text(encoding="utf-8")) or {}
-    for key, was, now in _differences(recorded, dict(resolved)):
-        raise IlaError(
-            f"--resume: {_flag_of(key)} is {now!r} here but {was!r} in {recorded_path}; "
-            "resume with the settings the run started with, or start a new run"
-        )
-    return state
-
-
-def _differences(
-    recorded: Mapping[str, Any], resolved: Mapping[str, Any], prefix: str = ""
-) -> Iterator[tuple[str, Any, Any]]:
-    for key in list(resolved) + [k for k in recorded if k not in resolved]:
-        was, now = recorded.get(key), resolved.get(key)
-        if isinstance(was, Mapping) and isinstance(now, Mapping):
-            yield from _differences(was, now, f"{prefix}{key}.")
-        elif was != now:
-            yield f"{prefix}{key}", was, now
-
-
-def _flag_of(key: str) -> str:
-    from ila.config import flag_name
-
-    section, _, name = key.partition(".")
-    return flag_name(section, name) if name and "." not in name else "--" + key.replace("_", "-")
+# -- the log and the environment of a run --------------------------------------------------
 
 
 @contextlib.contextmanager
-def run_directory(
-    output_dir: Path,
-    *,
-    command: str,
-    resolved: Mapping[str, Any],
-    overwrite: bool = False,
-    resume: bool = False,
-    inputs: Iterable[str | Path | None] = (),
-    environment: Mapping[str, Any] | None = None,
-) -> Iterator[bool]:
-    """The run-directory lifecycle every job shares; yields whether this is the main process.
-
-    The main process prepares and locks ``output_dir`` (:func:`prepare_output_dir`), logs
-    into it for the duration, and for a new run (not ``resume``) writes ``config.yaml``
-    (``resolved``, every setting) and ``environment.json`` (with ``environment`` facts).
-    Other ranks of a launch only run the block. The job marks its stages itself.
-    """
-    output_dir = Path(output_dir)
-    main = is_main_process()
-    if main:
-        prepare_output_dir(
-            output_dir, command=command, overwrite=overwrite, resume=resume, inputs=inputs
-        )
-    with log_to_file(output_dir) if main else contextlib.nullcontext():
-        if main and not resume:
-            write_yaml(output_dir / CONFIG_FILE, dict(resolved))
-            write_environment(output_dir, environment)
-        yield main
+def log_to_file(output_dir: Path, name: str = LOG_FILE) -> Iterator[Path]:
+    """Copy the ``ila`` loggers' records (INFO and above) into ``output_dir/name``."""
+    path = Path(output_dir) / name
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("ila")
+    previous = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield path
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+        handler.close()
 
 
-def record_model(output_dir: Path, fingerprint: ModelFingerprint) -> None:
-    """Record in the run state which model the run in ``output_dir`` uses
-    (ila.model.identity), for ``--resume`` to check."""
-    state = read_run_state(output_dir) or {"completed_stages": []}
-    state["model_fingerprint"] = fingerprint.to_dict()
-    atomic_write_json(Path(output_dir) / RUN_STATE_FILE, state)
-
-
-def require_same_model(output_dir: Path, fingerprint: ModelFingerprint) -> None:
-    """``--resume``: refuse to continue a run with another model than it started with.
-
-    Runs recorded before ila wrote fingerprints are not checked.
-    """
-    state = read_run_state(output_dir) or {}
-    check_same_model(
-        state.get("model_fingerprint"),
-        fingerprint,
-        what=f"--resume: the run in {output_dir}",
-        hint="resume with the model the run started with, or start a new run",
-        allowable=False,  # a run continues on its own model; no flag accepts another
-    )
-
-
-def mark_stage(output_dir: Path, stage: str) -> None:
-    """Record that ``stage`` finished and its artifacts are complete."""
-    state = read_run_state(output_dir) or {"completed_stages": []}
-    if stage not in state["completed_stages"]:
-        state["completed_stages"].append(stage)
-    state["updated_at"] = _now()
-    atomic_write_json(Path(output_dir) / RUN_STATE_FILE, state)
+_TRACKED_PACKAGES = (
+    "ila",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "safetensors",
+    "tokenizers",
+    "gguf",
+    "numpy",
+)
 
 
 def collect_environment() -> dict[str, Any]:
@@ -804,7 +967,3 @@ def _git_sha() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -23,9 +23,9 @@ from typing import Any
 
 from ila.core.ties import Separation, separation
 from ila.errors import IlaError, short_repr
+from ila.files import atomic_write_json, read_json, require_schema_version
 from ila.run_files import SCORES_FILE
 from ila.run_files import SCORES_SCHEMA_VERSION as SCHEMA_VERSION
-from ila.rundir import atomic_write_json, read_json, require_schema_version
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -25,9 +25,9 @@ from typing import Any
 from ila.core.layers import LayerMap, Unit
 from ila.core.scores import LayerScores, top_count
 from ila.errors import IlaError, short_repr
+from ila.files import atomic_write_json, read_json, require_schema_version
 from ila.run_files import SCORES_FILE, SELECTION_FILE
 from ila.run_files import SELECTION_SCHEMA_VERSION as SCHEMA_VERSION
-from ila.rundir import atomic_write_json, read_json, require_schema_version
 
 __all__ = [
     "RULES",

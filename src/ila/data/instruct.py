@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ila.rundir import atomic_write_text
+from ila.files import atomic_write_text
 
 __all__ = ["TASKS", "extract_answer", "generate_balanced", "generate_ila_instruct", "write_jsonl"]
 

@@ -73,17 +73,11 @@ from ila.integrations.live_run import (
     stage2_examples,
     training_data,
 )
-from ila.run_files import SCORES_FILE, SELECTION_FILE
-from ila.rundir import (
-    check_output_dir,
-    is_main_process,
-    mark_stage,
-    run_directory,
-    runs_locked,
-)
+from ila.run_files import SCORES_FILE
+from ila.rundir import RunDir, check_output_dir
 from ila.scorers.base import ScoringContext
 from ila.scorers.existing import adapted_layer_map, rank_recorded_update
-from ila.train.parallel import requested_sharding
+from ila.train.parallel import is_main_process, requested_sharding
 
 __all__ = ["AT_CHOICES", "THEN_CHOICES", "IlaCallback"]
 
@@ -201,7 +195,6 @@ class IlaCallback(TrainerCallback):
             )
         self._rank(run, args, state, kwargs, stable=False)
 
-    @runs_locked
     def _rank(
         self,
         run: _Run,
@@ -226,7 +219,7 @@ class IlaCallback(TrainerCallback):
         )
         with (
             outer_run_kept(model),
-            run_directory(out, command="score", resolved=resolved, overwrite=True) as main,
+            RunDir(out).open("score", resolved, overwrite=True) as main,
         ):
             ctx = ScoringContext(
                 model=model,
@@ -260,8 +253,9 @@ class IlaCallback(TrainerCallback):
         )
         freeze_units(model, run.layer_map, selection.frozen)
         if is_main_process():
-            selection.save(run.output_dir / SELECTION_FILE)
-            mark_stage(run.output_dir, "select")
+            with RunDir(run.output_dir).locked("select") as rundir:
+                selection.save(rundir.selection)
+                rundir.mark("select")
         log.info(
             "IlaCallback: %s %g: %d units go on training, the LoRA weights of %d are frozen",
             self.then,

@@ -35,11 +35,9 @@ from ila.core.layers import LayerMap
 from ila.core.lora import unit_lora_layer
 from ila.core.scores import LayerScores
 from ila.errors import IlaError
-from ila.run_files import DATA_FILE, SCORES_FILE
-from ila.rundir import (
-    atomic_write_json,
-    mark_stage,
-)
+from ila.files import atomic_write_json
+from ila.run_files import DATA_FILE
+from ila.rundir import RunDir
 from ila.scorers.common import preserved_model_state
 from ila.train.trainer import stage_seed
 
@@ -212,10 +210,11 @@ def save_run(scores: LayerScores, out: Path, *, dataset_size: int, stage2_exampl
             "fingerprint": scores.meta["data_fingerprint"],
         },
     )
-    scores.save(out / SCORES_FILE)
-    write_score_report(scores, out / "report")
-    mark_stage(out, "score")
-    log.info("IlaCallback: wrote %s and its report in %s", out / SCORES_FILE, out / "report")
+    run = RunDir(out)
+    scores.save(run.scores)
+    write_score_report(scores, run.report)
+    run.mark("score")
+    log.info("IlaCallback: wrote %s and its report in %s", run.scores, run.report)
 
 
 def freeze_units(model: torch.nn.Module, layer_map: LayerMap, names: Sequence[str]) -> None:

@@ -31,19 +31,12 @@ from ila.config import (
 from ila.data.formats import Example
 from ila.errors import IlaError
 from ila.evaluation import EvalResult, evaluate_model, load_model_for_eval
+from ila.files import atomic_write_json, atomic_write_text
 from ila.run_files import EVAL_FILE, GENERATIONS_FILE
 from ila.run_files import EVAL_SCHEMA_VERSION as SCHEMA_VERSION
 from ila.run_files import EVAL_VARIANTS_FILE as COMPARISON_FILE
-from ila.rundir import (
-    atomic_write_json,
-    atomic_write_text,
-    check_output_dir,
-    is_main_process,
-    mark_stage,
-    run_directory,
-    runs_locked,
-)
-from ila.train.parallel import require_supported_launch
+from ila.rundir import RunDir, check_output_dir
+from ila.train.parallel import is_main_process, require_supported_launch
 
 __all__ = [
     "COMPARISON_FILE",
@@ -84,7 +77,6 @@ def load_eval_examples(
     return examples if settings.split == "all" else held_out
 
 
-@runs_locked
 def evaluate(
     config: EvalConfig,
     output_dir: Path,
@@ -119,9 +111,7 @@ def evaluate(
     )
     resolved = config_to_dict(config)
     resolved["adapter"] = str(adapter) if adapter is not None else None
-    with run_directory(
-        output_dir, command="eval", resolved=resolved, overwrite=overwrite, inputs=inputs
-    ):
+    with RunDir(output_dir).open("eval", resolved, overwrite=overwrite, inputs=inputs):
         result = evaluate_model(
             model,
             tokenizer,
@@ -140,7 +130,7 @@ def evaluate(
                 adapter=adapter,
                 other_model=other_model,
             )
-            mark_stage(output_dir, "eval")
+            RunDir(output_dir).mark("eval")
     return EvalRun(output_dir, result)
 
 
@@ -232,7 +222,7 @@ def check_eval_inputs(settings: EvalSettings) -> None:
 
 
 def evaluate_run(
-    config: Any, finetune_config: Any, run_dir: Path, *, resume: bool = False
+    config: Any, finetune_config: Any, run_dir: RunDir, *, resume: bool = False
 ) -> dict[str, dict[str, Any]]:
     """The evaluation step of `ila run` (``config`` is its RunConfig).
 
@@ -248,19 +238,19 @@ def evaluate_run(
 
     variants: dict[str, Path | None] = {"base": None}
     if config.run.compare_all_units:
-        baseline = run_dir / "finetune-all-units"
+        baseline = run_dir.finetune_all_units.path
         finetune_step(
             finetune_config,
             lambda layer_map: select_units(layer_map, all_units=True),
             baseline,
             resume,
-            stage1_run=run_dir,
+            stage1_run=run_dir.path,
             measure_held_out=False,  # measured below, with the other variants
         )
         if is_main_process():
-            mark_stage(run_dir, "finetune-all-units")
+            run_dir.mark("finetune-all-units")
         variants["all-units"] = baseline
-    variants["selected"] = run_dir / "finetune"
+    variants["selected"] = run_dir.finetune.path
     if not is_main_process():
         return {}
     compared = evaluate_variants(
@@ -268,8 +258,8 @@ def evaluate_run(
         model=config.model,
         data=config.data,
         settings=config.eval,
-        output_dir=run_dir / "eval",
+        output_dir=run_dir.evaluation,
         objective=config.train.objective,
     )
-    mark_stage(run_dir, "eval")
+    run_dir.mark("eval")
     return compared

@@ -33,27 +33,15 @@ from ila.core.lora import add_lora, lora_state, read_unit_lora, set_unit_lora
 from ila.core.selection import Selection
 from ila.errors import IlaError
 from ila.evaluation import response_loss
+from ila.files import atomic_directory, atomic_write_json, read_json
 from ila.model.identity import (
     BASE_MODEL_FILE,
     ModelFingerprint,
     check_same_model,
     model_fingerprint,
 )
-from ila.run_files import CONFIG_FILE, FINETUNE_SUMMARY_FILE, METRICS_FILE, SELECTION_FILE
-from ila.rundir import (
-    atomic_directory,
-    atomic_write_json,
-    check_output_dir,
-    is_main_process,
-    mark_stage,
-    read_json,
-    read_run_state,
-    record_model,
-    require_resumable,
-    require_same_model,
-    run_directory,
-    runs_locked,
-)
+from ila.run_files import METRICS_FILE
+from ila.rundir import RunDir
 from ila.train.checkpoints import (
     CheckpointState,
     StageCheckpoint,
@@ -61,7 +49,7 @@ from ila.train.checkpoints import (
     last_complete_checkpoint,
     rewind_metrics,
 )
-from ila.train.parallel import require_supported_launch
+from ila.train.parallel import is_main_process, require_supported_launch
 from ila.train.precision import PrecisionChoice
 from ila.train.sharding import whole_tensors
 from ila.train.trainer import (
@@ -140,7 +128,6 @@ class _Inputs:
     """``PreferenceTraining`` under ``--objective dpo``."""
 
 
-@runs_locked
 def finetune(
     config: FinetuneConfig,
     selection: Selection | Callable[[LayerMap], Selection],
@@ -178,25 +165,25 @@ def finetune(
         config, selection, output_dir, resolved, all_inputs, overwrite, resume, stage1_run
     )
     loaded = _load_inputs(config, selection, output_dir, resume, allow_other_model, stage1_run)
-    with run_directory(
-        output_dir,
-        command="finetune",
-        resolved=resolved,
+    rundir = RunDir(output_dir)
+    with rundir.open(
+        "finetune",
+        resolved,
         overwrite=overwrite,
         resume=resume,
         inputs=all_inputs,
         environment={"precision": precision.to_dict()},
     ) as main:
         if resume:
-            recorded = Selection.load(output_dir / SELECTION_FILE)
+            recorded = Selection.load(rundir.selection)
             if recorded.selected != loaded.selection.selected:
                 raise IlaError(
-                    f"--resume: {output_dir / 'selection.json'} selects other units than this "
+                    f"--resume: {rundir.selection} selects other units than this "
                     "command; resume with the same selection rule and scores"
                 )
         if main and not resume:
-            record_model(output_dir, loaded.identity)
-            loaded.selection.save(output_dir / SELECTION_FILE)
+            rundir.record_model(loaded.identity)
+            loaded.selection.save(rundir.selection)
         model, counts = _trainable_model(config, loaded)
         trainer, seconds, values = _train(config, model, loaded, output_dir, resume)
         held_out = _held_out(config, model, loaded) if measure_held_out else {}
@@ -204,8 +191,8 @@ def finetune(
         tuned = _tuned_state(model, settings, keep=trainer.is_world_process_zero())
         if trainer.is_world_process_zero():
             _save(model, loaded.tokenizer, tuned, settings, output_dir, loaded.identity)
-            atomic_write_json(output_dir / FINETUNE_SUMMARY_FILE, summary)
-            mark_stage(output_dir, "finetune")
+            atomic_write_json(rundir.finetune_summary, summary)
+            rundir.mark("finetune")
         return FinetuneRun(output_dir, loaded.selection, summary)
 
 
@@ -239,10 +226,9 @@ def _check_request(
             "--method full with --quantization nf4: 4-bit weights cannot be fine-tuned; use "
             "--method lora (or qlora) on the 4-bit base, or --quantization none"
         )
-    if resume:
-        require_resumable(output_dir, resolved, finished_stage="finetune")
-    elif is_main_process():
-        check_output_dir(output_dir, overwrite=overwrite, inputs=all_inputs)
+    RunDir(output_dir).check(
+        resolved, overwrite=overwrite, resume=resume, inputs=all_inputs, finished_stage="finetune"
+    )
     initialised = config.finetune.init_from_stage1
     if initialised and (stage1_run is not None or isinstance(selection, Selection)):
         _stage1_adapter(selection, stage1_run)
@@ -275,7 +261,7 @@ def _load_inputs(
     layer_map = find_layers(model, blocks_path=config.model.blocks_path)
     identity = model_fingerprint(config.model.model)
     if resume:
-        require_same_model(output_dir, identity)
+        RunDir(output_dir).require_same_model(identity)
     if callable(selection) and not isinstance(selection, Selection):
         selection = selection(layer_map)
     # A ranking of some module types only (--lora-module-types, or an adapter of some
@@ -410,7 +396,7 @@ def _train(
     checkpoint = _resume_point(output_dir, values) if resume else None
     args = make_training_args(
         config.train,
-        output_dir=output_dir / "trainer",
+        output_dir=RunDir(output_dir).trainer,
         learning_rate=settings.resolved_learning_rate(),
         max_steps=settings.max_steps,
         warmup_steps=settings.warmup_steps,
@@ -510,7 +496,7 @@ def _resume_point(output_dir: Path, values: StepValues) -> StageCheckpoint | Non
     again. The main process removes incomplete newer checkpoints and the metrics rows of
     the steps to be redone.
     """
-    folder = output_dir / "trainer"
+    folder = RunDir(output_dir).trainer
     checkpoint = last_complete_checkpoint(folder, "finetune")
     step = checkpoint.step if checkpoint is not None else 0
     if is_main_process():
@@ -536,13 +522,12 @@ def finetune_step(
     """A fine-tune inside a larger job (`ila run`): with ``resume``, a finished one in
     ``output_dir`` is reused, a started one continues from its last complete checkpoint,
     and one that never wrote its settings starts again."""
-    output_dir = Path(output_dir)
-    state = read_run_state(output_dir) if resume and output_dir.is_dir() else None
+    rundir = RunDir(output_dir)
+    state = rundir.state() if resume and rundir.path.is_dir() else None
     if state is not None and "finetune" in state.get("completed_stages", []):
-        summary = read_json(output_dir / FINETUNE_SUMMARY_FILE)
-        recorded = Selection.load(output_dir / SELECTION_FILE)
-        return FinetuneRun(output_dir, recorded, summary)
-    started = state is not None and (output_dir / CONFIG_FILE).is_file()
+        summary = read_json(rundir.finetune_summary)
+        return FinetuneRun(rundir.path, Selection.load(rundir.selection), summary)
+    started = state is not None and rundir.config.is_file()
     return finetune(
         config,
         selection,
@@ -568,18 +553,18 @@ def _save(model, tokenizer, tuned, settings, output_dir: Path, identity) -> None
     """Save what was tuned (``tuned``, from :func:`_tuned_state`); beside it, the base
     model's fingerprint (``ila eval --adapter`` checks it)."""
     if settings.method in ("lora", "qlora"):
-        with atomic_directory(output_dir / "adapter") as tmp:
+        with atomic_directory(RunDir(output_dir).adapter) as tmp:
             model.save_pretrained(tmp, state_dict=tuned)
             atomic_write_json(tmp / BASE_MODEL_FILE, identity.to_dict())
     else:
         from safetensors.torch import save_file
 
-        with atomic_directory(output_dir / "changed_weights") as tmp:
+        with atomic_directory(RunDir(output_dir).changed_weights) as tmp:
             save_file(tuned, str(tmp / "changed_weights.safetensors"))
             atomic_write_json(tmp / BASE_MODEL_FILE, identity.to_dict())
     if settings.merge:
         merged = model.merge_and_unload() if settings.method in ("lora", "qlora") else model
-        with atomic_directory(output_dir / "merged") as tmp:
+        with atomic_directory(RunDir(output_dir).merged) as tmp:
             merged.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
 

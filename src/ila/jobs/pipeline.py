@@ -1,25 +1,9 @@
-"""Run the product's jobs end to end; owns the run directory.
+"""The score and run jobs.
 
 ``score``: load model and data, find the units, run a scorer (ILA by default), write
 ``layer_scores.json`` and its report. ``run``: the main job behind ``make demo``:
-score -> select -> fine-tune -> evaluate (base, all units, selection).
-
-Layout of a run directory (every file written atomically)::
-
-    run_state.json      which stages completed (a run is complete only when listed)
-    config.yaml         the fully resolved configuration
-    environment.json    library versions, git sha, devices
-    ila.log             the run's log (INFO and above)
-    data.json           data source, fingerprint, split sizes, dropped/truncated counts
-    metrics.jsonl       one row per training step of every stage
-    stage1/             ILA stage 1: adapter/, summary.json, trainer/ (--save-steps checkpoints)
-    stage2/             ILA stage 2: summary.json, gate_trajectory.json, trainer/
-    layer_scores.json   the ranking (schema_version 1)
-    report/             ranking.md, heatmap.png, blocks.png
-    selection.json      `ila run` only: the units selected from the ranking
-    finetune/           `ila run` only: the selective fine-tune (see ila.jobs.finetune)
-    finetune-all-units/ `ila run` only: the all-units baseline, same method and steps
-    eval/               `ila run` only: base/, all-units/, selected/, variants.json
+score -> select -> fine-tune -> evaluate (base, all units, selection). What each writes
+where is :class:`ila.rundir.RunDir`'s (docs/rundirs.md).
 """
 
 from __future__ import annotations
@@ -33,24 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from ila.config import RunConfig, ScoreConfig, input_paths, recorded_config
 from ila.core.ensemble import stability_lines
-from ila.core.scores import SCORES_FILE, LayerScores
+from ila.core.scores import LayerScores
 from ila.errors import IlaError
+from ila.files import atomic_write_json, read_json
 from ila.model.identity import ModelFingerprint, model_fingerprint
-from ila.run_files import DATA_FILE, SELECTION_FILE
-from ila.rundir import (
-    atomic_write_json,
-    check_output_dir,
-    is_main_process,
-    mark_stage,
-    read_json,
-    read_run_state,
-    record_model,
-    require_resumable,
-    require_same_model,
-    run_directory,
-    runs_locked,
-)
-from ila.train.parallel import require_supported_launch
+from ila.rundir import RunDir
+from ila.train.parallel import is_main_process, require_supported_launch
 
 __all__ = [
     "RunResult",
@@ -94,8 +66,8 @@ class ScoreRun:
             "tie": found.reason if found.tie else None,
             "stability": stability_lines(self.scores),
             "seconds": self.seconds,
-            "scores_file": str(self.output_dir / SCORES_FILE),
-            "report_dir": str(self.output_dir / "report"),
+            "scores_file": str(RunDir(self.output_dir).scores),
+            "report_dir": str(RunDir(self.output_dir).report),
         }
 
 
@@ -242,14 +214,14 @@ def _scoring_context(
     )
 
 
-def _save_scores(scores: LayerScores, output_dir: Path) -> list[Path]:
+def _save_scores(scores: LayerScores, rundir: RunDir) -> list[Path]:
     """Write layer_scores.json and its report; mark the run scored. The report's files."""
     from ila.reporting import write_score_report
 
-    scores.save(output_dir / SCORES_FILE)
-    report_files = write_score_report(scores, output_dir / "report")
-    mark_stage(output_dir, "score")
-    log.info("wrote %s and its report in %s", output_dir / SCORES_FILE, output_dir / "report")
+    scores.save(rundir.scores)
+    report_files = write_score_report(scores, rundir.report)
+    rundir.mark("score")
+    log.info("wrote %s and its report in %s", rundir.scores, rundir.report)
     return report_files
 
 
@@ -297,7 +269,6 @@ def _check_combination(config: ScoreConfig, method: str) -> None:
         )
 
 
-@runs_locked
 def score(
     config: ScoreConfig,
     output_dir: Path,
@@ -320,15 +291,17 @@ def score(
         raise IlaError("--resume and --overwrite contradict each other; pass one of them")
     scorer = get_scorer(method)  # fail on a misspelled method before loading anything
     _check_combination(config, method)
+    rundir = RunDir(output_dir)
+    resolved = {**recorded_config(config), "method": method}
+    finished_stage = "score" if command == "score" else None  # `ila run` checks its own end
+    checks = {"overwrite": overwrite, "resume": resume, "inputs": input_paths(config)}
     if config.ensemble.seeds > 1:
-        return _score_ensemble(
-            config,
-            Path(output_dir),
-            method=method,
-            overwrite=overwrite,
-            resume=resume,
-            command=command,
-        )
+        rundir.check(resolved, finished_stage=finished_stage, **checks)
+        finished = _finished_score(rundir, {}) if resume else None
+        if finished is not None:
+            return finished
+        with rundir.open(command, resolved, **checks):
+            return _score_ensemble(config, rundir, method=method, resume=resume)
     require_supported_launch(
         config.model.device,
         project_budget=method == "ila" and config.stage2.budget == "project",
@@ -339,11 +312,7 @@ def score(
     from ila.train.trainer import train_precision
 
     precision = train_precision(config.train, config.model.device)  # fp16 on CPU fails here
-    main = is_main_process()
-    output_dir = Path(output_dir)
-    resolved = recorded_config(config)
-    resolved["method"] = method
-    _check_score_dir(output_dir, config, resolved, command, overwrite=overwrite, resume=resume)
+    rundir.check(resolved, finished_stage=finished_stage, **checks)
     inputs, seconds = load_score_inputs(config)
     update = None
     if config.source.given:  # read and checked before the run directory is written
@@ -355,24 +324,16 @@ def score(
         inputs.layer_map = update.layer_map
         seconds["load_update"] = update.seconds
     if resume:
-        _require_same_data(output_dir, inputs.data_stats)
-        require_same_model(output_dir, inputs.model_fingerprint)
-        finished = _finished_score(output_dir, seconds)
+        _require_same_data(rundir, inputs.data_stats)
+        rundir.require_same_model(inputs.model_fingerprint)
+        finished = _finished_score(rundir, seconds)
         if finished is not None:
             return finished
-
-    with run_directory(
-        output_dir,
-        command=command,
-        resolved=resolved,
-        overwrite=overwrite,
-        resume=resume,
-        inputs=input_paths(config),
-        environment={"precision": precision.to_dict()},
-    ):
+    environment = {"precision": precision.to_dict()}
+    with rundir.open(command, resolved, environment=environment, **checks) as main:
         if main and not resume:
-            atomic_write_json(output_dir / DATA_FILE, inputs.data_stats)
-            record_model(output_dir, inputs.model_fingerprint)
+            atomic_write_json(rundir.data, inputs.data_stats)
+            rundir.record_model(inputs.model_fingerprint)
         log.info(
             "scoring %d units of %s with %s on %d training examples",
             len(inputs.layer_map.units),
@@ -381,7 +342,7 @@ def score(
             len(inputs.train_features),
         )
         start = time.perf_counter()
-        ctx = _scoring_context(config, inputs, output_dir, resume)
+        ctx = _scoring_context(config, inputs, rundir.path, resume)
         if update is not None:
             from ila.scorers.existing import rank_existing_update
 
@@ -391,56 +352,35 @@ def score(
         seconds["score"] = time.perf_counter() - start
         if not isinstance(scores, LayerScores):
             raise TypeError(f"scorer {method!r} returned {type(scores).__name__}, not LayerScores")
-        scores.meta["model_fingerprint"] = inputs.model_fingerprint.to_dict()
-        scores.meta["base"] = {
-            "dtype": config.model.dtype,
-            "quantization": config.model.quantization,
-        }
-        scores.meta["objective"] = config.train.objective
-        for key in ("stage1_seconds", "stage2_seconds"):
-            if key in scores.meta:
-                seconds[key.removesuffix("_seconds")] = scores.meta[key]
-        report_files = _save_scores(scores, output_dir) if main else []
-    return ScoreRun(output_dir, scores, seconds, report_files)
+        _record_run_facts(scores, config, inputs.model_fingerprint, seconds)
+        report_files = _save_scores(scores, rundir) if main else []
+    return ScoreRun(rundir.path, scores, seconds, report_files)
 
 
-def _check_score_dir(
-    output_dir: Path,
-    config: ScoreConfig,
-    resolved: dict[str, Any],
-    command: str,
-    *,
-    overwrite: bool,
-    resume: bool,
+def _record_run_facts(
+    scores: LayerScores, config: ScoreConfig, fingerprint: ModelFingerprint, seconds: dict
 ) -> None:
-    """Before anything is loaded: ``--resume`` needs a resumable run of these settings,
-    a new run an output directory it may use."""
-    if resume:
-        finished = "score" if command == "score" else None  # `ila run` checks its own end
-        require_resumable(output_dir, resolved, finished_stage=finished)
-    elif is_main_process():
-        check_output_dir(output_dir, overwrite=overwrite, inputs=input_paths(config))
+    """Put the model, base precision and objective in the scores' meta; collect the
+    stages' seconds."""
+    scores.meta["model_fingerprint"] = fingerprint.to_dict()
+    scores.meta["base"] = {"dtype": config.model.dtype, "quantization": config.model.quantization}
+    scores.meta["objective"] = config.train.objective
+    for key in ("stage1_seconds", "stage2_seconds"):
+        if key in scores.meta:
+            seconds[key.removesuffix("_seconds")] = scores.meta[key]
 
 
-def _finished_score(output_dir: Path, seconds: dict[str, float]) -> ScoreRun | None:
-    """The run in ``output_dir`` if its scoring stage completed (a resumed `ila run`)."""
-    if "score" not in (read_run_state(output_dir) or {}).get("completed_stages", []):
+def _finished_score(rundir: RunDir, seconds: dict[str, float]) -> ScoreRun | None:
+    """The run in ``rundir`` if its scoring stage completed (a resumed `ila run`)."""
+    if not rundir.completed("score"):
         return None
-    scores = LayerScores.load(output_dir / SCORES_FILE)
-    return ScoreRun(output_dir, scores, seconds, sorted((output_dir / "report").iterdir()))
+    scores = LayerScores.load(rundir.scores)
+    return ScoreRun(rundir.path, scores, seconds, sorted(rundir.report.iterdir()))
 
 
-def _score_ensemble(
-    config: ScoreConfig,
-    output_dir: Path,
-    *,
-    method: str,
-    overwrite: bool,
-    resume: bool,
-    command: str,
-) -> ScoreRun:
-    """``--seeds N``: N independent runs under ``output_dir/seeds/seed-<s>``, then their
-    consensus (ila.core.ensemble) as the run's ``layer_scores.json``.
+def _score_ensemble(config: ScoreConfig, rundir: RunDir, *, method: str, resume: bool) -> ScoreRun:
+    """``--seeds N``: N independent runs under ``seeds/seed-<s>`` of the open ``rundir``,
+    then their consensus (ila.core.ensemble) as the run's ``layer_scores.json``.
 
     Each member is an ordinary score run with seed ``config.train.seed + k`` (the split
     stays the same: ``--split-seed``). ``resume`` reuses finished members and resumes an
@@ -448,63 +388,47 @@ def _score_ensemble(
     """
     from ila.core.ensemble import consensus_scores
     from ila.reporting import write_score_report
-    from ila.rundir import RUN_STATE_FILE
 
-    main = is_main_process()
-    resolved = {**recorded_config(config), "method": method}
-    _check_score_dir(output_dir, config, resolved, command, overwrite=overwrite, resume=resume)
-    finished = _finished_score(output_dir, {}) if resume else None
-    if finished is not None:
-        return finished
     seeds = range(config.train.seed, config.train.seed + config.ensemble.seeds)  # lazily
-    with run_directory(
-        output_dir,
-        command=command,
-        resolved=resolved,
-        overwrite=overwrite,
-        resume=resume,
-        inputs=input_paths(config),
-    ):
-        runs, members, seconds = [], [], {}
-        for seed in seeds:
-            member_dir = output_dir / "seeds" / f"seed-{seed}"
-            member = dataclasses.replace(
-                config,
-                train=dataclasses.replace(config.train, seed=seed),
-                ensemble=dataclasses.replace(config.ensemble, seeds=1),
-            )
-            again = resume and (member_dir / RUN_STATE_FILE).is_file()
-            log.info("ensemble member %d of %d (seed %d)", len(runs) + 1, len(seeds), seed)
-            done = score(
-                member,
-                member_dir,
-                method=method,
-                overwrite=not again,
-                resume=again,
-                command="score-member",
-            )
-            runs.append(done.scores)
-            members.append(str(member_dir.relative_to(output_dir)))
-            for key, value in done.seconds.items():
-                seconds[key] = seconds.get(key, 0.0) + value
-        scores = consensus_scores(runs, seeds=seeds, members=members)
-        report_files: list[Path] = []
-        if main:
-            data_stats = read_json(output_dir / members[0] / DATA_FILE)
-            atomic_write_json(output_dir / DATA_FILE, data_stats)
-            scores.save(output_dir / SCORES_FILE)
-            report_files = write_score_report(scores, output_dir / "report")
-            mark_stage(output_dir, "score")
-    return ScoreRun(output_dir, scores, seconds, report_files)
+    runs, members, seconds = [], [], {}
+    for seed in seeds:
+        member_dir = rundir.seed(seed)
+        member = dataclasses.replace(
+            config,
+            train=dataclasses.replace(config.train, seed=seed),
+            ensemble=dataclasses.replace(config.ensemble, seeds=1),
+        )
+        again = resume and member_dir.state_file.is_file()
+        log.info("ensemble member %d of %d (seed %d)", len(runs) + 1, len(seeds), seed)
+        done = score(
+            member,
+            member_dir.path,
+            method=method,
+            overwrite=not again,
+            resume=again,
+            command="score-member",
+        )
+        runs.append(done.scores)
+        members.append(str(member_dir.path.relative_to(rundir.path)))
+        for key, value in done.seconds.items():
+            seconds[key] = seconds.get(key, 0.0) + value
+    scores = consensus_scores(runs, seeds=seeds, members=members)
+    report_files: list[Path] = []
+    if is_main_process():
+        atomic_write_json(rundir.data, read_json(rundir.seed(seeds[0]).data))
+        scores.save(rundir.scores)
+        report_files = write_score_report(scores, rundir.report)
+        rundir.mark("score")
+    return ScoreRun(rundir.path, scores, seconds, report_files)
 
 
-def _require_same_data(output_dir: Path, stats: dict[str, Any]) -> None:
+def _require_same_data(rundir: RunDir, stats: dict[str, Any]) -> None:
     """A resumed run must train on the data it started with (same fingerprint)."""
-    recorded = read_json(output_dir / DATA_FILE)
+    recorded = read_json(rundir.data)
     if recorded.get("fingerprint") != stats["fingerprint"]:
         raise IlaError(
             f"--resume: the training data differ from the data recorded in "
-            f"{output_dir / 'data.json'} (fingerprint {recorded.get('fingerprint')} there, "
+            f"{rundir.data} (fingerprint {recorded.get('fingerprint')} there, "
             f"{stats['fingerprint']} now); resume with the same --data, or start a new run"
         )
 
@@ -542,7 +466,6 @@ def _warm_start(config: RunConfig) -> bool:
     return True
 
 
-@runs_locked
 def run(
     config: RunConfig,
     output_dir: Path,
@@ -562,9 +485,38 @@ def run(
 
     ``resume`` continues an interrupted run: scoring as :func:`score` resumes it, the
     selection is made again, the fine-tune continues from its last complete checkpoint
-    (or starts again when it has none). A ranking that is a tie (ila.core.ties) stops the
-    run after scoring, its scores kept, unless ``allow_tied_ranking``.
+    (or starts again when it has none). The run directory stays locked from the moment it
+    is opened (at once for ``resume``) until the job ends. A ranking that is a tie
+    (ila.core.ties) stops the run after scoring, its scores kept, unless
+    ``allow_tied_ranking``.
     """
+    rundir = RunDir(output_dir)
+    with rundir.lock_scope():
+        if resume:
+            last = "finetune" if config.run.finetune else "select"
+            last = "eval" if config.run.evaluate and last == "finetune" else last
+            resolved = {**recorded_config(config), "method": "ila"}
+            rundir.check(resolved, resume=True, finished_stage=last)
+            rundir.lock("run")  # held through scoring, or a finished scoring's reuse
+        return _run_steps(
+            config,
+            rundir,
+            overwrite=overwrite,
+            resume=resume,
+            allow_tied_ranking=allow_tied_ranking,
+        )
+
+
+def _run_steps(
+    config: RunConfig,
+    rundir: RunDir,
+    *,
+    overwrite: bool,
+    resume: bool,
+    allow_tied_ranking: bool,
+) -> RunResult:
+    """`ila run`'s steps: score, select, fine-tune the selection, evaluate (a tied ranking
+    stops it after scoring unless ``allow_tied_ranking``)."""
     from ila.config import FinetuneConfig
     from ila.core.layers import LayerMap
     from ila.core.selection import select_units
@@ -581,28 +533,22 @@ def run(
         from ila.jobs.evaluate import check_eval_inputs
 
         check_eval_inputs(config.eval)
-    if resume:
-        last = "finetune" if config.run.finetune else "select"
-        last = "eval" if config.run.evaluate and last == "finetune" else last
-        resolved = {**recorded_config(config), "method": "ila"}
-        require_resumable(output_dir, resolved, finished_stage=last)
     scored = score(
-        config, output_dir, method="ila", overwrite=overwrite, resume=resume, command="run"
+        config, rundir.path, method="ila", overwrite=overwrite, resume=resume, command="run"
     )
-    require_separated(
-        scored.scores, origin=str(scored.output_dir / SCORES_FILE), allow=allow_tied_ranking
-    )
+    rundir.lock("run")
+    require_separated(scored.scores, origin=str(rundir.scores), allow=allow_tied_ranking)
     settings = config.run
     fraction = settings.selection_rule
     selection = select_units(
         LayerMap.from_dict(scored.scores.layout),
         scores=scored.scores,
-        scores_file=scored.output_dir / SCORES_FILE,
+        scores_file=rundir.scores,
         **fraction,
     )
     if is_main_process():
-        selection.save(scored.output_dir / SELECTION_FILE)
-        mark_stage(scored.output_dir, "select")
+        selection.save(rundir.selection)
+        rundir.mark("select")
     tuned = None
     if settings.finetune:
         finetune_config = FinetuneConfig(
@@ -615,16 +561,16 @@ def run(
         tuned = finetune_step(
             finetune_config,
             selection,
-            scored.output_dir / "finetune",
+            rundir.finetune.path,
             resume,
-            stage1_run=scored.output_dir,
+            stage1_run=rundir.path,
             measure_held_out=not settings.evaluate,  # the evaluation measures it next
         )
         if is_main_process():
-            mark_stage(scored.output_dir, "finetune")
+            rundir.mark("finetune")
         if settings.evaluate:
             from ila.jobs.evaluate import evaluate_run
 
-            evaluation = evaluate_run(config, finetune_config, scored.output_dir, resume=resume)
+            evaluation = evaluate_run(config, finetune_config, rundir, resume=resume)
             return RunResult(scored, selection, tuned, evaluation)
     return RunResult(scored, selection, tuned)

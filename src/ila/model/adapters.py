@@ -59,7 +59,7 @@ def check_adapter_base(
     allowable = flag == "--adapter"
     hint = "pass the base model it was trained on as --model"
     if recorded.is_file():
-        from ila.rundir import read_json
+        from ila.files import read_json
 
         ours = model_fingerprint(model_spec)
         note = check_same_model(

@@ -15,7 +15,7 @@ A fine-tune changes bytes everywhere in its weights files, so a sample of 64 chu
 file tells it from its base; a copy of a model directory (or a hub snapshot of it) has
 the fingerprint of the original. A GGUF file is fingerprinted as itself, so one network as
 GGUF and as a safetensors directory counts as two models (``--allow-other-model`` says
-they are one). Runs record the fingerprint (README, "Run directories"); ``--resume``,
+they are one). Runs record the fingerprint (docs/rundirs.md); ``--resume``,
 ``finetune --scores``/``--selection``, ``eval --adapter`` and ``compare`` check it.
 """
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ila.errors import IlaError
-from ila.rundir import atomic_write_json
+from ila.files import atomic_write_json
 from ila.train.parallel import fsdp_requested
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from torch import nn
 from ila.core.deltas import unit_weight
 from ila.core.layers import LayerMap
 from ila.errors import IlaError
-from ila.rundir import read_json
+from ila.files import read_json
 
 __all__ = ["aligned_unit_deltas", "model_directory"]
 

@@ -1,27 +1,42 @@
-"""The outputs of `ila compare`: comparison.json, comparison.md and two figures.
+"""The outputs of `ila compare`: comparison.json, comparison.md and three figures.
 
 ``pairwise.png`` holds one runs x runs heatmap per fraction (Jaccard of the important
-sets) and two for the rank correlations; ``overlap_curves.png`` shows the Jaccard of
-every pair against the fraction K, with the mean and the random expectation.
+sets) and two for the rank correlations, each coloured from chance to full agreement;
+``overlap_curves.png`` shows the Jaccard of every pair against the fraction K, with the
+mean and the random expectation; ``units.png`` (:mod:`ila.reporting.compare_units`) draws
+every run's ranking on the model's units with its top set at the smallest fraction outlined.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ila.analysis.compare import Comparison
-from ila.reporting.figures import pyplot, save_png
-from ila.rundir import atomic_write_json, atomic_write_text
+from ila.core.scores import LayerScores
+from ila.errors import IlaError
+from ila.files import atomic_write_json, atomic_write_text
+from ila.reporting.compare_units import plot_compare_units
+from ila.reporting.figures import pyplot, save_png, text_color
+from ila.reporting.plots import add_colorbar
 
 __all__ = [
     "COMPARISON_FILES",
     "comparison_markdown",
+    "pairwise_figure",
     "plot_overlap_curves",
     "plot_pairwise_heatmaps",
     "write_comparison_report",
 ]
 
-COMPARISON_FILES = ("comparison.json", "comparison.md", "pairwise.png", "overlap_curves.png")
+COMPARISON_FILES = (
+    "comparison.json",
+    "comparison.md",
+    "pairwise.png",
+    "overlap_curves.png",
+    "units.png",
+)
 
 
 def _percent(fraction: float) -> str:
@@ -70,6 +85,11 @@ def comparison_markdown(comparison: Comparison) -> str:
         "![pairwise overlap](pairwise.png)",
         "",
         "![overlap vs fraction](overlap_curves.png)",
+        "",
+        f"Every run's ranking on the units (colour: rank), its top {_percent(min(c.fractions))} "
+        "outlined; the last panel counts the runs whose top set holds each unit.",
+        "",
+        "![units of every run](units.png)",
     ]
     return "\n".join(lines) + "\n"
 
@@ -224,46 +244,82 @@ def _cell(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def plot_pairwise_heatmaps(comparison: Comparison, path: Path) -> None:
-    """Runs x runs heatmaps: Jaccard at each fraction, then Spearman and Kendall tau-b."""
-    plt = pyplot()
-    c = comparison
-    labels = c.labels
+def _pair_panels(c: Comparison) -> list[tuple[str, str, float, list[list[float]]]]:
+    """(title, colour-scale label, chance level, runs x runs matrix) of every panel."""
     panels = [
         (
-            f"Jaccard, top {_percent(s.fraction)} (random {s.random_jaccard:.2f})",
+            f"Jaccard, top {_percent(s.fraction)}",
+            f"Jaccard; colour from chance\n(random sets, {s.random_jaccard:.2f}) to 1",
+            s.random_jaccard,
             c.matrix("jaccard", s.fraction),
-            0.0,
         )
         for s in c.by_fraction
     ]
-    panels += [
-        ("Spearman rho", c.matrix("spearman"), -1.0),
-        ("Kendall tau-b", c.matrix("kendall_tau_b"), -1.0),
-    ]
+    return [
+        *panels,
+        ("Spearman rho, all units", "Spearman rho; colour from\n0 (no relation) to 1", 0.0,
+         c.matrix("spearman")),
+        ("Kendall tau-b, all units", "Kendall tau-b; colour from\n0 (no relation) to 1", 0.0,
+         c.matrix("kendall_tau_b")),
+    ]  # fmt: skip
+
+
+def _draw_pair_panel(
+    fig: Any, ax: Any, panel: tuple[str, str, float, Any], labels: list[str]
+) -> None:
+    """One runs x runs heatmap coloured from the measure's chance level (or the lowest
+    pair, if below it) to 1; the diagonal (a run with itself) is grey, and every pair's
+    value is written in its cell when there are at most 10 runs."""
+    import numpy as np
+
+    title, scale, chance, matrix = panel
+    values = np.array(matrix, dtype=float)
+    np.fill_diagonal(values, np.nan)
+    cmap = pyplot().get_cmap("viridis").with_extremes(bad="#dddddd")
+    low = min(chance, float(np.nanmin(values))) if len(labels) > 1 else chance
+    image = ax.imshow(values, cmap=cmap, vmin=low, vmax=1.0)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    add_colorbar(fig, ax, image, scale)
+    ax.set_title(title, fontsize=8)
+    if len(labels) <= 10:
+        for i, row in enumerate(values):
+            for j, value in enumerate(row):
+                if i != j:
+                    color = text_color(cmap(image.norm(value)))
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
+
+
+def pairwise_figure(comparison: Comparison) -> Any:
+    """Runs x runs heatmaps: Jaccard at each fraction, then Spearman and Kendall tau-b,
+    each coloured from its chance level to 1 (full agreement)."""
+    plt = pyplot()
+    c = comparison
+    labels = c.labels
+    panels = _pair_panels(c)
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
-    size = 1.6 + 0.45 * len(labels)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * (size + 1.2), rows * size), squeeze=False)
-    annotate = len(labels) <= 10
-    for ax, (title, matrix, low) in zip(axes.flat, panels, strict=False):
-        image = ax.imshow(matrix, cmap="viridis", vmin=low, vmax=1.0)
-        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
-        ax.set_title(title, fontsize=8)
-        if annotate:
-            for i, row in enumerate(matrix):
-                for j, value in enumerate(row):
-                    color = "black" if value > low + 0.6 * (1.0 - low) else "white"
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    size = 1.8 + 0.45 * len(labels)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(cols * (size + 1.6), rows * (size + 0.4)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        _draw_pair_panel(fig, ax, panel, labels)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(
         f"{len(labels)} runs of {c.model_id}: {c.num_units} {c.unit_kind} units", fontsize=9
     )
-    fig.tight_layout()
-    save_png(fig, path)
+    return fig
+
+
+def plot_pairwise_heatmaps(comparison: Comparison, path: Path) -> None:
+    """Write :func:`pairwise_figure` as a PNG."""
+    save_png(pairwise_figure(comparison), path)
 
 
 def plot_overlap_curves(comparison: Comparison, path: Path) -> None:
@@ -289,11 +345,19 @@ def plot_overlap_curves(comparison: Comparison, path: Path) -> None:
     save_png(fig, path)
 
 
-def write_comparison_report(comparison: Comparison, output_dir: Path) -> list[Path]:
-    """Write :data:`COMPARISON_FILES` into ``output_dir``; returns their paths."""
+def write_comparison_report(
+    comparison: Comparison, output_dir: Path, *, scores: Sequence[LayerScores]
+) -> list[Path]:
+    """Write :data:`COMPARISON_FILES` into ``output_dir``; returns their paths.
+    ``scores`` are the compared runs' scores, in the order of ``comparison.labels``."""
+    if len(scores) != len(comparison.labels):
+        raise IlaError(
+            f"write_comparison_report: {len(scores)} scores for {len(comparison.labels)} runs"
+        )
     out = Path(output_dir)
     atomic_write_json(out / "comparison.json", comparison.to_dict())
     atomic_write_text(out / "comparison.md", comparison_markdown(comparison))
     plot_pairwise_heatmaps(comparison, out / "pairwise.png")
     plot_overlap_curves(comparison, out / "overlap_curves.png")
+    plot_compare_units(scores, comparison.labels, min(comparison.fractions), out / "units.png")
     return [out / name for name in COMPARISON_FILES]

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ila.reporting.figures import pyplot, save_png
+from ila.reporting.figures import data_limits, pyplot, save_png
 
-__all__ = ["plot_gate_trajectories", "plot_stage1_loss"]
+__all__ = ["gate_figure", "plot_gate_trajectories", "plot_stage1_loss"]
 
 
 def _rolling_mean(values: Sequence[float], window: int) -> list[float | None]:
@@ -29,6 +29,8 @@ def plot_stage1_loss(summary: dict[str, Any], path: Path) -> None:
     The windowed mean is the series the epsilon-stability test compares (window W);
     the update norm ||Delta||_F, when recorded, is drawn on a second axis.
     """
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     loss = summary["loss_curve"]
     steps = list(range(1, len(loss) + 1))
@@ -49,6 +51,7 @@ def plot_stage1_loss(summary: dict[str, Any], path: Path) -> None:
         stable = "epsilon-stable" if summary.get("stable") else "step cap, not stable"
         ax.axvline(t, color="#c0392b", linestyle="--", linewidth=1.4, label=f"T = {t} ({stable})")
     ax.set_xlabel("stage-1 step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
@@ -67,6 +70,19 @@ def plot_stage1_loss(summary: dict[str, Any], path: Path) -> None:
     save_png(fig, path)
 
 
+def _gate_axis(values: Any) -> tuple[float, float]:
+    """The gates' y range: 0 to 1 where they spread over more than half of it, else their
+    own range (padded), so gates that barely move are not drawn as one flat line."""
+    limits = data_limits(values.ravel())
+    if limits is None:
+        value = float(values.ravel()[0])
+        return max(0.0, value - 0.05), min(1.02, value + 0.05)
+    if limits[1] - limits[0] > 0.5:
+        return 0.0, 1.02
+    pad = 0.08 * (limits[1] - limits[0])
+    return limits[0] - pad, limits[1] + pad
+
+
 def plot_gate_trajectories(
     trajectory: dict[str, Any],
     path: Path,
@@ -75,10 +91,26 @@ def plot_gate_trajectories(
     target_fraction: float | None = None,
     highlight: int = 5,
 ) -> None:
+    """Write :func:`gate_figure` as a PNG."""
+    figure = gate_figure(
+        trajectory, stage2_loss=stage2_loss, target_fraction=target_fraction, highlight=highlight
+    )
+    save_png(figure, path)
+
+
+def gate_figure(
+    trajectory: dict[str, Any],
+    *,
+    stage2_loss: Sequence[float] = (),
+    target_fraction: float | None = None,
+    highlight: int = 5,
+) -> Any:
     """Every gate sigmoid(s_i) over the stage-2 steps; the final top and bottom highlighted.
 
-    Step 0 is the gates' initial value. A second panel shows the stage-2 loss (model loss
-    plus the budget term) when given.
+    Step 0 is the gates' initial value. The axis spans 0 to 1 when the gates spread over
+    more than half of it, else their own range (the budget H is then drawn only if it
+    falls inside, and the title says where it lies). A second panel shows the stage-2
+    loss (model loss plus the budget term) when given.
     """
     import numpy as np
 
@@ -88,7 +120,11 @@ def plot_gate_trajectories(
     steps = np.arange(values.shape[0])
     panels = 2 if len(stage2_loss) else 1
     fig, axes = plt.subplots(
-        1, panels, figsize=(6.5 * panels, 4.2), squeeze=False, width_ratios=[3, 2][:panels]
+        1,
+        panels,
+        figsize=(6.5 if panels == 1 else 11.0, 4.6),
+        squeeze=False,
+        width_ratios=[3, 2][:panels],
     )
     ax = axes[0][0]
     for j in range(values.shape[1]):
@@ -99,30 +135,44 @@ def plot_gate_trajectories(
     colors = plt.get_cmap("tab10")
     for n, j in enumerate(top + bottom):
         kind = "top" if n < len(top) else "bottom"
-        ax.plot(
-            steps,
-            values[:, j],
-            color=colors(n % 10),
-            linewidth=1.4,
-            linestyle="-" if kind == "top" else ":",
-            label=f"{kind}: {names[j]}",
-        )
+        ax.plot(steps, values[:, j], color=colors(n % 10), linewidth=1.4,
+                linestyle="-" if kind == "top" else ":", label=f"{kind}: {names[j]}")  # fmt: skip
     ax.plot(steps, values.mean(axis=1), color="black", linewidth=2.0, label="mean gate")
-    if target_fraction is not None:
-        ax.axhline(target_fraction, color="#c0392b", linestyle="--", linewidth=1.0)
-        ax.text(0, target_fraction, f" budget H = {target_fraction}", fontsize=7, va="bottom")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("stage-2 step")
-    ax.set_ylabel("gate sigmoid(s)")
-    ax.set_title(f"Stage 2: {len(names)} gates", fontsize=9)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
-    ax.grid(alpha=0.3)
+    _gate_axes(ax, values, target_fraction)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     if panels == 2:
-        loss_ax = axes[0][1]
-        loss_ax.plot(range(1, len(stage2_loss) + 1), stage2_loss, color="#24476b")
-        loss_ax.set_xlabel("stage-2 step")
-        loss_ax.set_ylabel("loss (with budget term)")
-        loss_ax.set_title("Stage 2: training loss", fontsize=9)
-        loss_ax.grid(alpha=0.3)
+        _loss_panel(axes[0][1], stage2_loss)
     fig.tight_layout()
-    save_png(fig, path)
+    return fig
+
+
+def _gate_axes(ax: Any, values: Any, target_fraction: float | None) -> None:
+    """The gates' axis (:func:`_gate_axis`), the budget H where it falls inside, titles."""
+    from matplotlib.ticker import MaxNLocator
+
+    title = f"Stage 2: {values.shape[1]} gates"
+    low, high = _gate_axis(values)
+    if target_fraction is not None and low <= target_fraction <= high:
+        ax.axhline(target_fraction, color="#c0392b", linestyle="--", linewidth=1.0)
+        ax.text(0, target_fraction, f" budget H = {target_fraction}", fontsize=8, va="bottom")
+    elif target_fraction is not None:
+        side = "below" if target_fraction < low else "above"
+        title += f" (budget H = {target_fraction}, {side} the gates' range drawn)"
+    ax.set_ylim(low, high)
+    ax.set_xlabel("stage-2 step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    full = (low, high) == (0.0, 1.02)
+    ax.set_ylabel("gate sigmoid(s)" + ("" if full else "\n(axis: the gates' range)"))
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+
+
+def _loss_panel(ax: Any, stage2_loss: Sequence[float]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.plot(range(1, len(stage2_loss) + 1), stage2_loss, color="#24476b")
+    ax.set_xlabel("stage-2 step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("loss (with budget term)")
+    ax.set_title("Stage 2: training loss", fontsize=9)
+    ax.grid(alpha=0.3)

@@ -14,21 +14,15 @@ from typing import Any
 
 import yaml
 
-from ila.core.scores import SCORES_FILE, LayerScores
+from ila.core.scores import LayerScores
 from ila.errors import IlaError
+from ila.files import read_json, require_schema_version
 from ila.run_files import (
-    CONFIG_FILE,
-    DATA_FILE,
-    ENVIRONMENT_FILE,
     EVAL_SCHEMA_VERSION,
     EVAL_VARIANTS_FILE,
     EVAL_VARIANTS_FILE_BEFORE,
-    FINETUNE_SUMMARY_FILE,
-    GATE_TRAJECTORY_FILE,
-    SELECTION_FILE,
-    STAGE_SUMMARY_FILE,
 )
-from ila.rundir import RUN_STATE_FILE, read_json, require_schema_version
+from ila.rundir import RUN_STATE_FILE, RunDir
 
 __all__ = ["EVAL_SCHEMA_VERSION", "RunRecord", "load_run_record"]
 
@@ -87,24 +81,28 @@ def load_run_record(run_dir: Path) -> RunRecord:
             f"{run_dir} is not a finished run (its scoring stage has not completed); wait for "
             "it to finish or re-run it"
         )
-    scores = LayerScores.load(run_dir / SCORES_FILE)
-    config = _read_yaml(run_dir / CONFIG_FILE)
-    environment = read_json(run_dir / ENVIRONMENT_FILE)
-    data = read_json(run_dir / DATA_FILE) if (run_dir / DATA_FILE).is_file() else None
+    run = RunDir(run_dir)
+    scores = LayerScores.load(run.scores)
+    config = _read_yaml(run.config)
+    environment = read_json(run.environment)
+    data = read_json(run.data) if run.data.is_file() else None
     stage1 = stage2 = trajectory = None
     if scores.method == "ila":
         # An ensemble (--seeds N) shows the curves of its first member.
         members = (scores.meta.get("ensemble") or {}).get("members") or [""]
-        stages_dir = run_dir / members[0]
-        stage1 = read_json(stages_dir / "stage1" / STAGE_SUMMARY_FILE)
-        stage2 = read_json(stages_dir / "stage2" / STAGE_SUMMARY_FILE)
-        trajectory = read_json(stages_dir / "stage2" / GATE_TRAJECTORY_FILE)
-    selection = read_json(run_dir / SELECTION_FILE) if "select" in stages else None
+        stages_run = RunDir(run_dir / members[0])
+        stage1 = read_json(stages_run.stage_summary(1))
+        stage2 = read_json(stages_run.stage_summary(2))
+        trajectory = read_json(stages_run.gate_trajectory)
+    selection = read_json(run.selection) if "select" in stages else None
     finetunes = {}
-    for stage, name in (("finetune", "selected"), ("finetune-all-units", "all-units")):
+    for stage, name, tuned in (
+        ("finetune", "selected", run.finetune),
+        ("finetune-all-units", "all-units", run.finetune_all_units),
+    ):
         if stage in stages:
-            finetunes[name] = read_json(run_dir / stage / FINETUNE_SUMMARY_FILE)
-    evaluation = _read_evaluation(_variants_file(run_dir / "eval")) if "eval" in stages else None
+            finetunes[name] = read_json(tuned.finetune_summary)
+    evaluation = _read_evaluation(_variants_file(run.evaluation)) if "eval" in stages else None
     return RunRecord(
         run_dir=run_dir,
         command=command,

@@ -1,7 +1,7 @@
 """`ila report`: one self-contained HTML page (and markdown) describing a finished run.
 
 Sections: summary, stage 1 (loss with T marked), stage 2 (gate trajectories), the units
-(blocks x module types heatmap, block bars, top of the ranking), and when the run has
+(blocks x module types heatmap, block plot, top of the ranking), and when the run has
 them the selection, the fine-tunes and the evaluation; then the data, the versions and
 the command that reproduces the run from its resolved ``config.yaml``. Built from the
 run's JSON files only (:mod:`ila.reporting.run_record`).
@@ -13,13 +13,15 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from ila.files import atomic_write_text
 from ila.reporting.document import Code, Document, Figure, Section, Table, to_html, to_markdown
-from ila.reporting.plots import plot_block_bars, plot_unit_heatmap
+from ila.reporting.figures import data_limits, number_format
+from ila.reporting.marks import UnitMarks, marks_from_selection
+from ila.reporting.plots import plot_blocks, plot_unit_heatmap
 from ila.reporting.run_plots import plot_gate_trajectories, plot_stage1_loss
 from ila.reporting.run_record import RunRecord
-from ila.reporting.tables import ranking_markdown
+from ila.reporting.tables import importance_format, ranking_markdown
 from ila.run_files import CONFIG_FILE
-from ila.rundir import atomic_write_text
 
 __all__ = ["RUN_REPORT_HTML", "build_run_document", "reproduce_command", "write_run_report"]
 
@@ -156,13 +158,14 @@ def _units(record: RunRecord, figures: list[Figure]) -> Section:
     s = record.scores
     rank = {name: i + 1 for i, name in enumerate(s.ranking())}
     by_name = {u.name: u for u in s.units}
+    spec = importance_format(s)
     rows = [
         [
             str(rank[name]),
             f"`{name}`",
             str(by_name[name].block),
             by_name[name].module_type or "-",
-            f"{by_name[name].importance:.4f}",
+            f"{by_name[name].importance:{spec}}",
         ]
         for name in s.ranking()[:_TOP_ROWS]
     ]
@@ -329,6 +332,45 @@ def _ensemble_agreement_table(stability: dict[str, Any]) -> Table:
     return Table(header, rows, [False] + [True] * (len(header) - 1))
 
 
+def selection_marks(record: RunRecord) -> UnitMarks | None:
+    """The units the run's selection acts on, marked on its figures (None without one)."""
+    if record.selection is None:
+        return None
+    return marks_from_selection(record.selection, record.scores)
+
+
+def _unit_figures(record: RunRecord, figures: dict[str, str]) -> list[Figure]:
+    """The heatmap and block plot, captioned with their scale and what is marked."""
+    scores, marks = record.scores, selection_marks(record)
+    limits = data_limits(u.importance for u in scores.units)
+    if limits is None:
+        scale = f"All {len(scores.units)} units are equal ({scores.units[0].importance:.4g})."
+    else:
+        spec = number_format(*limits)
+        scale = (
+            f"Scaled to this run's importances, {limits[0]:{spec}} (lowest) to "
+            f"{limits[1]:{spec}} (highest), not to 0-1."
+        )
+    marked = ""
+    if marks is not None:
+        shown = "outlined" if marks.kind == "tuned" else "hatched"
+        marked = f" Marked ({shown} in the heatmap, red in the block plot): {marks.label}."
+    blocks = (
+        "Every unit's importance by block (dots; a block's module types left to right) and "
+        "the block means (line). "
+    )
+    result = [Figure(figures["blocks"], blocks + scale + marked)]
+    if "heatmap" in figures:
+        heatmap = (
+            "Importance of every unit, blocks x module types; the number in a cell is the "
+            "unit's rank (1 = most important). Colour: "
+        )
+        result.insert(
+            0, Figure(figures["heatmap"], heatmap + scale[0].lower() + scale[1:] + marked)
+        )
+    return result
+
+
 def build_run_document(record: RunRecord, figures: dict[str, str]) -> Document:
     """The report of ``record``; ``figures`` maps 'heatmap' and 'blocks' to their files."""
     sections = [_summary(record)]
@@ -336,10 +378,7 @@ def build_run_document(record: RunRecord, figures: dict[str, str]) -> Document:
         sections.append(_stage1(record))
     if record.gate_trajectory is not None:
         sections.append(_stage2(record))
-    unit_figures = [Figure(figures["blocks"], "Block importance (mean of the block's units)")]
-    if "heatmap" in figures:
-        unit_figures.insert(0, Figure(figures["heatmap"], "Importance: blocks x module types"))
-    sections.append(_units(record, unit_figures))
+    sections.append(_units(record, _unit_figures(record, figures)))
     stability = _stability(record)
     if stability is not None:
         sections.append(stability)
@@ -361,9 +400,10 @@ def write_run_report(record: RunRecord, output_dir: Path) -> list[Path]:
     out = Path(output_dir)
     scores = record.scores
     files = {"blocks": "blocks.png"}
-    plot_block_bars(scores, out / "blocks.png")
+    marks = selection_marks(record)
+    plot_blocks(scores, out / "blocks.png", marks=marks)
     if scores.unit_kind == "module":
-        plot_unit_heatmap(scores, out / "heatmap.png")
+        plot_unit_heatmap(scores, out / "heatmap.png", marks=marks)
         files["heatmap"] = "heatmap.png"
     written = [out / name for name in files.values()]
     if record.stage1 is not None and not record.stage1.get("source"):

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from ila.core.scores import LayerScores
+from ila.reporting.figures import data_limits, number_format
 
-__all__ = ["ranking_markdown"]
+__all__ = ["importance_format", "ranking_markdown"]
+
+
+def importance_format(scores: LayerScores) -> str:
+    """A format spec for the importances of ``scores``: 4 decimals, more where the units
+    differ by less than that shows (a short stage 2 leaves gates 1e-6 apart)."""
+    limits = data_limits(u.importance for u in scores.units)
+    decimals = 4 if limits is None else max(4, int(number_format(*limits)[1:-1]))
+    return f".{decimals}f"
 
 
 def ranking_markdown(scores: LayerScores) -> str:
@@ -12,6 +21,7 @@ def ranking_markdown(scores: LayerScores) -> str:
     a tied ranking (ila.core.ties) says so above the table."""
     rank = {name: i + 1 for i, name in enumerate(scores.ranking())}
     by_name = {u.name: u for u in scores.units}
+    spec = importance_format(scores)
     lines = [
         f"# Layer scores: {scores.method} on {scores.model_id}",
         "",
@@ -28,7 +38,7 @@ def ranking_markdown(scores: LayerScores) -> str:
         u = by_name[name]
         lines.append(
             f"| {rank[name]} | `{name}` | {u.block} | {u.module_type or '-'} | "
-            f"{u.importance:.4f} | {u.raw:.4f} |"
+            f"{u.importance:{spec}} | {u.raw:.4f} |"
         )
     if scores.unit_kind == "module":
         lines += [
@@ -38,7 +48,7 @@ def ranking_markdown(scores: LayerScores) -> str:
             "| block | importance |",
             "|---:|---:|",
         ]
-        lines += [f"| {b} | {v:.4f} |" for b, v in scores.block_scores().items()]
+        lines += [f"| {b} | {v:{spec}} |" for b, v in scores.block_scores().items()]
     return "\n".join(lines) + "\n"
 
 

@@ -27,10 +27,12 @@ from ila.core.layers import LayerMap
 from ila.core.lora import lora_update_norms, unit_lora_layer
 from ila.core.scores import LayerScores
 from ila.errors import IlaError
+from ila.files import atomic_write_json
 from ila.run_files import STAGE_SUMMARY_FILE
-from ila.rundir import atomic_write_json, is_main_process, mark_stage
+from ila.rundir import RunDir
 from ila.scorers.base import ScoringContext
 from ila.scorers.ila import ila_scores, run_stage2
+from ila.train.parallel import is_main_process
 
 __all__ = [
     "ExistingUpdate",
@@ -138,6 +140,48 @@ def adapted_layer_map(peft_model: Any, layer_map: LayerMap) -> tuple[LayerMap, l
     return units, missing
 
 
+def learn_stage2(
+    model: Any,
+    *,
+    tokenizer: Any,
+    layer_map: LayerMap,
+    train_features: list[dict[str, list[int]]],
+    config: Any,
+    output_dir: Path,
+    data_fingerprint: str,
+    model_id: str = "model",
+    deltas: dict[str, torch.Tensor] | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """ILA's stage 2 alone (docs/method.md, "Stage 2") on the LoRA update ``model``
+    carries, or on ``deltas`` (unit name -> weight change) gated on the base ``model``;
+    returns the stage-2 summary (``gates``, ``seconds``, the trajectory's facts).
+
+    ``config`` is a :class:`ila.config.ScoreConfig` (its ``stage2`` settings and training
+    precision are used); ``output_dir`` receives ``stage2/`` and ``metrics.jsonl``.
+    ``seed`` seeds torch first (the gates' noise and the batch order). For studies of
+    stage 2 on stage-1 snapshots; a run ranks an adapter with ``ila score
+    --from-adapter`` (:func:`rank_existing_update`).
+    """
+    from ila.data import PaddingCollator
+
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    ctx = ScoringContext(
+        model=model,
+        tokenizer=tokenizer,
+        layer_map=layer_map,
+        model_id=model_id,
+        train_features=train_features,
+        collator=PaddingCollator(tokenizer.pad_token_id),
+        config=config,
+        output_dir=Path(output_dir),
+        data_fingerprint=data_fingerprint,
+    )
+    if seed is not None:
+        torch.manual_seed(seed)
+    return run_stage2(ctx, model, deltas=deltas)
+
+
 def rank_existing_update(ctx: ScoringContext, update: ExistingUpdate) -> LayerScores:
     """Stage 2 on ``update`` and the ranking, in ``ctx``'s run directory.
 
@@ -185,6 +229,6 @@ def rank_recorded_update(
     """
     if is_main_process():
         atomic_write_json(ctx.output_dir / "stage1" / STAGE_SUMMARY_FILE, stage1)
-        mark_stage(ctx.output_dir, "stage1")
+        RunDir(ctx.output_dir).mark("stage1")
     stage2 = run_stage2(ctx, model, deltas=deltas)
     return ila_scores(ctx, stage1, stage2)

@@ -53,15 +53,9 @@ from ila.core.scores import LayerScores, UnitScore, jaccard
 from ila.core.stability import stage1_detector, top_set
 from ila.core.ties import loss_moved
 from ila.errors import IlaError
+from ila.files import atomic_directory, atomic_write_json, read_json
 from ila.run_files import GATE_TRAJECTORY_FILE, METRICS_FILE, STAGE_SUMMARY_FILE
-from ila.rundir import (
-    atomic_directory,
-    atomic_write_json,
-    is_main_process,
-    mark_stage,
-    read_json,
-    read_run_state,
-)
+from ila.rundir import RunDir
 from ila.scorers.base import ScoringContext
 from ila.scorers.common import preserved_model_state
 from ila.train.checkpoints import (
@@ -72,6 +66,7 @@ from ila.train.checkpoints import (
     load_adapter_weights,
     rewind_metrics,
 )
+from ila.train.parallel import is_main_process
 from ila.train.sharding import average_unmanaged_gradients
 from ila.train.trainer import (
     AfterStep,
@@ -227,7 +222,7 @@ def run_stage1(
     """
     cfg, train = ctx.config.stage1, ctx.config.train
     update = update or LoraUpdate(model, ctx.layer_map)
-    out = ctx.output_dir / "stage1"
+    out = RunDir(ctx.output_dir).stage(1)
     if ctx.resume and _completed(ctx, "stage1"):
         update.load_finished(out)
         log.info("stage 1 finished before the interruption; reusing %s", out)
@@ -287,7 +282,7 @@ def run_stage1(
         with atomic_directory(out / update.folder) as tmp:
             update.save(tmp, state)
         atomic_write_json(out / STAGE_SUMMARY_FILE, summary)
-        mark_stage(ctx.output_dir, "stage1")
+        RunDir(ctx.output_dir).mark("stage1")
     return summary
 
 
@@ -431,7 +426,7 @@ def run_stage2(
     from its ``ila_state.json``, Adam's moments from the Trainer's optimizer state.
     """
     cfg, train = ctx.config.stage2, ctx.config.train
-    out = ctx.output_dir / "stage2"
+    out = RunDir(ctx.output_dir).stage(2)
     if ctx.resume and _completed(ctx, "stage2"):
         log.info("stage 2 finished before the interruption; reusing %s", out)
         return read_json(out / STAGE_SUMMARY_FILE)
@@ -507,7 +502,7 @@ def run_stage2(
             },
         )
         atomic_write_json(out / STAGE_SUMMARY_FILE, summary)
-        mark_stage(ctx.output_dir, "stage2")
+        RunDir(ctx.output_dir).mark("stage2")
     return summary
 
 
@@ -646,8 +641,7 @@ def _ranking_checks(unit_values: dict[int, list[float]], fraction: float) -> lis
 
 
 def _completed(ctx: ScoringContext, stage: str) -> bool:
-    state = read_run_state(ctx.output_dir) or {}
-    return stage in state.get("completed_stages", [])
+    return RunDir(ctx.output_dir).completed(stage)
 
 
 def _resume_point(ctx: ScoringContext, folder: Path, stage: str) -> StageCheckpoint | None:

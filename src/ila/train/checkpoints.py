@@ -27,8 +27,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ila.errors import IlaError
+from ila.files import atomic_write_json, atomic_write_text, read_json
 from ila.run_files import CHECKPOINT_STATE_FILE
-from ila.rundir import atomic_write_json, atomic_write_text, read_json
 from ila.train.trainer import StepValues
 
 __all__ = [

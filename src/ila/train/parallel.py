@@ -45,7 +45,16 @@ from pathlib import Path
 
 from ila.errors import IlaError
 
-__all__ = ["fsdp_requested", "requested_sharding", "require_supported_launch"]
+__all__ = ["fsdp_requested", "is_main_process", "requested_sharding", "require_supported_launch"]
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a torchrun / accelerate launch (env RANK).
+
+    Only the main process writes the run directory; the other ranks train and compute the
+    same values but leave the files to rank 0.
+    """
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _flag(name: str) -> bool:

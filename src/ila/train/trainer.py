@@ -27,7 +27,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ila.config import TrainConfig
 from ila.errors import IlaError
-from ila.rundir import append_jsonl
+from ila.files import append_jsonl
 from ila.train.precision import PrecisionChoice, choose_precision
 
 __all__ = [

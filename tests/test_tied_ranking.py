@@ -128,10 +128,12 @@ def test_run_stops_after_scoring_a_tie(tiny_model_dir, tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["run", "--model", str(tiny_model_dir), *QUICK, "--output-dir", str(run)]
     argv += ["--stage1-learning-rate", "1e-30", "--no-evaluate", "--max-steps", "1"]
-    fails(argv, capsys, "is a tie", "--allow-tied-ranking")
+    fails(argv, capsys, "is a tie", "--resume --allow-tied-ranking")
     state = json.loads((run / "run_state.json").read_text())
     assert "score" in state["completed_stages"] and "select" not in state["completed_stages"]
     assert not (run / "finetune").exists()
+    assert main(["-q", *argv, "--resume", "--allow-tied-ranking"]) == 0  # as the error says
+    assert json.loads((run / "selection.json").read_text())["source"]["tied_ranking"] is True
 
 
 def test_the_shortest_real_runs_are_not_ties(tiny_model_dir, tmp_path, capsys):

@@ -101,14 +101,16 @@ def separation(scores: LayerScores) -> Separation:
     return Separation(True, spread, relative, reason)
 
 
-def require_separated(scores: LayerScores, *, origin: str, allow: bool = False) -> None:
+def require_separated(
+    scores: LayerScores, *, origin: str, allow: bool = False, how: str = f"pass {ALLOW_FLAG}"
+) -> None:
     """Refuse to select from a tied ranking (one line naming ``origin`` and the reason),
-    unless ``allow`` (``--allow-tied-ranking``)."""
+    unless ``allow`` (``--allow-tied-ranking``); ``how`` says how to ask for it."""
     found = separation(scores)
     if not found.tie or allow:
         return
     raise IlaError(
         f"the ranking in {origin} is a tie ({found.reason}): a selection from it would be the "
         "model's first units, not ILA's choice; check the data and the stage-1 learning rate "
-        f"and score again, or pass {ALLOW_FLAG} to select from it anyway"
+        f"and score again, or {how} to select from it anyway"
     )

@@ -508,15 +508,9 @@ def run(
 
 
 def _run_steps(
-    config: RunConfig,
-    rundir: RunDir,
-    *,
-    overwrite: bool,
-    resume: bool,
-    allow_tied_ranking: bool,
+    config: RunConfig, rundir: RunDir, *, overwrite: bool, resume: bool, allow_tied_ranking: bool
 ) -> RunResult:
-    """`ila run`'s steps: score, select, fine-tune the selection, evaluate (a tied ranking
-    stops it after scoring unless ``allow_tied_ranking``)."""
+    """`ila run`'s steps: score, select (not from a tie, unless allowed), fine-tune, evaluate."""
     from ila.config import FinetuneConfig
     from ila.core.layers import LayerMap
     from ila.core.selection import select_units
@@ -537,7 +531,8 @@ def _run_steps(
         config, rundir.path, method="ila", overwrite=overwrite, resume=resume, command="run"
     )
     rundir.lock("run")
-    require_separated(scored.scores, origin=str(rundir.scores), allow=allow_tied_ranking)
+    again = "run the same command with --resume --allow-tied-ranking (the scores are kept)"
+    require_separated(scored.scores, origin=str(rundir.scores), allow=allow_tied_ranking, how=again)
     settings = config.run
     fraction = settings.selection_rule
     selection = select_units(

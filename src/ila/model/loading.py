@@ -216,11 +216,7 @@ def load_model(
             logger.info("FSDP launch: the model stays on the CPU until FSDP shards it")
         else:
             loaded.to(target)
-    if Path(source).is_dir():
-        # peft records this as the adapters' base_model_name_or_path: absolute, so that an
-        # adapter copied without ila_base_model.json can still be checked from another
-        # directory (ila.model.adapters).
-        loaded.name_or_path = loaded.config._name_or_path = str(Path(source).resolve())
+    _name_by_absolute_path(loaded, source)
     generation_config = getattr(loaded, "generation_config", None)
     if generation_config is not None and generation_config.pad_token_id is None:
         generation_config.pad_token_id = tokenizer.pad_token_id
@@ -251,6 +247,14 @@ def load_model_config(model: str, *, cache: Path | None = None) -> Any:
     config = _from_pretrained(AutoConfig, model, source)
     _require_causal_decoder(config, model)
     return config
+
+
+def _name_by_absolute_path(loaded: Any, source: str) -> None:
+    """Name a model loaded from a directory by that directory's absolute path. peft records
+    the name as an adapter's ``base_model_name_or_path``, so an adapter copied without
+    ``ila_base_model.json`` can still be checked from another directory (ila.model.adapters)."""
+    if Path(source).is_dir():
+        loaded.name_or_path = loaded.config._name_or_path = str(Path(source).resolve())
 
 
 # Config fields that mark rotary position embeddings (RoPE), across model families.

@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import sys
+import time
 import types
 import typing
 import warnings
@@ -33,8 +34,12 @@ from ila.config import (
     load_yaml_config,
 )
 from ila.errors import IlaError
+from ila.progress import format_duration
 
 __all__ = ["build_parser", "main"]
+
+# The command's wall time counts from here: the `ila` entry point imports this module first.
+_STARTED = time.perf_counter()
 
 _SECTION_TITLES = {
     "model": "model",
@@ -281,15 +286,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if result.evaluation:
         print(f"  evaluation ({args.output_dir / 'eval'}):")
         for variant, metrics in result.evaluation.items():
-            em = metrics.get("exact_match")
-            em_text = "" if em is None else f", exact match {em:.3f}"
-            pref = metrics.get("preference_accuracy")
-            pref_text = "" if pref is None else f", prefers chosen {pref:.3f}"
-            print(
-                f"    {variant:<10} loss {metrics['loss']:.4f}, "
-                f"perplexity {metrics['perplexity']:.3f}{em_text}{pref_text}"
-            )
+            print(f"    {variant:<10} {_variant_line(metrics)}")
+    print(f"  wall time: {format_duration(time.perf_counter() - _STARTED)}")
     return 0
+
+
+def _variant_line(metrics: dict[str, Any]) -> str:
+    """One variant's metrics in the `ila run` table."""
+    parts = []
+    if "loss" in metrics:
+        parts.append(f"loss {metrics['loss']:.4f}, perplexity {metrics['perplexity']:.3f}")
+    if metrics.get("exact_match") is not None:
+        parts.append(f"exact match {metrics['exact_match']:.3f}")
+    if metrics.get("preference_accuracy") is not None:
+        parts.append(f"prefers chosen {metrics['preference_accuracy']:.3f}")
+    if metrics.get("mc_accuracy") is not None:
+        parts.append(f"multiple choice {metrics['mc_accuracy']:.3f}")
+    return ", ".join(parts)
 
 
 def _eval_parser(sub: Any) -> None:
@@ -325,7 +338,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         allow_other_model=args.allow_other_model,
     )
     target = config.model.model + (f" + {args.adapter}" if args.adapter else "")
-    print(f"ila eval: {target} on {config.data.data} ({config.eval.split} split)")
+    where = f" on {config.data.data} ({config.eval.split} split)"
+    print(f"ila eval: {target}{where if 'loss' in result.result.metrics else ''}")
     _print_metrics(result.result.metrics, "  ")
     print(f"  results: {args.output_dir / EVAL_FILE}")
     return 0
@@ -333,10 +347,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _print_metrics(metrics: dict[str, Any], pad: str) -> None:
     m = metrics
-    print(
-        f"{pad}loss {m['loss']:.4f}, perplexity {m['perplexity']:.3f} "
-        f"on {m['response_tokens']} response tokens of {m['num_examples']} examples"
-    )
+    if "loss" in m:
+        print(
+            f"{pad}loss {m['loss']:.4f}, perplexity {m['perplexity']:.3f} "
+            f"on {m['response_tokens']} response tokens of {m['num_examples']} examples"
+        )
     if m.get("exact_match") is not None:
         print(f"{pad}exact match {m['exact_match']:.3f} on {m['exact_match_examples']} answers")
     if m.get("preference_accuracy") is not None:

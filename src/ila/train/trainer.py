@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from ila.config import TrainConfig
 from ila.errors import IlaError
 from ila.files import append_jsonl
+from ila.progress import StepOutlook, progress_bars_enabled, training_progress
 from ila.train.precision import PrecisionChoice, choose_precision
 
 __all__ = [
@@ -45,21 +44,6 @@ __all__ = [
     "stage_seed",
     "train_precision",
 ]
-
-
-def progress_bars_enabled() -> bool:
-    """Trainer progress bars are for a person at a terminal.
-
-    Off when stderr is not a terminal (pipes, log files), under CI (the ``CI`` variable
-    set), and when progress bars are switched off the Hugging Face way
-    (``HF_HUB_DISABLE_PROGRESS_BARS=1``, which ``ila -q`` sets).
-    """
-    off = {"1", "true", "yes", "on"}
-    if os.environ.get("CI", "").strip().lower() in off:
-        return False
-    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().lower() in off:
-        return False
-    return sys.stderr.isatty()
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -330,6 +314,8 @@ def run_trainer(
     eval_mode: bool = False,
     preference: PreferenceTraining | None = None,
     stage_schedule: StageSchedule | None = None,
+    label: str = "training",
+    outlook: Callable[[], StepOutlook] | None = None,
 ) -> tuple[Trainer, float]:
     """Train ``model``; returns the trainer and the wall time in seconds.
 
@@ -339,7 +325,9 @@ def run_trainer(
     With ``resume_from`` (a ``checkpoint-N`` folder, see :mod:`ila.train.checkpoints`),
     training continues from that checkpoint: model or adapter weights, optimizer,
     scheduler, RNG states and data position. ``eval_mode``: see :class:`ExtraLossMixin`;
-    ``stage_schedule``: :class:`StageSchedule`.
+    ``stage_schedule``: :class:`StageSchedule`. Progress: the Trainer's bar at a terminal,
+    else lines named ``label`` (ila.progress; ``outlook`` as in
+    :func:`ila.progress.training_progress`).
     """
     if preference is not None:
         from ila.train.preference import dpo_trainer
@@ -371,6 +359,8 @@ def run_trainer(
     trainer.remove_callback(PrinterCallback)  # disable_tqdm's: a printed line per step
     if not args.disable_tqdm:
         trainer.add_callback(_BarOnly())
+    else:
+        trainer.add_callback(training_progress(label, outlook))
     if "tensorboard" in args.report_to:
         from transformers.integrations import TensorBoardCallback
 

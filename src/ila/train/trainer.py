@@ -292,13 +292,18 @@ class AfterStep(TrainerCallback):
 
 
 class StopWhen(TrainerCallback):
-    """Stops training once ``should_stop()`` is true (checked after each logged step)."""
+    """Stops training once ``should_stop()`` is true (checked after each logged step).
+
+    Only a step's log (one with its ``loss``) is a step: the summary the Trainer logs when
+    training ends is not, so ``should_stop`` (which feeds the stage-1 stopping rule one
+    step) is not called for it.
+    """
 
     def __init__(self, should_stop: Callable[[], bool]) -> None:
         self.should_stop = should_stop
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.should_stop():
+        if logs and "loss" in logs and self.should_stop():
             control.should_training_stop = True
 
 

@@ -263,7 +263,7 @@ def test_a_piped_run_logs_the_progress_of_every_long_phase(tiny_model_dir, tmp_p
     # Three variants evaluated: loss batches and greedy answers, each with its end line.
     assert len(re.findall(r"held-out loss: \d+ examples in ", text)) == 3, text
     assert len(re.findall(r"greedy answers: 2 examples in ", text)) == 3, text
-    assert re.search(r"\n  wall time: [\d.]+ s\n?$", out), out
+    assert re.search(r"\n  wall time: (\d+ min )?[\d.]+ s\n$", out), out
     assert "\r" not in err and "{'loss'" not in err  # no bars, no printed dict per step
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "exact_match_score",
     "greedy_generate",
     "load_model_for_eval",
+    "merged_for_inference",
     "normalize_answer",
     "response_loss",
     "response_token_losses",
@@ -468,7 +469,8 @@ def load_model_for_eval(
     ``adapter`` is a peft adapter directory (``adapter_config.json``), or an `ila finetune`
     run directory: its ``adapter/`` (LoRA) or ``changed_weights/`` (full fine-tuning: the
     tuned tensors replace the base's). An adapter made on another model than
-    ``model_spec`` (ila.model.identity) is refused unless ``allow_other_model``.
+    ``model_spec`` (ila.model.identity) is refused unless ``allow_other_model``. A LoRA
+    adapter on float32 weights is merged into them (:func:`merged_for_inference`).
     """
     from ila.model.adapters import check_adapter_base, resolve_adapter
     from ila.model.loading import load_model
@@ -493,9 +495,31 @@ def load_model_for_eval(
                 f"adapter {adapter_dir} does not fit model {model_spec}: {err}; pass the base "
                 "model the adapter was trained on"
             ) from err
-        return ModelForEval(model, tokenizer, other)
+        return ModelForEval(merged_for_inference(model), tokenizer, other)
     changed = adapter_dir / "changed_weights.safetensors"
     return ModelForEval(_apply_changed_weights(model, changed), tokenizer, other)
+
+
+def merged_for_inference(model: Any) -> Any:
+    """A peft LoRA model with its update merged into the base weights (W + alpha/r B A),
+    when they are float32; else the model as it is.
+
+    The merged model computes the same function up to float32 rounding (tested: the same
+    loss and greedy answers) with none of the adapter's extra modules: a LoRA on every
+    unit adds two small matmuls to each linear module, which on a CPU cost more than
+    their FLOPs in each generated token (docs/evaluation.md, "Cost"). 16-bit weights keep
+    the adapter apart (adding a small update to bf16 weights would round much of it away),
+    as do 4-bit ones (merging would quantise the update) and other adapter kinds.
+    """
+    from peft import PeftType
+
+    config = model.peft_config.get(model.active_adapter)
+    weights = [p for n, p in model.named_parameters() if "lora_" not in n]
+    if config is None or config.peft_type != PeftType.LORA:
+        return model
+    if not weights or any(p.dtype != torch.float32 for p in weights):
+        return model
+    return model.merge_and_unload()
 
 
 def _apply_changed_weights(model: Any, file: Path) -> Any:

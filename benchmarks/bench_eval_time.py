@@ -49,6 +49,7 @@ def earlier_evaluation(ref: str) -> Any:
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("ila_eval_before", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module
 

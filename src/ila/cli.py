@@ -284,11 +284,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if result.finetune is not None:
         _print_finetune(result.finetune, "  fine-tune")
     if result.evaluation:
-        print(f"  evaluation ({args.output_dir / 'eval'}):")
+        print(f"  evaluation ({args.output_dir / 'eval'}){_evaluated_on(result.evaluation)}:")
         for variant, metrics in result.evaluation.items():
             print(f"    {variant:<10} {_variant_line(metrics)}")
     print(f"  wall time: {format_duration(time.perf_counter() - _STARTED)}")
     return 0
+
+
+def _evaluated_on(evaluation: dict[str, dict[str, Any]]) -> str:
+    """What the variants were measured on (the same for each), e.g. ``" on 32 examples,
+    8 greedy answers"``."""
+    first = next(iter(evaluation.values()))
+    parts = []
+    if "num_examples" in first:
+        parts.append(f"{first['num_examples']} examples")
+    if first.get("exact_match_examples"):
+        parts.append(f"{first['exact_match_examples']} greedy answers")
+    if "mc_questions" in first:
+        parts.append(f"{first['mc_questions']} multiple-choice questions")
+    return " on " + ", ".join(parts) if parts else ""
 
 
 def _variant_line(metrics: dict[str, Any]) -> str:

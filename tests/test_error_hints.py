@@ -15,8 +15,8 @@ from ila.cli import main
 from ila.core.layers import find_layers
 from ila.core.scores import LayerScores, UnitScore
 from ila.errors import IlaError
-from ila.model.identity import model_fingerprint
 from ila.files import atomic_write_json
+from ila.model.identity import model_fingerprint
 from ila.rundir import RunDir
 
 

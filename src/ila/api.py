@@ -27,6 +27,7 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -46,6 +47,7 @@ from ila.config import (
     load_yaml_config,
 )
 from ila.errors import IlaError, short_repr
+from ila.progress import progress_interval
 
 if TYPE_CHECKING:
     from ila.analysis.compare import Comparison
@@ -101,11 +103,13 @@ def setting_names_in(message: str) -> str:
 
 
 def _speaks_settings(function: _F) -> _F:
-    """Errors of ``function`` name keywords, not flags (unless under flag_vocabulary)."""
+    """Errors of ``function`` name keywords, not flags (unless under flag_vocabulary);
+    the environment's progress interval (ila.progress) is checked before it runs."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            progress_interval()  # a bad ILA_PROGRESS_INTERVAL is refused before any work
             return function(*args, **kwargs)
         except IlaError as exc:
             message = setting_names_in(str(exc))
@@ -558,6 +562,10 @@ def compare(
             overwrite=overwrite,
             command="compare",
         ) as tmp:
+            logging.getLogger(__name__).info(
+                "compare: writing comparison.json, comparison.md and the figures of %d runs",
+                len(loaded),
+            )
             write_comparison_report(comparison, tmp, scores=[r.scores for r in loaded])
     return comparison
 

@@ -40,6 +40,7 @@ from ila.data.tokenization import (
     tokenize_examples,
 )
 from ila.errors import IlaError
+from ila.progress import Progress
 
 __all__ = [
     "EvalResult",
@@ -48,6 +49,7 @@ __all__ = [
     "exact_match_score",
     "greedy_generate",
     "load_model_for_eval",
+    "merged_for_inference",
     "normalize_answer",
     "response_loss",
     "response_token_losses",
@@ -116,33 +118,51 @@ def response_loss(
 
 @torch.no_grad()
 def response_token_losses(
-    model: Any, features: Sequence[dict[str, list[int]]], *, pad_token_id: int, batch_size: int
+    model: Any,
+    features: Sequence[dict[str, list[int]]],
+    *,
+    pad_token_id: int,
+    batch_size: int,
+    label: str = "held-out loss",
 ) -> list[tuple[float, int]]:
     """Per example: the summed next-token cross-entropy of its labelled (response) tokens,
-    and their count (the model in eval mode, batched; float32 log-softmax)."""
+    and their count (the model in eval mode, batched; float32 log-softmax). Progress is
+    reported under ``label`` (ila.progress)."""
     collator = PaddingCollator(pad_token_id)
     device = _model_device(model)
-    out: list[tuple[float, int]] = []
+    # Batches of similar lengths pad less; each example's sum does not depend on its batch.
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(features)
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(features), batch_size):
-            batch = collator(features[start : start + batch_size])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-            labels = batch["labels"][:, 1:]
-            logits = logits[:, :-1].float()
-            mask = labels != IGNORE_INDEX
-            losses = torch.nn.functional.cross_entropy(
-                logits.transpose(1, 2), labels.clamp_min(0), reduction="none"
-            )
-            sums = (losses * mask).sum(dim=1)
-            out.extend(zip(sums.tolist(), mask.sum(dim=1).tolist(), strict=True))
+        with Progress(label, len(features), unit="example") as progress:
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                batch = collator([features[i] for i in chunk])
+                sums, counts = _labelled_loss_sums(model, batch, device)
+                for i, total, count in zip(chunk, sums, counts, strict=True):
+                    out[i] = (total, count)
+                progress.advance(len(chunk))
     finally:
         model.train(was_training)
     return out
+
+
+def _labelled_loss_sums(
+    model: Any, batch: dict[str, torch.Tensor], device: torch.device
+) -> tuple[list[float], list[int]]:
+    """Per row of a padded batch: the summed cross-entropy of its labelled tokens, and
+    their count."""
+    batch = {k: v.to(device) for k, v in batch.items()}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    logits = logits[:, :-1].float()
+    mask = labels != IGNORE_INDEX
+    losses = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), labels.clamp_min(0), reduction="none"
+    )
+    return (losses * mask).sum(dim=1).tolist(), mask.sum(dim=1).tolist()
 
 
 def stop_token_ids(tokenizer: Any, template: str) -> list[int]:
@@ -173,45 +193,67 @@ def greedy_generate(
     batch_size: int,
     stop_ids: Sequence[int],
 ) -> list[str]:
-    """Greedy continuations of token-id prompts (left-padded batches), decoded up to the
-    first stop token."""
+    """Greedy continuations of token-id prompts, decoded up to the first stop token, in
+    the order of ``prompts``. Batches are left-padded (with the attention mask) and made of
+    prompts of similar lengths, which answer as one at a time (tested)."""
     device = _model_device(model)
-    pad = tokenizer.pad_token_id
     stops = set(stop_ids)
-    outputs: list[str] = []
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    outputs: list[str] = [""] * len(prompts)
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            width = max(len(p) for p in chunk)
-            ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk], device=device)
-            mask = torch.tensor(
-                [[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device
-            )
-            generated = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                eos_token_id=list(stops),
-                pad_token_id=pad,
-            )
-            for row in generated[:, width:].tolist():
-                cut = next((i for i, t in enumerate(row) if t in stops), len(row))
-                outputs.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
+        with Progress("greedy answers", len(prompts), unit="example") as progress:
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                rows = _generate_batch(
+                    model,
+                    [prompts[i] for i in chunk],
+                    tokenizer.pad_token_id,
+                    device,
+                    max_new_tokens=max_new_tokens,
+                    stops=stops,
+                )
+                for i, row in zip(chunk, rows, strict=True):
+                    cut = next((j for j, t in enumerate(row) if t in stops), len(row))
+                    outputs[i] = tokenizer.decode(row[:cut], skip_special_tokens=True)
+                progress.advance(len(chunk))
     finally:
         model.train(was_training)
     return outputs
 
 
+def _generate_batch(
+    model: Any,
+    prompts: Sequence[list[int]],
+    pad: int,
+    device: torch.device,
+    *,
+    max_new_tokens: int,
+    stops: set[int],
+) -> list[list[int]]:
+    """The generated token ids of one left-padded batch of prompts (greedy)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    generated = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        eos_token_id=sorted(stops),
+        pad_token_id=pad,
+    )
+    return generated[:, width:].tolist()
+
+
 def evaluate_model(
     model: Any,
     tokenizer: Any,
-    examples: Sequence[Example],
+    examples: Sequence[Example] | None,
     settings: EvalSettings,
     *,
     max_length: int,
@@ -221,11 +263,50 @@ def evaluate_model(
     the examples carry checkable answers, MMLU-layout accuracy and lm-eval tasks when
     asked for. Generations are returned for saving. Preference pairs
     (ila.data.preference) are measured on their chosen replies, plus which of the two
-    replies the model prefers (ila.evaluation.preference).
+    replies the model prefers (ila.evaluation.preference). ``examples`` None: nothing is
+    measured on data, only the multiple choice and lm-eval tasks of ``settings``.
 
     Phases: held-out loss, preferences, greedy answers (and exact match), multiple
-    choice, lm-eval.
+    choice, lm-eval; each reports its progress (ila.progress).
     """
+    if examples is None and not (settings.mc_data or settings.lm_eval_tasks):
+        raise IlaError(
+            "nothing to evaluate: no examples, no --eval-mc-data and no --eval-lm-eval-tasks"
+        )
+    metrics: dict[str, Any] = {}
+    generations: list[dict[str, Any]] = []
+    if examples is not None:
+        metrics, generations = _measure_on_data(
+            model, tokenizer, examples, settings, max_length=max_length, template=template
+        )
+    if settings.mc_data:
+        metrics.update(_multiple_choice(model, tokenizer, settings))
+    lm_eval_results = None
+    if settings.lm_eval_tasks:
+        from ila.evaluation.lm_eval_tasks import run_lm_eval
+
+        lm_eval_results = run_lm_eval(
+            model,
+            tokenizer,
+            settings.lm_eval_tasks,
+            batch_size=settings.batch_size,
+            limit=settings.lm_eval_limit,
+        )
+    log.info("evaluated: %s", _summary(metrics, lm_eval_results))
+    return EvalResult(metrics, generations, lm_eval_results)
+
+
+def _measure_on_data(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    settings: EvalSettings,
+    *,
+    max_length: int,
+    template: str,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Loss, perplexity, preference accuracy and greedy answers on ``examples``; returns
+    the metrics and the generation records."""
     from ila.data.preference import PreferencePair
 
     if not examples:
@@ -267,27 +348,25 @@ def evaluate_model(
         model, tokenizer, chosen, settings, max_length=max_length, template=template
     )
     metrics.update(answers)
-    if settings.mc_data:
-        metrics.update(_multiple_choice(model, tokenizer, settings))
-    lm_eval_results = None
-    if settings.lm_eval_tasks:
-        from ila.evaluation.lm_eval_tasks import run_lm_eval
+    return metrics, generations
 
-        lm_eval_results = run_lm_eval(
-            model,
-            tokenizer,
-            settings.lm_eval_tasks,
-            batch_size=settings.batch_size,
-            limit=settings.lm_eval_limit,
+
+def _summary(metrics: dict[str, Any], lm_eval: dict[str, Any] | None) -> str:
+    """One log line of what was measured."""
+    parts = []
+    if "loss" in metrics:
+        em = metrics["exact_match"]
+        parts.append(
+            f"{metrics['num_examples']} examples, loss {metrics['loss']:.4f}, perplexity "
+            f"{metrics['perplexity']:.3f}, exact match {'n/a' if em is None else f'{em:.3f}'}"
         )
-    log.info(
-        "evaluated %d examples: loss %.4f, perplexity %.3f, exact match %s",
-        metrics["num_examples"],
-        loss,
-        metrics["perplexity"],
-        "n/a" if metrics["exact_match"] is None else f"{metrics['exact_match']:.3f}",
-    )
-    return EvalResult(metrics, generations, lm_eval_results)
+    if "mc_accuracy" in metrics:
+        parts.append(
+            f"multiple choice {metrics['mc_accuracy']:.3f} on {metrics['mc_questions']} questions"
+        )
+    if lm_eval is not None:
+        parts.append(f"lm-eval tasks {', '.join(sorted(lm_eval))}")
+    return "; ".join(parts)
 
 
 def _generate_answers(
@@ -392,7 +471,8 @@ def load_model_for_eval(
     run directory: its ``adapter/`` (LoRA) or ``changed_weights/`` (full fine-tuning: the
     tuned tensors replace the base's). An adapter made on another model than
     ``model_spec`` (ila.model.identity) is refused unless ``allow_other_model``;
-    ``max_length`` is checked against the model's positions (ila.model.loading).
+    ``max_length`` is checked against the model's positions (ila.model.loading). A LoRA
+    adapter on float32 weights is merged into them (:func:`merged_for_inference`).
     """
     from ila.model.adapters import check_adapter_base, resolve_adapter
     from ila.model.loading import load_model
@@ -422,9 +502,31 @@ def load_model_for_eval(
                 f"adapter {adapter_dir} does not fit model {model_spec}: {err}; pass the base "
                 "model the adapter was trained on"
             ) from err
-        return ModelForEval(model, tokenizer, other)
+        return ModelForEval(merged_for_inference(model), tokenizer, other)
     changed = adapter_dir / "changed_weights.safetensors"
     return ModelForEval(_apply_changed_weights(model, changed), tokenizer, other)
+
+
+def merged_for_inference(model: Any) -> Any:
+    """A peft LoRA model with its update merged into the base weights (W + alpha/r B A),
+    when they are float32; else the model as it is.
+
+    The merged model computes the same function up to float32 rounding (tested: the same
+    loss and greedy answers) with none of the adapter's extra modules: a LoRA on every
+    unit adds two small matmuls to each linear module, which on a CPU cost more than
+    their FLOPs in each generated token (docs/evaluation.md, "Cost"). 16-bit weights keep
+    the adapter apart (adding a small update to bf16 weights would round much of it away),
+    as do 4-bit ones (merging would quantise the update) and other adapter kinds.
+    """
+    from peft import PeftType
+
+    config = model.peft_config.get(model.active_adapter)
+    weights = [p for n, p in model.named_parameters() if "lora_" not in n]
+    if config is None or config.peft_type != PeftType.LORA:
+        return model
+    if not weights or any(p.dtype != torch.float32 for p in weights):
+        return model
+    return model.merge_and_unload()
 
 
 def _apply_changed_weights(model: Any, file: Path) -> Any:

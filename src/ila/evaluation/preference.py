@@ -61,7 +61,11 @@ def preference_metrics(
                 f"--max-length {max_length} although their prompts fit; raise --max-length"
             )
         losses = response_token_losses(
-            model, features, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size
+            model,
+            features,
+            pad_token_id=tokenizer.pad_token_id,
+            batch_size=batch_size,
+            label=f"preference: {key} replies",
         )
         replies[key] = [-loss for loss, _ in losses]
     margins = [c - r for c, r in zip(replies["chosen"], replies["rejected"], strict=True)]

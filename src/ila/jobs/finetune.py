@@ -420,6 +420,7 @@ def _train(
             ),
         ],
         resume_from=checkpoint.folder if checkpoint is not None else None,
+        label=f"fine-tune {output_dir.name}",
     )
     if checkpoint is not None:
         seconds += checkpoint.seconds

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from ila.config import TrainConfig
 from ila.errors import IlaError
 from ila.files import append_jsonl
+from ila.progress import StepOutlook, progress_bars_enabled, training_progress
 from ila.train.precision import PrecisionChoice, choose_precision
 
 __all__ = [
@@ -45,21 +44,6 @@ __all__ = [
     "stage_seed",
     "train_precision",
 ]
-
-
-def progress_bars_enabled() -> bool:
-    """Trainer progress bars are for a person at a terminal.
-
-    Off when stderr is not a terminal (pipes, log files), under CI (the ``CI`` variable
-    set), and when progress bars are switched off the Hugging Face way
-    (``HF_HUB_DISABLE_PROGRESS_BARS=1``, which ``ila -q`` sets).
-    """
-    off = {"1", "true", "yes", "on"}
-    if os.environ.get("CI", "").strip().lower() in off:
-        return False
-    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().lower() in off:
-        return False
-    return sys.stderr.isatty()
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -308,13 +292,18 @@ class AfterStep(TrainerCallback):
 
 
 class StopWhen(TrainerCallback):
-    """Stops training once ``should_stop()`` is true (checked after each logged step)."""
+    """Stops training once ``should_stop()`` is true (checked after each logged step).
+
+    Only a step's log (one with its ``loss``) is a step: the summary the Trainer logs when
+    training ends is not, so ``should_stop`` (which feeds the stage-1 stopping rule one
+    step) is not called for it.
+    """
 
     def __init__(self, should_stop: Callable[[], bool]) -> None:
         self.should_stop = should_stop
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.should_stop():
+        if logs and "loss" in logs and self.should_stop():
             control.should_training_stop = True
 
 
@@ -330,6 +319,8 @@ def run_trainer(
     eval_mode: bool = False,
     preference: PreferenceTraining | None = None,
     stage_schedule: StageSchedule | None = None,
+    label: str = "training",
+    outlook: Callable[[], StepOutlook] | None = None,
 ) -> tuple[Trainer, float]:
     """Train ``model``; returns the trainer and the wall time in seconds.
 
@@ -339,7 +330,9 @@ def run_trainer(
     With ``resume_from`` (a ``checkpoint-N`` folder, see :mod:`ila.train.checkpoints`),
     training continues from that checkpoint: model or adapter weights, optimizer,
     scheduler, RNG states and data position. ``eval_mode``: see :class:`ExtraLossMixin`;
-    ``stage_schedule``: :class:`StageSchedule`.
+    ``stage_schedule``: :class:`StageSchedule`. Progress: the Trainer's bar at a terminal,
+    else lines named ``label`` (ila.progress; ``outlook`` as in
+    :func:`ila.progress.training_progress`).
     """
     if preference is not None:
         from ila.train.preference import dpo_trainer
@@ -371,6 +364,8 @@ def run_trainer(
     trainer.remove_callback(PrinterCallback)  # disable_tqdm's: a printed line per step
     if not args.disable_tqdm:
         trainer.add_callback(_BarOnly())
+    else:
+        trainer.add_callback(training_progress(label, outlook))
     if "tensorboard" in args.report_to:
         from transformers.integrations import TensorBoardCallback
 

@@ -18,7 +18,7 @@ from ila.data.formats import Example
 from ila.data.preference import PreferencePair
 from ila.data.tokenization import prompt_token_ids, tokenize_examples
 from ila.errors import IlaError
-from ila.evaluation import response_token_losses
+from ila.evaluation.metrics import response_token_losses
 
 __all__ = ["preference_metrics"]
 

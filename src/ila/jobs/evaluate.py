@@ -30,8 +30,9 @@ from ila.config import (
 )
 from ila.data.formats import Example
 from ila.errors import IlaError
-from ila.evaluation import EvalResult, evaluate_model, load_model_for_eval
+from ila.evaluation.evaluate import EvalResult, evaluate_model
 from ila.files import atomic_write_json, atomic_write_text
+from ila.model.inference import load_model_for_eval
 from ila.run_files import EVAL_FILE, GENERATIONS_FILE
 from ila.run_files import EVAL_SCHEMA_VERSION as SCHEMA_VERSION
 from ila.run_files import EVAL_VARIANTS_FILE as COMPARISON_FILE

@@ -32,7 +32,7 @@ from ila.core.layers import LayerMap, Unit
 from ila.core.lora import add_lora, lora_state, read_unit_lora, set_unit_lora
 from ila.core.selection import Selection
 from ila.errors import IlaError
-from ila.evaluation import response_loss
+from ila.evaluation.metrics import response_loss
 from ila.files import atomic_directory, atomic_write_json, read_json
 from ila.model.identity import (
     BASE_MODEL_FILE,

@@ -242,7 +242,7 @@ def evaluate_run(
     writing on rank 0 only (other ranks return an empty dict). With ``resume`` a finished
     baseline is reused and a started one continues; the evaluation is made again.
     """
-    from ila.core.selection import select_units
+    from ila.core.selection import SelectionRule
     from ila.jobs.finetune import finetune_step
 
     variants: dict[str, Path | None] = {"base": None}
@@ -250,7 +250,7 @@ def evaluate_run(
         baseline = run_dir.finetune_all_units.path
         finetune_step(
             finetune_config,
-            lambda layer_map: select_units(layer_map, all_units=True),
+            SelectionRule("all-units", True),
             baseline,
             resume,
             stage1_run=run_dir.path,

@@ -2,9 +2,10 @@
 
 Imports inside functions count (they hide a cycle, they do not remove it); imports under
 ``if TYPE_CHECKING:`` do not (they never run). Layers, low to high: ``errors``, ``files``,
-``run_files``, ``config``; ``core``, ``data``, ``model``; ``train``; ``scorers``,
-``evaluation``; ``rundir``, ``reporting``, ``analysis``; ``jobs``, ``integrations``;
-``api``; ``cli``.
+``run_files``, ``config``, ``progress`` and the launch helpers ``train.parallel`` and
+``train.sharding``;
+``core``, ``data``, ``model``; ``train``; ``rundir``; ``scorers``, ``evaluation``,
+``analysis``; ``reporting``; ``jobs``, ``integrations``; ``api``; ``cli``.
 """
 
 from __future__ import annotations
@@ -102,6 +103,50 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def _within(name: str, packages: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in packages)
+
+
+LAYERS = (
+    (
+        "ila.errors",
+        "ila.files",
+        "ila.run_files",
+        "ila.config",
+        "ila.progress",
+        "ila.train.parallel",
+        "ila.train.sharding",
+    ),
+    ("ila.core", "ila.data", "ila.model"),
+    ("ila.train",),
+    ("ila.rundir",),
+    ("ila.scorers", "ila.evaluation", "ila.analysis"),
+    ("ila.reporting",),
+    ("ila.jobs", "ila.integrations"),
+    ("ila.api",),
+    ("ila.cli", "ila.__main__", "ila"),
+)
+
+
+def _layer(name: str) -> int:
+    """The layer of module ``name``: that of the longest prefix listed in LAYERS."""
+    best, layer = "", -1
+    for i, group in enumerate(LAYERS):
+        for prefix in group:
+            within = name == prefix or (prefix != "ila" and name.startswith(prefix + "."))
+            if within and len(prefix) > len(best):
+                best, layer = prefix, i
+    return layer
+
+
+def test_every_module_has_a_layer_and_imports_none_above_it():
+    graph = _graph()
+    assert [name for name in graph if _layer(name) < 0] == []
+    upward = [
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        for target in sorted(targets)
+        if _layer(target) > _layer(name)
+    ]
+    assert upward == []
 
 
 def test_no_import_cycle():

@@ -1,6 +1,7 @@
 """`ila eval`: response loss, greedy generation, exact match, multiple choice, adapters."""
 
 import json
+import logging
 import math
 
 import pytest
@@ -15,8 +16,10 @@ from ila.evaluation import (
     evaluate_model,
     exact_match_score,
     greedy_generate,
+    merged_for_inference,
     normalize_answer,
     response_loss,
+    response_token_losses,
     stop_token_ids,
 )
 from ila.evaluation.multiple_choice import load_mc_questions, mc_accuracy, mc_prompt
@@ -33,6 +36,11 @@ def conversation(question: str, answer: str) -> Example:
 
 
 EXAMPLES = [conversation(f"What is {i} + {i}?", str(2 * i)) for i in range(1, 8)]
+# Prompts of six lengths whose answers the tiny model learns apart (_memorise).
+SAY = [
+    conversation("please " * k + f"say {w}.", w)
+    for k, w in enumerate(["seven", "nine", "two", "four", "six", "three"])
+]
 
 
 def test_normalize_and_exact_match():
@@ -87,6 +95,95 @@ def test_batched_greedy_generation_equals_one_at_a_time_and_a_plain_argmax_loop(
             out.append(nxt)
             ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
     assert batched[0] == tiny_tokenizer.decode(out, skip_special_tokens=True)
+
+
+def test_batches_of_similar_lengths_keep_every_result_in_input_order(tiny_llama, tiny_tokenizer):
+    """Losses and answers are computed in batches sorted by length and returned in the
+    order given: equal to one example at a time, whatever the batch size."""
+    examples = [SAY[i] for i in (3, 0, 5, 2, 4, 1)]  # lengths out of order
+    _memorise(tiny_llama, tiny_tokenizer, examples)
+    pad = tiny_tokenizer.pad_token_id
+    features = tokenize_examples(examples, tiny_tokenizer, max_length=96).features
+    alone = [
+        response_token_losses(tiny_llama, [f], pad_token_id=pad, batch_size=1)[0] for f in features
+    ]
+    batched = response_token_losses(tiny_llama, features, pad_token_id=pad, batch_size=3)
+    assert [n for _, n in batched] == [n for _, n in alone]
+    assert [s for s, _ in batched] == pytest.approx([s for s, _ in alone], rel=1e-5)
+    prompts = [prompt_token_ids(e.messages, tiny_tokenizer) for e in examples]
+    stops = stop_token_ids(tiny_tokenizer, "auto")
+    one_by_one = [
+        greedy_generate(
+            tiny_llama, tiny_tokenizer, [p], max_new_tokens=16, batch_size=1, stop_ids=stops
+        )[0]
+        for p in prompts
+    ]
+    assert len(set(one_by_one)) > 1  # the answers differ, so a reordering would show
+    assert (
+        greedy_generate(
+            tiny_llama, tiny_tokenizer, prompts, max_new_tokens=16, batch_size=3, stop_ids=stops
+        )
+        == one_by_one
+    )
+
+
+def _memorise(model, tokenizer, examples, steps=100):
+    """Train the tiny model on ``examples`` so that its greedy answers differ by prompt
+    (at its random init it answers every prompt alike)."""
+    batch = PaddingCollator(tokenizer.pad_token_id)(
+        tokenize_examples(examples, tokenizer, max_length=96).features
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+
+
+def _random_lora(model, dtype=torch.float32):
+    from ila.config import LoraSettings
+    from ila.core.layers import find_layers
+    from ila.core.lora import add_lora
+
+    model = add_lora(model.to(dtype), find_layers(model).units, LoraSettings(), seed=0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # B starts at zero: give the update a size
+                param.copy_(0.05 * torch.randn(param.shape, generator=generator).to(dtype))
+    return model
+
+
+def test_a_float32_lora_is_merged_for_evaluation_with_the_same_losses_and_answers(
+    tiny_llama, tiny_tokenizer
+):
+    pad = tiny_tokenizer.pad_token_id
+    features = tokenize_examples(SAY, tiny_tokenizer, max_length=64).features
+    prompts = [prompt_token_ids(e.messages, tiny_tokenizer) for e in SAY]
+    stops = stop_token_ids(tiny_tokenizer, "auto")
+
+    def measure(model):
+        losses = response_token_losses(model, features, pad_token_id=pad, batch_size=4)
+        answers = greedy_generate(
+            model, tiny_tokenizer, prompts, max_new_tokens=16, batch_size=4, stop_ids=stops
+        )
+        return [s for s, _ in losses], answers
+
+    _memorise(tiny_llama, tiny_tokenizer, SAY)
+    base_losses, _ = measure(tiny_llama)
+    lora = _random_lora(tiny_llama)
+    losses, answers = measure(lora)
+    assert losses != pytest.approx(base_losses, rel=1e-3)  # the update changes the model
+    merged = merged_for_inference(lora)
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    merged_losses, merged_answers = measure(merged)
+    assert merged_losses == pytest.approx(losses, rel=1e-5)
+    assert len(set(answers)) > 1 and merged_answers == answers
+
+
+def test_a_16_bit_lora_is_not_merged(tiny_llama):
+    lora = _random_lora(tiny_llama, torch.bfloat16)
+    assert merged_for_inference(lora) is lora  # bf16 weights would round the update away
 
 
 def test_stop_tokens_include_the_turn_end_of_the_template(tiny_tokenizer):
@@ -249,6 +346,51 @@ def test_cli_eval_bad_inputs_leave_nothing(tiny_model_dir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
         assert not out.exists()
+
+
+def test_multiple_choice_alone_runs_only_multiple_choice(tiny_model_dir, tmp_path, capsys, caplog):
+    """docs/evaluation.md, "What runs": asked only for multiple choice, `ila eval` measures
+    nothing on --data; --eval-on-data adds the loss and greedy answers back."""
+    caplog.set_level(logging.INFO, logger="ila")
+    write_mc(tmp_path / "colors_test.csv", [[f"Q{i}?", "a", "b", "c", "d", "B"] for i in range(5)])
+    out = tmp_path / "mc-only"
+    argv = ["--eval-mc-data", str(tmp_path / "colors_test.csv"), "--eval-split", "all"]
+    assert main(eval_args(tiny_model_dir, out, *argv)) == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["data"] is None and results["split"] is None
+    assert set(results["metrics"]) == {"mc_accuracy", "mc_questions", "mc_by_subject"}
+    assert results["metrics"]["mc_questions"] == 5
+    assert (out / "generations.jsonl").read_text() == ""
+    printed = capsys.readouterr().out
+    assert (
+        "multiple choice" in printed
+        and "loss" not in printed
+        and " on " not in printed.split("\n")[0]
+    )
+    phases = [r.getMessage().split(":")[0] for r in caplog.records if r.name == "ila.progress"]
+    assert phases == ["multiple choice"]
+    caplog.clear()
+    both = tmp_path / "both"
+    assert main(eval_args(tiny_model_dir, both, *argv, "--eval-on-data")) == 0
+    metrics = json.loads((both / "eval_results.json").read_text())["metrics"]
+    assert {"loss", "exact_match", "mc_accuracy"} <= set(metrics)
+    assert metrics["mc_accuracy"] == results["metrics"]["mc_accuracy"]
+    phases = [r.getMessage().split(":")[0] for r in caplog.records if r.name == "ila.progress"]
+    assert phases == ["held-out loss", "greedy answers", "multiple choice"]
+
+
+def test_what_runs_by_default_and_nothing_to_run_is_an_error(tiny_model_dir, tmp_path, capsys):
+    assert EvalSettings().measures_data("eval") and EvalSettings().measures_data("run")
+    for asked in ({"mc_data": "mc.csv"}, {"lm_eval_tasks": ["arc_easy"]}):
+        assert not EvalSettings(**asked).measures_data("eval")
+        assert EvalSettings(**asked).measures_data("run")  # ila run compares the variants' loss
+        assert EvalSettings(**asked, on_data=True).measures_data("eval")
+        assert not EvalSettings(**asked, on_data=False).measures_data("run")
+    out = tmp_path / "ev"
+    assert main(eval_args(tiny_model_dir, out, "--no-eval-on-data")) == 2
+    err = capsys.readouterr().err
+    assert "--eval-on-data: off leaves nothing to evaluate" in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_eval_offers_no_resume_it_would_ignore(capsys):

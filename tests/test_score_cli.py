@@ -170,6 +170,20 @@ def test_help_is_fast_and_imports_no_torch():
     assert result.returncode == 0 and "score" in result.stdout
 
 
+def test_stage1_ending_one_step_before_a_check_ends_cleanly(tiny_model_dir, tmp_path):
+    """The Trainer's closing log after the last step is not a step: the stopping rule sees
+    exactly the steps trained (it once took it for step 6, a check, and failed)."""
+    out = tmp_path / "run"
+    argv = ["score", "--model", str(tiny_model_dir), "--output-dir", str(out), *FAST]
+    argv += ["--stage1-max-steps", "5", "--stage1-min-steps", "2", "--stage1-window", "2"]
+    # An epsilon no loss meets: stage 1 runs to its cap of 5, one step before the check at 6.
+    assert main([*argv, "--stage1-epsilon", "1e-9", "--stage2-steps", "2"]) == 0
+    summary = json.loads((out / "stage1" / "summary.json").read_text())
+    assert summary["steps"] == len(summary["loss_curve"]) == 5
+    # Checks at steps 2 and 4 only: one comparison of consecutive top sets, at step 4.
+    assert [c["step"] for c in summary["ranking_checks"]] == [4]
+
+
 def test_ls_scorers(capsys):
     assert main(["ls", "scorers"]) == 0
     assert capsys.readouterr().out.startswith("ila ")

@@ -253,3 +253,42 @@ def test_parameter_matched_and_random_within_type_controls(tiny_llama):
         trainable_parameters(layer_map.units, method="dora")
     with pytest.raises(IlaError, match="no unit fits"):
         parameter_matched(order, layer_map, 1)
+
+
+# -- SelectionRule: a rule as a value ------------------------------------------------------
+
+
+def test_a_rule_is_the_one_given_and_applies_as_select_units(layer_map):
+    from ila.core.selection import SelectionRule
+
+    scores = planted(layer_map, PLANTED)
+    rule = SelectionRule.from_kwargs(tune_top_fraction=5 / N)
+    assert (rule.kind, rule.value, rule.ranked) == ("tune-top-fraction", 5 / N, True)
+    assert rule.keywords() == {"tune_top_fraction": 5 / N}
+    made = rule.apply(layer_map, scores=scores)
+    assert (
+        made.to_dict() == select_units(layer_map, scores=scores, tune_top_fraction=5 / N).to_dict()
+    )
+    assert sorted(made.selected) == sorted(PLANTED)
+    assert not SelectionRule.from_kwargs(all_units=True).apply(layer_map).frozen
+    assert not SelectionRule("blocks", [1]).ranked
+    with pytest.raises(IlaError, match=r"give exactly one of .* \(got no rule\)"):
+        SelectionRule.from_kwargs()
+    with pytest.raises(IlaError, match="got --tune-top-fraction and --blocks"):
+        SelectionRule.from_kwargs(tune_top_fraction=0.2, blocks=[1])
+
+
+def test_a_rule_on_a_ranking_of_some_module_types_selects_among_them(layer_map):
+    """A ranking of the MLP modules only (--lora-module-types) tunes a fraction of those;
+    attention modules stay frozen and are not ranked."""
+    from ila.core.selection import SelectionRule
+
+    mlp = layer_map.restricted_to(("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+    units = [
+        UnitScore(u.name, u.block, u.module_type, 1.0 - i / 20, 1.0)
+        for i, u in enumerate(mlp.units)
+    ]
+    scores = LayerScores("ila", "tiny-llama", "module", units, layout=mlp.to_dict())
+    made = SelectionRule("tune-top-fraction", 0.25).apply(layer_map, scores=scores)
+    assert list(made.selected) == [u.name for u in mlp.units[:3]]  # k = round(0.25 x 12) = 3
+    assert all("mlp" in name for name in made.selected)

@@ -27,6 +27,7 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -46,6 +47,7 @@ from ila.config import (
     load_yaml_config,
 )
 from ila.errors import IlaError, short_repr
+from ila.progress import progress_interval
 
 if TYPE_CHECKING:
     from ila.analysis.compare import Comparison
@@ -101,11 +103,13 @@ def setting_names_in(message: str) -> str:
 
 
 def _speaks_settings(function: _F) -> _F:
-    """Errors of ``function`` name keywords, not flags (unless under flag_vocabulary)."""
+    """Errors of ``function`` name keywords, not flags (unless under flag_vocabulary);
+    the environment's progress interval (ila.progress) is checked before it runs."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            progress_interval()  # a bad ILA_PROGRESS_INTERVAL is refused before any work
             return function(*args, **kwargs)
         except IlaError as exc:
             message = setting_names_in(str(exc))
@@ -385,9 +389,8 @@ def finetune(
     a saved ``selection``, ``units``/``blocks`` by hand, or ``all_units``); the fine-tune
     method (``method="lora"``, ``"full"``, ``"qlora"``) and its steps are settings. A
     ranking rule on a tie (ila.core.ties) is refused unless ``allow_tied_ranking``."""
-    from ila.core.layers import LayerMap
     from ila.core.scores import SCORES_FILE, LayerScores
-    from ila.core.selection import Selection, select_units
+    from ila.core.selection import Selection, SelectionRule
     from ila.core.ties import require_separated
     from ila.jobs.finetune import finetune as finetune_job
 
@@ -402,7 +405,9 @@ def finetune(
     )
     inputs: list[Path | None] = []
     stage1_run = None
-    chosen: Any
+    ranking: LayerScores | None = None
+    scores_file: Path | None = None
+    chosen: Selection | SelectionRule
     if selection is not None:
         if not isinstance(selection, Selection):
             inputs.append(Path(selection))
@@ -412,7 +417,6 @@ def finetune(
         ranked = tune_top_fraction is not None or freeze_bottom_fraction is not None
         if ranked and scores is None:
             raise IlaError("--tune-top-fraction/--freeze-bottom-fraction need --scores RUN_OR_JSON")
-        scores_file = None
         if scores is not None and not isinstance(scores, LayerScores):
             path = Path(scores)
             inputs.append(path)
@@ -424,24 +428,20 @@ def finetune(
             require_separated(scores, origin=origin, allow=allow_tied_ranking)
         ranking = scores
 
-        def chosen(layer_map: LayerMap) -> Selection:
-            if ranking is not None and ranking.layout.get("module_types"):
-                layer_map = layer_map.restricted_to(ranking.layout["module_types"])
-            return select_units(
-                layer_map,
-                scores=ranking,
-                tune_top_fraction=tune_top_fraction,
-                freeze_bottom_fraction=freeze_bottom_fraction,
-                units=units,
-                blocks=blocks,
-                all_units=all_units,
-                scores_file=scores_file,
-            )
+        chosen = SelectionRule.from_kwargs(
+            tune_top_fraction=tune_top_fraction,
+            freeze_bottom_fraction=freeze_bottom_fraction,
+            units=units,
+            blocks=blocks,
+            all_units=all_units,
+        )
 
     return finetune_job(
         resolved,
         chosen,
         output,
+        scores=ranking,
+        scores_file=scores_file,
         overwrite=overwrite,
         resume=resume,
         inputs=inputs,
@@ -558,6 +558,10 @@ def compare(
             overwrite=overwrite,
             command="compare",
         ) as tmp:
+            logging.getLogger(__name__).info(
+                "compare: writing comparison.json, comparison.md and the figures of %d runs",
+                len(loaded),
+            )
             write_comparison_report(comparison, tmp, scores=[r.scores for r in loaded])
     return comparison
 

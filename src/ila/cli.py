@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import sys
+import time
 import types
 import typing
 import warnings
@@ -34,8 +35,12 @@ from ila.config import (
     load_yaml_config,
 )
 from ila.errors import IlaError, short_repr
+from ila.progress import format_duration
 
 __all__ = ["build_parser", "main"]
+
+# The command's wall time counts from here: the `ila` entry point imports this module first.
+_STARTED = time.perf_counter()
 
 _SECTION_TITLES = {
     "model": "model",
@@ -298,17 +303,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if result.finetune is not None:
         _print_finetune(result.finetune, "  fine-tune")
     if result.evaluation:
-        print(f"  evaluation ({args.output_dir / 'eval'}):")
+        print(f"  evaluation ({args.output_dir / 'eval'}){_evaluated_on(result.evaluation)}:")
         for variant, metrics in result.evaluation.items():
-            em = metrics.get("exact_match")
-            em_text = "" if em is None else f", exact match {em:.3f}"
-            pref = metrics.get("preference_accuracy")
-            pref_text = "" if pref is None else f", prefers chosen {pref:.3f}"
-            print(
-                f"    {variant:<10} loss {metrics['loss']:.4f}, "
-                f"perplexity {metrics['perplexity']:.3f}{em_text}{pref_text}"
-            )
+            print(f"    {variant:<10} {_variant_line(metrics)}")
+    print(f"  wall time: {format_duration(time.perf_counter() - _STARTED)}")
     return 0
+
+
+def _evaluated_on(evaluation: dict[str, dict[str, Any]]) -> str:
+    """What the variants were measured on (the same for each), e.g. ``" on 32 examples,
+    8 greedy answers"``."""
+    first = next(iter(evaluation.values()))
+    parts = []
+    if "num_examples" in first:
+        parts.append(f"{first['num_examples']} examples")
+    if first.get("exact_match_examples"):
+        parts.append(f"{first['exact_match_examples']} greedy answers")
+    if "mc_questions" in first:
+        parts.append(f"{first['mc_questions']} multiple-choice questions")
+    return " on " + ", ".join(parts) if parts else ""
+
+
+def _variant_line(metrics: dict[str, Any]) -> str:
+    """One variant's metrics in the `ila run` table."""
+    parts = []
+    if "loss" in metrics:
+        parts.append(f"loss {metrics['loss']:.4f}, perplexity {metrics['perplexity']:.3f}")
+    if metrics.get("exact_match") is not None:
+        parts.append(f"exact match {metrics['exact_match']:.3f}")
+    if metrics.get("preference_accuracy") is not None:
+        parts.append(f"prefers chosen {metrics['preference_accuracy']:.3f}")
+    if metrics.get("mc_accuracy") is not None:
+        parts.append(f"multiple choice {metrics['mc_accuracy']:.3f}")
+    return ", ".join(parts)
 
 
 def _eval_parser(sub: Any) -> None:
@@ -344,7 +371,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         allow_other_model=args.allow_other_model,
     )
     target = config.model.model + (f" + {args.adapter}" if args.adapter else "")
-    print(f"ila eval: {target} on {config.data.data} ({config.eval.split} split)")
+    where = f" on {config.data.data} ({config.eval.split} split)"
+    print(f"ila eval: {target}{where if 'loss' in result.result.metrics else ''}")
     _print_metrics(result.result.metrics, "  ")
     print(f"  results: {args.output_dir / EVAL_FILE}")
     return 0
@@ -352,10 +380,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _print_metrics(metrics: dict[str, Any], pad: str) -> None:
     m = metrics
-    print(
-        f"{pad}loss {m['loss']:.4f}, perplexity {m['perplexity']:.3f} "
-        f"on {m['response_tokens']} response tokens of {m['num_examples']} examples"
-    )
+    if "loss" in m:
+        print(
+            f"{pad}loss {m['loss']:.4f}, perplexity {m['perplexity']:.3f} "
+            f"on {m['response_tokens']} response tokens of {m['num_examples']} examples"
+        )
     if m.get("exact_match") is not None:
         print(f"{pad}exact match {m['exact_match']:.3f} on {m['exact_match_examples']} answers")
     if m.get("preference_accuracy") is not None:

@@ -603,8 +603,28 @@ class EvalSettings:
         [], "lm-evaluation-harness tasks to run too (needs the lm-eval package)"
     )
     lm_eval_limit: int | None = _opt(None, "at most this many examples per lm-eval task")
+    on_data: bool | None = _opt(
+        None,
+        "measure on the examples of --data: response loss, perplexity, preference accuracy, "
+        "greedy answers and exact match (default: yes; in ila eval, no when --eval-mc-data or "
+        "--eval-lm-eval-tasks is given, so that only those run)",
+    )
+
+    def measures_data(self, command: str = "eval") -> bool:
+        """Whether ``command`` (``eval`` or ``run``) measures on --data: ``on_data`` when
+        set; else always in ``run``, and in ``eval`` unless multiple-choice questions or
+        lm-eval tasks are asked for (docs/evaluation.md, "What runs")."""
+        if self.on_data is not None:
+            return self.on_data
+        return command == "run" or not (self.mc_data or self.lm_eval_tasks)
 
     def __post_init__(self) -> None:
+        _require(
+            self.on_data is not False or bool(self.mc_data or self.lm_eval_tasks),
+            "--eval-on-data",
+            "off leaves nothing to evaluate; pass --eval-mc-data or --eval-lm-eval-tasks too, "
+            "or leave --eval-on-data on",
+        )
         for name in ("max_examples", "mc_limit", "lm_eval_limit"):
             value = getattr(self, name)
             _require(

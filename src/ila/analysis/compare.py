@@ -46,6 +46,7 @@ from ila.core.agreement import (
 from ila.core.scores import SCORES_FILE, LayerScores, expected_random_jaccard, jaccard, top_count
 from ila.errors import IlaError
 from ila.model.identity import fingerprint_of_record
+from ila.progress import track
 from ila.run_files import COMPARISON_SCHEMA_VERSION
 
 __all__ = [
@@ -358,7 +359,8 @@ def compare_scores(
     ]
     bottom_fractions = sorted({*BOTTOM_FRACTIONS, *fractions})
     pairs = [
-        _compare_pair(a, b, types, fractions, bottom_fractions) for a, b in combinations(ranked, 2)
+        _compare_pair(a, b, types, fractions, bottom_fractions)
+        for a, b in track(list(combinations(ranked, 2)), "compare: pairs of runs", unit="pair")
     ]
     by_fraction = [_fraction_summary(pairs, f, types) for f in fractions]
     bottom = [summarize_agreements([p.bottom[f] for p in pairs]) for f in bottom_fractions]

@@ -34,6 +34,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SELECTION_FILE",
     "Selection",
+    "SelectionRule",
     "check_scores_match",
     "select_units",
 ]
@@ -156,6 +157,70 @@ class Selection:
         return [layer_map.unit(name) for name in self.selected]
 
 
+@dataclass(frozen=True)
+class SelectionRule:
+    """One stage-3 rule (docs/method.md, "Stage 3"), before it meets a model: ``kind`` is
+    one of :data:`RULES`, ``value`` its fraction, unit names, blocks or ``True``.
+
+    A rule typed by hand needs the model's units to become a :class:`Selection`; a job
+    that loads the model applies it then (:meth:`apply`).
+    """
+
+    kind: str
+    value: Any
+
+    @classmethod
+    def from_kwargs(
+        cls,
+        *,
+        tune_top_fraction: float | None = None,
+        freeze_bottom_fraction: float | None = None,
+        units: Sequence[str] | None = None,
+        blocks: Sequence[int] | None = None,
+        all_units: bool = False,
+    ) -> SelectionRule:
+        """The one rule given (keywords as :func:`select_units` takes them); no rule or
+        several is an IlaError that names the flags."""
+        given = {
+            "tune-top-fraction": tune_top_fraction,
+            "freeze-bottom-fraction": freeze_bottom_fraction,
+            "units": units,
+            "blocks": blocks,
+            "all-units": True if all_units else None,
+        }
+        rules = [rule for rule, value in given.items() if value is not None]
+        if len(rules) != 1:
+            which = "no rule" if not rules else "--" + " and --".join(rules)
+            raise IlaError(f"give exactly one of {_RULE_FLAGS} (got {which})")
+        return cls(rules[0], given[rules[0]])
+
+    @property
+    def ranked(self) -> bool:
+        """Whether the rule reads a ranking (the fraction rules)."""
+        return self.kind in ("tune-top-fraction", "freeze-bottom-fraction")
+
+    def keywords(self) -> dict[str, Any]:
+        """The rule as keyword arguments of :func:`select_units`."""
+        if self.kind == "all-units":
+            return {"all_units": True}
+        return {self.kind.replace("-", "_"): self.value}
+
+    def apply(
+        self,
+        layer_map: LayerMap,
+        *,
+        scores: LayerScores | None = None,
+        scores_file: str | Path | None = None,
+    ) -> Selection:
+        """The :class:`Selection` this rule makes on ``layer_map``. A ranking of some module
+        types only (``--lora-module-types``, or an adapter of some modules ranked with
+        ``--from-adapter``) selects among those types; the others stay frozen."""
+        kept = scores.layout.get("module_types") if scores is not None else None
+        if kept and tuple(kept) != layer_map.module_types:
+            layer_map = layer_map.restricted_to(kept)
+        return select_units(layer_map, scores=scores, scores_file=scores_file, **self.keywords())
+
+
 def select_units(
     layer_map: LayerMap,
     *,
@@ -180,18 +245,15 @@ def select_units(
     tie before they get here, ila.core.ties). Raises IlaError for no rule or several, a fraction
     outside (0, 1), unknown names, blocks out of range, or a selection that tunes nothing.
     """
-    given = {
-        "tune-top-fraction": tune_top_fraction,
-        "freeze-bottom-fraction": freeze_bottom_fraction,
-        "units": units,
-        "blocks": blocks,
-        "all-units": True if all_units else None,
-    }
-    rules = [rule for rule, value in given.items() if value is not None]
-    if len(rules) != 1:
-        which = "no rule" if not rules else "--" + " and --".join(rules)
-        raise IlaError(f"give exactly one of {_RULE_FLAGS} (got {which})")
-    rule = rules[0]
+    chosen = SelectionRule.from_kwargs(
+        tune_top_fraction=tune_top_fraction,
+        freeze_bottom_fraction=freeze_bottom_fraction,
+        units=units,
+        blocks=blocks,
+        all_units=all_units,
+    )
+    rule = chosen.kind
+    given = {rule: chosen.value}
     source: dict[str, Any] = dict.fromkeys(("method", "model_id", "scores_file", "unit_kind"))
     if rule == "all-units":
         value: Any = True

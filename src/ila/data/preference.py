@@ -123,7 +123,7 @@ def split_pairs(
     pairs: Sequence[PreferencePair], *, eval_fraction: float, seed: int
 ) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """``(train, held_out)`` by the same content-hash rule as ``ila.data.split_examples``."""
-    from ila.data import split_examples
+    from ila.data.split import split_examples
 
     return split_examples(pairs, eval_fraction=eval_fraction, seed=seed)  # type: ignore[arg-type]
 

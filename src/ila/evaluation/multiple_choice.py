@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ila.errors import IlaError
+from ila.progress import Progress
 
 __all__ = ["LETTERS", "MCQuestion", "load_mc_questions", "mc_accuracy", "mc_prompt"]
 
@@ -97,32 +98,17 @@ def mc_accuracy(
     letters = [tokenizer(" " + x, add_special_tokens=False)["input_ids"] for x in LETTERS]
     if any(not ids for ids in letters) or len({tuple(ids) for ids in letters}) < len(LETTERS):
         raise IlaError("the tokenizer does not encode the answer letters apart; cannot score")
-    device = next(model.parameters()).device
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    pad = tokenizer.pad_token_id
     correct: dict[str, list[bool]] = defaultdict(list)
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(questions), batch_size):
-            chunk = questions[start : start + batch_size]
-            rows: list[tuple[list[int], int]] = []  # (ids, continuation start)
-            for q in chunk:
-                prompt = bos + tokenizer(mc_prompt(q), add_special_tokens=False)["input_ids"]
-                rows.extend((prompt + cont, len(prompt)) for cont in letters)
-            width = max(len(ids) for ids, _ in rows)
-            ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in rows], device=device)
-            mask = torch.tensor(
-                [[1] * len(r) + [0] * (width - len(r)) for r, _ in rows], device=device
-            )
-            logprobs = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
-            scores = [
-                sum(float(logprobs[i, pos - 1, r[pos]]) for pos in range(begin, len(r)))
-                for i, (r, begin) in enumerate(rows)
-            ]
-            for j, q in enumerate(chunk):
-                options = scores[j * len(LETTERS) : (j + 1) * len(LETTERS)]
-                correct[q.subject].append(options.index(max(options)) == q.answer)
+        with Progress("multiple choice", len(questions), unit="question") as progress:
+            for start in range(0, len(questions), batch_size):
+                chunk = questions[start : start + batch_size]
+                choices = _choices(model, tokenizer, chunk, letters)
+                for q, choice in zip(chunk, choices, strict=True):
+                    correct[q.subject].append(choice == q.answer)
+                progress.advance(len(chunk))
     finally:
         model.train(was_training)
     flat = [hit for hits in correct.values() for hit in hits]
@@ -131,3 +117,29 @@ def mc_accuracy(
         "questions": len(flat),
         "by_subject": {s: sum(h) / len(h) for s, h in sorted(correct.items())},
     }
+
+
+def _choices(
+    model: Any, tokenizer: Any, chunk: Sequence[MCQuestion], letters: list[list[int]]
+) -> list[int]:
+    """The model's choice (an index into the choices) for each question of one batch."""
+    device = next(model.parameters()).device
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    pad = tokenizer.pad_token_id
+    rows: list[tuple[list[int], int]] = []  # (ids, continuation start)
+    for q in chunk:
+        prompt = bos + tokenizer(mc_prompt(q), add_special_tokens=False)["input_ids"]
+        rows.extend((prompt + cont, len(prompt)) for cont in letters)
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in rows], device=device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in rows], device=device)
+    logprobs = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+    scores = [
+        sum(float(logprobs[i, pos - 1, r[pos]]) for pos in range(begin, len(r)))
+        for i, (r, begin) in enumerate(rows)
+    ]
+    choices = []
+    for j in range(len(chunk)):
+        options = scores[j * len(LETTERS) : (j + 1) * len(LETTERS)]
+        choices.append(options.index(max(options)))
+    return choices

@@ -18,7 +18,7 @@ from ila.data.formats import Example
 from ila.data.preference import PreferencePair
 from ila.data.tokenization import prompt_token_ids, tokenize_examples
 from ila.errors import IlaError
-from ila.evaluation import response_token_losses
+from ila.evaluation.metrics import response_token_losses
 
 __all__ = ["preference_metrics"]
 
@@ -61,7 +61,11 @@ def preference_metrics(
                 f"--max-length {max_length} although their prompts fit; raise --max-length"
             )
         losses = response_token_losses(
-            model, features, pad_token_id=tokenizer.pad_token_id, batch_size=batch_size
+            model,
+            features,
+            pad_token_id=tokenizer.pad_token_id,
+            batch_size=batch_size,
+            label=f"preference: {key} replies",
         )
         replies[key] = [-loss for loss, _ in losses]
     margins = [c - r for c, r in zip(replies["chosen"], replies["rejected"], strict=True)]

@@ -58,7 +58,7 @@ from ila.config import (
 from ila.core.layers import LayerMap, find_layers
 from ila.core.lora import lora_update_norms, unit_lora_layer
 from ila.core.scores import LayerScores, jaccard
-from ila.core.selection import Selection, select_units
+from ila.core.selection import Selection, SelectionRule
 from ila.core.stability import Detector, stage1_detector, top_set
 from ila.errors import IlaError
 from ila.integrations.live_run import (
@@ -242,13 +242,10 @@ class IlaCallback(TrainerCallback):
 
     def _apply_then(self, run: _Run, model: torch.nn.Module, scores: LayerScores) -> Selection:
         """Freeze the LoRA A/B of the units outside the kept set for the rest of the run."""
-        top = self.fraction if self.then == "tune-top" else None
-        bottom = self.fraction if self.then == "freeze-bottom" else None
-        selection = select_units(
+        kind = "tune-top-fraction" if self.then == "tune-top" else "freeze-bottom-fraction"
+        selection = SelectionRule(kind, self.fraction).apply(
             LayerMap.from_dict(scores.layout),
             scores=scores,
-            tune_top_fraction=top,
-            freeze_bottom_fraction=bottom,
             scores_file=run.output_dir / SCORES_FILE,
         )
         freeze_units(model, run.layer_map, selection.frozen)

@@ -30,8 +30,9 @@ from ila.config import (
 )
 from ila.data.formats import Example
 from ila.errors import IlaError
-from ila.evaluation import EvalResult, evaluate_model, load_model_for_eval
+from ila.evaluation.evaluate import EvalResult, evaluate_model
 from ila.files import atomic_write_json, atomic_write_text
+from ila.model.inference import load_model_for_eval
 from ila.run_files import EVAL_FILE, GENERATIONS_FILE
 from ila.run_files import EVAL_SCHEMA_VERSION as SCHEMA_VERSION
 from ila.run_files import EVAL_VARIANTS_FILE as COMPARISON_FILE
@@ -98,7 +99,11 @@ def evaluate(
     if main:
         check_output_dir(output_dir, overwrite=overwrite, inputs=inputs, resumable=False)
     check_eval_inputs(config.eval)
-    examples = load_eval_examples(config.data, config.eval, config.train.objective)
+    examples = (
+        load_eval_examples(config.data, config.eval, config.train.objective)
+        if config.eval.measures_data("eval")
+        else None
+    )
     model, tokenizer, other_model = load_model_for_eval(
         config.model.model,
         adapter,
@@ -145,7 +150,9 @@ def write_eval_results(
     other_model: str | None = None,
 ) -> None:
     """Write ``eval_results.json`` and ``generations.jsonl`` into ``output_dir``
-    (``other_model``: the note that the adapter was made on another model)."""
+    (``other_model``: the note that the adapter was made on another model). ``data`` and
+    ``split`` are null when nothing was measured on data (only multiple choice, lm-eval)."""
+    on_data = "loss" in result.metrics
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         output_dir / GENERATIONS_FILE,
@@ -158,8 +165,8 @@ def write_eval_results(
             "model": model.model,
             "adapter": str(adapter) if adapter is not None else None,
             "other_model": other_model,
-            "data": data.data,
-            "split": settings.split,
+            "data": data.data if on_data else None,
+            "split": settings.split if on_data else None,
             "metrics": result.metrics,
             "lm_eval": result.lm_eval,
         },
@@ -178,7 +185,9 @@ def evaluate_variants(
     """Evaluate the base model with each adapter of ``variants`` (``None``: the base
     itself) on the same examples; write ``output_dir/<variant>/`` and
     ``output_dir/variants.json``. Returns the metrics of each variant."""
-    examples = load_eval_examples(data, settings, objective)
+    examples = (
+        load_eval_examples(data, settings, objective) if settings.measures_data("run") else None
+    )
     compared: dict[str, dict[str, Any]] = {}
     for name, adapter in variants.items():
         loaded, tokenizer, _ = load_model_for_eval(
@@ -233,7 +242,7 @@ def evaluate_run(
     writing on rank 0 only (other ranks return an empty dict). With ``resume`` a finished
     baseline is reused and a started one continues; the evaluation is made again.
     """
-    from ila.core.selection import select_units
+    from ila.core.selection import SelectionRule
     from ila.jobs.finetune import finetune_step
 
     variants: dict[str, Path | None] = {"base": None}
@@ -241,7 +250,7 @@ def evaluate_run(
         baseline = run_dir.finetune_all_units.path
         finetune_step(
             finetune_config,
-            lambda layer_map: select_units(layer_map, all_units=True),
+            SelectionRule("all-units", True),
             baseline,
             resume,
             stage1_run=run_dir.path,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import resource
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,10 @@ from torch import nn
 from ila.config import FinetuneConfig, input_paths, recorded_config
 from ila.core.layers import LayerMap, Unit
 from ila.core.lora import add_lora, lora_state, read_unit_lora, set_unit_lora
-from ila.core.selection import Selection
+from ila.core.scores import LayerScores
+from ila.core.selection import Selection, SelectionRule
 from ila.errors import IlaError
-from ila.evaluation import response_loss
+from ila.evaluation.metrics import response_loss
 from ila.files import atomic_directory, atomic_write_json, read_json
 from ila.model.identity import (
     BASE_MODEL_FILE,
@@ -128,11 +129,22 @@ class _Inputs:
     """``PreferenceTraining`` under ``--objective dpo``."""
 
 
+@dataclass(frozen=True)
+class _RuleOnRanking:
+    """A rule waiting for the model's units, with the ranking it reads (if any)."""
+
+    rule: SelectionRule
+    scores: LayerScores | None
+    scores_file: Path | None
+
+
 def finetune(
     config: FinetuneConfig,
-    selection: Selection | Callable[[LayerMap], Selection],
+    selection: Selection | SelectionRule,
     output_dir: Path,
     *,
+    scores: LayerScores | None = None,
+    scores_file: Path | None = None,
     overwrite: bool = False,
     resume: bool = False,
     inputs: Sequence[Path | None] = (),
@@ -142,8 +154,9 @@ def finetune(
 ) -> FinetuneRun:
     """Fine-tune ``config.model.model`` on ``config.data.data``, tuning only ``selection``.
 
-    ``selection`` is a :class:`Selection`, or a function that makes one from the loaded
-    model's :class:`LayerMap` (for rules typed by hand, which need the model's units).
+    ``selection`` is a :class:`Selection`, or a :class:`SelectionRule` applied to the loaded
+    model's units (a rule typed by hand needs them; a fraction rule ranks ``scores``, read
+    from ``scores_file``).
     ``resume`` continues an interrupted run in ``output_dir`` from its last checkpoint
     (made with ``--save-steps``); the selection must be the one recorded there.
     ``inputs``: further files the job reads (the scores or selection), which
@@ -164,6 +177,8 @@ def finetune(
     precision = _check_request(
         config, selection, output_dir, resolved, all_inputs, overwrite, resume, stage1_run
     )
+    if isinstance(selection, SelectionRule):
+        selection = _RuleOnRanking(selection, scores, scores_file)
     loaded = _load_inputs(config, selection, output_dir, resume, allow_other_model, stage1_run)
     rundir = RunDir(output_dir)
     with rundir.open(
@@ -262,8 +277,10 @@ def _load_inputs(
     identity = model_fingerprint(config.model.model)
     if resume:
         RunDir(output_dir).require_same_model(identity)
-    if callable(selection) and not isinstance(selection, Selection):
-        selection = selection(layer_map)
+    if isinstance(selection, _RuleOnRanking):
+        selection = selection.rule.apply(
+            layer_map, scores=selection.scores, scores_file=selection.scores_file
+        )
     # A ranking of some module types only (--lora-module-types, or an adapter of some
     # modules ranked with --from-adapter) selects among those; the others stay frozen.
     kept_types = selection.layout.get("module_types")
@@ -420,6 +437,7 @@ def _train(
             ),
         ],
         resume_from=checkpoint.folder if checkpoint is not None else None,
+        label=f"fine-tune {output_dir.name}",
     )
     if checkpoint is not None:
         seconds += checkpoint.seconds
@@ -512,7 +530,7 @@ def _resume_point(output_dir: Path, values: StepValues) -> StageCheckpoint | Non
 
 def finetune_step(
     config: FinetuneConfig,
-    selection: Selection | Callable[[LayerMap], Selection],
+    selection: Selection | SelectionRule,
     output_dir: Path,
     resume: bool,
     *,

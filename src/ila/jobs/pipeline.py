@@ -513,7 +513,7 @@ def _run_steps(
     """`ila run`'s steps: score, select (not from a tie, unless allowed), fine-tune, evaluate."""
     from ila.config import FinetuneConfig
     from ila.core.layers import LayerMap
-    from ila.core.selection import select_units
+    from ila.core.selection import SelectionRule
     from ila.core.ties import require_separated
     from ila.jobs.finetune import finetune_step
 
@@ -534,12 +534,9 @@ def _run_steps(
     again = "run the same command with --resume --allow-tied-ranking (the scores are kept)"
     require_separated(scored.scores, origin=str(rundir.scores), allow=allow_tied_ranking, how=again)
     settings = config.run
-    fraction = settings.selection_rule
-    selection = select_units(
-        LayerMap.from_dict(scored.scores.layout),
-        scores=scored.scores,
-        scores_file=rundir.scores,
-        **fraction,
+    rule = SelectionRule.from_kwargs(**settings.selection_rule)
+    selection = rule.apply(
+        LayerMap.from_dict(scored.scores.layout), scores=scored.scores, scores_file=rundir.scores
     )
     if is_main_process():
         selection.save(rundir.selection)

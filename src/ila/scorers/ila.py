@@ -50,10 +50,11 @@ from ila.core.gates import (
 from ila.core.layers import LayerMap
 from ila.core.lora import add_lora, lora_state, lora_update_norms
 from ila.core.scores import LayerScores, UnitScore, jaccard
-from ila.core.stability import stage1_detector, top_set
+from ila.core.stability import StabilityStatus, stage1_detector, top_set
 from ila.core.ties import loss_moved
 from ila.errors import IlaError
 from ila.files import atomic_directory, atomic_write_json, read_json
+from ila.progress import StepOutlook
 from ila.run_files import GATE_TRAJECTORY_FILE, METRICS_FILE, STAGE_SUMMARY_FILE
 from ila.rundir import RunDir
 from ila.scorers.base import ScoringContext
@@ -267,6 +268,8 @@ def run_stage1(
             ],
             resume_from=checkpoint.folder if checkpoint is not None else None,
             stage_schedule=schedule,
+            label="stage 1",
+            outlook=watch.outlook,
         )
         steps, seconds = trainer.state.global_step, seconds + seconds_before
     examples_per_step = train.batch_size * train.grad_accum * args.world_size
@@ -303,8 +306,10 @@ class _Stage1Watch:
         self.cooldown_fraction = cfg.cooldown_fraction
         groups = [u.module_type for u in ctx.layer_map.units] if cfg.rank_within_type else None
         self.detector = stage1_detector(cfg, groups)
+        self.patience = cfg.patience
         self.values = StepValues()
         self.track_update = cfg.criterion == "loss+update"
+        self.last_check: StabilityStatus | None = None
 
     def probe(self) -> dict[str, float]:
         return {"update_norm": float(self.update.norms().norm())}
@@ -344,7 +349,36 @@ class _Stage1Watch:
             # The ranking check reads the per-unit update norms (r x r products, cheap).
             units = self.update.norms().tolist()
             self.values.unit_values[step] = units
-        return self.detector.update(self._step(-1), units).stable
+        status = self.detector.update(self._step(-1), units)
+        if any(v is not None for v in status.changes.values()):
+            self.last_check = status
+        return status.stable
+
+    def outlook(self) -> StepOutlook:
+        """For the progress lines (ila.progress): the steps stage 1 runs now (at most the cap
+        and its cool-down until the stop is known) and the last stopping check."""
+        stop = self.stop_step()
+        if stop is None:
+            cap = self.max_steps + cooldown_length(self.max_steps, self.cooldown_fraction)
+            return StepOutlook(cap, at_most=True, note=self._check_note())
+        reason = "cap reached" if self.detector.stable_step is None else "epsilon-stable"
+        cooldown = self.cooldown_steps()
+        note = f"{reason} at step {stop}" + (f", {cooldown} cool-down steps" if cooldown else "")
+        return StepOutlook(stop + cooldown, note=note)
+
+    def _check_note(self) -> str:
+        check = self.last_check
+        if check is None:
+            return "no stopping check yet"
+        values = ", ".join(
+            f"{name.replace('_', ' ')} {value:.3g}"
+            for name, value in check.changes.items()
+            if value is not None
+        )
+        return (
+            f"check at step {check.step}: {values}; stable {check.streak} of {self.patience} "
+            "needed in a row"
+        )
 
     def replay(self, checkpoint: StageCheckpoint | None) -> float:
         """Restore an interrupted run's history into the detector; its seconds so far."""
@@ -485,6 +519,7 @@ def run_stage2(
             resume_from=checkpoint.folder if checkpoint is not None else None,
             eval_mode=cfg.eval_mode,
             stage_schedule=schedule,
+            label="stage 2",
         )
     finally:
         gated.detach()

@@ -23,12 +23,8 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 
 from ila.errors import IlaError
-from ila.train.trainer import (
-    ExtraLossMixin,
-    PreferenceTraining,
-    StageSchedule,
-    progress_bars_enabled,
-)
+from ila.progress import progress_bars_enabled
+from ila.train.base import ExtraLossMixin, PreferenceTraining, StageSchedule
 
 __all__ = ["dpo_trainer"]
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +26,8 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from ila.config import TrainConfig
 from ila.errors import IlaError
 from ila.files import append_jsonl
+from ila.progress import StepOutlook, progress_bars_enabled, training_progress
+from ila.train.base import ExtraLossMixin, PreferenceTraining, StageSchedule
 from ila.train.precision import PrecisionChoice, choose_precision
 
 __all__ = [
@@ -45,21 +45,6 @@ __all__ = [
     "stage_seed",
     "train_precision",
 ]
-
-
-def progress_bars_enabled() -> bool:
-    """Trainer progress bars are for a person at a terminal.
-
-    Off when stderr is not a terminal (pipes, log files), under CI (the ``CI`` variable
-    set), and when progress bars are switched off the Hugging Face way
-    (``HF_HUB_DISABLE_PROGRESS_BARS=1``, which ``ila -q`` sets).
-    """
-    off = {"1", "true", "yes", "on"}
-    if os.environ.get("CI", "").strip().lower() in off:
-        return False
-    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().lower() in off:
-        return False
-    return sys.stderr.isatty()
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -130,83 +115,6 @@ def make_training_args(
     )
 
 
-@dataclass(frozen=True)
-class StageSchedule:
-    """What a stage sets in place of the Trainer's own optimizer and schedule (None: keep).
-
-    ``optimizer`` builds the optimizer from the trainable parameters (stage 2's
-    ``--stage2-optimizer adam-shared``, ila.core.gate_optimizer); ``lr_factor`` is a
-    LambdaLR factor of the optimizer step (stage 1's cool-down, ila.core.cooldown).
-    """
-
-    optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer] | None = None
-    lr_factor: Callable[[int], float] | None = None
-
-
-class ExtraLossMixin:
-    """A Trainer (or TRL trainer) whose loss may carry an extra term (the stage-2 budget),
-    and whose optimizer or learning-rate schedule a stage may set (:class:`StageSchedule`).
-
-    ``extra_loss`` is called once per forward pass and added to the loss; it must return a
-    scalar tensor on the loss's device. With ``eval_mode`` the model runs its forward and
-    backward passes in eval mode (no dropout): the Trainer switches it to train mode at
-    every step, so the switch back happens right before the loss.
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        extra_loss: Callable[[], torch.Tensor] | None = None,
-        eval_mode: bool = False,
-        stage_schedule: StageSchedule | None = None,
-        **kwargs: Any,
-    ):
-        super().__init__(*args, **kwargs)
-        self.extra_loss = extra_loss
-        self.eval_mode = eval_mode
-        self.stage_schedule = stage_schedule or StageSchedule()
-
-    def create_optimizer(self, model=None):
-        make = self.stage_schedule.optimizer
-        if make is not None and self.optimizer is None:
-            opt_model = self.model if model is None else model
-            self.optimizer = make([p for p in opt_model.parameters() if p.requires_grad])
-        return super().create_optimizer(model)
-
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        factor = self.stage_schedule.lr_factor
-        if factor is not None and self.lr_scheduler is None:
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer or self.optimizer, factor
-            )
-        return super().create_scheduler(num_training_steps, optimizer)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.eval_mode:
-            model.eval()
-        result = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
-        if self.extra_loss is None:
-            return result
-        loss, outputs = result if return_outputs else (result, None)
-        extra = self.extra_loss().to(loss.device)
-        # Under gradient accumulation the Trainer divides the loss by the number of
-        # micro-batches unless the loss is already scaled for it (the rule of
-        # Trainer.training_step); the extra term must count once per step either way.
-        if self._loss_scaled_for_ga(num_items_in_batch):
-            extra = extra / self.args.gradient_accumulation_steps
-        loss = loss + extra
-        return (loss, outputs) if return_outputs else loss
-
-    def _loss_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
-        declared = getattr(self, "loss_is_scaled_for_ga", None)
-        if declared is not None:
-            return bool(declared)
-        accepts = getattr(self, "model_accepts_loss_kwargs", False)
-        return (accepts and num_items_in_batch is not None) or self.compute_loss_func is not None
-
-
 class IlaTrainer(ExtraLossMixin, Trainer):
     """The Hugging Face Trainer with :class:`ExtraLossMixin` (supervised stages)."""
 
@@ -216,16 +124,6 @@ class _BarOnly(ProgressCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         return
-
-
-@dataclass(frozen=True)
-class PreferenceTraining:
-    """What a ``--objective dpo`` stage needs besides the model: the tokenizer TRL
-    tokenizes the rows with, DPO's beta and the longest prompt plus reply kept."""
-
-    tokenizer: Any
-    beta: float
-    max_length: int
 
 
 @dataclass
@@ -308,13 +206,18 @@ class AfterStep(TrainerCallback):
 
 
 class StopWhen(TrainerCallback):
-    """Stops training once ``should_stop()`` is true (checked after each logged step)."""
+    """Stops training once ``should_stop()`` is true (checked after each logged step).
+
+    Only a step's log (one with its ``loss``) is a step: the summary the Trainer logs when
+    training ends is not, so ``should_stop`` (which feeds the stage-1 stopping rule one
+    step) is not called for it.
+    """
 
     def __init__(self, should_stop: Callable[[], bool]) -> None:
         self.should_stop = should_stop
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.should_stop():
+        if logs and "loss" in logs and self.should_stop():
             control.should_training_stop = True
 
 
@@ -330,6 +233,8 @@ def run_trainer(
     eval_mode: bool = False,
     preference: PreferenceTraining | None = None,
     stage_schedule: StageSchedule | None = None,
+    label: str = "training",
+    outlook: Callable[[], StepOutlook] | None = None,
 ) -> tuple[Trainer, float]:
     """Train ``model``; returns the trainer and the wall time in seconds.
 
@@ -339,7 +244,9 @@ def run_trainer(
     With ``resume_from`` (a ``checkpoint-N`` folder, see :mod:`ila.train.checkpoints`),
     training continues from that checkpoint: model or adapter weights, optimizer,
     scheduler, RNG states and data position. ``eval_mode``: see :class:`ExtraLossMixin`;
-    ``stage_schedule``: :class:`StageSchedule`.
+    ``stage_schedule``: :class:`StageSchedule`. Progress: the Trainer's bar at a terminal,
+    else lines named ``label`` (ila.progress; ``outlook`` as in
+    :func:`ila.progress.training_progress`).
     """
     if preference is not None:
         from ila.train.preference import dpo_trainer
@@ -371,6 +278,8 @@ def run_trainer(
     trainer.remove_callback(PrinterCallback)  # disable_tqdm's: a printed line per step
     if not args.disable_tqdm:
         trainer.add_callback(_BarOnly())
+    else:
+        trainer.add_callback(training_progress(label, outlook))
     if "tensorboard" in args.report_to:
         from transformers.integrations import TensorBoardCallback
 

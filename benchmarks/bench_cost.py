@@ -76,16 +76,18 @@ def step_seconds(metrics: Path, stage: str) -> float:
 
 
 def matmul_rate(dtype, m: int, k: int, n: int, seconds: float = 2.0) -> float:
-    """GFLOP/s of an (m x k) @ (k x n) matmul in ``dtype``, repeated for about ``seconds``."""
+    """GFLOP per CPU second of an (m x k) @ (k x n) matmul in ``dtype``, repeated for about
+    ``seconds`` of CPU time (CPU time, as the side-by-side step times: waits for a core on
+    a shared machine are not the matmul's)."""
     import torch
 
     a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
     torch.matmul(a, b)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    count, start = 0, time.process_time()
+    while time.process_time() - start < seconds:
         torch.matmul(a, b)
         count += 1
-    return 2 * m * k * n * count / (time.perf_counter() - start) / 1e9
+    return 2 * m * k * n * count / (time.process_time() - start) / 1e9
 
 
 def mean_padded_length(lengths: list[int], batch: int, draws: int = 4000) -> float:
@@ -201,7 +203,7 @@ def measure_here(args, config: dict, selections: dict[str, list[str]], precision
     from ila.core.layers import find_layers
     from ila.data import PaddingCollator, load_examples, split_examples, tokenize_examples
     from ila.model.loading import load_model, load_model_config
-    from step_timing import alternate, op_profile
+    from step_timing import alternate, alternate_profiles
 
     torch.set_num_threads(args.threads)
     model_name, data_cfg = str(config["model"]["model"]), config["data"]
@@ -226,10 +228,9 @@ def measure_here(args, config: dict, selections: dict[str, list[str]], precision
         configuration, list(selections), data, trainer_cfg,
         rounds=args.rounds, steps=args.round_steps, work=work,
     )  # fmt: skip
-    here["profiles"] = {
-        name: op_profile(configuration(name), data, trainer_cfg, steps=2, work=work)
-        for name in (FULL_ALL, FULL_TOP)
-    }
+    here["profiles"] = alternate_profiles(
+        configuration, [FULL_ALL, FULL_TOP], data, trainer_cfg, rounds=args.rounds, work=work
+    )
     here["padded"] = mean_padded_length([len(f["input_ids"]) for f in features], batch)
     length = round(here["padded"])
     generator = torch.Generator().manual_seed(0)
@@ -268,7 +269,7 @@ def step_table(measured: dict, here: dict, grad_accum: int) -> list[str]:
     lines = [
         "| what | own process: s/step | own process: vs LoRA all units | alternating: CPU "
         "s/step | alternating: vs LoRA all units | peak RSS (MB) | trainable params | below "
-        f"| bwd/fwd | GFLOP/step | GFLOP/s | % of {precision} peak |",
+        f"| bwd/fwd | GFLOP/step | GFLOP per CPU s | % of {precision} peak |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, seconds in timing.items():
@@ -276,15 +277,15 @@ def step_table(measured: dict, here: dict, grad_accum: int) -> list[str]:
         per_step = (forward + backward) * (grad_accum if name == STAGE2 else 1) / 1e9
         mem = f"{measured['memory'][name]:.0f}" if name in measured["memory"] else "-"
         count = f"{measured['params'][name]:,}" if name in measured["params"] else "-"
+        here_cols = "- | -"
+        rate_cols = "- | -"
         if name in alternating.cpu:
             cpu = alternating.median(name)
             here_cols = f"{cpu:.2f} | {alternating.ratio(name, BASE):.2f}"
-        else:
-            cpu, here_cols = seconds, "- | -"
+            rate_cols = f"{per_step / cpu:.1f} | {100 * per_step / cpu / peak:.0f}%"
         lines.append(
             f"| {name} | {seconds:.2f} | {seconds / timing[BASE]:.2f} | {here_cols} | {mem} | "
-            f"{count} | {below:.0%} | {backward / forward:.2f} | {per_step:.1f} | "
-            f"{per_step / cpu:.1f} | {100 * per_step / cpu / peak:.0f}% |"
+            f"{count} | {below:.0%} | {backward / forward:.2f} | {per_step:.1f} | {rate_cols} |"
         )
     return lines
 
@@ -309,12 +310,12 @@ def op_rows(profiles: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
     return lines
 
 
-def full_lines(measured: dict, here: dict) -> list[str]:
+def full_lines(measured: dict, here: dict, rounds: int) -> list[str]:
     """Why one full fine-tune measures slower or faster than the other, with the evidence."""
     timing, alternating, flops = measured["timing"], here["alternating"], here["flops"]
     own = timing[FULL_TOP] / timing[FULL_ALL]
     alt = alternating.ratio(FULL_TOP, FULL_ALL)
-    rounds = alternating.round_ratios(FULL_TOP, FULL_ALL)
+    per_round = alternating.round_ratios(FULL_TOP, FULL_ALL)
     flop = sum(flops[FULL_TOP][:2]) / sum(flops[FULL_ALL][:2])
     walls = [statistics.median(r) for r in alternating.wall[FULL_ALL]]
     cpus = [statistics.median(r) for r in alternating.cpu[FULL_ALL]]
@@ -328,7 +329,7 @@ def full_lines(measured: dict, here: dict) -> list[str]:
         "",
         f"Step of the top 30% over the step of every unit: {own:.2f} in their own processes "
         f"(wall time), {alt:.2f} side by side in one process (CPU time, per batch; rounds: "
-        + ", ".join(f"{r:.2f}" for r in rounds)
+        + ", ".join(f"{r:.2f}" for r in per_round)
         + f"); FLOPs {flop:.2f}. Within this one process the all-units step's median per "
         f"round ran {min(walls):.2f}-{max(walls):.2f} s of wall time and "
         f"{min(cpus):.2f}-{max(cpus):.2f} s of CPU time. Per step the top 30% makes "
@@ -336,7 +337,7 @@ def full_lines(measured: dict, here: dict) -> list[str]:
         f"and accumulates {grads[1]:.0f} parameter gradients against {grads[0]:.0f} (a "
         "frozen weight gets none, and Adam updates only the trained ones).",
     ]
-    if alt < 1 <= own and max(rounds) < 1:
+    if alt < 1 <= own and max(per_round) < 1:
         lines += [
             "",
             "Side by side the top-30% step is the cheaper one in every round, as its FLOPs "
@@ -345,8 +346,10 @@ def full_lines(measured: dict, here: dict) -> list[str]:
         ]
     lines += [
         "",
-        "ATen ops of one step (`torch.profiler`, mean of 2 steps after one, in this process; "
-        "self time, which carries the machine's load; the ops whose time differs most):",
+        "ATen ops of one step (`torch.profiler`: one step after a warm-up step, each "
+        f"configuration in turn for {rounds} rounds, averaged; "
+        "self time scaled to the steps' CPU time, an estimate per op; the ops whose time "
+        "differs most):",
         "",
         *op_rows(here["profiles"]),
     ]
@@ -452,8 +455,9 @@ def header_lines(args, config: dict, measured: dict, here: dict, started: str) -
         "FLOPs: `torch.utils.flop_counter` on one pass of the configuration as ila builds it, "
         f"batch {batch} x {length} tokens (matmuls and attention; element-wise work is not "
         f"counted). A stage-2 step is {grad_accum} micro-batches (`--stage2-grad-accum`); its "
-        "FLOPs and FLOP/s count all of them. GFLOP/s per alternating CPU second where there is "
-        "one, else per own-process wall second (the ILA stages). 'below' is the share of "
+        "FLOPs count all of them. GFLOP per CPU second of the alternating measurement (not "
+        "measured for the ILA stages, whose wall time carries the machine's load). 'below' is "
+        "the share of "
         "blocks under the lowest trainable unit, where no gradient needs computing; 'bwd/fwd' "
         "is backward FLOPs over forward FLOPs (about 1 when every block's input gradient is "
         "computed and no weight gradient, about 2 with every weight gradient).",
@@ -489,14 +493,14 @@ def main() -> None:
         "",
         *step_table(measured, here, grad_accum),
         "",
-        "Matmul rate of this machine, measured in the same run at the same thread count "
-        "(the roofline the FLOP/s above are put against):",
+        "Matmul rate of this machine, measured in the same run at the same thread count, per "
+        "CPU second (the roofline the FLOP rates above are put against):",
         "",
-        "| matmul | GFLOP/s |",
+        "| matmul | GFLOP per CPU s |",
         "|---|---:|",
         *(f"| {name} | {rate:.1f} |" for name, rate in here["rates"].items()),
         "",
-        *full_lines(measured, here),
+        *full_lines(measured, here, args.rounds),
         "",
         *stage_lines(args, measured, metas, grad_accum),
         "",

@@ -75,13 +75,16 @@ class _StepClock(TrainerCallback):
         self.cpu.append(time.process_time() - self._start[1])
 
 
-class _ProfilerStep(TrainerCallback):
-    """Advances a ``torch.profiler`` schedule at the end of each optimizer step."""
+class _ProfilerStep(_StepClock):
+    """Advances a ``torch.profiler`` schedule at the end of each optimizer step (and times
+    each step, as :class:`_StepClock`)."""
 
     def __init__(self, profiler: Any) -> None:
+        super().__init__()
         self.profiler = profiler
 
     def on_step_end(self, args, state, control, **kwargs):
+        super().on_step_end(args, state, control, **kwargs)
         self.profiler.step()
 
 
@@ -143,17 +146,50 @@ def op_profile(
 ) -> dict[str, tuple[float, float]]:
     """Per op, (self milliseconds, calls) per step over ``steps`` profiled Trainer steps.
 
-    One step runs first as the profiler's warm-up (recorded, then discarded). Self times
-    are wall time inside this process, so on a shared machine they carry its noise; call
-    counts do not.
+    One step runs first as the profiler's warm-up (recorded, then discarded). The
+    profiler's self times are wall time, which on a shared machine includes the time this
+    process waited for a core; they are scaled by the profiled steps' CPU time over their
+    wall time, so that they add up to CPU time (an estimate per op: the waits are taken to
+    fall on each op in proportion to its length). Call counts are exact.
     """
     from torch.profiler import ProfilerActivity, profile, schedule
 
     plan = schedule(wait=0, warmup=1, active=steps, repeat=1)
     with profile(activities=[ProfilerActivity.CPU], schedule=plan) as profiler:
-        _train(model, data, train, steps + 1, work, _ProfilerStep(profiler))
+        clock = _ProfilerStep(profiler)
+        _train(model, data, train, steps + 1, work, clock)
+    on_cpu = sum(clock.cpu[1:]) / sum(clock.wall[1:])
     return {
-        event.key: (event.self_cpu_time_total / 1e3 / steps, event.count / steps)
+        event.key: (on_cpu * event.self_cpu_time_total / 1e3 / steps, event.count / steps)
         for event in profiler.key_averages()
         if not event.key.startswith(_WRAPPERS)
     }
+
+
+def alternate_profiles(
+    build: Callable[[str], torch.nn.Module],
+    names: Sequence[str],
+    data: tuple[Sequence[dict[str, Any]], Any],
+    train: TrainConfig,
+    *,
+    rounds: int,
+    work: Path,
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """:func:`op_profile` of one step of each configuration, in turn for ``rounds`` rounds
+    (order rotated), averaged per op over the rounds."""
+    runs: dict[str, list[dict[str, tuple[float, float]]]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in [*names[shift:], *names[:shift]]:
+            runs[name].append(op_profile(build(name), data, train, steps=1, work=work))
+            gc.collect()
+    averaged = {}
+    for name, profiles in runs.items():
+        keys = {key for profile in profiles for key in profile}
+        averaged[name] = {
+            key: tuple(
+                statistics.fmean(p.get(key, (0.0, 0.0))[i] for p in profiles) for i in (0, 1)
+            )
+            for key in keys
+        }
+    return averaged

@@ -17,7 +17,7 @@ from ila.config import (
     TrainConfig,
 )
 from ila.core.layers import find_layers
-from ila.core.selection import Selection, select_units
+from ila.core.selection import Selection, SelectionRule
 from ila.errors import IlaError
 from ila.jobs.finetune import finetune, freeze_all_but
 
@@ -36,11 +36,10 @@ def config(model_dir, method="full", **finetune_kwargs):
     )
 
 
-def block_selection(layer_map):
-    return select_units(
-        layer_map,
-        units=[f"layers.{SELECTED_BLOCK}.mlp.up_proj", f"layers.{SELECTED_BLOCK}.self_attn.q_proj"],
-    )
+# A rule typed by hand: the job applies it to the loaded model's units.
+block_selection = SelectionRule(
+    "units", [f"layers.{SELECTED_BLOCK}.mlp.up_proj", f"layers.{SELECTED_BLOCK}.self_attn.q_proj"]
+)
 
 
 def test_full_finetune_changes_only_selected_parameters(tiny_model_dir, tmp_path):

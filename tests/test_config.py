@@ -125,3 +125,17 @@ def test_run_and_plan_spell_the_selection_like_select_and_finetune(caplog):
     assert old.run.selection_rule == {"freeze_bottom_fraction": 0.2}
     assert "--select-rule/--select-fraction: deprecated" in caplog.text
     assert PlanSettings(select_fraction=0.4).tune_top_fraction == 0.4
+
+
+def test_the_demo_config_resolves_for_ila_run():
+    """examples/demo.yaml (make demo) is a valid `ila run` config; its evaluation takes the
+    first eval.max_examples held-out examples, which `ila run` prints."""
+    from pathlib import Path
+
+    from ila.api import make_config
+    from ila.config import RunConfig
+
+    config = make_config(RunConfig, Path(__file__).parents[1] / "examples" / "demo.yaml")
+    assert config.eval.max_examples is not None
+    assert config.eval.generate_examples <= config.eval.max_examples
+    assert config.eval.measures_data("run")

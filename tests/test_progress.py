@@ -109,6 +109,16 @@ def test_trainer_bars_in_a_terminal(tiny_model_dir, tmp_path):
     assert "{'loss'" not in shown  # no printed dict per logged step
 
 
+def test_evaluation_bars_in_a_terminal(tiny_model_dir, tmp_path):
+    argv = ["eval", "--model", str(tiny_model_dir), "--max-length", "96", "--limit", "60"]
+    argv += ["--eval-generate-examples", "2", "--eval-max-new-tokens", "4"]
+    shown = _run_in_terminal([*argv, "--output-dir", str(tmp_path / "ev")], tmp_path)
+    assert re.search(r"held-out loss: +100%\|.*\| 6/6 \[", shown), shown[-2000:]
+    assert re.search(r"greedy answers: +100%\|.*\| 2/2 \[", shown), shown[-2000:]
+    # The end line of each phase is logged at a terminal too.
+    assert re.search(r"ila.progress: held-out loss: 6 examples in ", shown)
+
+
 def test_no_bars_and_no_step_lines_when_not_a_terminal(tiny_model_dir, tmp_path, capfd):
     argv = ["score", "--model", str(tiny_model_dir), *TINY, "--output-dir", str(tmp_path / "o")]
     assert main(argv) == 0  # under pytest, stderr is a pipe

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +107,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    import ila.evaluation as after_module
+    import ila.evaluation
+    import ila.evaluation.evaluate
     from ila.api import make_config
     from ila.config import DataConfig, EvalConfig, EvalSettings
     from ila.data import load_split
     from ila.model.loading import load_model
 
     before_module = earlier_evaluation(args.before)
+    # This code's two phases, under the names the earlier single module gave them.
+    after_module = types.SimpleNamespace(
+        response_loss=ila.evaluation.response_loss,
+        _generate_answers=ila.evaluation.evaluate._generate_answers,
+        merged_for_inference=ila.evaluation.merged_for_inference,
+    )
     base, tokenizer = load_model("smollm2-135m", dtype="float32", device="cpu")
     lora = lora_on_every_unit(base)
     merged = after_module.merged_for_inference(copy.deepcopy(lora))

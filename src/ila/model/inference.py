@@ -83,11 +83,12 @@ def merged_for_inference(model: Any) -> Any:
     when they are float32; else the model as it is.
 
     The merged model computes the same function up to float32 rounding (tested: the same
-    loss and greedy answers) with none of the adapter's extra modules: a LoRA on every
-    unit adds two small matmuls to each linear module, which on a CPU cost more than
-    their FLOPs in each generated token (docs/evaluation.md, "Cost"). 16-bit weights keep
-    the adapter apart (adding a small update to bf16 weights would round much of it away),
-    as do 4-bit ones (merging would quantise the update) and other adapter kinds.
+    loss and greedy answers) with none of the adapter's extra modules (a LoRA on every
+    unit adds two small matmuls to each linear module); its gain in time at the demo's
+    sizes is within the noise of the measurement (docs/evaluation.md, "Cost"). 16-bit
+    weights keep the adapter apart (adding a small update to bf16 weights would round much
+    of it away), as do 4-bit ones (merging would quantise the update) and other adapter
+    kinds.
     """
     from peft import PeftType
 

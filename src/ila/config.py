@@ -780,6 +780,18 @@ class RunConfig(ScoreConfig):
             run, finetune=run.finetune and not stop, **dict.fromkeys(given)
         )
 
+    def finetune_config(self, *, init_from_stage1: bool) -> FinetuneConfig:
+        """The settings of `ila finetune` for this run's fine-tunes (the selection and the
+        all-units baseline): its model, data, LoRA and training, its fine-tune section,
+        starting from the stage-1 adapter or not as ``init_from_stage1`` says."""
+        return FinetuneConfig(
+            model=self.model,
+            data=self.data,
+            lora=self.lora,
+            train=self.train,
+            finetune=dataclasses.replace(self.finetune, init_from_stage1=init_from_stage1),
+        )
+
 
 @dataclass
 class PlanSettings:

@@ -77,10 +77,12 @@ class TokenizedData:
     ``num_truncated`` kept examples were cut to ``max_length``; ``num_empty_responses``
     kept examples have assistant turns with no text (only the end-of-turn token is
     learned); ``num_response_tokens`` counts the labelled tokens over all features.
-    ``warnings`` says what of this a user should know (also logged).
+    ``warnings`` says what of this a user should know (also logged); ``kept`` is the
+    index of each feature's example in the examples tokenized.
     """
 
     features: list[dict[str, list[int]]] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
     num_dropped: int = 0
     num_truncated: int = 0
     num_empty_responses: int = 0
@@ -148,7 +150,7 @@ def tokenize_examples(
     bos = _bos_ids(tokenizer)
     text_limit = _text_limit(tokenizer, max_length)
     result = TokenizedData()
-    for example in examples:
+    for index, example in enumerate(examples):
         try:
             text, spans = render_conversation(example.messages, tokenizer, template)
         except IlaError as exc:
@@ -169,6 +171,7 @@ def tokenize_examples(
         result.features.append(
             {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
         )
+        result.kept.append(index)
     if not result.features:
         raise IlaError(
             f"all {len(examples)} examples were dropped: no response token fits in "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,12 @@ from ila.errors import IlaError
 from ila.evaluation.generation import greedy_generate, stop_token_ids
 from ila.evaluation.metrics import exact_match_score, normalize_answer, response_loss
 
-__all__ = ["EvalResult", "evaluate_model"]
+__all__ = ["EvalResult", "FeaturesOf", "evaluate_model"]
 
 log = logging.getLogger(__name__)
+
+FeaturesOf = Callable[[Sequence[Example]], "list[dict[str, list[int]]] | None"]
+"""The tokenized features of the examples given, when the caller has them, else None."""
 
 
 @dataclass
@@ -43,6 +46,7 @@ def evaluate_model(
     *,
     max_length: int,
     template: str = "auto",
+    features_of: FeaturesOf | None = None,
 ) -> EvalResult:
     """Measure ``model`` on ``examples``: response loss and perplexity, exact match where
     the examples carry checkable answers, MMLU-layout accuracy and lm-eval tasks when
@@ -50,6 +54,8 @@ def evaluate_model(
     (ila.data.preference) are measured on their chosen replies, plus which of the two
     replies the model prefers (ila.evaluation.preference). ``examples`` None: nothing is
     measured on data, only the multiple choice and lm-eval tasks of ``settings``.
+    ``features_of``: the tokenized features of the examples measured, where the caller
+    has them already (`ila run` tokenizes its held-out split once); None: tokenize here.
 
     Phases: held-out loss, preferences, greedy answers (and exact match), multiple
     choice, lm-eval; each reports its progress (ila.progress).
@@ -62,7 +68,13 @@ def evaluate_model(
     generations: list[dict[str, Any]] = []
     if examples is not None:
         metrics, generations = _measure_on_data(
-            model, tokenizer, examples, settings, max_length=max_length, template=template
+            model,
+            tokenizer,
+            examples,
+            settings,
+            max_length=max_length,
+            template=template,
+            features_of=features_of,
         )
     if settings.mc_data:
         metrics.update(_multiple_choice(model, tokenizer, settings))
@@ -89,6 +101,7 @@ def _measure_on_data(
     *,
     max_length: int,
     template: str,
+    features_of: FeaturesOf | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Loss, perplexity, preference accuracy and greedy answers on ``examples``; returns
     the metrics and the generation records."""
@@ -103,17 +116,18 @@ def _measure_on_data(
             Example((*p.prompt, {"role": "assistant", "content": p.chosen}), p.answer, p.source)
             for p in pairs
         ]
-    tokenized = tokenize_examples(chosen, tokenizer, max_length=max_length, template=template)
+    features = features_of(chosen) if features_of is not None else None
+    if not features:
+        features = tokenize_examples(
+            chosen, tokenizer, max_length=max_length, template=template
+        ).features
     loss, tokens = response_loss(
-        model,
-        tokenized.features,
-        pad_token_id=tokenizer.pad_token_id,
-        batch_size=settings.batch_size,
+        model, features, pad_token_id=tokenizer.pad_token_id, batch_size=settings.batch_size
     )
     metrics: dict[str, Any] = {
         "loss": loss,
         "perplexity": math.exp(loss),
-        "num_examples": len(tokenized.features),
+        "num_examples": len(features),
         "response_tokens": tokens,
     }
     if pairs:

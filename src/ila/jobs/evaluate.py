@@ -1,4 +1,5 @@
 """`ila eval` and the evaluation step of `ila run`: run directories for evaluation.
+This module only evaluates; `ila run` trains what it compares (ila.jobs.pipeline).
 
 ``ila eval --output-dir OUT`` writes::
 
@@ -25,6 +26,7 @@ from ila.config import (
     EvalConfig,
     EvalSettings,
     ModelConfig,
+    RunConfig,
     config_to_dict,
     input_paths,
 )
@@ -32,7 +34,8 @@ from ila.data.formats import Example
 from ila.errors import IlaError
 from ila.evaluation.evaluate import EvalResult, evaluate_model
 from ila.files import atomic_write_json, atomic_write_text
-from ila.model.inference import load_model_for_eval
+from ila.jobs.inputs import ModelLoad, SharedInputs
+from ila.model.inference import load_model_for_eval, update_attached
 from ila.run_files import EVAL_FILE, GENERATIONS_FILE
 from ila.run_files import EVAL_SCHEMA_VERSION as SCHEMA_VERSION
 from ila.run_files import EVAL_VARIANTS_FILE as COMPARISON_FILE
@@ -69,13 +72,18 @@ def load_eval_examples(
     ``all``; preference pairs (ila.data.preference) under ``--objective dpo``."""
     from ila.data import load_split
 
+    _check_held_out(data, settings)
+    examples, _, held_out = load_split(data, objective=objective)
+    return examples if settings.split == "all" else held_out
+
+
+def _check_held_out(data: DataConfig, settings: EvalSettings) -> None:
+    """An evaluation of the held-out split needs one."""
     if settings.split != "all" and data.eval_fraction == 0:
         raise IlaError(
             "--eval-split eval needs held-out examples but --eval-fraction is 0; "
             "pass --eval-fraction > 0 (as in training) or --eval-split all"
         )
-    examples, _, held_out = load_split(data, objective=objective)
-    return examples if settings.split == "all" else held_out
 
 
 def evaluate(
@@ -181,41 +189,47 @@ def evaluate_variants(
     settings: EvalSettings,
     output_dir: Path,
     objective: str = "sft",
+    shared: SharedInputs | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate the base model with each adapter of ``variants`` (``None``: the base
     itself) on the same examples; write ``output_dir/<variant>/`` and
-    ``output_dir/variants.json``. Returns the metrics of each variant."""
-    examples = (
-        load_eval_examples(data, settings, objective) if settings.measures_data("run") else None
-    )
+    ``output_dir/variants.json``. Returns the metrics of each variant.
+
+    The base is read once (``shared``: the one an enclosing `ila run` holds) and each
+    adapter is put on it and taken off again (ila.model.inference.update_attached); the
+    held-out split is tokenized once for all variants.
+    """
+    shared = shared or SharedInputs(data, objective)
+    examples = _examples(shared, settings) if settings.measures_data("run") else None
+    base, tokenizer = shared.model(ModelLoad.of(model))
     compared: dict[str, dict[str, Any]] = {}
     for name, adapter in variants.items():
-        loaded, tokenizer, _ = load_model_for_eval(
-            model.model,
-            adapter,
-            dtype=model.dtype,
-            device=model.device,
-            threads=model.threads,
-            quantize_4bit=model.quantization == "nf4",
-        )
-        log.info("evaluating %s", name)
-        result = evaluate_model(
-            loaded,
-            tokenizer,
-            examples,
-            settings,
-            max_length=data.max_length,
-            template=data.template,
-        )
+        with update_attached(base, model.model, adapter) as attached:
+            log.info("evaluating %s", name)
+            result = evaluate_model(
+                attached.model,
+                tokenizer,
+                examples,
+                settings,
+                max_length=data.max_length,
+                template=data.template,
+                features_of=lambda chosen: shared.held_out_features(chosen, tokenizer),
+            )
         write_eval_results(
             output_dir / name, result, model=model, data=data, settings=settings, adapter=adapter
         )
         compared[name] = {k: v for k, v in result.metrics.items() if not isinstance(v, dict)}
-        del loaded
     atomic_write_json(
         output_dir / COMPARISON_FILE, {"schema_version": SCHEMA_VERSION, "variants": compared}
     )
     return compared
+
+
+def _examples(shared: SharedInputs, settings: EvalSettings) -> list[Example]:
+    """:func:`load_eval_examples` on the split ``shared`` holds."""
+    _check_held_out(shared.data, settings)
+    examples, _, held_out = shared.split()
+    return examples if settings.split == "all" else held_out
 
 
 def check_eval_inputs(settings: EvalSettings) -> None:
@@ -231,34 +245,15 @@ def check_eval_inputs(settings: EvalSettings) -> None:
 
 
 def evaluate_run(
-    config: Any, finetune_config: Any, run_dir: RunDir, *, resume: bool = False
+    config: RunConfig, run_dir: RunDir, *, all_units: bool, shared: SharedInputs | None = None
 ) -> dict[str, dict[str, Any]]:
-    """The evaluation step of `ila run` (``config`` is its RunConfig).
-
-    With ``compare_all_units`` it first fine-tunes every unit with the same method and
-    steps into ``run_dir/finetune-all-units`` (the baseline the selection is measured
-    against); then it evaluates ``base``, ``all-units`` and ``selected`` on the same
-    held-out examples into ``run_dir/eval``. Training runs on every rank; evaluation and
-    writing on rank 0 only (other ranks return an empty dict). With ``resume`` a finished
-    baseline is reused and a started one continues; the evaluation is made again.
-    """
-    from ila.core.selection import SelectionRule
-    from ila.jobs.finetune import finetune_step
-
+    """The evaluation step of `ila run`: ``base``, ``all-units`` (when the run trained the
+    baseline, ``all_units``) and ``selected`` on the same held-out examples, into
+    ``run_dir/eval``. Evaluation and writing happen on rank 0 only (other ranks return an
+    empty dict); a resumed run evaluates again."""
     variants: dict[str, Path | None] = {"base": None}
-    if config.run.compare_all_units:
-        baseline = run_dir.finetune_all_units.path
-        finetune_step(
-            finetune_config,
-            SelectionRule("all-units", True),
-            baseline,
-            resume,
-            stage1_run=run_dir.path,
-            measure_held_out=False,  # measured below, with the other variants
-        )
-        if is_main_process():
-            run_dir.mark("finetune-all-units")
-        variants["all-units"] = baseline
+    if all_units:
+        variants["all-units"] = run_dir.finetune_all_units.path
     variants["selected"] = run_dir.finetune.path
     if not is_main_process():
         return {}
@@ -269,6 +264,7 @@ def evaluate_run(
         settings=config.eval,
         output_dir=run_dir.evaluation,
         objective=config.train.objective,
+        shared=shared,
     )
     run_dir.mark("eval")
     return compared

@@ -35,6 +35,7 @@ from ila.core.selection import Selection, SelectionRule
 from ila.errors import IlaError
 from ila.evaluation.metrics import response_loss
 from ila.files import atomic_directory, atomic_write_json, read_json
+from ila.jobs.inputs import ModelLoad, SharedInputs
 from ila.model.identity import (
     BASE_MODEL_FILE,
     ModelFingerprint,
@@ -43,6 +44,7 @@ from ila.model.identity import (
 )
 from ila.run_files import METRICS_FILE
 from ila.rundir import RunDir
+from ila.scorers.common import preserved_model_state
 from ila.train.checkpoints import (
     CheckpointState,
     StageCheckpoint,
@@ -151,6 +153,7 @@ def finetune(
     allow_other_model: bool = False,
     stage1_run: Path | None = None,
     measure_held_out: bool = True,
+    shared: SharedInputs | None = None,
 ) -> FinetuneRun:
     """Fine-tune ``config.model.model`` on ``config.data.data``, tuning only ``selection``.
 
@@ -165,12 +168,13 @@ def finetune(
     summary and the run record say so. With ``finetune.init_from_stage1`` the selected
     units' LoRA starts from the stage-1 adapter of ``stage1_run`` (default: the scores run
     the selection was made from). ``measure_held_out`` off skips the held-out loss (for
-    `ila run`, whose evaluation measures it on the same split right after).
+    `ila run`, whose evaluation measures it on the same split right after). ``shared``:
+    the data and base model an enclosing `ila run` has loaded (ila.jobs.inputs); the job
+    gives the base back as it found it, or says it cannot.
 
     Phases: check the request, load and check the inputs, open the run directory, set up
     the trainable parameters, train, measure, save.
     """
-    settings = config.finetune
     output_dir = Path(output_dir)
     resolved = recorded_config(config)
     all_inputs = [*input_paths(config), *inputs]
@@ -179,7 +183,10 @@ def finetune(
     )
     if isinstance(selection, SelectionRule):
         selection = _RuleOnRanking(selection, scores, scores_file)
-    loaded = _load_inputs(config, selection, output_dir, resume, allow_other_model, stage1_run)
+    shared = shared or SharedInputs(config.data, config.train.objective)
+    loaded = _load_inputs(
+        config, selection, output_dir, resume, allow_other_model, stage1_run, shared
+    )
     rundir = RunDir(output_dir)
     with rundir.open(
         "finetune",
@@ -189,26 +196,60 @@ def finetune(
         inputs=all_inputs,
         environment={"precision": precision.to_dict()},
     ) as main:
-        if resume:
-            recorded = Selection.load(rundir.selection)
-            if recorded.selected != loaded.selection.selected:
-                raise IlaError(
-                    f"--resume: {rundir.selection} selects other units than this "
-                    "command; resume with the same selection rule and scores"
-                )
-        if main and not resume:
-            rundir.record_model(loaded.identity)
-            loaded.selection.save(rundir.selection)
-        model, counts = _trainable_model(config, loaded)
-        trainer, seconds, values = _train(config, model, loaded, output_dir, resume)
-        held_out = _held_out(config, model, loaded) if measure_held_out else {}
-        summary = _summary(settings, loaded, counts, trainer, seconds, values, held_out)
-        tuned = _tuned_state(model, settings, keep=trainer.is_world_process_zero())
-        if trainer.is_world_process_zero():
-            _save(model, loaded.tokenizer, tuned, settings, output_dir, loaded.identity)
-            atomic_write_json(rundir.finetune_summary, summary)
-            rundir.mark("finetune")
+        _record_selection(rundir, loaded.selection, loaded.identity, main=main, resume=resume)
+        with preserved_model_state(loaded.model):
+            summary, tuned = _tune(config, loaded, rundir, resume=resume, measure=measure_held_out)
+            _give_back_base(config, tuned, shared)
         return FinetuneRun(output_dir, loaded.selection, summary)
+
+
+def _record_selection(
+    rundir: RunDir, selection: Selection, identity: ModelFingerprint, *, main: bool, resume: bool
+) -> None:
+    """A new run records its model and selection; a resumed one must select as it did."""
+    if resume:
+        recorded = Selection.load(rundir.selection)
+        if recorded.selected != selection.selected:
+            raise IlaError(
+                f"--resume: {rundir.selection} selects other units than this "
+                "command; resume with the same selection rule and scores"
+            )
+    elif main:
+        rundir.record_model(identity)
+        selection.save(rundir.selection)
+
+
+def _tune(
+    config: FinetuneConfig, loaded: _Inputs, rundir: RunDir, *, resume: bool, measure: bool
+) -> tuple[dict[str, Any], Any]:
+    """Set up the trainable parameters, train, measure the held-out split (``measure``),
+    save; returns the summary and the model trained (peft's, for LoRA)."""
+    settings, output_dir = config.finetune, rundir.path
+    model, counts = _trainable_model(config, loaded)
+    trainer, seconds, values = _train(config, model, loaded, output_dir, resume)
+    held_out = _held_out(config, model, loaded) if measure else {}
+    summary = _summary(settings, loaded, counts, trainer, seconds, values, held_out)
+    tuned = _tuned_state(model, settings, keep=trainer.is_world_process_zero())
+    if trainer.is_world_process_zero():
+        _save(model, loaded.tokenizer, tuned, settings, output_dir, loaded.identity)
+        atomic_write_json(rundir.finetune_summary, summary)
+        rundir.mark("finetune")
+    return summary, model
+
+
+def _give_back_base(config: FinetuneConfig, tuned: Any, shared: SharedInputs) -> None:
+    """Leave the base model as the job found it (``tuned``'s LoRA layers removed), or
+    tell ``shared`` that its weights changed: a full fine-tune trains them, a merge
+    writes into them, QLoRA prepares a 4-bit base for training."""
+    settings = config.finetune
+    if settings.method == "full":
+        shared.spoil_model("the full fine-tune trained the base weights")
+    elif settings.merge:
+        shared.spoil_model("the fine-tune was merged into the base weights")
+    elif settings.method == "qlora" or config.model.quantization == "nf4":
+        shared.spoil_model("QLoRA prepared the 4-bit base for training")
+    else:
+        tuned.unload()  # peft's LoRA layers out; the base modules back in place
 
 
 def _check_request(
@@ -257,21 +298,16 @@ def _load_inputs(
     resume: bool,
     allow_other_model: bool,
     stage1_run: Path | None,
+    shared: SharedInputs,
 ) -> _Inputs:
     """Data, model, the selection's units on it, and the checks that need the model."""
     from ila.core.layers import find_layers
-    from ila.data import load_split
-    from ila.model.loading import load_model
 
     settings = config.finetune
-    _, train, held_out = load_split(config.data, objective=config.train.objective)
-    model, tokenizer = load_model(
-        config.model.model,
-        dtype=config.model.dtype,
-        device=config.model.device,
-        threads=config.model.threads,
-        quantize_4bit=settings.method == "qlora" or config.model.quantization == "nf4",
-        max_length=config.data.max_length,
+    _, train, held_out = shared.split()
+    four_bit = settings.method == "qlora" or config.model.quantization == "nf4"
+    model, tokenizer = shared.model(
+        ModelLoad.of(config.model, quantize_4bit=four_bit), max_length=config.data.max_length
     )
     layer_map = find_layers(model, blocks_path=config.model.blocks_path)
     identity = model_fingerprint(config.model.model)
@@ -297,15 +333,10 @@ def _load_inputs(
     if other_model is not None:
         log.warning("%s", other_model)
     start = _stage1_adapter(selection, stage1_run) if settings.init_from_stage1 else None
-    features, preference = _training_rows(config, train, tokenizer)
+    features, preference = _training_rows(config, train, tokenizer, shared)
     eval_features = None
     if held_out and preference is None:
-        from ila.data import tokenize_examples
-
-        data = config.data
-        eval_features = tokenize_examples(
-            held_out, tokenizer, max_length=data.max_length, template=data.template
-        ).features
+        eval_features = shared.tokenized("held_out", tokenizer).features
     return _Inputs(
         model=model,
         tokenizer=tokenizer,
@@ -324,17 +355,14 @@ def _load_inputs(
     )
 
 
-def _training_rows(config: FinetuneConfig, train: list[Any], tokenizer: Any) -> tuple[list, Any]:
+def _training_rows(
+    config: FinetuneConfig, train: list[Any], tokenizer: Any, shared: SharedInputs
+) -> tuple[list, Any]:
     """The training features (tokenized examples), or under ``--objective dpo`` the
     preference rows TRL tokenizes and the settings it needs."""
     data = config.data
     if config.train.objective != "dpo":
-        from ila.data import tokenize_examples
-
-        tokenized = tokenize_examples(
-            train, tokenizer, max_length=data.max_length, template=data.template
-        )
-        return tokenized.features, None
+        return shared.tokenized("train", tokenizer).features, None
     from ila.data.preference import preference_rows
     from ila.train.trainer import PreferenceTraining
 
@@ -536,6 +564,7 @@ def finetune_step(
     *,
     stage1_run: Path | None = None,
     measure_held_out: bool = True,
+    shared: SharedInputs | None = None,
 ) -> FinetuneRun:
     """A fine-tune inside a larger job (`ila run`): with ``resume``, a finished one in
     ``output_dir`` is reused, a started one continues from its last complete checkpoint,
@@ -554,6 +583,7 @@ def finetune_step(
         overwrite=resume and not started,
         stage1_run=stage1_run,
         measure_held_out=measure_held_out,
+        shared=shared,
     )
 
 

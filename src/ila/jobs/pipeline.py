@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 from ila.config import RunConfig, ScoreConfig, input_paths, recorded_config
 from ila.core.ensemble import stability_lines
 from ila.core.scores import LayerScores
+from ila.core.selection import Selection, SelectionRule
 from ila.errors import IlaError
 from ila.files import atomic_write_json, read_json
+from ila.jobs.inputs import ModelLoad, SharedInputs
 from ila.model.identity import ModelFingerprint, model_fingerprint
 from ila.rundir import RunDir
 from ila.train.parallel import is_main_process, require_supported_launch
@@ -34,7 +36,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ila.jobs.finetune import FinetuneRun
     from ila.scorers.base import ScoringContext
+    from ila.scorers.existing import ExistingUpdate
+    from ila.train.precision import PrecisionChoice
 
 log = logging.getLogger(__name__)
 
@@ -131,26 +136,22 @@ def _preference_inputs(
     )
 
 
-def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float]]:
-    """Load data, model and units for ``config``; returns them and the seconds spent."""
+def load_score_inputs(
+    config: ScoreConfig, shared: SharedInputs | None = None
+) -> tuple[ScoreInputs, dict[str, float]]:
+    """Load data, model and units for ``config``; returns them and the seconds spent.
+    ``shared``: what an enclosing `ila run` has loaded already (ila.jobs.inputs)."""
     from ila.core.layers import find_layers
-    from ila.data import data_fingerprint, load_split, tokenize_examples
-    from ila.model.loading import load_model
+    from ila.data import data_fingerprint
 
+    shared = shared or SharedInputs(config.data, config.train.objective)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     data = config.data
-    examples, train, held_out = load_split(config.data, objective=config.train.objective)
+    examples, train, held_out = shared.split()
     seconds["load_data"] = time.perf_counter() - start
     start = time.perf_counter()
-    model, tokenizer = load_model(
-        config.model.model,
-        dtype=config.model.dtype,
-        device=config.model.device,
-        threads=config.model.threads,
-        quantize_4bit=config.model.quantization == "nf4",
-        max_length=data.max_length,
-    )
+    model, tokenizer = shared.model(ModelLoad.of(config.model), max_length=data.max_length)
     layer_map = find_layers(
         model, blocks_path=config.model.blocks_path, module_types=config.lora.module_types or None
     )
@@ -160,9 +161,7 @@ def load_score_inputs(config: ScoreConfig) -> tuple[ScoreInputs, dict[str, float
         return _preference_inputs(
             config, model, tokenizer, layer_map, identity, examples, train, held_out
         ), seconds
-    tokenized = tokenize_examples(
-        train, tokenizer, max_length=data.max_length, template=data.template
-    )
+    tokenized = shared.tokenized("train", tokenizer)
     fingerprint = data_fingerprint(train)
     stats = {
         "source": data.data,
@@ -277,6 +276,7 @@ def score(
     overwrite: bool = False,
     resume: bool = False,
     command: str = "score",
+    shared: SharedInputs | None = None,
 ) -> ScoreRun:
     """Score every unit of ``config.model.model`` on ``config.data.data`` with ``method``.
 
@@ -284,6 +284,7 @@ def score(
     leaves nothing behind. ``resume`` continues the interrupted run in ``output_dir``
     (same settings and data required): ILA reuses a completed stage 1 and continues a
     stage from its last complete ``--save-steps`` checkpoint; other scorers start again.
+    ``shared``: the data and model an enclosing job has loaded (ila.jobs.inputs).
     """
     from ila.scorers import get_scorer
 
@@ -301,28 +302,11 @@ def score(
         if finished is not None:
             return finished
         with rundir.open(command, resolved, **checks):
-            return _score_ensemble(config, rundir, method=method, resume=resume)
-    require_supported_launch(
-        config.model.device,
-        project_budget=method == "ila" and config.stage2.budget == "project",
-        scorer=method,
-        stage1_method=config.stage1.method,
-        quantization=config.model.quantization,
-    )
-    from ila.train.trainer import train_precision
-
-    precision = train_precision(config.train, config.model.device)  # fp16 on CPU fails here
+            return _score_ensemble(config, rundir, method=method, resume=resume, shared=shared)
+    precision = _check_launch(config, method)
     rundir.check(resolved, finished_stage=finished_stage, **checks)
-    inputs, seconds = load_score_inputs(config)
-    update = None
-    if config.source.given:  # read and checked before the run directory is written
-        from ila.scorers.existing import load_existing_update
-
-        update = load_existing_update(
-            config.source, config.model.model, inputs.model, inputs.layer_map
-        )
-        inputs.layer_map = update.layer_map
-        seconds["load_update"] = update.seconds
+    shared = shared or SharedInputs(config.data, config.train.objective)
+    inputs, seconds, update = _load_checked_inputs(config, shared)
     if resume:
         _require_same_data(rundir, inputs.data_stats)
         rundir.require_same_model(inputs.model_fingerprint)
@@ -334,27 +318,72 @@ def score(
         if main and not resume:
             atomic_write_json(rundir.data, inputs.data_stats)
             rundir.record_model(inputs.model_fingerprint)
-        log.info(
-            "scoring %d units of %s with %s on %d training examples",
-            len(inputs.layer_map.units),
-            config.model.model,
-            method,
-            len(inputs.train_features),
-        )
-        start = time.perf_counter()
         ctx = _scoring_context(config, inputs, rundir.path, resume)
-        if update is not None:
-            from ila.scorers.existing import rank_existing_update
-
-            scores = rank_existing_update(ctx, update)
-        else:
-            scores = scorer(ctx)
-        seconds["score"] = time.perf_counter() - start
-        if not isinstance(scores, LayerScores):
-            raise TypeError(f"scorer {method!r} returned {type(scores).__name__}, not LayerScores")
+        scores = _ranked(ctx, scorer, method, update, seconds)
+        if config.model.quantization == "nf4":
+            shared.spoil_model("QLoRA prepared the 4-bit base for training")
         _record_run_facts(scores, config, inputs.model_fingerprint, seconds)
         report_files = _save_scores(scores, rundir) if main else []
     return ScoreRun(rundir.path, scores, seconds, report_files)
+
+
+def _check_launch(config: ScoreConfig, method: str) -> PrecisionChoice:
+    """Refuse a launch that cannot score this way; the training precision (fp16 on a
+    CPU fails here)."""
+    from ila.train.trainer import train_precision
+
+    require_supported_launch(
+        config.model.device,
+        project_budget=method == "ila" and config.stage2.budget == "project",
+        scorer=method,
+        stage1_method=config.stage1.method,
+        quantization=config.model.quantization,
+    )
+    return train_precision(config.train, config.model.device)
+
+
+def _load_checked_inputs(
+    config: ScoreConfig, shared: SharedInputs
+) -> tuple[ScoreInputs, dict[str, float], ExistingUpdate | None]:
+    """The score job's inputs, and the existing update it ranks (``--from-adapter`` /
+    ``--from-model``), read and checked before the run directory is written."""
+    inputs, seconds = load_score_inputs(config, shared)
+    if not config.source.given:
+        return inputs, seconds, None
+    from ila.scorers.existing import load_existing_update
+
+    update = load_existing_update(config.source, config.model.model, inputs.model, inputs.layer_map)
+    inputs.layer_map = update.layer_map
+    seconds["load_update"] = update.seconds
+    return inputs, seconds, update
+
+
+def _ranked(
+    ctx: ScoringContext,
+    scorer: Any,
+    method: str,
+    update: ExistingUpdate | None,
+    seconds: dict[str, float],
+) -> LayerScores:
+    """Run the scorer (or stage 2 on the existing ``update``); its time into ``seconds``."""
+    log.info(
+        "scoring %d units of %s with %s on %d training examples",
+        len(ctx.layer_map.units),
+        ctx.model_id,
+        method,
+        len(ctx.train_features),
+    )
+    start = time.perf_counter()
+    if update is not None:
+        from ila.scorers.existing import rank_existing_update
+
+        scores = rank_existing_update(ctx, update)
+    else:
+        scores = scorer(ctx)
+    seconds["score"] = time.perf_counter() - start
+    if not isinstance(scores, LayerScores):
+        raise TypeError(f"scorer {method!r} returned {type(scores).__name__}, not LayerScores")
+    return scores
 
 
 def _record_run_facts(
@@ -378,18 +407,21 @@ def _finished_score(rundir: RunDir, seconds: dict[str, float]) -> ScoreRun | Non
     return ScoreRun(rundir.path, scores, seconds, sorted(rundir.report.iterdir()))
 
 
-def _score_ensemble(config: ScoreConfig, rundir: RunDir, *, method: str, resume: bool) -> ScoreRun:
+def _score_ensemble(
+    config: ScoreConfig, rundir: RunDir, *, method: str, resume: bool, shared: SharedInputs | None
+) -> ScoreRun:
     """``--seeds N``: N independent runs under ``seeds/seed-<s>`` of the open ``rundir``,
     then their consensus (ila.core.ensemble) as the run's ``layer_scores.json``.
 
     Each member is an ordinary score run with seed ``config.train.seed + k`` (the split
     stays the same: ``--split-seed``). ``resume`` reuses finished members and resumes an
-    interrupted one.
+    interrupted one. The members share one load of the data and the model (``shared``).
     """
     from ila.core.ensemble import consensus_scores
     from ila.reporting import write_score_report
 
     seeds = range(config.train.seed, config.train.seed + config.ensemble.seeds)  # lazily
+    shared = shared or SharedInputs(config.data, config.train.objective)
     runs, members, seconds = [], [], {}
     for seed in seeds:
         member_dir = rundir.seed(seed)
@@ -407,6 +439,7 @@ def _score_ensemble(config: ScoreConfig, rundir: RunDir, *, method: str, resume:
             overwrite=not again,
             resume=again,
             command="score-member",
+            shared=shared,
         )
         runs.append(done.scores)
         members.append(str(member_dir.path.relative_to(rundir.path)))
@@ -435,12 +468,16 @@ def _require_same_data(rundir: RunDir, stats: dict[str, Any]) -> None:
 
 @dataclass
 class RunResult:
-    """What `ila run` produced: the ranking, the selection, and the fine-tune if any."""
+    """What `ila run` produced: the ranking, the selection, the fine-tunes it trained
+    (None where a setting turned one off) and the evaluation of each variant."""
 
     score: ScoreRun
-    selection: Any
-    finetune: Any | None
+    selection: Selection
+    finetune: FinetuneRun | None = None
+    all_units: FinetuneRun | None = None
     evaluation: dict[str, dict[str, Any]] | None = None
+    model_loads: int = 0
+    """How many times the run read the base weights from disk (ila.jobs.inputs)."""
 
 
 def _warm_start(config: RunConfig) -> bool:
@@ -510,59 +547,85 @@ def run(
 def _run_steps(
     config: RunConfig, rundir: RunDir, *, overwrite: bool, resume: bool, allow_tied_ranking: bool
 ) -> RunResult:
-    """`ila run`'s steps: score, select (not from a tie, unless allowed), fine-tune, evaluate."""
-    from ila.config import FinetuneConfig
-    from ila.core.layers import LayerMap
-    from ila.core.selection import SelectionRule
-    from ila.core.ties import require_separated
+    """`ila run`'s steps over inputs loaded once (ila.jobs.inputs): score, select (not
+    from a tie, unless allowed), fine-tune the selection, fine-tune all units, evaluate
+    base / all units / selection."""
+    from ila.jobs.evaluate import evaluate_run
     from ila.jobs.finetune import finetune_step
 
+    settings = config.run
+    evaluate = settings.evaluate and settings.finetune
+    _check_run(config, evaluate=evaluate)
+    shared = SharedInputs(config.data, config.train.objective)
+    scored = score(
+        config,
+        rundir.path,
+        method="ila",
+        overwrite=overwrite,
+        resume=resume,
+        command="run",
+        shared=shared,
+    )
+    rundir.lock("run")
+    result = RunResult(scored, _select(config, rundir, scored, allow_tied_ranking))
+    if settings.finetune:
+        tune = config.finetune_config(init_from_stage1=_warm_start(config))
+        steps = {"stage1_run": rundir.path, "shared": shared, "measure_held_out": not evaluate}
+        result.finetune = finetune_step(
+            tune, result.selection, rundir.finetune.path, resume, **steps
+        )
+        _mark(rundir, "finetune")
+        if evaluate and settings.compare_all_units:
+            all_units = SelectionRule("all-units", True)
+            path = rundir.finetune_all_units.path
+            result.all_units = finetune_step(tune, all_units, path, resume, **steps)
+            _mark(rundir, "finetune-all-units")
+    if evaluate:
+        all_units = result.all_units is not None
+        result.evaluation = evaluate_run(config, rundir, all_units=all_units, shared=shared)
+    result.model_loads = shared.model_loads
+    log.info(
+        "ila run read the base weights %d time(s) and tokenized %d split(s)",
+        shared.model_loads,
+        shared.tokenizations,
+    )
+    return result
+
+
+def _check_run(config: RunConfig, *, evaluate: bool) -> None:
+    """What `ila run` refuses before anything is loaded (the score job checks the rest)."""
     require_supported_launch(
         config.model.device,
         command="run",
-        evaluate=config.run.evaluate and config.run.finetune,
+        evaluate=evaluate,
         merge=config.finetune.merge and config.run.finetune,
     )
-    if config.run.evaluate and config.run.finetune:
+    if evaluate:
         from ila.jobs.evaluate import check_eval_inputs
 
         check_eval_inputs(config.eval)
-    scored = score(
-        config, rundir.path, method="ila", overwrite=overwrite, resume=resume, command="run"
-    )
-    rundir.lock("run")
+
+
+def _select(
+    config: RunConfig, rundir: RunDir, scored: ScoreRun, allow_tied_ranking: bool
+) -> Selection:
+    """The run's selection by its rule, saved as ``selection.json``; a tie is refused
+    unless ``allow_tied_ranking`` (ila.core.ties)."""
+    from ila.core.layers import LayerMap
+    from ila.core.ties import require_separated
+
     again = "run the same command with --resume --allow-tied-ranking (the scores are kept)"
     require_separated(scored.scores, origin=str(rundir.scores), allow=allow_tied_ranking, how=again)
-    settings = config.run
-    rule = SelectionRule.from_kwargs(**settings.selection_rule)
-    selection = rule.apply(
-        LayerMap.from_dict(scored.scores.layout), scores=scored.scores, scores_file=rundir.scores
-    )
+    rule = SelectionRule.from_kwargs(**config.run.selection_rule)
+    layer_map = LayerMap.from_dict(scored.scores.layout)
+    selection = rule.apply(layer_map, scores=scored.scores, scores_file=rundir.scores)
     if is_main_process():
         selection.save(rundir.selection)
         rundir.mark("select")
-    tuned = None
-    if settings.finetune:
-        finetune_config = FinetuneConfig(
-            model=config.model,
-            data=config.data,
-            lora=config.lora,
-            train=config.train,
-            finetune=dataclasses.replace(config.finetune, init_from_stage1=_warm_start(config)),
-        )
-        tuned = finetune_step(
-            finetune_config,
-            selection,
-            rundir.finetune.path,
-            resume,
-            stage1_run=rundir.path,
-            measure_held_out=not settings.evaluate,  # the evaluation measures it next
-        )
-        if is_main_process():
-            rundir.mark("finetune")
-        if settings.evaluate:
-            from ila.jobs.evaluate import evaluate_run
+    return selection
 
-            evaluation = evaluate_run(config, finetune_config, rundir, resume=resume)
-            return RunResult(scored, selection, tuned, evaluation)
-    return RunResult(scored, selection, tuned)
+
+def _mark(rundir: RunDir, stage: str) -> None:
+    """Record ``stage`` as completed (by the process that writes)."""
+    if is_main_process():
+        rundir.mark(stage)

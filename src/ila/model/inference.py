@@ -4,7 +4,9 @@ of a full fine-tune applied, checked against the model they were made on
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -12,7 +14,7 @@ import torch
 
 from ila.errors import IlaError
 
-__all__ = ["ModelForEval", "load_model_for_eval", "merged_for_inference"]
+__all__ = ["ModelForEval", "load_model_for_eval", "merged_for_inference", "update_attached"]
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +63,7 @@ def load_model_for_eval(
         return ModelForEval(model, tokenizer, None)
     other = check_adapter_base(adapter_dir, model_spec, allow=allow_other_model)
     if (adapter_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        try:
-            from ila.core.lora import peft_wrapping
-
-            with peft_wrapping():
-                model = PeftModel.from_pretrained(model, str(adapter_dir))
-        except (ValueError, KeyError, RuntimeError) as err:
-            raise IlaError(
-                f"adapter {adapter_dir} does not fit model {model_spec}: {err}; pass the base "
-                "model the adapter was trained on"
-            ) from err
+        model = _with_adapter(model, adapter_dir, model_spec)
         return ModelForEval(merged_for_inference(model), tokenizer, other)
     changed = adapter_dir / "changed_weights.safetensors"
     return ModelForEval(_apply_changed_weights(model, changed), tokenizer, other)
@@ -99,6 +90,68 @@ def merged_for_inference(model: Any) -> Any:
     if not weights or any(p.dtype != torch.float32 for p in weights):
         return model
     return model.merge_and_unload()
+
+
+@contextlib.contextmanager
+def update_attached(
+    model: Any, model_spec: str, adapter: Path | None, *, allow_other_model: bool = False
+) -> Iterator[ModelForEval]:
+    """``model`` (a base already in memory) with ``adapter`` applied for the block, and
+    taken off again on exit, so that the next update is applied to the same base.
+
+    What ``adapter`` may be, and the check that it was made on ``model_spec``, are as in
+    :func:`load_model_for_eval`. A LoRA adapter stays apart from the base weights (peft's
+    layers, removed on exit: merging and unmerging would not give the base back bit for
+    bit); the changed weights of a full fine-tune replace the base's and the originals
+    are put back. The tokenizer of the result is None (the caller has the base's).
+    """
+    from ila.model.adapters import check_adapter_base, resolve_adapter
+
+    if adapter is None:
+        yield ModelForEval(model, None, None)
+        return
+    adapter_dir = resolve_adapter(adapter)
+    other = check_adapter_base(adapter_dir, model_spec, allow=allow_other_model)
+    if (adapter_dir / "adapter_config.json").is_file():
+        peft_model = _with_adapter(model, adapter_dir, model_spec)
+        try:
+            yield ModelForEval(peft_model, None, other)
+        finally:
+            peft_model.unload()
+        return
+    changed = adapter_dir / "changed_weights.safetensors"
+    params = dict(model.named_parameters())
+    originals = {name: params[name].detach().clone() for name in _tensor_names(changed, params)}
+    try:
+        yield ModelForEval(_apply_changed_weights(model, changed), None, other)
+    finally:
+        with torch.no_grad():
+            for name, tensor in originals.items():
+                params[name].copy_(tensor)
+
+
+def _with_adapter(model: Any, adapter_dir: Path, model_spec: str) -> Any:
+    """``model`` wrapped in peft with the LoRA adapter of ``adapter_dir`` (not merged)."""
+    from peft import PeftModel
+
+    from ila.core.lora import peft_wrapping
+
+    try:
+        with peft_wrapping():
+            return PeftModel.from_pretrained(model, str(adapter_dir))
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise IlaError(
+            f"adapter {adapter_dir} does not fit model {model_spec}: {err}; pass the base "
+            "model the adapter was trained on"
+        ) from err
+
+
+def _tensor_names(file: Path, params: dict[str, Any]) -> list[str]:
+    """The names of the tensors in the safetensors ``file`` that ``params`` holds."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as handle:
+        return [name for name in handle.keys() if name in params]  # noqa: SIM118
 
 
 def _apply_changed_weights(model: Any, file: Path) -> Any:

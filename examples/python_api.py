@@ -41,7 +41,7 @@ def main() -> None:
         tune_top_fraction=0.3, init_from_stage1=True, max_steps=tune_steps, limit=limit,
         overwrite=True,
     )  # fmt: skip
-    print(f"tuned {tuned.summary['trainable_parameters']:,} parameters")
+    print(f"tuned {tuned.summary.trainable_parameters:,} parameters")
 
     for name, adapter in (("base", None), ("top 30%", out / "finetune")):
         result = ila.evaluate(

@@ -84,7 +84,7 @@ def test_score_select_finetune_evaluate_compare_export_plan(tiny_model_dir, tmp_
         init_from_stage1=True,
         **TINY,
     )
-    assert tuned.summary["num_selected"] == 7 and tuned.summary["init_from_stage1"]
+    assert tuned.summary.num_selected == 7 and tuned.summary.init_from_stage1
 
     evaluated = ila.evaluate(
         model, output_dir=tmp_path / "ev", adapter=tmp_path / "ft", eval_generate_examples=0, **TINY
@@ -168,7 +168,7 @@ def test_a_loaded_model_is_a_model(tiny_llama, tiny_tokenizer, tmp_path, monkeyp
         recorded, rows, output_dir=tmp_path / "f", scores=tmp_path / "s",
         tune_top_fraction=0.25, max_steps=2, batch_size=2, max_length=32, device="cpu",
     )  # fmt: skip
-    assert done.summary["steps"] == 2
+    assert done.summary.steps == 2
     with pytest.raises(IlaError, match="needs its tokenizer"):
         model_source(tiny_llama)
     with pytest.raises(IlaError, match="goes with a loaded model"):

@@ -59,10 +59,10 @@ def test_full_finetune_changes_only_selected_parameters(tiny_model_dir, tmp_path
         if name not in expected:
             assert torch.equal(tensor, before[name]), name
     s = run.summary
-    assert s["trainable_parameters"] == 32 * 64 + 32 * 32
+    assert s.trainable_parameters == 32 * 64 + 32 * 32
     # AdamW: two fp32 moments per trained parameter, plus a scalar step count per tensor.
-    assert s["optimizer_state_bytes"] == 2 * 4 * s["trainable_parameters"] + 2 * 4
-    assert s["eval_loss"] is not None and s["steps"] == 6
+    assert s.optimizer_state_bytes == 2 * 4 * s.trainable_parameters + 2 * 4
+    assert s.eval_loss is not None and s.steps == 6
     files = {p.name for p in (tmp_path / "ft").iterdir()}
     assert {"selection.json", "finetune_summary.json", "config.yaml", "metrics.jsonl"} <= files
 
@@ -214,7 +214,7 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(
     with pytest.raises(IlaError, match="already holds files"):
         finetune(cfg, block_selection, tmp_path / "resumed")
     run = finetune(cfg, block_selection, tmp_path / "resumed", resume=True)
-    assert run.summary["steps"] == 6
+    assert run.summary.steps == 6
     a = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys()

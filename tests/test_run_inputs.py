@@ -63,7 +63,7 @@ def test_run_trains_and_measures_what_the_jobs_one_by_one_do(counted_run, tiny_m
         **TINY,
         max_steps=QUICK["max_steps"],
     )
-    assert alone.summary["num_selected"] == result.finetune.summary["num_selected"]
+    assert alone.summary.num_selected == result.finetune.summary.num_selected
     ours = load_file(str(out / "finetune" / "adapter" / "adapter_model.safetensors"))
     theirs = load_file(str(tmp_path / "ft" / "adapter" / "adapter_model.safetensors"))
     assert ours.keys() == theirs.keys()

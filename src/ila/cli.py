@@ -37,6 +37,9 @@ from ila.config import (
 from ila.errors import IlaError, short_repr
 from ila.progress import format_duration
 
+if typing.TYPE_CHECKING:
+    from ila.jobs.finetune import FinetuneRun
+
 __all__ = ["build_parser", "main"]
 
 # The command's wall time counts from here: the `ila` entry point imports this module first.
@@ -441,24 +444,24 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_finetune(result: Any, header: str) -> None:
+def _print_finetune(result: FinetuneRun, header: str) -> None:
     s = result.summary
     pad = " " * (len(header) - len(header.lstrip()) + 2)
     print(
-        f"{header}: {s['method']} on {s['num_selected']} of {s['num_units']} units "
-        f"({s['selection_rule']}), {s['trainable_parameters']:,} of {s['parameters']:,} "
+        f"{header}: {s.method} on {s.num_selected} of {s.num_units} units "
+        f"({s.selection_rule}), {s.trainable_parameters:,} of {s.parameters:,} "
         "parameters trainable"
     )
-    print(f"{pad}{s['steps']} steps in {s['seconds']:.1f}s ({s['seconds_per_step']:.3f} s/step)")
-    if s["eval_loss"] is not None:
-        print(f"{pad}held-out loss: {s['eval_loss']:.4f} on {s['num_eval_examples']} examples")
-    if s.get("preference_accuracy") is not None:
+    print(f"{pad}{s.steps} steps in {s.seconds:.1f}s ({s.seconds_per_step:.3f} s/step)")
+    if s.eval_loss is not None:
+        print(f"{pad}held-out loss: {s.eval_loss:.4f} on {s.num_eval_examples} examples")
+    if s.preference.get("preference_accuracy") is not None:
         print(
-            f"{pad}held-out pairs: prefers the chosen reply in {s['preference_accuracy']:.3f} "
-            f"of {s['preference_pairs']}"
+            f"{pad}held-out pairs: prefers the chosen reply in "
+            f"{s.preference['preference_accuracy']:.3f} of {s.preference['preference_pairs']}"
         )
-    if s.get("other_model"):
-        print(f"{pad}note: {s['other_model']}")
+    if s.other_model:
+        print(f"{pad}note: {s.other_model}")
     print(f"{pad}outputs: {result.output_dir}")
 
 

@@ -20,7 +20,7 @@ import logging
 import resource
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,60 @@ from ila.train.trainer import (
     train_precision,
 )
 
-__all__ = ["FinetuneRun", "finetune", "finetune_step", "freeze_all_but", "trainable_summary"]
+__all__ = [
+    "FinetuneRun",
+    "FinetuneSummary",
+    "finetune",
+    "finetune_step",
+    "freeze_all_but",
+    "trainable_summary",
+]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneSummary:
+    """What a fine-tune trained, what it cost and its held-out measure; written as
+    ``finetune_summary.json`` (:meth:`to_dict`, the file's keys unchanged)."""
+
+    method: str
+    selection_rule: str
+    selection_value: Any
+    num_units: int
+    num_selected: int
+    lowest_trainable_block: int
+    parameters: int
+    trainable_parameters: int
+    optimizer_state_bytes: int
+    steps: int
+    seconds: float
+    seconds_per_step: float
+    final_train_loss: float | None
+    objective: str
+    eval_loss: float | None
+    num_eval_examples: int
+    model_fingerprint: str
+    other_model: str | None
+    init_from_stage1: str | None
+    peak_rss_mb: float
+    peak_cuda_mb: float | None
+    preference: dict[str, Any] = field(default_factory=dict)
+    """Under ``--objective dpo``: which held-out reply the model prefers
+    (``preference_accuracy``, ``preference_pairs``, ...; ila.evaluation.preference)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as ``finetune_summary.json`` holds it (the preference measures as
+        keys of their own)."""
+        data = asdict(self)
+        return {**data, **data.pop("preference")}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinetuneSummary:
+        """A summary read back from ``finetune_summary.json``."""
+        names = {f.name for f in fields(cls)} - {"preference"}
+        kept = {k: v for k, v in data.items() if k in names}
+        return cls(**kept, preference={k: v for k, v in data.items() if k not in names})
 
 
 @dataclass
@@ -74,7 +125,7 @@ class FinetuneRun:
 
     output_dir: Path
     selection: Selection
-    summary: dict[str, Any]
+    summary: FinetuneSummary
 
 
 def freeze_all_but(
@@ -221,7 +272,7 @@ def _record_selection(
 
 def _tune(
     config: FinetuneConfig, loaded: _Inputs, rundir: RunDir, *, resume: bool, measure: bool
-) -> tuple[dict[str, Any], Any]:
+) -> tuple[FinetuneSummary, Any]:
     """Set up the trainable parameters, train, measure the held-out split (``measure``),
     save; returns the summary and the model trained (peft's, for LoRA)."""
     settings, output_dir = config.finetune, rundir.path
@@ -232,7 +283,7 @@ def _tune(
     tuned = _tuned_state(model, settings, keep=trainer.is_world_process_zero())
     if trainer.is_world_process_zero():
         _save(model, loaded.tokenizer, tuned, settings, output_dir, loaded.identity)
-        atomic_write_json(rundir.finetune_summary, summary)
+        atomic_write_json(rundir.finetune_summary, summary.to_dict())
         rundir.mark("finetune")
     return summary, model
 
@@ -480,34 +531,34 @@ def _summary(
     seconds: float,
     values: StepValues,
     held_out: dict[str, Any],
-) -> dict[str, Any]:
-    """finetune_summary.json: what was trained, its cost and its held-out measure."""
+) -> FinetuneSummary:
+    """What was trained, its cost and its held-out measure."""
     steps = trainer.state.global_step
-    return {
-        "method": settings.method,
-        "selection_rule": loaded.selection.rule,
-        "selection_value": loaded.selection.value,
-        "num_units": len(loaded.layer_map.units),
-        "num_selected": len(loaded.units),
-        "lowest_trainable_block": min(u.block for u in loaded.units),
-        **counts,
-        "optimizer_state_bytes": _optimizer_state_bytes(trainer.optimizer),
-        "steps": steps,
-        "seconds": seconds,
-        "seconds_per_step": seconds / max(steps, 1),
-        "final_train_loss": values.loss[-1] if values.loss else None,
-        "objective": "dpo" if loaded.preference is not None else "sft",
-        "eval_loss": held_out.get("eval_loss"),
-        **{k: v for k, v in held_out.items() if k != "eval_loss"},
-        "num_eval_examples": loaded.num_eval_examples,
-        "model_fingerprint": loaded.identity.id,
-        "other_model": loaded.other_model,
-        "init_from_stage1": None if loaded.start is None else str(loaded.start),
-        "peak_rss_mb": _peak_rss_mb(),
-        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20
-        if torch.cuda.is_available()
-        else None,
-    }
+    cuda = torch.cuda.is_available()
+    return FinetuneSummary(
+        method=settings.method,
+        selection_rule=loaded.selection.rule,
+        selection_value=loaded.selection.value,
+        num_units=len(loaded.layer_map.units),
+        num_selected=len(loaded.units),
+        lowest_trainable_block=min(u.block for u in loaded.units),
+        parameters=counts["parameters"],
+        trainable_parameters=counts["trainable_parameters"],
+        optimizer_state_bytes=_optimizer_state_bytes(trainer.optimizer),
+        steps=steps,
+        seconds=seconds,
+        seconds_per_step=seconds / max(steps, 1),
+        final_train_loss=values.loss[-1] if values.loss else None,
+        objective="dpo" if loaded.preference is not None else "sft",
+        eval_loss=held_out.get("eval_loss"),
+        num_eval_examples=loaded.num_eval_examples,
+        model_fingerprint=loaded.identity.id,
+        other_model=loaded.other_model,
+        init_from_stage1=None if loaded.start is None else str(loaded.start),
+        peak_rss_mb=_peak_rss_mb(),
+        peak_cuda_mb=torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        preference={k: v for k, v in held_out.items() if k != "eval_loss"},
+    )
 
 
 def _stage1_adapter(selection: Any, stage1_run: Path | None) -> Path:
@@ -572,7 +623,7 @@ def finetune_step(
     rundir = RunDir(output_dir)
     state = rundir.state() if resume and rundir.path.is_dir() else None
     if state is not None and "finetune" in state.get("completed_stages", []):
-        summary = read_json(rundir.finetune_summary)
+        summary = FinetuneSummary.from_dict(read_json(rundir.finetune_summary))
         return FinetuneRun(rundir.path, Selection.load(rundir.selection), summary)
     started = state is not None and rundir.config.is_file()
     return finetune(

@@ -40,7 +40,7 @@ format: install
 	$(VENV)/bin/ruff format src tests benchmarks scripts examples
 	$(VENV)/bin/ruff check --fix src tests benchmarks scripts examples
 
-# docs/cli.md, the flag reference, from the parser (tests/test_cli_reference.py fails when stale).
+# docs/cli.md, the flag reference, from the parser (tests/cli/test_cli_reference.py fails when stale).
 docs: install
 	$(PY) scripts/gen_cli_reference.py
 
@@ -110,7 +110,7 @@ device-check:
 device-check-dry-run: install
 	PYTHON=$(PY) scripts/device_check.sh --dry-run $(DEVICE_CHECK_ARGS)
 
-# Debian's Chromium for the headless-browser test of `ila report` (tests/test_report.py);
+# Debian's Chromium for the headless-browser test of `ila report` (tests/reporting/test_report.py);
 # installed only when missing (needs root and Debian's apt, as on CI).
 browser:
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \

@@ -98,7 +98,7 @@ NEEDS = {
 def cuda_test_files(tests: Path) -> list[Path]:
     """The test files that mention CUDA or a GPU: the only ones that can hold a test
     device_check_select keeps (collecting the others would cost time and find none)."""
-    return sorted(p for p in tests.glob("test_*.py") if NEEDS_CUDA.search(p.read_text()))
+    return sorted(p for p in tests.rglob("test_*.py") if NEEDS_CUDA.search(p.read_text()))
 
 
 def ila_common(s: Settings, work: Path) -> list[str]:

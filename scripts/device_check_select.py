@@ -6,7 +6,9 @@ that names CUDA or a GPU, e.g. "needs a CUDA GPU and bitsandbytes (a 4-bit base)
 CUDA the kept tests skip, with their reasons, which is what the CPU rehearsal shows;
 on a GPU machine they run (the 2-GPU tests still skip on one GPU).
 
-    python -m pytest -p device_check_select tests/test_quantized.py ...  (scripts/ on the path)
+    python -m pytest -p device_check_select tests/model/test_quantized.py ...
+
+(with scripts/ on the path)
 """
 
 from __future__ import annotations

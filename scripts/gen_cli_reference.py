@@ -3,7 +3,7 @@
 The flags of `ila` are built from the config dataclasses (ila.config: one field per
 setting, with its default, help and choices) by ``ila.cli.build_parser``; this script walks
 that parser, so the reference lists exactly the flags the command line accepts, with the
-defaults and help texts it uses. ``make docs`` runs it; tests/test_cli_reference.py fails
+defaults and help texts it uses. ``make docs`` runs it; tests/cli/test_cli_reference.py fails
 when docs/cli.md differs from what it would write.
 
     python scripts/gen_cli_reference.py            # rewrite docs/cli.md

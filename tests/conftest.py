@@ -252,3 +252,40 @@ def score_tiny_ila(model, tokenizer, out: Path, config, *, limit: int):
     scores = score_ila(ctx)
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     return scores, rows
+
+
+# Rankings built by hand (no model): 4 module types per block.
+TYPES = ["self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.down_proj"]
+
+
+def make_scores(values, *, unit_kind="module", model_id="tiny", model_type="llama", seed=0):
+    """Scores of len(values) units (4 module types per block) with these importances."""
+    from ila.core.scores import LayerScores, UnitScore
+
+    units, layout_units = [], []
+    for i, value in enumerate(values):
+        block = i // len(TYPES) if unit_kind == "module" else i
+        module_type = TYPES[i % len(TYPES)] if unit_kind == "module" else None
+        name = f"layers.{block}.{module_type}" if module_type else f"layers.{block}"
+        units.append(UnitScore(name, block, module_type, float(value), float(value)))
+        layout_units.append({"name": name, "block": block, "shape": [8, 8]})
+    layout = {
+        "model_type": model_type,
+        "blocks_path": "model.layers",
+        "num_blocks": units[-1].block + 1,
+        "units": layout_units,
+    }
+    return LayerScores(
+        "ila", model_id, unit_kind, units, layout, {"seed": seed, "data_fingerprint": "f", "T": 5}
+    )
+
+
+def write_score_runs(tmp_path, values_list):
+    """One saved run folder (layer_scores.json only) per list of importances."""
+    paths = []
+    for i, values in enumerate(values_list):
+        run = tmp_path / "runs" / f"data{i}"
+        run.mkdir(parents=True)
+        make_scores(values, seed=i).save(run / "layer_scores.json")
+        paths.append(run)
+    return paths

@@ -1,4 +1,5 @@
-"""Worker for tests/test_callback.py: IlaCallback in a DDP run (torchrun, 2 processes, gloo).
+"""Worker for tests/integrations/test_callback.py: IlaCallback in a DDP run (torchrun, 2
+processes, gloo).
 
 A transformers Trainer trains a peft LoRA adapter of the tiny Llama (``MODEL_DIR``, 2
 examples per process and step); IlaCallback ranks at "stable" (its nested stage-2

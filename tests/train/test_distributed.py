@@ -32,7 +32,7 @@ from ila.core.scores import LayerScores
 from ila.errors import IlaError
 from ila.train.parallel import requested_sharding
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SCORE_ARGS = [
     "--max-length", "96", "--limit", "80", "--stage1-max-steps", "12",
@@ -218,6 +218,6 @@ def test_example_accelerate_configs_exist_and_name_their_backend():
         "deepspeed_zero3.yaml": "DEEPSPEED",
     }
     fsdp = yaml.safe_load((folder / "fsdp.yaml").read_text())["fsdp_config"]
-    assert fsdp["fsdp_version"] == 2  # ila refuses FSDP1 (tests/test_fsdp.py)
+    assert fsdp["fsdp_version"] == 2  # ila refuses FSDP1 (tests/train/test_fsdp.py)
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"

@@ -291,7 +291,7 @@ def test_draw_ranking_script_draws_a_recorded_ranking(tmp_path):
 
     from matplotlib.image import imread
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     record = repo / "benchmarks/records/bench_levers/ila-instruct/seed0/default.json"
     out = tmp_path / "ranking.png"
     argv = [sys.executable, str(repo / "scripts/draw_ranking.py"), str(record), str(out)]

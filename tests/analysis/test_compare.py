@@ -11,6 +11,7 @@ import random
 import numpy as np
 import pytest
 
+from conftest import make_scores, write_score_runs
 from ila.analysis.compare import (
     CURVE_FRACTIONS,
     compare_scores,
@@ -20,30 +21,10 @@ from ila.analysis.compare import (
     spearman,
 )
 from ila.cli import main
-from ila.core.scores import LayerScores, UnitScore, expected_random_jaccard
+from ila.core.scores import LayerScores, expected_random_jaccard
 from ila.errors import IlaError
 
 TYPES = ["self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.down_proj"]
-
-
-def make_scores(values, *, unit_kind="module", model_id="tiny", model_type="llama", seed=0):
-    """Scores of len(values) units (4 module types per block) with these importances."""
-    units, layout_units = [], []
-    for i, value in enumerate(values):
-        block = i // len(TYPES) if unit_kind == "module" else i
-        module_type = TYPES[i % len(TYPES)] if unit_kind == "module" else None
-        name = f"layers.{block}.{module_type}" if module_type else f"layers.{block}"
-        units.append(UnitScore(name, block, module_type, float(value), float(value)))
-        layout_units.append({"name": name, "block": block, "shape": [8, 8]})
-    layout = {
-        "model_type": model_type,
-        "blocks_path": "model.layers",
-        "num_blocks": units[-1].block + 1,
-        "units": layout_units,
-    }
-    return LayerScores(
-        "ila", model_id, unit_kind, units, layout, {"seed": seed, "data_fingerprint": "f", "T": 5}
-    )
 
 
 def test_rank_correlations_match_hand_computed_values_with_ties():
@@ -185,23 +166,13 @@ def test_labels_are_directory_names_made_unique(tmp_path):
     assert run_labels(paths) == ["x/seed0", "y/seed0", "other", "bench", "w"]
 
 
-def _write_runs(tmp_path, values_list):
-    paths = []
-    for i, values in enumerate(values_list):
-        run = tmp_path / "runs" / f"data{i}"
-        run.mkdir(parents=True)
-        make_scores(values, seed=i).save(run / "layer_scores.json")
-        paths.append(run)
-    return paths
-
-
 def test_cli_writes_every_output(tmp_path, capsys):
     rng = random.Random(1)
     values = [list(range(40, 0, -1))]
     for _ in range(2):
         noisy = [v + rng.uniform(-6, 6) for v in values[0]]
         values.append(noisy)
-    runs = _write_runs(tmp_path, values)
+    runs = write_score_runs(tmp_path, values)
     out = tmp_path / "cmp"
     argv = ["compare", *map(str, runs), "--output-dir", str(out), "--fractions", "0.25", "0.5"]
     assert main(argv) == 0
@@ -263,7 +234,7 @@ def test_cli_writes_every_output(tmp_path, capsys):
 
 
 def test_cli_refusals_write_nothing(tmp_path, capsys):
-    runs = _write_runs(tmp_path, [range(8), range(8, 0, -1)])
+    runs = write_score_runs(tmp_path, [range(8), range(8, 0, -1)])
     block = tmp_path / "runs" / "blocks"
     block.mkdir()
     make_scores(range(2), unit_kind="block").save(block / "layer_scores.json")
@@ -307,7 +278,7 @@ def test_cli_refusals_write_nothing(tmp_path, capsys):
 
 
 def test_load_runs_reads_directories_and_files(tmp_path):
-    runs = _write_runs(tmp_path, [range(8), range(8, 0, -1)])
+    runs = write_score_runs(tmp_path, [range(8), range(8, 0, -1)])
     loaded = load_runs([runs[0], runs[1] / "layer_scores.json"])
     assert [r.label for r in loaded] == ["data0", "data1"]
     assert loaded[1].scores.ranking()[0] == "layers.0.self_attn.q_proj"

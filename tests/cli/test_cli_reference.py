@@ -18,7 +18,7 @@ import pytest
 from ila.cli import build_parser
 from ila.config import RunConfig, flag_name, iter_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from ila.errors import IlaError
 from ila.rundir import LOCK_FILE, check_output_dir, prepare_output_dir, release_run_lock, run_lock
 
 TINY_RUN = ["--limit", "24", "--max-length", "64", "--batch-size", "4", "--device", "cpu"]
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def a_run(path: Path, command: str = "score") -> Path:
@@ -173,9 +173,9 @@ def test_overwrite_refuses_user_files_at_any_depth(tmp_path, planted):
 
 
 def test_compare_overwrite_replaces_only_report_files(tmp_path, capsys):
-    from test_compare import _write_runs
+    from conftest import write_score_runs
 
-    runs = _write_runs(tmp_path, [range(8), range(8, 0, -1)])
+    runs = write_score_runs(tmp_path, [range(8), range(8, 0, -1)])
     out = tmp_path / "cmp"
     out.mkdir()
     (out / "keep.txt").write_text("x")
@@ -188,9 +188,9 @@ def test_compare_overwrite_replaces_only_report_files(tmp_path, capsys):
 
 
 def test_compare_refuses_a_symlinked_output_dir(tmp_path, capsys):
-    from test_compare import _write_runs
+    from conftest import write_score_runs
 
-    runs = _write_runs(tmp_path, [range(8), range(8, 0, -1)])
+    runs = write_score_runs(tmp_path, [range(8), range(8, 0, -1)])
     target = tmp_path / "target"
     target.mkdir()
     link = tmp_path / "link"

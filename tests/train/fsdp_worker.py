@@ -1,4 +1,4 @@
-"""Worker for tests/test_fsdp.py: ila's readers and writers on an FSDP2-sharded model.
+"""Worker for tests/train/test_fsdp.py: ila's readers and writers on an FSDP2-sharded model.
 
 Run under ``torchrun --nproc_per_node 2`` (gloo, CPU) it shards a tiny Llama with LoRA the
 way accelerate's FSDP2 plugin does (``fully_shard`` on each decoder block, then on the
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest
 
 from conftest import build_tiny_llama, build_tiny_tokenizer
 

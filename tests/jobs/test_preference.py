@@ -27,7 +27,7 @@ from ila.errors import IlaError
 from ila.evaluation.preference import preference_metrics
 from ila.train.trainer import PreferenceTraining, make_training_args, run_trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["--max-length", "64", "--limit", "40", "--batch-size", "4", "--device", "cpu"]
 QUICK = ["--stage1-max-steps", "6", "--stage1-min-steps", "0", "--stage2-steps", "3"]
 DPO = ["--data", "ila-preference", "--objective", "dpo"]

@@ -2,8 +2,8 @@
 
 ila loads the base through bitsandbytes with ``--quantization nf4`` (docs/distributed.md,
 "A 70B model"); LoRA and the gates stay in float32 on top. The CPU-side refusals are tested
-in tests/test_plan.py and tests/test_finetune.py; these tests run only on a CUDA machine
-with bitsandbytes installed and skip with the reason elsewhere.
+in tests/analysis/test_plan.py and tests/jobs/test_finetune.py; these tests run only on a
+CUDA machine with bitsandbytes installed and skip with the reason elsewhere.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Real transformers Trainers on a peft LoRA model of the tiny Llama, on CPU in flo
 "end" the run directory is one `ila select`, `ila compare` and `ila report` accept and the
 user's model is left as it was; at "stable" the ranking happens at the step the stage-1
 rule fires and `then` freezes the units outside the kept set for the rest of the run (also
-under TRL's SFTTrainer, and in a 2-process DDP run: tests/callback_ddp_worker.py); the
+under TRL's SFTTrainer, and in a 2-process DDP run: tests/integrations/callback_ddp_worker.py); the
 refusals come before the first training step.
 """
 
@@ -36,7 +36,7 @@ from ila.data import PaddingCollator, load_examples
 from ila.data.tokenization import tokenize_examples
 from ila.errors import IlaError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DDP_WORKER = Path(__file__).resolve().parent / "callback_ddp_worker.py"
 TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
 # Gates start at the budget (sigmoid(0) = H = 0.5), so the task loss alone moves them

@@ -3,7 +3,7 @@
 accelerate's FSDP plugin (through which the Trainer shards a model) does not run on a CPU
 (docs/distributed.md), so the CPU test shards the model with PyTorch's own FSDP2
 ``fully_shard`` over gloo, the way the plugin wraps it (each decoder block, then the
-root), and runs ila's readers and writers on it (tests/fsdp_worker.py): the stage-1
+root), and runs ila's readers and writers on it (tests/train/fsdp_worker.py): the stage-1
 update norms, the saved adapter, the stage-2 gates with the budget (gates attached
 before sharding, and after it as when stage 1's Trainer sharded the model first), the
 projected scores and a fine-tune's saved weights. A control run without the gradient
@@ -29,7 +29,7 @@ from ila.cli import main
 from ila.errors import IlaError
 from ila.train.parallel import require_supported_launch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 WORKER = Path(__file__).resolve().parent / "fsdp_worker.py"
 

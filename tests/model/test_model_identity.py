@@ -190,7 +190,7 @@ def test_resume_refuses_a_model_whose_files_changed(
 
 
 def _scores_with(fingerprint: dict | None, model_id: str) -> LayerScores:
-    from test_compare import make_scores
+    from conftest import make_scores
 
     scores = make_scores(range(8), model_id=model_id)
     if fingerprint is not None:

@@ -15,7 +15,7 @@ from ila.data.instruct import extract_answer, write_jsonl
 from ila.data.reasoning import CONSTANTS, KINDS, generate_ila_reasoning
 from ila.model.loading import load_tokenizer
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "generate_data.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "generate_data.py"
 # One step of working: "label: a op b = c", or "label: a / b = q remainder r".
 STEP = re.compile(r"[A-Za-z' ]+: (\d+) ([-+x/]) (\d+) = (\d+)(?: remainder (\d+))?")
 

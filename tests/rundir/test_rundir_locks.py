@@ -21,7 +21,7 @@ from ila.cli import main
 from ila.errors import IlaError
 from ila.rundir import LOCK_FILE, RUN_LAYOUT, foreign_entries, read_run_state
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 TINY = {"max_length": 64, "limit": 24, "batch_size": 4, "device": "cpu"}
 TINY_ARGV = ["--max-length", "64", "--limit", "24", "--batch-size", "4", "--device", "cpu"]
 EVAL_SMALL = {"eval_max_examples": 4, "eval_generate_examples": 2, "eval_max_new_tokens": 4}
@@ -109,9 +109,9 @@ def _hold(folder: Path, seconds: float = 30.0) -> subprocess.Popen[str]:
 
 @pytest.fixture()
 def scored_runs(tmp_path) -> list[Path]:
-    from test_compare import _write_runs
+    from conftest import write_score_runs
 
-    return _write_runs(tmp_path / "runs", [range(8), range(8, 0, -1)])
+    return write_score_runs(tmp_path / "runs", [range(8), range(8, 0, -1)])
 
 
 @pytest.fixture(scope="module")

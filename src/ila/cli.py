@@ -39,6 +39,7 @@ from ila.progress import format_duration
 
 if typing.TYPE_CHECKING:
     from ila.jobs.finetune import FinetuneRun
+    from ila.jobs.pipeline import ScoreRun
 
 __all__ = ["build_parser", "main"]
 
@@ -208,24 +209,24 @@ def _resolve_config(args: argparse.Namespace, config_cls: type = ScoreConfig) ->
     return config_from_dict(config_cls, data, origin=origin)
 
 
-def _print_score(result: Any, header: str) -> None:
-    s = result.summary()
-    stable = "epsilon-stable" if s["stage1_stable"] else "hit the step cap"
-    print(f"{header}: {s['method']} on {s['model']}, {s['units']} {s['unit_kind']} units")
-    if s.get("source"):
-        print(f"  update: {s['source'].get('kind')} {s['source'].get('path', '')} (no stage 1)")
-    elif s["T"] is not None:
-        print(f"  stage 1: T = {s['T']} steps ({stable})")
-    times = ", ".join(f"{k} {v:.1f}s" for k, v in s["seconds"].items())
+def _print_score(result: ScoreRun, header: str) -> None:
+    s = result.summary
+    stable = "epsilon-stable" if s.stage1_stable else "hit the step cap"
+    print(f"{header}: {s.method} on {s.model}, {s.units} {s.unit_kind} units")
+    if s.source:
+        print(f"  update: {s.source.get('kind')} {s.source.get('path', '')} (no stage 1)")
+    elif s.T is not None:
+        print(f"  stage 1: T = {s.T} steps ({stable})")
+    times = ", ".join(f"{k} {v:.1f}s" for k, v in s.seconds.items())
     print(f"  time: {times}")
-    if s.get("tie"):
-        print(f"  top units: none, the ranking is a tie: {s['tie']}")
+    if s.tie:
+        print(f"  top units: none, the ranking is a tie: {s.tie}")
     else:
-        print(f"  top units: {', '.join(s['top_units'])}")
-    for line in s["stability"]:
+        print(f"  top units: {', '.join(s.top_units)}")
+    for line in s.stability:
         print(f"  stability: {line}")
-    print(f"  scores: {s['scores_file']}")
-    print(f"  report: {s['report_dir']}")
+    print(f"  scores: {s.scores_file}")
+    print(f"  report: {s.report_dir}")
 
 
 def _scorer(args: argparse.Namespace) -> str:

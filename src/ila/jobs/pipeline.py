@@ -30,6 +30,7 @@ __all__ = [
     "RunResult",
     "ScoreInputs",
     "ScoreRun",
+    "ScoreSummary",
     "load_score_inputs",
     "run",
     "score",
@@ -44,6 +45,31 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ScoreSummary:
+    """What `ila score` prints about a ranking: where it came from (T and whether stage 1
+    was stable, or the existing update), its top units (none for a tie, then ``tie`` says
+    why), what the run can say of its stability, the time per stage, where the files are."""
+
+    method: str
+    model: str
+    units: int
+    unit_kind: str
+    T: int | None
+    stage1_stable: bool | None
+    source: dict[str, Any] | None
+    top_units: list[str]
+    tie: str | None
+    stability: list[str]
+    seconds: dict[str, float]
+    scores_file: str
+    report_dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as plain data."""
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class ScoreRun:
     """What a scoring run produced."""
@@ -53,27 +79,28 @@ class ScoreRun:
     seconds: dict[str, float]
     report_files: list[Path]
 
-    def summary(self) -> dict[str, Any]:
-        """Facts worth printing: T, top units (none for a tie, then ``tie`` says why),
-        time per stage, where the report is."""
+    @property
+    def summary(self) -> ScoreSummary:
+        """The facts worth printing (:class:`ScoreSummary`)."""
         meta = self.scores.meta
         found = self.scores.separation()
-        return {
-            "method": self.scores.method,
-            "model": self.scores.model_id,
-            "units": len(self.scores.units),
-            "unit_kind": self.scores.unit_kind,
-            "T": meta.get("T"),
-            "stage1_stable": meta.get("stage1_stable"),
-            "source": meta.get("source"),
+        rundir = RunDir(self.output_dir)
+        return ScoreSummary(
+            method=self.scores.method,
+            model=self.scores.model_id,
+            units=len(self.scores.units),
+            unit_kind=self.scores.unit_kind,
+            T=meta.get("T"),
+            stage1_stable=meta.get("stage1_stable"),
+            source=meta.get("source"),
             # A tie has no top units: its order is the model's (ila.core.ties).
-            "top_units": [] if found.tie else self.scores.top(0.1)[:10],
-            "tie": found.reason if found.tie else None,
-            "stability": stability_lines(self.scores),
-            "seconds": self.seconds,
-            "scores_file": str(RunDir(self.output_dir).scores),
-            "report_dir": str(RunDir(self.output_dir).report),
-        }
+            top_units=[] if found.tie else self.scores.top(0.1)[:10],
+            tie=found.reason if found.tie else None,
+            stability=stability_lines(self.scores),
+            seconds=self.seconds,
+            scores_file=str(rundir.scores),
+            report_dir=str(rundir.report),
+        )
 
 
 @dataclass

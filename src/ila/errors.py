@@ -23,7 +23,7 @@ import reprlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["IlaError", "Setting", "argument", "require", "short_repr"]
+__all__ = ["IlaError", "Parts", "Setting", "argument", "render", "require", "short_repr"]
 
 Vocabulary = Literal["python", "flag"]
 
@@ -53,6 +53,15 @@ def argument(name: str, *, flag: str = "") -> Setting:
     return Setting("", name, name, flag)
 
 
+Parts = tuple["str | Setting", ...]
+"""A message, or a piece of one, as text and :class:`Setting` values."""
+
+
+def render(parts: Parts, vocabulary: Vocabulary = "python") -> str:
+    """``parts`` joined, each setting named in ``vocabulary``."""
+    return "".join(p.named(vocabulary) if isinstance(p, Setting) else p for p in parts)
+
+
 class IlaError(Exception):
     """A user-facing error whose message names the setting, file or value to change.
 
@@ -71,7 +80,7 @@ class IlaError(Exception):
 
     def render(self, vocabulary: Vocabulary = "python") -> str:
         """The message with each setting named in ``vocabulary``."""
-        return "".join(p.named(vocabulary) if isinstance(p, Setting) else p for p in self.parts)
+        return render(self.parts, vocabulary)
 
     def __str__(self) -> str:
         return self.render("python")

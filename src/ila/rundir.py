@@ -45,7 +45,7 @@ except ImportError:  # Windows: no flock; runs there are not locked
 
 import yaml
 
-from ila.errors import IlaError, Setting, argument
+from ila.errors import IlaError, Parts, Setting, argument
 from ila.files import atomic_write_json, file_mode, now, read_json, write_yaml
 from ila.run_files import (
     BASE_MODEL_FILE,
@@ -851,7 +851,7 @@ def run_lock(output_dir: Path, command: str) -> None:
             current = os.stat(path).st_ino if path.exists() else None
         except BlockingIOError:
             os.close(fd)
-            raise IlaError(_locked_message(Path(output_dir), path)) from None
+            raise IlaError(*_locked_message(Path(output_dir), path)) from None
         except BaseException:
             os.close(fd)
             raise
@@ -887,7 +887,7 @@ def _refuse_if_locked(output_dir: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise IlaError(_locked_message(output_dir, path)) from None
+        raise IlaError(*_locked_message(output_dir, path)) from None
     finally:
         os.close(fd)  # also releases the probe's lock when it was taken
 
@@ -907,7 +907,7 @@ def _read_holder(path: Path, attempts: int = 20) -> dict[str, Any]:
     return {}
 
 
-def _locked_message(output_dir: Path, path: Path) -> str:
+def _locked_message(output_dir: Path, path: Path) -> Parts:
     holder = _read_holder(path)
     who = f"pid {holder.get('pid', 'unknown')}"
     if holder.get("command"):
@@ -917,8 +917,9 @@ def _locked_message(output_dir: Path, path: Path) -> str:
         shown = " ".join([Path(argv[0]).name, *argv[1:]])
         who += f", started as '{shown if len(shown) <= 160 else shown[:157] + '...'}'"
     return (
-        f"--output-dir {output_dir} is in use by another ila job ({who}); wait for it to "
-        "finish or choose another directory"
+        argument("output_dir"),
+        f" {output_dir} is in use by another ila job ({who}); wait for it to "
+        "finish or choose another directory",
     )
 
 

@@ -27,6 +27,7 @@ from ila.config import (
     ModelConfig,
     config_to_dict,
     input_paths,
+    setting,
 )
 from ila.data.formats import Example
 from ila.errors import IlaError
@@ -71,8 +72,14 @@ def load_eval_examples(
 
     if settings.split != "all" and data.eval_fraction == 0:
         raise IlaError(
-            "--eval-split eval needs held-out examples but --eval-fraction is 0; "
-            "pass --eval-fraction > 0 (as in training) or --eval-split all"
+            setting("eval", "split"),
+            " eval needs held-out examples but ",
+            setting("data", "eval_fraction"),
+            " is 0; pass ",
+            setting("data", "eval_fraction"),
+            " > 0 (as in training) or ",
+            setting("eval", "split"),
+            " all",
         )
     examples, _, held_out = load_split(data, objective=objective)
     return examples if settings.split == "all" else held_out

@@ -119,7 +119,7 @@ def test_run_takes_the_finetune_settings_and_moves_the_old_spellings(caplog):
     )
     stopped = config_from_dict(RunConfig, {"run": {"finetune_steps": 0}})
     assert not stopped.run.finetune and stopped.finetune.max_steps == 100
-    with pytest.raises(IlaError, match="^init_from_stage1: starts from a LoRA adapter"):
+    with pytest.raises(IlaError, match=r"^init_from_stage1: starts from a LoRA adapter"):
         config_from_dict(
             RunConfig, {"run": {"finetune_init_from_stage1": True}, "finetune": {"method": "full"}}
         )

@@ -46,16 +46,11 @@ def test_make_config_layers_defaults_config_and_keywords(tmp_path):
 
 
 def test_errors_name_keywords_in_python_and_flags_on_the_command_line(capsys, tmp_path):
-    from ila.api import flag_vocabulary, setting_names_in
     from ila.cli import main
 
-    assert setting_names_in("pass --lora-rank 8, or --overwrite; not a-b--c") == (
-        "pass lora_rank 8, or overwrite; not a-b--c"
-    )
-    with pytest.raises(IlaError, match=r"^stage2_steps: must be >= 1"):
+    with pytest.raises(IlaError, match=r"^stage2_steps: must be >= 1") as caught:
         ila.score("smollm2-135m", output_dir=tmp_path / "s", stage2_steps=0)
-    with flag_vocabulary(), pytest.raises(IlaError, match=r"^--stage2-steps: must be >= 1"):
-        ila.score("smollm2-135m", output_dir=tmp_path / "s", stage2_steps=0)
+    assert caught.value.render("flag").startswith("--stage2-steps: must be >= 1")
     assert main(["-q", "score", "--stage2-steps", "0", "--output-dir", str(tmp_path / "c")]) == 2
     assert "ila: error: --stage2-steps: must be >= 1" in capsys.readouterr().err
 

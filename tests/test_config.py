@@ -2,13 +2,26 @@
 
 import pytest
 
-from ila.cli import _resolve_config, build_parser
-from ila.config import ScoreConfig, Stage1Config, config_from_dict, config_to_dict, flag_name
+from ila.cli import _settings, build_parser
+from ila.config import (
+    ScoreConfig,
+    Stage1Config,
+    config_from_dict,
+    config_to_dict,
+    flag_name,
+    resolve,
+)
 from ila.errors import IlaError
 
 
 def parse(*argv):
     return build_parser().parse_args(["score", "--output-dir", "out", *argv])
+
+
+def _resolve_config(args):
+    """``ila score``'s settings as the CLI hands them to the API, resolved as it does."""
+    settings = _settings(args)
+    return resolve(ScoreConfig, settings.pop("config"), settings)
 
 
 def test_every_setting_has_a_flag_and_help():
@@ -53,8 +66,10 @@ def test_list_and_bool_flags():
     ],
 )
 def test_validation_names_the_flag(kwargs, message):
-    with pytest.raises(IlaError, match=message):
+    with pytest.raises(IlaError) as caught:
         Stage1Config(**kwargs)
+    assert message in caught.value.render("flag")
+    assert message.replace("--", "").replace("-", "_") in str(caught.value)
 
 
 def test_unknown_yaml_section_and_bad_yaml(tmp_path):
@@ -104,7 +119,7 @@ def test_run_takes_the_finetune_settings_and_moves_the_old_spellings(caplog):
     )
     stopped = config_from_dict(RunConfig, {"run": {"finetune_steps": 0}})
     assert not stopped.run.finetune and stopped.finetune.max_steps == 100
-    with pytest.raises(IlaError, match="--init-from-stage1: starts from a LoRA adapter"):
+    with pytest.raises(IlaError, match=r"^init_from_stage1: starts from a LoRA adapter"):
         config_from_dict(
             RunConfig, {"run": {"finetune_init_from_stage1": True}, "finetune": {"method": "full"}}
         )

@@ -7,10 +7,11 @@ path or a hub id; ``model`` may also be a loaded model with its ``tokenizer``, s
 mapping such as a run's ``config.yaml``, or a config object) and settings as keyword
 arguments named like the command-line flags with underscores (``stage1_max_steps=30`` is
 ``--stage1-max-steps 30``); their errors (:class:`ila.errors.IlaError`) name the settings
-the same way, and the command line, which calls these functions under
-:func:`flag_vocabulary`, names its flags.
-Keywords override ``config``, which overrides the defaults (docs/method.md lists them).
-The command-line interface (ila.cli) calls these functions and only prints.
+the same way (the command line, which calls these functions with its flags as keywords,
+prints the same errors with the flags).
+Keywords override ``config``, which overrides the defaults (docs/method.md lists them);
+:func:`ila.config.resolve` merges them, once. The command-line interface (ila.cli) calls
+these functions and only prints.
 
 Results are the objects the jobs produce: :class:`ila.jobs.pipeline.ScoreRun` (``.scores`` is
 a :class:`ila.core.scores.LayerScores` with ``.top(fraction)`` and ``.to_dataframe()``),
@@ -21,15 +22,10 @@ a :class:`ila.core.scores.LayerScores` with ``.top(fraction)`` and ``.to_datafra
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import dataclasses
-import difflib
 import functools
 import inspect
 import logging
-import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,14 +35,9 @@ from ila.config import (
     PlanConfig,
     RunConfig,
     ScoreConfig,
-    check_setting_types,
-    config_from_dict,
-    config_to_dict,
-    flag_name,
-    iter_settings,
-    load_yaml_config,
+    resolve,
 )
-from ila.errors import IlaError, short_repr
+from ila.errors import IlaError, argument, short_repr
 from ila.progress import progress_interval
 
 if TYPE_CHECKING:
@@ -64,7 +55,6 @@ __all__ = [
     "evaluate",
     "export",
     "finetune",
-    "flag_vocabulary",
     "make_config",
     "model_source",
     "plan",
@@ -72,102 +62,50 @@ __all__ = [
     "run",
     "score",
     "select",
-    "setting_names_in",
 ]
 
 ConfigSource = str | Path | Mapping[str, Any] | None
 _C = TypeVar("_C")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-# The library's messages name settings by their flags (--stage1-max-steps), the CLI's
-# vocabulary; an API caller passed them as keywords (stage1_max_steps), so the API's
-# functions rename them on the way out. The CLI calls the same functions under
-# flag_vocabulary() and keeps the flags.
-_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
-_FLAGS_WANTED: contextvars.ContextVar[bool] = contextvars.ContextVar("ila_flags", default=False)
 
-
-@contextlib.contextmanager
-def flag_vocabulary() -> Iterator[None]:
-    """Within this block the API's errors name settings by their command-line flags."""
-    token = _FLAGS_WANTED.set(True)
-    try:
-        yield
-    finally:
-        _FLAGS_WANTED.reset(token)
-
-
-def setting_names_in(message: str) -> str:
-    """``message`` with each ``--flag-name`` written as the keyword ``flag_name``."""
-    return _FLAG.sub(lambda match: match.group(1).replace("-", "_"), message)
-
-
-def _speaks_settings(function: _F) -> _F:
-    """Errors of ``function`` name keywords, not flags (unless under flag_vocabulary);
-    the environment's progress interval (ila.progress) is checked before it runs."""
+def _checks_environment(function: _F) -> _F:
+    """``function`` refuses a bad ``ILA_PROGRESS_INTERVAL`` (ila.progress) before any work."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            progress_interval()  # a bad ILA_PROGRESS_INTERVAL is refused before any work
-            return function(*args, **kwargs)
-        except IlaError as exc:
-            message = setting_names_in(str(exc))
-            if _FLAGS_WANTED.get() or message == str(exc):
-                raise
-            raise IlaError(message) from exc
+        progress_interval()
+        return function(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
 
-@_speaks_settings
+@_checks_environment
 def make_config(
-    config_cls: type[_C], config: Any = None, *, keywords: Sequence[str] = (), **settings: Any
+    config_cls: type[_C],
+    config: Any = None,
+    *,
+    keywords: Sequence[str] = (),
+    scorer: str = "ila",
+    **settings: Any,
 ) -> _C:
-    """A ``config_cls`` (e.g. :class:`ila.config.ScoreConfig`) from ``config`` and settings.
+    """A ``config_cls`` (e.g. :class:`ila.config.ScoreConfig`) from ``config`` and settings
+    (:func:`ila.config.resolve`, the resolution the command line uses too).
 
     ``config`` is a YAML path, a nested mapping, or a config object of any command (its
     sections this command does not use are skipped); ``settings`` are flat keywords named
     like the flags (``max_length=96``, ``stage1_max_steps=30``), which win. ``None`` values
     are ignored, so optional arguments can be passed through. ``keywords`` are the calling
-    function's own keywords, suggested too for a misspelled setting.
+    function's own keywords, suggested too for a misspelled setting. A run's config.yaml
+    records its scorer, which must be ``scorer``.
     """
-    if config is None:
-        data: dict[str, Any] = {}
-    elif isinstance(config, (str, Path)):
-        data = load_yaml_config(Path(config))
-    elif isinstance(config, Mapping):
-        data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in config.items()}
-    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
-        data = config_to_dict(config)
-    else:
-        raise IlaError(
-            f"config must be a YAML path, a mapping or a config object, not {short_repr(config)}"
-        )
-    data.pop("method", None)  # a run's config.yaml records its scorer
-    if config is not None:  # its own values too, also those a keyword overrides
-        origin = str(config) if isinstance(config, (str, Path)) else "config"
-        check_setting_types(config_cls, data, origin=origin)
-    names = _setting_names(config_cls)
-    for key, value in settings.items():
-        if value is None:
-            continue
-        if key not in names:
-            close = difflib.get_close_matches(key, sorted({*names, *keywords}), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise IlaError(f"unknown setting {key!r} for {config_cls.__name__}{hint}")
-        section, name = names[key]
-        section_data = data.setdefault(section, {})
-        if not isinstance(section_data, dict):
-            raise IlaError(f"config: section '{section}' must be a mapping")
-        section_data[name] = list(value) if isinstance(value, tuple) else value
-    return config_from_dict(config_cls, data, origin="settings")
+    return resolve(config_cls, config, settings, scorer=scorer, keywords=tuple(keywords))
 
 
 DataArgument = str | Path | Sequence[Mapping[str, Any]] | Any
 
 
-@_speaks_settings
+@_checks_environment
 def data_source(data: DataArgument) -> str | None:
     """``data`` as the ``--data`` value a job records: a name or path as it is; rows in
     memory (a list of dicts, or a ``datasets.Dataset``) are written once to a JSONL file
@@ -207,7 +145,7 @@ def data_source(data: DataArgument) -> str | None:
 ModelArgument = str | Path | Any
 
 
-@_speaks_settings
+@_checks_environment
 def model_source(model: ModelArgument, tokenizer: Any = None) -> str | None:
     """``model`` as the ``--model`` value a job records: a name, path or hub id as it is; a
     loaded ``transformers`` model (with its ``tokenizer``) is saved once to
@@ -251,8 +189,9 @@ def _output_dir(value: Any) -> Path:
     if isinstance(value, (str, Path)) and str(value):
         return Path(value)
     raise IlaError(
-        f"output_dir must be a directory path (a str or Path), not {short_repr(value)}; "
-        "pass where the run goes, e.g. output_dir='runs/x'"
+        argument("output_dir"),
+        f" must be a directory path (a str or Path), not {short_repr(value)}; "
+        "pass where the run goes, e.g. output_dir='runs/x'",
     )
 
 
@@ -262,15 +201,7 @@ def _keywords(function: Callable[..., Any]) -> tuple[str, ...]:
     return tuple(p.name for p in parameters if p.kind is p.KEYWORD_ONLY)
 
 
-def _setting_names(config_cls: type) -> dict[str, tuple[str, str]]:
-    """Keyword name (the flag without dashes) -> (section, field) for ``config_cls``."""
-    return {
-        flag_name(section, f.name).removeprefix("--").replace("-", "_"): (section, f.name)
-        for section, f, _ in iter_settings(config_cls)
-    }
-
-
-@_speaks_settings
+@_checks_environment
 def score(
     model: ModelArgument = None,
     data: DataArgument = None,
@@ -292,6 +223,7 @@ def score(
         ScoreConfig,
         config,
         keywords=_keywords(score),
+        scorer=scorer,
         model=model_source(model, tokenizer),
         data=data_source(data),
         **settings,
@@ -299,7 +231,7 @@ def score(
     return score_job(resolved, output, method=scorer, overwrite=overwrite, resume=resume)
 
 
-@_speaks_settings
+@_checks_environment
 def select(
     scores: LayerScores | str | Path,
     *,
@@ -352,6 +284,10 @@ def select(
     return selection
 
 
+# `ila select --output-dir` is ``select(output=...)``.
+_SELECTION_OUTPUT = argument("output", flag="--output-dir")
+
+
 def _check_selection_target(target: Path, overwrite: bool) -> None:
     """Refuse a selection.json target that exists (unless ``overwrite``), is a folder, or
     lies in a folder that is a file or cannot be written."""
@@ -360,11 +296,13 @@ def _check_selection_target(target: Path, overwrite: bool) -> None:
     if target.is_dir():
         raise IlaError(f"{target} is a directory; pass a file name or its folder")
     if target.exists() and not overwrite:
-        raise IlaError(f"{target} exists; pass --overwrite or another --output-dir")
+        raise IlaError(
+            f"{target} exists; pass ", argument("overwrite"), " or another ", _SELECTION_OUTPUT
+        )
     check_writable(target.parent)
 
 
-@_speaks_settings
+@_checks_environment
 def finetune(
     model: ModelArgument = None,
     data: DataArgument = None,
@@ -416,7 +354,14 @@ def finetune(
     else:
         ranked = tune_top_fraction is not None or freeze_bottom_fraction is not None
         if ranked and scores is None:
-            raise IlaError("--tune-top-fraction/--freeze-bottom-fraction need --scores RUN_OR_JSON")
+            raise IlaError(
+                argument("tune_top_fraction"),
+                "/",
+                argument("freeze_bottom_fraction"),
+                " need ",
+                argument("scores"),
+                " (a score run or its layer_scores.json)",
+            )
         if scores is not None and not isinstance(scores, LayerScores):
             path = Path(scores)
             inputs.append(path)
@@ -450,7 +395,7 @@ def finetune(
     )
 
 
-@_speaks_settings
+@_checks_environment
 def evaluate(
     model: ModelArgument = None,
     data: DataArgument = None,
@@ -485,7 +430,7 @@ def evaluate(
     )
 
 
-@_speaks_settings
+@_checks_environment
 def run(
     model: ModelArgument = None,
     data: DataArgument = None,
@@ -521,7 +466,7 @@ def run(
     )
 
 
-@_speaks_settings
+@_checks_environment
 def compare(
     runs: Sequence[str | Path],
     *,
@@ -566,7 +511,7 @@ def compare(
     return comparison
 
 
-@_speaks_settings
+@_checks_environment
 def report(run_dir: str | Path, *, output_dir: str | Path, overwrite: bool = False) -> Path:
     """`ila report`: one HTML page (and report.md) of a finished run; returns the page."""
     from ila.reporting.output import report_directory
@@ -582,7 +527,7 @@ def report(run_dir: str | Path, *, output_dir: str | Path, overwrite: bool = Fal
     return output / RUN_REPORT_HTML
 
 
-@_speaks_settings
+@_checks_environment
 def export(
     selection: Selection | str | Path,
     *,
@@ -613,13 +558,16 @@ def export(
         output = Path(output)
         if output.is_dir():
             raise IlaError(
-                f"--output {output} is a directory; pass a file path, e.g. "
-                f"{output / ('selection.' + EXPORT_SUFFIX[format])}"
+                argument("output"),
+                f" {output} is a directory; pass a file path, e.g. "
+                f"{output / ('selection.' + EXPORT_SUFFIX[format])}",
             )
         try:
             atomic_write_text(output, text)
         except OSError as exc:
-            raise IlaError(f"--output {output}: cannot write it ({exc.strerror})") from exc
+            raise IlaError(
+                argument("output"), f" {output}: cannot write it ({exc.strerror})"
+            ) from exc
     return text
 
 
@@ -633,7 +581,7 @@ EXPORT_SUFFIX = {
 }
 
 
-@_speaks_settings
+@_checks_environment
 def plan(
     model: ModelArgument = None,
     *,

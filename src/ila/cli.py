@@ -28,11 +28,9 @@ from ila.config import (
     PlanConfig,
     RunConfig,
     ScoreConfig,
-    check_setting_types,
-    config_from_dict,
     flag_name,
     iter_settings,
-    load_yaml_config,
+    keyword_name,
 )
 from ila.errors import IlaError, short_repr
 from ila.progress import format_duration
@@ -189,24 +187,16 @@ def _int_list(text: str) -> list[int]:
         ) from exc
 
 
-def _resolve_config(args: argparse.Namespace, config_cls: type = ScoreConfig) -> Any:
-    data: dict[str, Any] = load_yaml_config(args.config) if args.config else {}
-    origin = str(args.config) if args.config else "flags"
-    # A run's config.yaml also records its scorer ('method', see ila.jobs.pipeline), so that
-    # `--config RUN/config.yaml` re-runs it; the scorer must be the one of this command.
-    recorded = data.pop("method", None) if isinstance(data, dict) else None
-    method = getattr(args, "method", "ila")
-    if recorded is not None and recorded != method:
-        raise IlaError(
-            f"{origin}: records method '{recorded}' but this command scores with '{method}'; "
-            f"pass --scorer {recorded} to 'ila score'"
-        )
-    check_setting_types(config_cls, data, origin=origin)  # also values a flag overrides
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The config flags given on the command line as the API's keywords
+    (``--stage1-max-steps 30`` -> ``stage1_max_steps=30``; ``--model``, ``--data`` too) and
+    ``--config`` as ``config``: the API resolves them (ila.config.resolve), once."""
+    settings: dict[str, Any] = {"config": args.config}
     for key, value in vars(args).items():
         if "." in key:
             section, name = key.split(".", 1)
-            data.setdefault(section, {})[name] = value
-    return config_from_dict(config_cls, data, origin=origin)
+            settings[keyword_name(section, name)] = value
+    return settings
 
 
 def _print_score(result: ScoreRun, header: str) -> None:
@@ -262,7 +252,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     args.method = _scorer(args)
 
     result = api.score(
-        config=_resolve_config(args),
+        **_settings(args),
         output_dir=args.output_dir,
         scorer=args.method,
         overwrite=args.overwrite,
@@ -289,9 +279,8 @@ def _run_parser(sub: Any) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from ila import api
 
-    config = _resolve_config(args, RunConfig)
     result = api.run(
-        config=config,
+        **_settings(args),
         output_dir=args.output_dir,
         overwrite=args.overwrite,
         resume=args.resume,
@@ -366,20 +355,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ila import api
     from ila.jobs.evaluate import EVAL_FILE
 
-    config = _resolve_config(args, EvalConfig)
     result = api.evaluate(
-        config=config,
+        **_settings(args),
         output_dir=args.output_dir,
         adapter=args.adapter,
         overwrite=args.overwrite,
         allow_other_model=args.allow_other_model,
     )
-    target = config.model.model + (f" + {args.adapter}" if args.adapter else "")
-    where = f" on {config.data.data} ({config.eval.split} split)"
+    config = _recorded_config(args.output_dir)
+    target = config["model"]["model"] + (f" + {args.adapter}" if args.adapter else "")
+    where = f" on {config['data']['data']} ({config['eval']['split']} split)"
     print(f"ila eval: {target}{where if 'loss' in result.result.metrics else ''}")
     _print_metrics(result.result.metrics, "  ")
     print(f"  results: {args.output_dir / EVAL_FILE}")
     return 0
+
+
+def _recorded_config(output_dir: Path) -> dict[str, Any]:
+    """The settings a job recorded in its run directory (config.yaml), as resolved."""
+    import yaml
+
+    from ila.rundir import CONFIG_FILE
+
+    return yaml.safe_load((output_dir / CONFIG_FILE).read_text(encoding="utf-8"))
 
 
 def _print_metrics(metrics: dict[str, Any], pad: str) -> None:
@@ -427,7 +425,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from ila import api
 
     result = api.finetune(
-        config=_resolve_config(args, FinetuneConfig),
+        **_settings(args),
         output_dir=args.output_dir,
         scores=args.scores,
         selection=args.selection,
@@ -570,7 +568,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     from ila import api
 
-    plan = api.plan(config=_resolve_config(args, PlanConfig), selection=args.selection)
+    plan = api.plan(**_settings(args), selection=args.selection)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.to_table())
     return 0
 
@@ -730,13 +728,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet_rank = (
         contextlib.nullcontext() if is_main_process() else contextlib.redirect_stdout(io.StringIO())
     )
-    from ila.api import flag_vocabulary
-
     try:
-        with quiet_rank, flag_vocabulary():
+        with quiet_rank:
             return _COMMANDS[args.command](args)
     except IlaError as exc:
-        print(f"ila: error: {exc}", file=sys.stderr)
+        print(f"ila: error: {exc.render('flag')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ila: interrupted{_resume_hint(args)}", file=sys.stderr)

@@ -18,13 +18,14 @@ import logging
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
 
-from ila.errors import IlaError, short_repr
+from ila.errors import IlaError, Setting, argument, require, short_repr
 
 __all__ = [
     "DataConfig",
@@ -50,9 +51,13 @@ __all__ = [
     "flag_name",
     "input_paths",
     "iter_settings",
+    "keyword_name",
     "load_yaml_config",
     "recorded_config",
+    "resolve",
     "section_prefix",
+    "setting",
+    "settings_by_keyword",
 ]
 
 
@@ -62,11 +67,6 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
-
-
-def _require(ok: bool, flag: str, message: str) -> None:
-    if not ok:
-        raise IlaError(f"{flag}: {message}")
 
 
 # Upper bounds of the counts a user types: far above any real job, and low enough that a
@@ -82,18 +82,21 @@ MAX_SEED = 2**32 - 1
 """torch, numpy and transformers' set_seed take seeds in [0, 2**32 - 1]."""
 
 
-def _at_most(value: int | None, high: int, flag: str, what: str) -> None:
+def _at_most(value: int | None, high: int, name: Setting, what: str) -> None:
     """Refuse a count above its bound, naming the bound."""
     if value is not None and value > high:
-        raise IlaError(f"{flag}: must be at most {high:,} ({what}), got {short_repr(value)}")
+        raise IlaError(name, f": must be at most {high:,} ({what}), got {short_repr(value)}")
 
 
-def _fraction(value: float, flag: str, *, open_low: bool = True, open_high: bool = True) -> None:
+def _fraction(
+    value: float, name: Setting, *, open_low: bool = True, open_high: bool = True
+) -> None:
+    """Refuse a fraction outside (0, 1), or [0, 1), (0, 1] or [0, 1] as asked."""
     low_ok = value > 0 if open_low else value >= 0
     high_ok = value < 1 if open_high else value <= 1
-    _require(
+    require(
         math.isfinite(value) and low_ok and high_ok,
-        flag,
+        name,
         f"must be in {'(' if open_low else '['}0, 1{')' if open_high else ']'}, got {value}",
     )
 
@@ -126,9 +129,11 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
-        _require(bool(self.model), "--model", "must not be empty")
-        _require(self.threads is None or self.threads >= 1, "--threads", "must be >= 1")
-        _at_most(self.threads, MAX_PROCESSES, "--threads", "CPU threads")
+        require(bool(self.model), setting("model", "model"), "must not be empty")
+        require(
+            self.threads is None or self.threads >= 1, setting("model", "threads"), "must be >= 1"
+        )
+        _at_most(self.threads, MAX_PROCESSES, setting("model", "threads"), "CPU threads")
 
 
 @dataclass
@@ -164,11 +169,15 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        _require(self.max_length >= 8, "--max-length", f"must be >= 8, got {self.max_length}")
-        _fraction(self.eval_fraction, "--eval-fraction", open_low=False)
-        _require(self.limit is None or self.limit >= 1, "--limit", "must be >= 1")
-        _at_most(self.max_length, MAX_TOKENS, "--max-length", "tokens")
-        _at_most(self.limit, MAX_EXAMPLES, "--limit", "examples")
+        require(
+            self.max_length >= 8,
+            setting("data", "max_length"),
+            f"must be >= 8, got {self.max_length}",
+        )
+        _fraction(self.eval_fraction, setting("data", "eval_fraction"), open_low=False)
+        require(self.limit is None or self.limit >= 1, setting("data", "limit"), "must be >= 1")
+        _at_most(self.max_length, MAX_TOKENS, setting("data", "max_length"), "tokens")
+        _at_most(self.limit, MAX_EXAMPLES, setting("data", "limit"), "examples")
 
 
 @dataclass
@@ -184,10 +193,10 @@ class LoraSettings:
     )
 
     def __post_init__(self) -> None:
-        _require(self.rank >= 1, "--lora-rank", f"must be >= 1, got {self.rank}")
-        _at_most(self.rank, MAX_RANK, "--lora-rank", "the LoRA rank")
-        _require(self.alpha > 0, "--lora-alpha", f"must be > 0, got {self.alpha}")
-        _fraction(self.dropout, "--lora-dropout", open_low=False)
+        require(self.rank >= 1, setting("lora", "rank"), f"must be >= 1, got {self.rank}")
+        _at_most(self.rank, MAX_RANK, setting("lora", "rank"), "the LoRA rank")
+        require(self.alpha > 0, setting("lora", "alpha"), f"must be > 0, got {self.alpha}")
+        _fraction(self.dropout, setting("lora", "dropout"), open_low=False)
 
 
 @dataclass
@@ -219,21 +228,33 @@ class TrainConfig:
     dpo_beta: float = _opt(0.1, "DPO's beta: how strongly the policy is held to the reference")
 
     def __post_init__(self) -> None:
-        _require(self.batch_size >= 1, "--batch-size", "must be >= 1")
-        _require(math.isfinite(self.dpo_beta) and self.dpo_beta > 0, "--dpo-beta", "must be > 0")
-        _require(self.save_steps >= 0, "--save-steps", "must be >= 0")
-        _require(self.grad_accum >= 1, "--grad-accum", "must be >= 1")
-        _require(self.logging_steps >= 1, "--logging-steps", "must be >= 1")
+        require(self.batch_size >= 1, setting("train", "batch_size"), "must be >= 1")
+        require(
+            math.isfinite(self.dpo_beta) and self.dpo_beta > 0,
+            setting("train", "dpo_beta"),
+            "must be > 0",
+        )
+        require(self.save_steps >= 0, setting("train", "save_steps"), "must be >= 0")
+        require(self.grad_accum >= 1, setting("train", "grad_accum"), "must be >= 1")
+        require(self.logging_steps >= 1, setting("train", "logging_steps"), "must be >= 1")
         seed_ok = 0 <= self.seed <= MAX_SEED
-        _require(seed_ok, "--seed", f"must be in [0, {MAX_SEED}], got {short_repr(self.seed)}")
-        _at_most(self.batch_size, MAX_BATCH, "--batch-size", "examples per device")
-        _at_most(self.grad_accum, MAX_BATCH, "--grad-accum", "micro-batches per step")
-        _at_most(self.logging_steps, MAX_STEPS, "--logging-steps", "steps")
-        _at_most(self.save_steps, MAX_STEPS, "--save-steps", "steps")
-        _require(
+        require(
+            seed_ok,
+            setting("train", "seed"),
+            f"must be in [0, {MAX_SEED}], got {short_repr(self.seed)}",
+        )
+        _at_most(self.batch_size, MAX_BATCH, setting("train", "batch_size"), "examples per device")
+        _at_most(
+            self.grad_accum, MAX_BATCH, setting("train", "grad_accum"), "micro-batches per step"
+        )
+        _at_most(self.logging_steps, MAX_STEPS, setting("train", "logging_steps"), "steps")
+        _at_most(self.save_steps, MAX_STEPS, setting("train", "save_steps"), "steps")
+        require(
             not self.bf16 or self.precision in ("auto", "bf16"),
-            "--bf16",
-            f"contradicts --precision {self.precision}; pass one of them",
+            setting("train", "bf16"),
+            "contradicts ",
+            setting("train", "precision"),
+            f" {self.precision}; pass one of them",
         )
         _check_reporter(self.report_to)
 
@@ -264,17 +285,19 @@ def _check_reporter(name: str) -> None:
 
     if name == "none":
         return
-    _require(
+    require(
         name in _REPORTERS,
-        "--report-to",
+        setting("train", "report_to"),
         f"unknown integration '{name}'; known: none, {', '.join(sorted(_REPORTERS))}",
     )
     packages = _REPORTERS[name]
-    _require(
+    require(
         any(importlib.util.find_spec(p) is not None for p in packages),
-        "--report-to",
+        setting("train", "report_to"),
         f"{name} needs the '{packages[0]}' package, which is not installed; "
-        f"pip install {packages[0]}, or pass --report-to none",
+        f"pip install {packages[0]}, or pass ",
+        setting("train", "report_to"),
+        " none",
     )
 
 
@@ -343,29 +366,34 @@ class Stage1Config:
     )
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.learning_rate is None or self.learning_rate > 0,
-            "--stage1-learning-rate",
+            setting("stage1", "learning_rate"),
             "must be > 0",
         )
-        _require(self.max_steps >= 1, "--stage1-max-steps", "must be >= 1")
-        _require(self.min_steps >= 0, "--stage1-min-steps", "must be >= 0")
-        _require(
+        require(self.max_steps >= 1, setting("stage1", "max_steps"), "must be >= 1")
+        require(self.min_steps >= 0, setting("stage1", "min_steps"), "must be >= 0")
+        require(
             self.min_steps <= self.max_steps,
-            "--stage1-min-steps",
-            f"{self.min_steps} is above --stage1-max-steps {self.max_steps}, so stage 1 could "
-            "only stop at the cap; lower it (0 for a capped trial run) or raise the cap",
+            setting("stage1", "min_steps"),
+            f"{self.min_steps} is above ",
+            setting("stage1", "max_steps"),
+            f" {self.max_steps}, so stage 1 could only stop at the cap; lower it (0 for a "
+            "capped trial run) or raise the cap",
         )
-        _require(self.warmup_steps >= 0, "--stage1-warmup-steps", "must be >= 0")
-        _fraction(self.epsilon, "--stage1-epsilon")
-        _require(self.window >= 2, "--stage1-window", "must be >= 2")
-        _require(self.patience >= 1, "--stage1-patience", "must be >= 1")
+        require(self.warmup_steps >= 0, setting("stage1", "warmup_steps"), "must be >= 0")
+        _fraction(self.epsilon, setting("stage1", "epsilon"))
+        require(self.window >= 2, setting("stage1", "window"), "must be >= 2")
+        require(self.patience >= 1, setting("stage1", "patience"), "must be >= 1")
         for name in ("max_steps", "min_steps", "warmup_steps", "window", "patience"):
-            _at_most(getattr(self, name), MAX_STEPS, flag_name("stage1", name), "steps")
-        _fraction(self.rank_epsilon, "--stage1-rank-epsilon", open_low=False)
-        _fraction(self.rank_fraction, "--stage1-rank-fraction")
+            _at_most(getattr(self, name), MAX_STEPS, setting("stage1", name), "steps")
+        _fraction(self.rank_epsilon, setting("stage1", "rank_epsilon"), open_low=False)
+        _fraction(self.rank_fraction, setting("stage1", "rank_fraction"))
         _fraction(
-            self.cooldown_fraction, "--stage1-cooldown-fraction", open_low=False, open_high=False
+            self.cooldown_fraction,
+            setting("stage1", "cooldown_fraction"),
+            open_low=False,
+            open_high=False,
         )
 
     def resolved_learning_rate(self) -> float:
@@ -429,21 +457,23 @@ class Stage2Config:
     )
 
     def __post_init__(self) -> None:
-        _require(self.steps >= 1, "--stage2-steps", "must be >= 1")
-        _require(self.learning_rate > 0, "--stage2-learning-rate", "must be > 0")
-        _require(math.isfinite(self.init_score), "--stage2-init-score", "must be finite")
-        _require(self.budget_weight >= 0, "--stage2-budget-weight", "must be >= 0")
-        _fraction(self.target_fraction, "--stage2-target-fraction")
-        _require(self.grad_accum >= 1, "--stage2-grad-accum", "must be >= 1")
-        _at_most(self.steps, MAX_STEPS, "--stage2-steps", "steps")
-        _at_most(self.grad_accum, MAX_BATCH, "--stage2-grad-accum", "micro-batches per step")
-        _fraction(self.tail_fraction, "--stage2-tail-fraction", open_low=False)
+        require(self.steps >= 1, setting("stage2", "steps"), "must be >= 1")
+        require(self.learning_rate > 0, setting("stage2", "learning_rate"), "must be > 0")
+        require(math.isfinite(self.init_score), setting("stage2", "init_score"), "must be finite")
+        require(self.budget_weight >= 0, setting("stage2", "budget_weight"), "must be >= 0")
+        _fraction(self.target_fraction, setting("stage2", "target_fraction"))
+        require(self.grad_accum >= 1, setting("stage2", "grad_accum"), "must be >= 1")
+        _at_most(self.steps, MAX_STEPS, setting("stage2", "steps"), "steps")
+        _at_most(
+            self.grad_accum, MAX_BATCH, setting("stage2", "grad_accum"), "micro-batches per step"
+        )
+        _fraction(self.tail_fraction, setting("stage2", "tail_fraction"), open_low=False)
         for name in ("optimizer", "schedule"):  # their choices, checked from Python too
             allowed = next(f for f in fields(self) if f.name == name).metadata["choices"]
             value = getattr(self, name)
-            _require(
+            require(
                 value in allowed,
-                f"--stage2-{name}",
+                setting("stage2", name),
                 f"must be one of {', '.join(allowed)}, got {short_repr(value)}",
             )
 
@@ -459,8 +489,13 @@ class EnsembleSettings:
     )
 
     def __post_init__(self) -> None:
-        _require(self.seeds >= 1, "--seeds", f"must be >= 1, got {self.seeds}")
-        _at_most(self.seeds, MAX_SEEDS, "--seeds", "independent identifications, each a full run")
+        require(self.seeds >= 1, setting("ensemble", "seeds"), f"must be >= 1, got {self.seeds}")
+        _at_most(
+            self.seeds,
+            MAX_SEEDS,
+            setting("ensemble", "seeds"),
+            "independent identifications, each a full run",
+        )
 
 
 @dataclass
@@ -480,11 +515,13 @@ class SourceSettings:
     )
 
     def __post_init__(self) -> None:
-        _require(
-            not (self.from_adapter and self.from_model),
-            "--from-adapter",
-            "and --from-model both name an update to rank; pass one of them",
-        )
+        if self.from_adapter and self.from_model:
+            raise IlaError(
+                setting("source", "from_adapter"),
+                " and ",
+                setting("source", "from_model"),
+                " both name an update to rank; pass one of them",
+            )
 
     @property
     def given(self) -> bool:
@@ -506,11 +543,16 @@ class ScoreConfig:
 
     def __post_init__(self) -> None:
         last = self.train.seed + self.ensemble.seeds - 1  # the seeds are --seed, --seed + 1, ...
-        _require(
+        require(
             last <= MAX_SEED,
-            "--seeds",
-            f"{self.ensemble.seeds} from --seed {self.train.seed} reach seed {last}, above "
-            f"{MAX_SEED} (the largest seed torch takes); lower --seed or --seeds",
+            setting("ensemble", "seeds"),
+            f"{self.ensemble.seeds} from ",
+            setting("train", "seed"),
+            f" {self.train.seed} reach seed {last}, above {MAX_SEED} (the largest seed torch "
+            "takes); lower ",
+            setting("train", "seed"),
+            " or ",
+            setting("ensemble", "seeds"),
         )
 
 
@@ -542,18 +584,22 @@ class FinetuneSettings:
     )
 
     def __post_init__(self) -> None:
-        _require(
-            self.learning_rate is None or self.learning_rate > 0, "--learning-rate", "must be > 0"
+        require(
+            self.learning_rate is None or self.learning_rate > 0,
+            setting("finetune", "learning_rate"),
+            "must be > 0",
         )
-        _require(
+        require(
             not self.init_from_stage1 or self.method in ("lora", "qlora"),
-            "--init-from-stage1",
-            f"starts from a LoRA adapter, so it needs --method lora or qlora (not {self.method})",
+            setting("finetune", "init_from_stage1"),
+            "starts from a LoRA adapter, so it needs ",
+            setting("finetune", "method"),
+            f" lora or qlora (not {self.method})",
         )
-        _require(self.max_steps >= 1, "--max-steps", "must be >= 1")
-        _require(self.warmup_steps >= 0, "--warmup-steps", "must be >= 0")
-        _at_most(self.max_steps, MAX_STEPS, "--max-steps", "steps")
-        _at_most(self.warmup_steps, MAX_STEPS, "--warmup-steps", "steps")
+        require(self.max_steps >= 1, setting("finetune", "max_steps"), "must be >= 1")
+        require(self.warmup_steps >= 0, setting("finetune", "warmup_steps"), "must be >= 0")
+        _at_most(self.max_steps, MAX_STEPS, setting("finetune", "max_steps"), "steps")
+        _at_most(self.warmup_steps, MAX_STEPS, setting("finetune", "warmup_steps"), "steps")
 
     def resolved_learning_rate(self) -> float:
         """The learning rate in use: the given one, or the method's default."""
@@ -619,24 +665,27 @@ class EvalSettings:
         return command == "run" or not (self.mc_data or self.lm_eval_tasks)
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.on_data is not False or bool(self.mc_data or self.lm_eval_tasks),
-            "--eval-on-data",
-            "off leaves nothing to evaluate; pass --eval-mc-data or --eval-lm-eval-tasks too, "
-            "or leave --eval-on-data on",
+            setting("eval", "on_data"),
+            "off leaves nothing to evaluate; pass ",
+            setting("eval", "mc_data"),
+            " or ",
+            setting("eval", "lm_eval_tasks"),
+            " too, or leave ",
+            setting("eval", "on_data"),
+            " on",
         )
         for name in ("max_examples", "mc_limit", "lm_eval_limit"):
             value = getattr(self, name)
-            _require(
-                value is None or value >= 1, "--eval-" + name.replace("_", "-"), "must be >= 1"
-            )
-        _require(self.generate_examples >= 0, "--eval-generate-examples", "must be >= 0")
-        _require(self.max_new_tokens >= 1, "--eval-max-new-tokens", "must be >= 1")
-        _require(self.batch_size >= 1, "--eval-batch-size", "must be >= 1")
+            require(value is None or value >= 1, setting("eval", name), "must be >= 1")
+        require(self.generate_examples >= 0, setting("eval", "generate_examples"), "must be >= 0")
+        require(self.max_new_tokens >= 1, setting("eval", "max_new_tokens"), "must be >= 1")
+        require(self.batch_size >= 1, setting("eval", "batch_size"), "must be >= 1")
         for name in ("max_examples", "mc_limit", "lm_eval_limit", "generate_examples"):
-            _at_most(getattr(self, name), MAX_EXAMPLES, flag_name("eval", name), "examples")
-        _at_most(self.max_new_tokens, MAX_TOKENS, "--eval-max-new-tokens", "tokens")
-        _at_most(self.batch_size, MAX_BATCH, "--eval-batch-size", "examples per batch")
+            _at_most(getattr(self, name), MAX_EXAMPLES, setting("eval", name), "examples")
+        _at_most(self.max_new_tokens, MAX_TOKENS, setting("eval", "max_new_tokens"), "tokens")
+        _at_most(self.batch_size, MAX_BATCH, setting("eval", "batch_size"), "examples per batch")
 
 
 @dataclass
@@ -692,12 +741,12 @@ class RunSettings:
     )
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.finetune_steps is None or self.finetune_steps >= 0,
-            "--finetune-steps",
+            setting("run", "finetune_steps"),
             "must be >= 0",
         )
-        _at_most(self.finetune_steps, MAX_STEPS, "--finetune-steps", "steps")
+        _at_most(self.finetune_steps, MAX_STEPS, setting("run", "finetune_steps"), "steps")
         if self.select_rule is not None or self.select_fraction is not None:
             rule = (self.select_rule or "tune-top-fraction").replace("-", "_")
             fraction = 0.3 if self.select_fraction is None else self.select_fraction
@@ -708,16 +757,18 @@ class RunSettings:
             )
             setattr(self, rule, fraction)
             self.select_rule = self.select_fraction = None
-        _require(
-            self.tune_top_fraction is None or self.freeze_bottom_fraction is None,
-            "--tune-top-fraction",
-            "and --freeze-bottom-fraction are two rules; give one of them",
-        )
+        if self.tune_top_fraction is not None and self.freeze_bottom_fraction is not None:
+            raise IlaError(
+                setting("run", "tune_top_fraction"),
+                " and ",
+                setting("run", "freeze_bottom_fraction"),
+                " are two rules; give one of them",
+            )
         if self.tune_top_fraction is None and self.freeze_bottom_fraction is None:
             self.tune_top_fraction = 0.3
         for name in ("tune_top_fraction", "freeze_bottom_fraction"):
             if getattr(self, name) is not None:
-                _fraction(getattr(self, name), "--" + name.replace("_", "-"))
+                _fraction(getattr(self, name), setting("run", name))
 
     @property
     def selection_rule(self) -> dict[str, float]:
@@ -748,12 +799,17 @@ class RunConfig(ScoreConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._move_deprecated_run_settings()
-        _require(
+        require(
             not self.finetune.init_from_stage1 or self.ensemble.seeds == 1,
-            "--init-from-stage1",
-            f"needs one stage-1 adapter, but --seeds {self.ensemble.seeds} trains one per "
-            "member; run without --seeds, or fine-tune from one member with 'ila finetune "
-            "--scores RUN/seeds/seed-S --init-from-stage1'",
+            setting("finetune", "init_from_stage1"),
+            "needs one stage-1 adapter, but ",
+            setting("ensemble", "seeds"),
+            f" {self.ensemble.seeds} trains one per member; run without ",
+            setting("ensemble", "seeds"),
+            ", or fine-tune from one member with 'ila finetune' with ",
+            argument("scores"),
+            " RUN/seeds/seed-S and ",
+            setting("finetune", "init_from_stage1"),
         )
 
     def _move_deprecated_run_settings(self) -> None:
@@ -819,20 +875,22 @@ class PlanSettings:
                 "--select-fraction: deprecated, use --tune-top-fraction %s", self.select_fraction
             )
             self.tune_top_fraction, self.select_fraction = self.select_fraction, None
-        _fraction(self.tune_top_fraction, "--tune-top-fraction")
-        _require(self.fsdp >= 1, "--fsdp", "must be >= 1 (processes)")
-        _require(self.zero3 >= 1, "--zero3", "must be >= 1 (processes)")
-        _at_most(self.fsdp, MAX_PROCESSES, "--fsdp", "processes")
-        _at_most(self.zero3, MAX_PROCESSES, "--zero3", "processes")
-        _require(
-            self.fsdp == 1 or self.zero3 == 1,
-            "--fsdp",
-            "and --zero3 are two ways to shard one job; pass one of them",
-        )
-        _require(
+        _fraction(self.tune_top_fraction, setting("plan", "tune_top_fraction"))
+        require(self.fsdp >= 1, setting("plan", "fsdp"), "must be >= 1 (processes)")
+        require(self.zero3 >= 1, setting("plan", "zero3"), "must be >= 1 (processes)")
+        _at_most(self.fsdp, MAX_PROCESSES, setting("plan", "fsdp"), "processes")
+        _at_most(self.zero3, MAX_PROCESSES, setting("plan", "zero3"), "processes")
+        if self.fsdp != 1 and self.zero3 != 1:
+            raise IlaError(
+                setting("plan", "fsdp"),
+                " and ",
+                setting("plan", "zero3"),
+                " are two ways to shard one job; pass one of them",
+            )
+        require(
             self.tokens_per_second is None
             or (math.isfinite(self.tokens_per_second) and self.tokens_per_second > 0),
-            "--tokens-per-second",
+            setting("plan", "tokens_per_second"),
             f"must be a positive number, got {self.tokens_per_second}",
         )
 
@@ -854,9 +912,31 @@ def section_prefix(section: str) -> str:
     return _PREFIXES.get(section, "")
 
 
+def keyword_name(section: str, name: str) -> str:
+    """The keyword of a setting in the Python API, e.g. ('stage1', 'max_steps') ->
+    stage1_max_steps: its flag without the dashes."""
+    return section_prefix(section).replace("-", "_") + name
+
+
 def flag_name(section: str, name: str) -> str:
     """The command-line flag of a setting, e.g. ('stage1', 'max_steps') -> --stage1-max-steps."""
-    return "--" + section_prefix(section) + name.replace("_", "-")
+    return "--" + keyword_name(section, name).replace("_", "-")
+
+
+def setting(section: str, name: str) -> Setting:
+    """The setting ``name`` of config section ``section``, as an error message names it
+    (:class:`ila.errors.Setting`: ``stage1_max_steps`` in Python, ``--stage1-max-steps``
+    on the command line)."""
+    return Setting(section, name, keyword_name(section, name))
+
+
+def settings_by_keyword(config_cls: type) -> dict[str, Setting]:
+    """Keyword (``stage1_max_steps``) -> its :class:`~ila.errors.Setting`, for every
+    setting of ``config_cls``."""
+    return {
+        keyword_name(section, f.name): setting(section, f.name)
+        for section, f, _ in iter_settings(config_cls)
+    }
 
 
 def iter_settings(config_cls: type) -> list[tuple[str, dataclasses.Field, type]]:
@@ -896,6 +976,71 @@ def input_paths(config: Any) -> list[str]:
     if settings is not None and settings.mc_data:
         paths.append(settings.mc_data)
     return paths
+
+
+def resolve(
+    config_cls: type,
+    source: Any = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    scorer: str = "ila",
+    keywords: tuple[str, ...] = (),
+) -> Any:
+    """The one resolution of a command's settings, for the CLI and the Python API alike.
+
+    ``source`` is a YAML path, a nested mapping (such as a run's config.yaml), a config
+    object of any command (its sections ``config_cls`` does not have are skipped) or
+    None; ``overrides`` are flat keywords named like the settings (``stage1_max_steps``,
+    the flags without dashes), which win over ``source``; a None value is "not given".
+    A run's config.yaml also records its scorer (``method``): it must be ``scorer``, the
+    scorer of this command. ``keywords`` are the calling function's own arguments, also
+    suggested for a misspelled setting. Precedence: default < source < overrides.
+    """
+    data, origin = _source_data(source)
+    recorded = data.pop("method", None)
+    if recorded is not None and recorded != scorer:
+        raise IlaError(
+            f"{origin}: records method '{recorded}' but this command scores with '{scorer}'; "
+            "score with the scorer it records (",
+            argument("scorer"),
+            f" {recorded})",
+        )
+    if source is not None:  # its own values too, also those an override replaces
+        check_setting_types(config_cls, data, origin=origin)
+    names = settings_by_keyword(config_cls)
+    hints = get_type_hints(config_cls)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in names:
+            close = difflib.get_close_matches(key, sorted({*names, *keywords}), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise IlaError(f"unknown setting {key!r} for {config_cls.__name__}{hint}")
+        name = names[key]
+        hint = get_type_hints(hints[name.section])[name.name]
+        value = _check_type(list(value) if isinstance(value, tuple) else value, hint, name)
+        section = data.setdefault(name.section, {})
+        if not isinstance(section, dict):
+            raise IlaError(f"{origin}: section '{name.section}' must be a mapping")
+        section[name.name] = value
+    return config_from_dict(config_cls, data, origin=origin)
+
+
+def _source_data(source: Any) -> tuple[dict[str, Any], str]:
+    """The nested settings of a config ``source`` (see :func:`resolve`) as a fresh dict, and
+    how its messages name it."""
+    if source is None:
+        return {}, "settings"
+    if isinstance(source, (str, Path)):
+        return load_yaml_config(Path(source)), str(source)
+    if isinstance(source, Mapping):
+        data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in source.items()}
+        return data, "config"
+    if dataclasses.is_dataclass(source) and not isinstance(source, type):
+        return config_to_dict(source), "config"
+    raise IlaError(
+        f"config must be a YAML path, a mapping or a config object, not {short_repr(source)}"
+    )
 
 
 def config_from_dict(config_cls: type, data: dict[str, Any], *, origin: str = "config") -> Any:
@@ -956,7 +1101,7 @@ def _key_text(key: Any) -> str:
     return short_repr(key)
 
 
-def _check_type(value: Any, hint: Any, where: str) -> Any:
+def _check_type(value: Any, hint: Any, where: str | Setting) -> Any:
     """Check (and gently coerce: int -> float) a value read from YAML against its field type."""
     is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
     allowed = [a for a in typing.get_args(hint) if a is not type(None)] if is_union else [hint]
@@ -973,14 +1118,14 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
                 break
             return value
     names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
-    raise IlaError(f"{where} must be {names}, got {short_repr(value)}")
+    raise IlaError(where, f" must be {names}, got {short_repr(value)}")
 
 
 def load_yaml_config(path: Path) -> dict[str, Any]:
     """Read a ``--config`` YAML file into a nested dict (validated by config_from_dict)."""
     path = Path(path)
     if not path.is_file():
-        raise IlaError(f"--config {path}: file not found")
+        raise IlaError(argument("config"), f" {path}: file not found")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except _DuplicateKeyError as exc:
@@ -998,16 +1143,17 @@ def load_yaml_config(path: Path) -> dict[str, Any]:
         where = f":{mark.line + 1}" if mark is not None else ""
         raise IlaError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
     except UnicodeDecodeError as exc:
-        raise IlaError(f"--config {path}: not UTF-8 text; pass a YAML file") from exc
+        raise IlaError(argument("config"), f" {path}: not UTF-8 text; pass a YAML file") from exc
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise IlaError(f"{path}: a value cannot be read ({str(exc)[:200]})") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise IlaError(
-            f"--config {path}: the top level is a {type(data).__name__}, not a mapping of "
+            argument("config"),
+            f" {path}: the top level is a {type(data).__name__}, not a mapping of "
             "sections; write it as 'section:' lines with 'key: value' entries (e.g. "
-            "'model:' then '  model: smollm2-135m')"
+            "'model:' then '  model: smollm2-135m')",
         )
     return data
 

@@ -45,7 +45,7 @@ except ImportError:  # Windows: no flock; runs there are not locked
 
 import yaml
 
-from ila.errors import IlaError
+from ila.errors import IlaError, Parts, Setting, argument
 from ila.files import atomic_write_json, file_mode, now, read_json, write_yaml
 from ila.run_files import (
     BASE_MODEL_FILE,
@@ -396,7 +396,7 @@ class RunDir:
         check_same_model(
             (self.state() or {}).get("model_fingerprint"),
             fingerprint,
-            what=f"--resume: the run in {self.path}",
+            what=f"the run in {self.path}",
             hint="resume with the model the run started with, or start a new run",
             allowable=False,  # a run continues on its own model; no flag accepts another
         )
@@ -416,7 +416,12 @@ class RunDir:
         these settings (:func:`require_resumable`); a new run into a directory it may not
         use (:func:`check_output_dir`)."""
         if resume and overwrite:
-            raise IlaError("--resume and --overwrite contradict each other; pass one of them")
+            raise IlaError(
+                argument("resume"),
+                " and ",
+                argument("overwrite"),
+                " contradict each other; pass one of them",
+            )
         if resume:
             require_resumable(self.path, resolved, finished_stage=finished_stage)
         elif is_main_process():
@@ -467,7 +472,7 @@ class RunDir:
                     self.path.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise IlaError(
-                        f"--output-dir {self.path}: cannot create it ({exc.strerror})"
+                        argument("output_dir"), f" {self.path}: cannot create it ({exc.strerror})"
                     ) from exc
             self.lock(command)
             yield self
@@ -527,15 +532,19 @@ def check_output_dir(
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
-        raise IlaError(f"--output-dir {output_dir} is a file; pass a directory")
+        raise IlaError(argument("output_dir"), f" {output_dir} is a file; pass a directory")
     check_writable(output_dir)
     _refuse_if_locked(output_dir)
     occupied = bool(_entries(output_dir))
     if occupied and not (overwrite or resume):
-        resume_hint = "--resume to continue, " if resumable and report is None else ""
+        resume_hint = (argument("resume"), " to continue, ") if resumable and report is None else ()
         raise IlaError(
-            f"--output-dir {output_dir} already holds files; pass --overwrite to replace "
-            f"them, {resume_hint}or choose another directory"
+            argument("output_dir"),
+            f" {output_dir} already holds files; pass ",
+            argument("overwrite"),
+            " to replace them, ",
+            *resume_hint,
+            "or choose another directory",
         )
     if occupied and overwrite:
         _check_overwrite(output_dir, inputs=inputs, report=report)
@@ -557,12 +566,15 @@ def check_writable(output_dir: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         what = "is a file" if existing == output_dir else f"lies under the file {existing}"
-        raise IlaError(f"--output-dir {output_dir} {what}, not a directory; pass a directory")
+        raise IlaError(
+            argument("output_dir"), f" {output_dir} {what}, not a directory; pass a directory"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "it" if existing == output_dir else f"its parent {existing}"
         raise IlaError(
-            f"--output-dir {output_dir}: cannot write in {what} (read-only or no permission); "
-            "choose a writable directory"
+            argument("output_dir"),
+            f" {output_dir}: cannot write in {what} (read-only or no permission); "
+            "choose a writable directory",
         )
 
 
@@ -587,8 +599,9 @@ def _layout_of(output_dir: Path, report: str | None) -> Layout:
         command = state.get("command") if isinstance(state, dict) else None
         if command not in RUN_LAYOUT:
             raise IlaError(
-                f"--overwrite: {state_file} is not a run state ila wrote (command {command!r}); "
-                "delete the directory yourself if it is no longer needed, or choose another"
+                argument("overwrite"),
+                f": {state_file} is not a run state ila wrote (command {command!r}); "
+                "delete the directory yourself if it is no longer needed, or choose another",
             )
         return RUN_LAYOUT[command]
     if report is not None:
@@ -596,9 +609,11 @@ def _layout_of(output_dir: Path, report: str | None) -> Layout:
         if not foreign_entries(output_dir, layout, limit=1):
             return layout
     raise IlaError(
-        f"--overwrite: {output_dir} holds files but no {RUN_STATE_FILE}, so it is not an ila "
-        "run directory; ila replaces only its own runs: choose another --output-dir (or empty "
-        "this one yourself)"
+        argument("overwrite"),
+        f": {output_dir} holds files but no {RUN_STATE_FILE}, so it is not an ila "
+        "run directory; ila replaces only its own runs: choose another ",
+        argument("output_dir"),
+        " (or empty this one yourself)",
     )
 
 
@@ -623,15 +638,21 @@ def _check_overwrite(
     """Refuse to replace a directory whose deletion could lose anything ila did not write."""
     if output_dir.is_symlink():
         raise IlaError(
-            f"--overwrite: --output-dir {output_dir} is a symbolic link; pass the directory it "
-            f"points to ({output_dir.resolve()}) or a new directory"
+            argument("overwrite"),
+            ": ",
+            argument("output_dir"),
+            f" {output_dir} is a symbolic link; pass the directory it "
+            f"points to ({output_dir.resolve()}) or a new directory",
         )
     resolved = output_dir.resolve()
     special = _special_directory(resolved)
     if special is not None:
         raise IlaError(
-            f"--overwrite: --output-dir {output_dir} is {special}; ila never replaces it: "
-            "pass a dedicated run directory such as runs/my-run"
+            argument("overwrite"),
+            ": ",
+            argument("output_dir"),
+            f" {output_dir} is {special}; ila never replaces it: "
+            "pass a dedicated run directory such as runs/my-run",
         )
     for item in inputs:
         if item is None or str(item) == "":
@@ -642,8 +663,12 @@ def _check_overwrite(
         source = path.resolve()
         if source == resolved or resolved in source.parents:
             raise IlaError(
-                f"--overwrite: --output-dir {output_dir} contains the input {item}; replacing "
-                "the run would delete it: move the input out or choose another --output-dir"
+                argument("overwrite"),
+                ": ",
+                argument("output_dir"),
+                f" {output_dir} contains the input {item}; replacing "
+                "the run would delete it: move the input out or choose another ",
+                argument("output_dir"),
             )
     unknown = foreign_entries(output_dir, _layout_of(output_dir, report))
     if unknown:
@@ -651,8 +676,10 @@ def _check_overwrite(
             f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         )
         raise IlaError(
-            f"--overwrite: {output_dir} holds files ila did not write ({shown}); move them out "
-            "or choose another --output-dir"
+            argument("overwrite"),
+            f": {output_dir} holds files ila did not write ({shown}); move them out "
+            "or choose another ",
+            argument("output_dir"),
         )
 
 
@@ -692,18 +719,22 @@ def prepare_output_dir(
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise IlaError(f"--output-dir {output_dir}: cannot create it ({exc.strerror})") from exc
+        raise IlaError(
+            argument("output_dir"), f" {output_dir}: cannot create it ({exc.strerror})"
+        ) from exc
     run_lock(output_dir, command)
     check_output_dir(output_dir, **checks)
     occupied = bool(_entries(output_dir))
     if occupied and resume:
         state = read_run_state(output_dir)
         if state is None:
-            raise IlaError(f"--resume: {output_dir} holds no {RUN_STATE_FILE}; nothing to resume")
+            raise IlaError(
+                argument("resume"), f": {output_dir} holds no {RUN_STATE_FILE}; nothing to resume"
+            )
         if state.get("command") != command:
             raise IlaError(
-                f"--resume: {output_dir} holds an 'ila {state.get('command')}' run, "
-                f"not 'ila {command}'"
+                argument("resume"),
+                f": {output_dir} holds an 'ila {state.get('command')}' run, not 'ila {command}'",
             )
         return output_dir
     if occupied:
@@ -722,31 +753,40 @@ def require_resumable(
 
     Refused: a directory without a run, a run that completed ``finished_stage`` (nothing
     left to do), and a run started with other settings than ``resolved`` (the config the
-    command would write): the first setting that differs is named by its flag.
+    command would write): the first setting that differs is named.
     """
     output_dir = Path(output_dir)
     state = read_run_state(output_dir)
     if state is None:
-        raise IlaError(f"--resume: {output_dir} holds no {RUN_STATE_FILE}; nothing to resume")
+        raise IlaError(
+            argument("resume"), f": {output_dir} holds no {RUN_STATE_FILE}; nothing to resume"
+        )
     if is_main_process():  # the other ranks of a launch never write (nor lock) the run
         check_writable(output_dir)
         _refuse_if_locked(output_dir)
     if finished_stage is not None and finished_stage in state.get("completed_stages", []):
         raise IlaError(
-            f"--resume: the run in {output_dir} has finished; nothing to resume (pass "
-            "--overwrite to run it again)"
+            argument("resume"),
+            f": the run in {output_dir} has finished; nothing to resume (pass ",
+            argument("overwrite"),
+            " to run it again)",
         )
     recorded_path = output_dir / CONFIG_FILE
     if not recorded_path.is_file():
         raise IlaError(
-            f"--resume: {recorded_path} not found; the run stopped before it began, so start "
-            "it again with --overwrite"
+            argument("resume"),
+            f": {recorded_path} not found; the run stopped before it began, so start "
+            "it again with ",
+            argument("overwrite"),
         )
     recorded = yaml.safe_load(recorded_path.read_text(encoding="utf-8")) or {}
     for key, was, now_ in _differences(recorded, dict(resolved)):
         raise IlaError(
-            f"--resume: {_flag_of(key)} is {now_!r} here but {was!r} in {recorded_path}; "
-            "resume with the settings the run started with, or start a new run"
+            argument("resume"),
+            ": ",
+            _setting_of(key),
+            f" is {now_!r} here but {was!r} in {recorded_path}; "
+            "resume with the settings the run started with, or start a new run",
         )
     return state
 
@@ -762,11 +802,15 @@ def _differences(
             yield f"{prefix}{key}", was, now_
 
 
-def _flag_of(key: str) -> str:
-    from ila.config import flag_name
+def _setting_of(key: str) -> Setting:
+    """The setting a key of a recorded config.yaml holds (``stage1.max_steps``; ``method``
+    is the scorer of a score run)."""
+    from ila.config import setting
 
     section, _, name = key.partition(".")
-    return flag_name(section, name) if name and "." not in name else "--" + key.replace("_", "-")
+    if name and "." not in name:
+        return setting(section, name)
+    return argument("scorer" if key == "method" else key.replace(".", "_"))
 
 
 # -- the run lock --------------------------------------------------------------------------
@@ -807,7 +851,7 @@ def run_lock(output_dir: Path, command: str) -> None:
             current = os.stat(path).st_ino if path.exists() else None
         except BlockingIOError:
             os.close(fd)
-            raise IlaError(_locked_message(Path(output_dir), path)) from None
+            raise IlaError(*_locked_message(Path(output_dir), path)) from None
         except BaseException:
             os.close(fd)
             raise
@@ -843,7 +887,7 @@ def _refuse_if_locked(output_dir: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise IlaError(_locked_message(output_dir, path)) from None
+        raise IlaError(*_locked_message(output_dir, path)) from None
     finally:
         os.close(fd)  # also releases the probe's lock when it was taken
 
@@ -863,7 +907,7 @@ def _read_holder(path: Path, attempts: int = 20) -> dict[str, Any]:
     return {}
 
 
-def _locked_message(output_dir: Path, path: Path) -> str:
+def _locked_message(output_dir: Path, path: Path) -> Parts:
     holder = _read_holder(path)
     who = f"pid {holder.get('pid', 'unknown')}"
     if holder.get("command"):
@@ -873,8 +917,9 @@ def _locked_message(output_dir: Path, path: Path) -> str:
         shown = " ".join([Path(argv[0]).name, *argv[1:]])
         who += f", started as '{shown if len(shown) <= 160 else shown[:157] + '...'}'"
     return (
-        f"--output-dir {output_dir} is in use by another ila job ({who}); wait for it to "
-        "finish or choose another directory"
+        argument("output_dir"),
+        f" {output_dir} is in use by another ila job ({who}); wait for it to "
+        "finish or choose another directory",
     )
 
 

@@ -151,7 +151,7 @@ def test_refusals(others, message):
 )
 def test_fractions_out_of_range_are_refused(fractions, message):
     runs = [make_scores(range(8)), make_scores(range(8, 0, -1))]
-    with pytest.raises(IlaError, match="--fractions: .*" + message):
+    with pytest.raises(IlaError, match="fractions: .*" + message):
         compare_scores(runs, ["a", "b"], fractions)
 
 

@@ -264,15 +264,15 @@ def test_export_refuses_unknown_formats_and_other_models():
 def test_lora_settings_are_checked():
     layer_map = find_layers(llama())
     selection = select_units(layer_map, blocks=[3])
-    with pytest.raises(IlaError, match="--lora-alpha: axolotl takes a whole number"):
+    with pytest.raises(IlaError, match="lora_alpha: axolotl takes a whole number"):
         export_selection(selection, layer_map, "axolotl", lora_alpha=12.5)
     assert (
         json.loads(export_selection(selection, layer_map, "peft", lora_alpha=12.5))["lora_alpha"]
         == 12.5
     )
-    with pytest.raises(IlaError, match="--lora-rank"):
+    with pytest.raises(IlaError, match="lora_rank"):
         export_selection(selection, layer_map, "peft", lora_rank=0)
-    with pytest.raises(IlaError, match="--lora-dropout"):
+    with pytest.raises(IlaError, match="lora_dropout"):
         export_selection(selection, layer_map, "peft", lora_dropout=1.0)
 
 

@@ -189,9 +189,9 @@ def test_cli_table_json_and_time(tiny_model_dir, capsys):
 
 
 def test_plan_settings_validate():
-    with pytest.raises(IlaError, match="--tokens-per-second"):
+    with pytest.raises(IlaError, match="tokens_per_second"):
         PlanSettings(tokens_per_second=0)
-    with pytest.raises(IlaError, match="--tune-top-fraction"):
+    with pytest.raises(IlaError, match="tune_top_fraction"):
         PlanSettings(tune_top_fraction=1.0)
 
 

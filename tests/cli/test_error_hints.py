@@ -93,7 +93,7 @@ def test_export_of_a_run_without_a_selection_says_to_select(
     run = tmp_path / "run"
     _scores(find_layers(tiny_llama), tiny_model_dir).save(run / "layer_scores.json")
     message = fails(["export", str(run), "--format", "list"], capsys, "holds no selection.json")
-    assert f"ila select {run} --tune-top-fraction" in message
+    assert "make one with 'ila select' and --tune-top-fraction F" in message
     assert main(["-q", "select", str(run), "--tune-top-fraction", "0.3"]) == 0  # as it says
     assert main(["-q", "export", str(run), "--format", "list"]) == 0
 

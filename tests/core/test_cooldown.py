@@ -42,9 +42,9 @@ def test_factor_is_constant_while_the_stop_is_unknown_or_without_cooldown():
 
 
 def test_setting_is_validated_with_its_flag():
-    with pytest.raises(IlaError, match="--stage1-cooldown-fraction"):
+    with pytest.raises(IlaError, match="stage1_cooldown_fraction"):
         Stage1Config(cooldown_fraction=1.5)
-    with pytest.raises(IlaError, match="--stage1-cooldown-fraction"):
+    with pytest.raises(IlaError, match="stage1_cooldown_fraction"):
         Stage1Config(cooldown_fraction=-0.1)
 
 

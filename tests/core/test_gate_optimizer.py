@@ -63,7 +63,7 @@ def test_state_round_trips_through_state_dict():
 def test_settings_are_checked():
     with pytest.raises(ValueError):
         SharedScaleAdam([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
-    with pytest.raises(IlaError, match="--stage2-optimizer"):
+    with pytest.raises(IlaError, match="stage2_optimizer"):
         Stage2Config(optimizer="sgd")
 
 

@@ -292,7 +292,7 @@ def test_discovery_picks_biggest_same_class_list():
     ids=["sequential", "empty", "list-of-linears"],
 )
 def test_no_blocks_errors_with_hint(model):
-    with pytest.raises(IlaError, match=r"could not find the transformer blocks of .*--blocks-path"):
+    with pytest.raises(IlaError, match=r"could not find the transformer blocks of .*blocks_path"):
         find_layers(model)
 
 

@@ -155,7 +155,7 @@ def test_scores_of_a_model_with_other_blocks_are_refused(layer_map):
 
 def test_scores_of_other_units_are_refused(layer_map):
     narrow = find_layers(build_tiny_llama(100), module_types=["q_proj", "v_proj"])
-    with pytest.raises(IlaError, match="--lora-module-types") as info:
+    with pytest.raises(IlaError, match="lora_module_types") as info:
         check_scores_match(planted(narrow, []), layer_map)
     assert "layers.0.self_attn.k_proj" in str(info.value)
 
@@ -171,13 +171,13 @@ def test_scores_whose_units_differ_from_their_layout_are_refused(layer_map):
 def test_unknown_unit_name_suggests_a_close_one(layer_map):
     with pytest.raises(IlaError, match=r"did you mean layers\.1\.self_attn\.q_proj"):
         select_units(layer_map, units=["layers.1.self_attn.q_prj"])
-    with pytest.raises(IlaError, match="--blocks 1"):
+    with pytest.raises(IlaError, match="blocks 1"):
         select_units(layer_map, units=["layers.1"])
 
 
 @pytest.mark.parametrize("block", [4, -1])
 def test_block_out_of_range_is_refused(layer_map, block):
-    with pytest.raises(IlaError, match=r"--blocks: block .* out of range.*0\.\.3"):
+    with pytest.raises(IlaError, match=r"blocks: block .* out of range.*0\.\.3"):
         select_units(layer_map, blocks=[block])
 
 
@@ -274,7 +274,7 @@ def test_a_rule_is_the_one_given_and_applies_as_select_units(layer_map):
     assert not SelectionRule("blocks", [1]).ranked
     with pytest.raises(IlaError, match=r"give exactly one of .* \(got no rule\)"):
         SelectionRule.from_kwargs()
-    with pytest.raises(IlaError, match="got --tune-top-fraction and --blocks"):
+    with pytest.raises(IlaError, match="got tune_top_fraction and blocks"):
         SelectionRule.from_kwargs(tune_top_fraction=0.2, blocks=[1])
 
 

@@ -268,7 +268,7 @@ def test_file_level_errors(tmp_path):
     assert "--limit must be a positive integer" in error_of(
         tmp_path, jsonl(RECORDS["text"][0]), limit=0
     )
-    with pytest.raises(IlaError, match="--data is empty"):
+    with pytest.raises(IlaError, match="data is empty"):
         load_examples(" ")
     with pytest.raises(IlaError, match=r"missing\.jsonl: data file not found"):
         load_examples(str(tmp_path / "missing.jsonl"))
@@ -296,7 +296,7 @@ def test_unknown_name_fails_fast_offline():
 
 
 def test_preset_refuses_other_formats():
-    with pytest.raises(IlaError, match="leave --data-format auto"):
+    with pytest.raises(IlaError, match="leave data_format auto"):
         load_examples("ila-instruct", format="alpaca")
 
 
@@ -367,7 +367,7 @@ def test_plain_template_is_the_documented_text(plain_tokenizer, tiny_tokenizer):
 
 
 def test_template_choice_is_validated(plain_tokenizer, tiny_tokenizer):
-    with pytest.raises(IlaError, match="has no chat template; pass --template plain"):
+    with pytest.raises(IlaError, match="has no chat template; pass template plain"):
         tokenize_examples([MULTI_TURN], plain_tokenizer, max_length=64, template="chat")
     with pytest.raises(IlaError, match="unknown template 'jinja'; pass one of auto, chat, plain"):
         tokenize_examples([MULTI_TURN], tiny_tokenizer, max_length=64, template="jinja")
@@ -391,7 +391,7 @@ def test_truncation_and_drop_counts(tiny_tokenizer):
     assert all(len(f["input_ids"]) == prompt_len + 2 for f in data.features)
     assert data.num_response_tokens == 4
     assert data.features[0]["input_ids"] == full["input_ids"][: prompt_len + 2]
-    with pytest.raises(IlaError, match=r"all 1 examples were dropped.*raise --max-length"):
+    with pytest.raises(IlaError, match=r"all 1 examples were dropped.*raise max_length"):
         tokenize_examples([long_prompt], tiny_tokenizer, max_length=8)
 
 
@@ -503,7 +503,7 @@ def test_split_is_deterministic_disjoint_and_sized():
 
 
 def test_split_errors():
-    with pytest.raises(IlaError, match=r"--eval-fraction must be in \[0, 1\)"):
+    with pytest.raises(IlaError, match=r"eval_fraction must be in \[0, 1\)"):
         split_examples(numbered(4), eval_fraction=1.0, seed=0)
     with pytest.raises(IlaError, match="leaves no training example"):
         split_examples(numbered(1), eval_fraction=0.2, seed=0)

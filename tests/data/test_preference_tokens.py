@@ -75,7 +75,7 @@ def test_pairs_alike_up_to_max_length_are_counted_and_refused_when_all(tiny_toke
     assert len(rows) == 12
     counted = [r.getMessage() for r in caplog.records if "differ only after" in r.getMessage()]
     assert len(counted) == 1 and "of the 12 preference pairs" in counted[0]
-    with pytest.raises(IlaError, match=r"^all 12 of the 12 .*--max-length 8 .*raise --max-length"):
+    with pytest.raises(IlaError, match=r"^all 12 of the 12 .*max_length 8 .*raise max_length"):
         preference_rows(pairs, tiny_tokenizer, max_length=8)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ila"):

@@ -99,11 +99,11 @@ def test_malformed_pairs_are_refused_with_their_location(record, words):
 
 
 def test_preference_data_needs_the_dpo_objective(tmp_path):
-    with pytest.raises(IlaError, match="holds preference pairs; pass --objective dpo"):
+    with pytest.raises(IlaError, match="holds preference pairs; pass objective dpo"):
         load_examples("ila-preference")
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"prompt": "Q", "chosen": "A", "rejected": "B"}) + "\n")
-    with pytest.raises(IlaError, match=r"is a preference pair .chosen/rejected.; pass --objective"):
+    with pytest.raises(IlaError, match=r"is a preference pair .chosen/rejected.; pass objective"):
         load_examples(str(path))
 
 

@@ -99,7 +99,7 @@ def test_check_same_model(tiny_model_dir, twin_model_dir):
     ours, twin = model_fingerprint(str(tiny_model_dir)), model_fingerprint(str(twin_model_dir))
     assert check_same_model(None, ours, what="x") is None  # recorded before fingerprints
     assert check_same_model(ours.to_dict(), ours, what="x") is None
-    with pytest.raises(IlaError, match=r"x was made with another model.*--allow-other-model"):
+    with pytest.raises(IlaError, match=r"x was made with another model.*allow_other_model"):
         check_same_model(twin.to_dict(), ours, what="x")
     note = check_same_model(twin, ours, what="x", allow=True)
     assert note is not None and "weights differ" in note and twin.id in note
@@ -206,7 +206,7 @@ def test_compare_identifies_models_by_fingerprint(tiny_model_dir, twin_model_dir
     assert not compare_scores(same, ["a", "b"]).models_differ
     # Two models at one path (the files were replaced between the runs).
     differ = [_scores_with(ours, "m"), _scores_with(twin, "m")]
-    with pytest.raises(IlaError, match=r"different models.*--allow-other-model"):
+    with pytest.raises(IlaError, match=r"different models.*allow_other_model"):
         compare_scores(differ, ["a", "b"])
     assert compare_scores(differ, ["a", "b"], allow_other_model=True).models_differ
     # Runs that record no fingerprint are told apart by path, as before.

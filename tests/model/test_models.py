@@ -39,7 +39,7 @@ def test_resolve_device_cpu_and_auto_without_cuda(monkeypatch):
 
 @pytest.mark.parametrize("bad", ["tpu", "cuda:x", ""])
 def test_resolve_device_rejects_unknown(bad):
-    with pytest.raises(IlaError, match="--device"):
+    with pytest.raises(IlaError, match="device"):
         resolve_device(bad)
 
 

@@ -30,7 +30,7 @@ def test_prepare_refuses_an_occupied_dir_unless_overwrite(tmp_path):
     out = tmp_path / "run"
     prepare_output_dir(out, command="score")
     (out / "layer_scores.json").write_text("{}")
-    with pytest.raises(IlaError, match="already holds files; pass --overwrite"):
+    with pytest.raises(IlaError, match="already holds files; pass overwrite"):
         prepare_output_dir(out, command="score")
     prepare_output_dir(out, command="score", overwrite=True)
     release_run_lock(out)  # prepare_output_dir locks the run for this process

@@ -53,7 +53,7 @@ def test_training_arguments_follow_the_choice(monkeypatch, tmp_path):
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     assert args().bf16
     assert not args(precision="fp32").bf16
-    with pytest.raises(IlaError, match="--bf16: contradicts --precision fp32"):
+    with pytest.raises(IlaError, match="bf16: contradicts precision fp32"):
         TrainConfig(bf16=True, precision="fp32")
 
 

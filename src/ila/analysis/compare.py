@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ila.config import setting
 from ila.core.agreement import (
     AgreementSummary,
     SetAgreement,
@@ -44,7 +45,7 @@ from ila.core.agreement import (
     within_type_jaccard,
 )
 from ila.core.scores import SCORES_FILE, LayerScores, expected_random_jaccard, jaccard, top_count
-from ila.errors import IlaError
+from ila.errors import IlaError, argument
 from ila.model.identity import fingerprint_of_record
 from ila.progress import track
 from ila.run_files import COMPARISON_SCHEMA_VERSION
@@ -569,12 +570,12 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 def _check_fractions(fractions: Sequence[float]) -> list[float]:
     out = [float(f) for f in fractions]
     if not out:
-        raise IlaError("--fractions: give at least one fraction, e.g. 0.1 0.25")
+        raise IlaError(argument("fractions"), ": give at least one fraction, e.g. 0.1 0.25")
     for f in out:
         if not (math.isfinite(f) and 0 < f <= 1):
-            raise IlaError(f"--fractions: each must be in (0, 1], got {f}")
+            raise IlaError(argument("fractions"), f": each must be in (0, 1], got {f}")
         if out.count(f) > 1:
-            raise IlaError(f"--fractions: {f} is given twice")
+            raise IlaError(argument("fractions"), f": {f} is given twice")
     return sorted(out)
 
 
@@ -621,21 +622,24 @@ def _check_comparable(
         if s.unit_kind != first.unit_kind:
             raise IlaError(
                 f"runs {label0} and {label} score different unit kinds ({first.unit_kind} vs "
-                f"{s.unit_kind}); compare runs made with the same --stage2-unit"
+                f"{s.unit_kind}); compare runs made with the same ",
+                setting("stage2", "unit"),
             )
         if not _same_model(s, first):
             if not allow_other_model:
                 raise IlaError(
                     f"runs {label0} and {label} come from different models ({_model_text(first)} "
-                    f"vs {_model_text(s)}); compare runs of one model, or pass "
-                    "--allow-other-model if comparing these models is what you mean"
+                    f"vs {_model_text(s)}); compare runs of one model, or pass ",
+                    argument("allow_other_model"),
+                    " if comparing these models is what you mean",
                 )
             models_differ = True
         if _layout_key(s.layout) != _layout_key(first.layout) or s.names != first.names:
             raise IlaError(
                 f"runs {label0} and {label} have different model layouts (unit names or "
-                "shapes differ, e.g. another --lora-module-types); compare runs of one model "
-                "with the same units"
+                "shapes differ, e.g. another ",
+                setting("lora", "module_types"),
+                "); compare runs of one model with the same units",
             )
     return models_differ
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from ila.config import MAX_RANK
+from ila.config import MAX_RANK, setting
 from ila.core.layers import LayerMap, Unit, peft_target_modules
 from ila.core.selection import Selection
 from ila.errors import IlaError, short_repr
@@ -80,13 +80,17 @@ def export_selection(
         known = ", ".join(EXPORT_FORMATS)
         raise IlaError(f"unknown export format {short_repr(fmt)}; choose one of {known}")
     if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1:
-        raise IlaError(f"--lora-rank: must be an integer >= 1, got {short_repr(lora_rank)}")
+        raise IlaError(
+            setting("lora", "rank"), f": must be an integer >= 1, got {short_repr(lora_rank)}"
+        )
     if lora_rank > MAX_RANK:
-        raise IlaError(f"--lora-rank: must be at most {MAX_RANK:,} (LoRA rank), got {lora_rank}")
+        raise IlaError(
+            setting("lora", "rank"), f": must be at most {MAX_RANK:,} (LoRA rank), got {lora_rank}"
+        )
     if not 0 < lora_alpha < float("inf"):
-        raise IlaError(f"--lora-alpha: must be a finite number > 0, got {lora_alpha}")
+        raise IlaError(setting("lora", "alpha"), f": must be a finite number > 0, got {lora_alpha}")
     if not 0 <= lora_dropout < 1:
-        raise IlaError(f"--lora-dropout: must be in [0, 1), got {lora_dropout}")
+        raise IlaError(setting("lora", "dropout"), f": must be in [0, 1), got {lora_dropout}")
     units = selection.selected_units(layer_map)
     paths = peft_target_modules(units)
     for path in paths:
@@ -281,7 +285,7 @@ def _axolotl_patterns(groups: list[tuple[list[int], list[str]]], layer_map: Laye
 
 def _whole_alpha(alpha: float, tool: str) -> int:
     if float(alpha) != int(alpha):
-        raise IlaError(f"--lora-alpha: {tool} takes a whole number, got {alpha}")
+        raise IlaError(setting("lora", "alpha"), f": {tool} takes a whole number, got {alpha}")
     return int(alpha)
 
 

@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ila.config import PlanConfig
+from ila.config import PlanConfig, setting
 from ila.core.layers import LayerMap, Unit, find_layers
 from ila.errors import IlaError
 
@@ -286,8 +286,12 @@ def plan_run(
     """
     if config.model.quantization == "nf4" and config.stage1.method == "full":
         raise IlaError(
-            "--quantization nf4 with --stage1-method full: 4-bit weights cannot be fine-tuned; "
-            "use --stage1-method lora"
+            setting("model", "quantization"),
+            " nf4 with ",
+            setting("stage1", "method"),
+            " full: 4-bit weights cannot be fine-tuned; use ",
+            setting("stage1", "method"),
+            " lora",
         )
     shape = model_shape(
         config.model.model,

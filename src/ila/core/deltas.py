@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ila.config import setting
 from ila.core.layers import LayerMap
 from ila.errors import IlaError
 
@@ -101,7 +102,9 @@ def load_deltas(
     if missing or len(deltas) != len(layer_map.units):
         raise IlaError(
             f"{path}: holds deltas for other units than this model's ({missing[:3]} missing); "
-            "was the run made with other --lora-module-types or another model?"
+            "was the run made with other ",
+            setting("lora", "module_types"),
+            " or another model?",
         )
     return deltas
 

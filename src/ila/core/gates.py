@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ila.config import setting
 from ila.core.layers import LayerMap, Unit
 from ila.errors import IlaError
 from ila.train.sharding import whole
@@ -75,7 +76,9 @@ def budget_loss(
     if kind == "project":
         # The constraint is enforced by project_to_budget after each step, not by the loss.
         return torch.zeros((), device=gates.device)
-    raise IlaError(f"--stage2-budget: unknown budget '{kind}'; use hinge, penalty or project")
+    raise IlaError(
+        setting("stage2", "budget"), f": unknown budget '{kind}'; use hinge, penalty or project"
+    )
 
 
 @torch.no_grad()
@@ -91,7 +94,9 @@ def project_to_budget(
     shift from the whole scores and moves its own slice.
     """
     if not 0 < target_fraction < 1:
-        raise IlaError(f"--stage2-target-fraction must be in (0, 1), got {target_fraction}")
+        raise IlaError(
+            setting("stage2", "target_fraction"), f" must be in (0, 1), got {target_fraction}"
+        )
     values = whole(scores.detach()).double()
     low = -values.max().item() - 50.0
     high = -values.min().item() + 50.0
@@ -203,7 +208,9 @@ def _gate_layout(
 ) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """Each unit's gate and each gate's name; refuses a model that already has gates."""
     if granularity not in ("module", "block"):
-        raise IlaError(f"--stage2-unit: unknown unit '{granularity}'; use module or block")
+        raise IlaError(
+            setting("stage2", "unit"), f": unknown unit '{granularity}'; use module or block"
+        )
     base = _base_model(model)
     if hasattr(base, GATE_MODULE_NAME):
         raise IlaError("the model already carries ILA gates; detach them before attaching again")

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from ila.config import setting
 from ila.errors import IlaError
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["LayerMap", "Unit", "find_layers", "peft_target_modules"]
 
 _BLOCKS_HINT = (
-    "pass --blocks-path with the dotted path of the nn.ModuleList of blocks, e.g. model.layers"
+    "pass ",
+    setting("model", "blocks_path"),
+    " with the dotted path of the nn.ModuleList of blocks, e.g. model.layers",
 )
 
 
@@ -169,7 +172,8 @@ def find_layers(
             )
     if not units:
         raise IlaError(
-            f"the blocks at {blocks_path!r} contain no nn.Linear or Conv1D modules; {_BLOCKS_HINT}"
+            f"the blocks at {blocks_path!r} contain no nn.Linear or Conv1D modules; ",
+            *_BLOCKS_HINT,
         )
     available = list(dict.fromkeys(u.module_type for u in units))
     if module_types is not None:
@@ -287,7 +291,8 @@ def _discover_blocks(model: torch.nn.Module, model_type: str) -> tuple[str, torc
     if best is None:
         raise IlaError(
             f"could not find the transformer blocks of {type(model).__name__} "
-            f"(model_type {model_type!r}); {_BLOCKS_HINT}"
+            f"(model_type {model_type!r}); ",
+            *_BLOCKS_HINT,
         )
     return best[2], best[3]
 
@@ -306,7 +311,10 @@ def _blocks_at(model: torch.nn.Module, blocks_path: str) -> torch.nn.ModuleList:
     ordered = close + [p for p in lists if p not in close]
     found = f"ModuleLists in this model: {', '.join(ordered[:8])}" if lists else "it has none"
     what = "does not exist" if module is None else f"is a {type(module).__name__}"
-    raise IlaError(f"--blocks-path {blocks_path!r} {what}, not an nn.ModuleList of blocks; {found}")
+    raise IlaError(
+        setting("model", "blocks_path"),
+        f" {blocks_path!r} {what}, not an nn.ModuleList of blocks; {found}",
+    )
 
 
 def _filter_units(units: list[Unit], wanted: list[str], available: list[str]) -> list[Unit]:

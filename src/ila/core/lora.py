@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ila.config import LoraSettings
+from ila.config import LoraSettings, setting
 from ila.core.layers import LayerMap, Unit, peft_target_modules
 from ila.errors import IlaError
 from ila.train.sharding import whole, whole_tensors
@@ -91,8 +91,11 @@ def read_unit_lora(
     if theirs != (settings.rank, settings.alpha):
         raise IlaError(
             f"the adapter in {folder} has rank {theirs[0]} and alpha {theirs[1]}, this "
-            f"fine-tune rank {settings.rank} and alpha {settings.alpha}; pass --lora-rank "
-            f"{theirs[0]} --lora-alpha {theirs[1]} to start from it"
+            f"fine-tune rank {settings.rank} and alpha {settings.alpha}; pass ",
+            setting("lora", "rank"),
+            f" {theirs[0]} ",
+            setting("lora", "alpha"),
+            f" {theirs[1]} to start from it",
         )
     weights = load_file(str(weights_file))
     chosen: dict[str, torch.Tensor] = {}
@@ -102,7 +105,9 @@ def read_unit_lora(
         if not found:
             raise IlaError(
                 f"the adapter in {folder} has no LoRA on unit {unit.name}; it was trained "
-                "on other units (another --lora-module-types?)"
+                "on other units (another ",
+                setting("lora", "module_types"),
+                "?)",
             )
         chosen.update(found)
     return chosen

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ila.config import setting
 from ila.core.layers import LayerMap, Unit
 from ila.core.scores import LayerScores, top_count
-from ila.errors import IlaError, short_repr
+from ila.errors import IlaError, Parts, Setting, argument, short_repr
 from ila.files import atomic_write_json, read_json, require_schema_version
 from ila.run_files import SCORES_FILE, SELECTION_FILE
 from ila.run_files import SELECTION_SCHEMA_VERSION as SCHEMA_VERSION
@@ -41,7 +42,19 @@ __all__ = [
 
 
 RULES = ("tune-top-fraction", "freeze-bottom-fraction", "units", "blocks", "all-units")
-_RULE_FLAGS = ", ".join(f"--{rule}" for rule in RULES)
+
+
+def _rule_setting(rule: str) -> Setting:
+    """The argument of a rule (``tune-top-fraction`` is ``tune_top_fraction``)."""
+    return argument(rule.replace("-", "_"))
+
+
+def _listed(rules: Sequence[str], joint: str) -> Parts:
+    """The arguments of ``rules``, ``joint`` between them."""
+    parts: list[str | Setting] = []
+    for rule in rules:
+        parts += [joint, _rule_setting(rule)] if parts else [_rule_setting(rule)]
+    return tuple(parts)
 
 
 @dataclass(frozen=True)
@@ -106,7 +119,9 @@ class Selection:
         if isinstance(data, dict) and "units" in data and "rule" not in data:
             raise IlaError(
                 f"{origin} holds layer scores (a ranking), not a selection; make one with "
-                f"'ila select {origin} --tune-top-fraction F' (or another rule) first"
+                f"'ila select {origin} ",
+                argument("tune_top_fraction"),
+                " F' (or another rule) first",
             )
         require_schema_version(data, SCHEMA_VERSION, origin=origin, command="ila select")
         try:
@@ -138,16 +153,17 @@ class Selection:
         if path.is_dir():
             if not (path / SELECTION_FILE).is_file():
                 ranked = (path / SCORES_FILE).is_file()
-                raise IlaError(
-                    f"{path} holds no {SELECTION_FILE}"
-                    + (
-                        f" (it holds a ranking); make one with 'ila select {path} "
-                        "--tune-top-fraction F' (or another rule) first"
-                        if ranked
-                        else "; pass a directory where 'ila select' or 'ila finetune' wrote "
-                        "one, or the file itself"
-                    )
+                how: Parts = (
+                    "; pass a directory where 'ila select' or 'ila finetune' wrote one, "
+                    "or the file itself",
                 )
+                if ranked:
+                    how = (
+                        " (it holds a ranking); make one with 'ila select' and ",
+                        argument("tune_top_fraction"),
+                        " F (or another rule) first",
+                    )
+                raise IlaError(f"{path} holds no {SELECTION_FILE}", *how)
             path = path / SELECTION_FILE
         return cls.from_dict(read_json(path), origin=str(path))
 
@@ -190,8 +206,8 @@ class SelectionRule:
         }
         rules = [rule for rule, value in given.items() if value is not None]
         if len(rules) != 1:
-            which = "no rule" if not rules else "--" + " and --".join(rules)
-            raise IlaError(f"give exactly one of {_RULE_FLAGS} (got {which})")
+            which = _listed(rules, " and ") if rules else ("no rule",)
+            raise IlaError("give exactly one of ", *_listed(RULES, ", "), " (got ", *which, ")")
         return cls(rules[0], given[rules[0]])
 
     @property
@@ -262,13 +278,15 @@ def select_units(
         value = _as_names(units)
         tuned = {_module_unit(layer_map, name).name for name in value}
     elif rule == "blocks":
-        value = list(dict.fromkeys(_as_block(b) for b in _as_sequence(blocks, "--blocks")))
+        value = list(dict.fromkeys(_as_block(b) for b in _as_sequence(blocks, argument("blocks"))))
         tuned = {u.name for b in value for u in _block_units(layer_map, b)}
     else:
-        value = _fraction(given[rule], f"--{rule}")
+        value = _fraction(given[rule], _rule_setting(rule))
         if scores is None:
             raise IlaError(
-                f"--{rule} ranks units, so it needs layer scores: pass --scores RUN_OR_JSON"
+                f"--{rule} ranks units, so it needs layer scores: pass ",
+                argument("scores"),
+                " RUN_OR_JSON",
             )
         check_scores_match(scores, layer_map, origin=str(scores_file or "scores"))
         chosen = scores.top(value) if rule == "tune-top-fraction" else scores.bottom(value)
@@ -336,8 +354,11 @@ def _check_layout(layout: dict[str, Any], layer_map: LayerMap, *, what: str, hin
     our_names = [u.name for u in layer_map.units]
     if their_names != our_names:
         raise IlaError(
-            f"{what}: made for other units than this model's (same --blocks-path and "
-            f"--lora-module-types?): {_differ(their_names, our_names)}; {hint}"
+            f"{what}: made for other units than this model's (same ",
+            setting("model", "blocks_path"),
+            " and ",
+            setting("lora", "module_types"),
+            f"?): {_differ(their_names, our_names)}; {hint}",
         )
 
 
@@ -361,30 +382,32 @@ def _expand(scores: LayerScores, layer_map: LayerMap, names: Sequence[str]) -> s
     return {u.name for name in names for u in layer_map.units_in_block(block_of[name])}
 
 
-def _fraction(value: Any, flag: str) -> float:
+def _fraction(value: Any, name: Setting) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise IlaError(f"{flag} must be a number in (0, 1), got {short_repr(value)}")
+        raise IlaError(name, f" must be a number in (0, 1), got {short_repr(value)}")
     if not (math.isfinite(value) and 0 < value < 1):
-        raise IlaError(f"{flag} must be in (0, 1), got {value}")
+        raise IlaError(name, f" must be in (0, 1), got {value}")
     return float(value)
 
 
-def _as_sequence(value: Any, flag: str) -> list[Any]:
+def _as_sequence(value: Any, name: Setting) -> list[Any]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise IlaError(f"{flag} takes a list, got {short_repr(value)}")
+        raise IlaError(name, f" takes a list, got {short_repr(value)}")
     if not value:
-        raise IlaError(f"{flag} is empty, so nothing would be tuned")
+        raise IlaError(name, " is empty, so nothing would be tuned")
     return list(value)
 
 
 def _as_names(units: Any) -> list[str]:
-    names = _as_sequence(units, "--units")
+    names = _as_sequence(units, argument("units"))
     return list(dict.fromkeys(str(n) for n in names))
 
 
 def _as_block(block: Any) -> int:
     if isinstance(block, bool) or not isinstance(block, int):
-        raise IlaError(f"--blocks takes block indices (integers), got {short_repr(block)}")
+        raise IlaError(
+            argument("blocks"), f" takes block indices (integers), got {short_repr(block)}"
+        )
     return block
 
 
@@ -392,14 +415,19 @@ def _block_units(layer_map: LayerMap, block: int) -> tuple[Unit, ...]:
     try:
         return layer_map.units_in_block(block)
     except IlaError as exc:
-        raise IlaError(f"--blocks: {exc}") from exc
+        raise IlaError(argument("blocks"), f": {exc}") from exc
 
 
 def _module_unit(layer_map: LayerMap, name: str) -> Unit:
     blocks = {layer_map.block_name(b): b for b in range(layer_map.num_blocks)}
     if name in blocks:
-        raise IlaError(f"--units: {name!r} is a block; pass --blocks {blocks[name]} instead")
+        raise IlaError(
+            argument("units"),
+            f": {name!r} is a block; pass ",
+            argument("blocks"),
+            f" {blocks[name]} instead",
+        )
     try:
         return layer_map.unit(name)
     except IlaError as exc:
-        raise IlaError(f"--units: {exc}") from exc
+        raise IlaError(argument("units"), f": {exc}") from exc

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ila.errors import IlaError
+from ila.errors import IlaError, Parts, argument
 
 if TYPE_CHECKING:
     from ila.core.scores import LayerScores
@@ -38,7 +38,7 @@ TIE_TOLERANCE = 2.0**-23
 epsilon (about 1.2e-7), one rounding step of the float32 arithmetic that computed them, so
 values within it cannot be told apart. docs/method.md, "Output", has the measurements."""
 
-ALLOW_FLAG = "--allow-tied-ranking"
+ALLOW = argument("allow_tied_ranking")
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def separation(scores: LayerScores) -> Separation:
 
 
 def require_separated(
-    scores: LayerScores, *, origin: str, allow: bool = False, how: str = f"pass {ALLOW_FLAG}"
+    scores: LayerScores, *, origin: str, allow: bool = False, how: Parts = ("pass ", ALLOW)
 ) -> None:
     """Refuse to select from a tied ranking (one line naming ``origin`` and the reason),
     unless ``allow`` (``--allow-tied-ranking``); ``how`` says how to ask for it."""
@@ -112,5 +112,7 @@ def require_separated(
     raise IlaError(
         f"the ranking in {origin} is a tie ({found.reason}): a selection from it would be the "
         "model's first units, not ILA's choice; check the data and the stage-1 learning rate "
-        f"and score again, or {how} to select from it anyway"
+        "and score again, or ",
+        *how,
+        " to select from it anyway",
     )

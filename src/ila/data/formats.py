@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ila.config import setting
 from ila.errors import IlaError
 
 __all__ = [
@@ -80,8 +81,9 @@ def detect_format(record: Any, where: str) -> str:
         raise IlaError(f"{where}: record is a {_type_name(record)}, not an object with fields")
     if "chosen" in record and "rejected" in record:
         raise IlaError(
-            f"{where}: the record is a preference pair (chosen/rejected); pass --objective dpo "
-            "to train on preferences"
+            f"{where}: the record is a preference pair (chosen/rejected); pass ",
+            setting("train", "objective"),
+            " dpo to train on preferences",
         )
     for key, name in _DETECT_KEYS:
         if key in record:
@@ -89,7 +91,9 @@ def detect_format(record: Any, where: str) -> str:
     keys = ", ".join(repr(k) for k in list(record)[:8]) or "none"
     raise IlaError(
         f"{where}: cannot detect the data format from the record's keys ({keys}); "
-        f"rename the fields or pass --data-format (one of {', '.join(FORMATS[1:])})"
+        f"rename the fields or pass ",
+        setting("data", "data_format"),
+        f" (one of {', '.join(FORMATS[1:])})",
     )
 
 
@@ -99,7 +103,11 @@ def record_to_example(record: Any, fmt: str, where: str) -> Example:
         raise IlaError(f"{where}: record is a {_type_name(record)}, not an object with fields")
     convert = _CONVERTERS.get(fmt)
     if convert is None:
-        raise IlaError(f"unknown --data-format {fmt!r}; pass one of {', '.join(FORMATS)}")
+        raise IlaError(
+            "unknown ",
+            setting("data", "data_format"),
+            f" {fmt!r}; pass one of {', '.join(FORMATS)}",
+        )
     messages = convert(record, where)
     if fmt != "text" and not any(m["role"] == "assistant" for m in messages):
         raise IlaError(f"{where}: conversation has no assistant turn to train on (format {fmt})")

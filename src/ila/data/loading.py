@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+from ila.config import setting
 from ila.data.formats import FORMATS, Example, detect_format, record_to_example
 from ila.data.sources import (
     PRESET_ALIASES,
@@ -46,21 +47,36 @@ def load_examples(
     examples and reads no further. No usable example is an error, not an empty run.
     """
     if format not in FORMATS:
-        raise IlaError(f"unknown --data-format {format!r}; pass one of {', '.join(FORMATS)}")
+        raise IlaError(
+            "unknown ",
+            setting("data", "data_format"),
+            f" {format!r}; pass one of {', '.join(FORMATS)}",
+        )
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise IlaError(f"--limit must be a positive integer or none, got {short_repr(limit)}")
+        raise IlaError(
+            setting("data", "limit"),
+            f" must be a positive integer or none, got {short_repr(limit)}",
+        )
     if not source.strip():
-        raise IlaError(f"--data is empty; pass a preset ({', '.join(PRESETS)}) or a file")
+        raise IlaError(
+            setting("data", "data"), f" is empty; pass a preset ({', '.join(PRESETS)}) or a file"
+        )
     name = PRESET_ALIASES.get(source, source)
     from ila.data.preference import PREFERENCE_PRESETS
 
     if name in PREFERENCE_PRESETS:
-        raise IlaError(f"--data {name} holds preference pairs; pass --objective dpo to train on it")
+        raise IlaError(
+            setting("data", "data"),
+            f" {name} holds preference pairs; pass ",
+            setting("train", "objective"),
+            " dpo to train on it",
+        )
     if name in PRESETS:
         if format not in ("auto", _PRESET_FORMAT):
             raise IlaError(
-                f"data preset {name!r} is stored as {_PRESET_FORMAT!r}; "
-                f"leave --data-format auto (got {short_repr(format)})"
+                f"data preset {name!r} is stored as {_PRESET_FORMAT!r}; leave ",
+                setting("data", "data_format"),
+                f" auto (got {short_repr(format)})",
             )
         stream: Iterator[Example] = iter_preset_examples(name)
     else:
@@ -69,7 +85,10 @@ def load_examples(
         stream = _convert(records, format)
     examples = list(islice(stream, limit))
     if not examples:
-        raise IlaError(f"--data {source!r} holds no usable examples; check the file or the preset")
+        raise IlaError(
+            setting("data", "data"),
+            f" {source!r} holds no usable examples; check the file or the preset",
+        )
     logger.info("loaded %d examples from %s", len(examples), source)
     return examples
 

@@ -28,6 +28,7 @@ from importlib import resources
 from itertools import islice
 from typing import Any
 
+from ila.config import setting
 from ila.data.sources import iter_file_records, iter_hub_records, resolve_local_file
 from ila.errors import IlaError, short_repr
 
@@ -106,7 +107,10 @@ def load_preference_pairs(source: str, *, limit: int | None = None) -> list[Pref
     """Read preference pairs from a preset (:data:`PREFERENCE_PRESETS`), a local file or a
     datasets hub name (offline cache only), as ``ila.data.load_examples`` reads SFT data."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise IlaError(f"--limit must be a positive integer or none, got {short_repr(limit)}")
+        raise IlaError(
+            setting("data", "limit"),
+            f" must be a positive integer or none, got {short_repr(limit)}",
+        )
     if source in _PRESET_FILES:
         records = _iter_preset(source)
     else:
@@ -114,7 +118,9 @@ def load_preference_pairs(source: str, *, limit: int | None = None) -> list[Pref
         records = iter_file_records(path) if path else iter_hub_records(source, split="train")
     pairs = [record_to_pair(record, where) for where, record in islice(records, limit)]
     if not pairs:
-        raise IlaError(f"--data {source!r} holds no preference pairs; check the file")
+        raise IlaError(
+            setting("data", "data"), f" {source!r} holds no preference pairs; check the file"
+        )
     log.info("loaded %d preference pairs from %s", len(pairs), source)
     return pairs
 
@@ -163,18 +169,21 @@ def preference_rows(
             if not text.startswith(prompt):
                 raise IlaError(
                     "the template does not render a conversation as its prompt followed by "
-                    "the reply, so the reply cannot be cut out; pass --template plain"
+                    "the reply, so the reply cannot be cut out; pass ",
+                    setting("data", "template"),
+                    " plain",
                 )
             row[key] = text[len(prompt) :].rstrip("\n")
         cut_alike += not _distinct_tokens(pair, row, tokenizer, max_length)
         rows.append(row)
     if cut_alike:
         what = (
-            f"{cut_alike} of the {len(rows)} preference pairs differ only after --max-length "
-            f"{max_length} tokens, where training cuts them, so they carry no preference"
+            f"{cut_alike} of the {len(rows)} preference pairs differ only after ",
+            setting("data", "max_length"),
+            f" {max_length} tokens, where training cuts them, so they carry no preference",
         )
         if cut_alike == len(rows):
-            raise IlaError(f"all {what}; raise --max-length")
+            raise IlaError("all ", *what, "; raise ", setting("data", "max_length"))
         log.warning("%s; raise --max-length for them to count", what)
     return rows
 

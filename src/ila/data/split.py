@@ -10,6 +10,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 
+from ila.config import setting
 from ila.data.formats import Example
 from ila.errors import IlaError, short_repr
 
@@ -27,13 +28,17 @@ def split_examples(
     whatever else the data holds, and duplicates never straddle the split.
     """
     if isinstance(eval_fraction, bool) or not 0.0 <= eval_fraction < 1.0:
-        raise IlaError(f"--eval-fraction must be in [0, 1), got {short_repr(eval_fraction)}")
+        raise IlaError(
+            setting("data", "eval_fraction"), f" must be in [0, 1), got {short_repr(eval_fraction)}"
+        )
     n = len(examples)
     num_eval = max(1, round(eval_fraction * n)) if eval_fraction > 0 else 0
     if n - num_eval < 1:
         raise IlaError(
-            f"--eval-fraction {eval_fraction} of {n} examples leaves no training example; "
-            "lower --eval-fraction or add data"
+            setting("data", "eval_fraction"),
+            f" {eval_fraction} of {n} examples leaves no training example; lower ",
+            setting("data", "eval_fraction"),
+            " or add data",
         )
 
     def rank(index: int) -> tuple[str, int]:

@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ila.config import setting
 from ila.data.formats import Example
 from ila.errors import IlaError, short_repr
 
@@ -96,7 +97,11 @@ def resolve_template(tokenizer: Any, template: str = "auto") -> str:
         raise IlaError(f"unknown template {template!r}; pass one of {', '.join(TEMPLATES)}")
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if template == "chat" and not has_chat:
-        raise IlaError("the tokenizer has no chat template; pass --template plain (or auto)")
+        raise IlaError(
+            "the tokenizer has no chat template; pass ",
+            setting("data", "template"),
+            " plain (or auto)",
+        )
     return "chat" if template == "chat" or (template == "auto" and has_chat) else "plain"
 
 
@@ -120,7 +125,9 @@ def render_conversation(
         if not (full.startswith(upto) and upto.startswith(before)):
             raise IlaError(
                 "the tokenizer's chat template does not render conversations prefix by "
-                "prefix, so assistant tokens cannot be located; pass --template plain"
+                "prefix, so assistant tokens cannot be located; pass ",
+                setting("data", "template"),
+                " plain",
             )
         spans.append((len(before), len(upto.rstrip())))
     return full, spans
@@ -138,7 +145,9 @@ def tokenize_examples(
     and when every kept example was cut.
     """
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise IlaError(f"--max-length must be an integer >= 2, got {short_repr(max_length)}")
+        raise IlaError(
+            setting("data", "max_length"), f" must be an integer >= 2, got {short_repr(max_length)}"
+        )
     if not examples:
         raise IlaError("no examples to tokenize; check the data source")
     if not getattr(tokenizer, "is_fast", False):
@@ -175,7 +184,8 @@ def tokenize_examples(
     if not result.features:
         raise IlaError(
             f"all {len(examples)} examples were dropped: no response token fits in "
-            f"{max_length} tokens; raise --max-length"
+            f"{max_length} tokens; raise ",
+            setting("data", "max_length"),
         )
     kept = len(result.features)
     if result.num_empty_responses == kept:

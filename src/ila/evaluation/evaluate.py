@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ila.config import EvalSettings
+from ila.config import EvalSettings, setting
 from ila.data.formats import Example
 from ila.data.instruct import extract_answer
 from ila.data.tokenization import (
@@ -62,7 +62,10 @@ def evaluate_model(
     """
     if examples is None and not (settings.mc_data or settings.lm_eval_tasks):
         raise IlaError(
-            "nothing to evaluate: no examples, no --eval-mc-data and no --eval-lm-eval-tasks"
+            "nothing to evaluate: no examples, no ",
+            setting("eval", "mc_data"),
+            " and no ",
+            setting("eval", "lm_eval_tasks"),
         )
     metrics: dict[str, Any] = {}
     generations: list[dict[str, Any]] = []
@@ -108,7 +111,12 @@ def _measure_on_data(
     from ila.data.preference import PreferencePair
 
     if not examples:
-        raise IlaError("no examples to evaluate; check --data and --eval-split")
+        raise IlaError(
+            "no examples to evaluate; check ",
+            setting("data", "data"),
+            " and ",
+            setting("eval", "split"),
+        )
     chosen = list(examples[: settings.max_examples] if settings.max_examples else examples)
     pairs = [e for e in chosen if isinstance(e, PreferencePair)]
     if pairs:

@@ -19,6 +19,7 @@ import importlib.util
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ila.config import setting
 from ila.errors import IlaError
 from ila.progress import Progress, progress_bars_enabled
 
@@ -32,8 +33,9 @@ def require_lm_eval() -> None:
     """Fail early, before any model is loaded, when the harness is not installed."""
     if importlib.util.find_spec("lm_eval") is None:
         raise IlaError(
-            "--eval-lm-eval-tasks needs lm-evaluation-harness, which is not installed; "
-            "run `pip install lm-eval` or drop the flag"
+            setting("eval", "lm_eval_tasks"),
+            " needs lm-evaluation-harness, which is not installed; "
+            "run `pip install lm-eval` or drop the flag",
         )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ila.config import setting
 from ila.data.tokenization import (
     IGNORE_INDEX,
     PaddingCollator,
@@ -71,7 +72,9 @@ def response_loss(
     total = sum(loss for loss, _ in per_example)
     count = sum(tokens for _, tokens in per_example)
     if count == 0:
-        raise IlaError("the evaluation examples hold no response token; check --max-length")
+        raise IlaError(
+            "the evaluation examples hold no response token; check ", setting("data", "max_length")
+        )
     loss = total / count
     if not math.isfinite(loss):
         raise IlaError(

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ila.config import setting
 from ila.errors import IlaError
 from ila.progress import Progress
 
@@ -46,11 +47,15 @@ def load_mc_questions(path: Path, *, limit: int | None = None) -> list[MCQuestio
     if path.is_dir():
         files = sorted(path.glob("*_test.csv")) or sorted(path.glob("*.csv"))
         if not files:
-            raise IlaError(f"--eval-mc-data {path} holds no .csv file; pass MMLU-layout CSVs")
+            raise IlaError(
+                setting("eval", "mc_data"), f" {path} holds no .csv file; pass MMLU-layout CSVs"
+            )
     elif path.is_file():
         files = [path]
     else:
-        raise IlaError(f"--eval-mc-data {path} does not exist; pass a CSV file or a directory")
+        raise IlaError(
+            setting("eval", "mc_data"), f" {path} does not exist; pass a CSV file or a directory"
+        )
     questions: list[MCQuestion] = []
     for file in files:
         subject = file.stem.removesuffix("_test")
@@ -70,7 +75,7 @@ def load_mc_questions(path: Path, *, limit: int | None = None) -> list[MCQuestio
                 if limit is not None and len(questions) >= limit:
                     return questions
     if not questions:
-        raise IlaError(f"--eval-mc-data {path} holds no question")
+        raise IlaError(setting("eval", "mc_data"), f" {path} holds no question")
     return questions
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ila.config import setting
 from ila.data.formats import Example
 from ila.data.preference import PreferencePair
 from ila.data.tokenization import prompt_token_ids, tokenize_examples
@@ -38,12 +39,19 @@ def preference_metrics(
     drops it too): it is skipped and counted in ``preference_skipped_long_prompts``.
     """
     if not pairs:
-        raise IlaError("no preference pairs to evaluate; check --data and --eval-fraction")
+        raise IlaError(
+            "no preference pairs to evaluate; check ",
+            setting("data", "data"),
+            " and ",
+            setting("data", "eval_fraction"),
+        )
     kept = [p for p in pairs if len(prompt_token_ids(p.prompt, tokenizer, template)) < max_length]
     if not kept:
         raise IlaError(
-            f"every one of the {len(pairs)} preference pairs has a prompt of --max-length "
-            f"{max_length} tokens or more, leaving no room for a reply; raise --max-length"
+            f"every one of the {len(pairs)} preference pairs has a prompt of ",
+            setting("data", "max_length"),
+            f" {max_length} tokens or more, leaving no room for a reply; raise ",
+            setting("data", "max_length"),
         )
     skipped, pairs = len(pairs) - len(kept), kept
     replies = {}
@@ -57,8 +65,10 @@ def preference_metrics(
         ).features
         if len(features) != len(pairs):
             raise IlaError(
-                f"{len(pairs) - len(features)} pairs have no {key} reply token within "
-                f"--max-length {max_length} although their prompts fit; raise --max-length"
+                f"{len(pairs) - len(features)} pairs have no {key} reply token within ",
+                setting("data", "max_length"),
+                f" {max_length} although their prompts fit; raise ",
+                setting("data", "max_length"),
             )
         losses = response_token_losses(
             model,

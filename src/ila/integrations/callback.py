@@ -54,6 +54,7 @@ from ila.config import (
     Stage1Config,
     Stage2Config,
     recorded_config,
+    setting,
 )
 from ila.core.layers import LayerMap, find_layers
 from ila.core.lora import lora_update_norms, unit_lora_layer
@@ -421,7 +422,9 @@ def _check_launch(args: TrainingArguments, *, at: str, then: str | None) -> None
         raise IlaError(
             f"IlaCallback does not run under {backend}: its nested stage-2 Trainer would "
             "prepare the sharded model again; save the adapter and rank it with "
-            "`ila score --from-adapter DIR`"
+            "`ila score ",
+            setting("source", "from_adapter"),
+            " DIR`",
         )
     if args.device.type not in ("cpu", "cuda"):
         raise IlaError(

@@ -29,6 +29,7 @@ from ila.config import (
     RunConfig,
     config_to_dict,
     input_paths,
+    setting,
 )
 from ila.data.formats import Example
 from ila.errors import IlaError
@@ -81,8 +82,14 @@ def _check_held_out(data: DataConfig, settings: EvalSettings) -> None:
     """An evaluation of the held-out split needs one."""
     if settings.split != "all" and data.eval_fraction == 0:
         raise IlaError(
-            "--eval-split eval needs held-out examples but --eval-fraction is 0; "
-            "pass --eval-fraction > 0 (as in training) or --eval-split all"
+            setting("eval", "split"),
+            " eval needs held-out examples but ",
+            setting("data", "eval_fraction"),
+            " is 0; pass ",
+            setting("data", "eval_fraction"),
+            " > 0 (as in training) or ",
+            setting("eval", "split"),
+            " all",
         )
 
 

@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ila.config import FinetuneConfig, input_paths, recorded_config
+from ila.config import FinetuneConfig, input_paths, recorded_config, setting
 from ila.core.layers import LayerMap, Unit
 from ila.core.lora import add_lora, lora_state, read_unit_lora, set_unit_lora
 from ila.core.scores import LayerScores
 from ila.core.selection import Selection, SelectionRule
-from ila.errors import IlaError
+from ila.errors import IlaError, argument
 from ila.evaluation.metrics import response_loss
 from ila.files import atomic_directory, atomic_write_json, read_json
 from ila.jobs.inputs import ModelLoad, SharedInputs
@@ -262,8 +262,9 @@ def _record_selection(
         recorded = Selection.load(rundir.selection)
         if recorded.selected != selection.selected:
             raise IlaError(
-                f"--resume: {rundir.selection} selects other units than this "
-                "command; resume with the same selection rule and scores"
+                argument("resume"),
+                f": {rundir.selection} selects other units than this "
+                "command; resume with the same selection rule and scores",
             )
     elif main:
         rundir.record_model(identity)
@@ -322,16 +323,32 @@ def _check_request(
     )
     precision = train_precision(config.train, config.model.device)  # fp16 on CPU fails here
     if resume and overwrite:
-        raise IlaError("--resume and --overwrite contradict each other; pass one of them")
+        raise IlaError(
+            argument("resume"),
+            " and ",
+            argument("overwrite"),
+            " contradict each other; pass one of them",
+        )
     if config.train.objective == "dpo" and config.finetune.method == "full":
         raise IlaError(
-            "--objective dpo with --method full: DPO's reference is the model without the "
-            "fine-tune's update, which needs an adapter to switch off; use --method lora"
+            setting("train", "objective"),
+            " dpo with ",
+            setting("finetune", "method"),
+            " full: DPO's reference is the model without the "
+            "fine-tune's update, which needs an adapter to switch off; use ",
+            setting("finetune", "method"),
+            " lora",
         )
     if config.finetune.method == "full" and config.model.quantization == "nf4":
         raise IlaError(
-            "--method full with --quantization nf4: 4-bit weights cannot be fine-tuned; use "
-            "--method lora (or qlora) on the 4-bit base, or --quantization none"
+            setting("finetune", "method"),
+            " full with ",
+            setting("model", "quantization"),
+            " nf4: 4-bit weights cannot be fine-tuned; use ",
+            setting("finetune", "method"),
+            " lora (or qlora) on the 4-bit base, or ",
+            setting("model", "quantization"),
+            " none",
         )
     RunDir(output_dir).check(
         resolved, overwrite=overwrite, resume=resume, inputs=all_inputs, finished_stage="finetune"
@@ -568,21 +585,33 @@ def _stage1_adapter(selection: Any, stage1_run: Path | None) -> Path:
         scores_file = selection.source.get("scores_file")
         if not scores_file:
             raise IlaError(
-                "--init-from-stage1 starts from the stage-1 adapter of a scores run: pass "
-                "--scores RUN (or a selection made from one)"
+                setting("finetune", "init_from_stage1"),
+                " starts from the stage-1 adapter of a scores run: pass ",
+                argument("scores"),
+                " RUN (or a selection made from one)",
             )
         stage1_run = Path(scores_file).parent
     adapter = Path(stage1_run) / "stage1" / "adapter"
     if not (adapter / "adapter_config.json").is_file():
-        hint = "pass an 'ila score' run of the ila or lora-norm scorer"
+        hint: tuple[Any, ...] = ("pass an 'ila score' run of the ila or lora-norm scorer",)
         if (Path(stage1_run) / "stage1" / "deltas").is_dir():
             hint = (
-                "its stage 1 trained the unit weights (--stage1-method full), not a LoRA "
-                "adapter; fine-tune without --init-from-stage1"
+                "its stage 1 trained the unit weights (",
+                setting("stage1", "method"),
+                " full), not a LoRA adapter; fine-tune without ",
+                setting("finetune", "init_from_stage1"),
             )
         elif (Path(stage1_run) / "seeds").is_dir():
-            hint = "an ensemble (--seeds) has one per member under seeds/; pass a member's scores"
-        raise IlaError(f"--init-from-stage1: {stage1_run} holds no stage-1 adapter; {hint}")
+            hint = (
+                "an ensemble (",
+                setting("ensemble", "seeds"),
+                ") has one per member under seeds/; pass a member's scores",
+            )
+        raise IlaError(
+            setting("finetune", "init_from_stage1"),
+            f": {stage1_run} holds no stage-1 adapter; ",
+            *hint,
+        )
     return adapter
 
 

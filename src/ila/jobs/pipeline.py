@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ila.config import RunConfig, ScoreConfig, input_paths, recorded_config
+from ila.config import RunConfig, ScoreConfig, input_paths, recorded_config, setting
 from ila.core.ensemble import stability_lines
 from ila.core.scores import LayerScores
 from ila.core.selection import Selection, SelectionRule
-from ila.errors import IlaError
+from ila.errors import IlaError, argument
 from ila.files import atomic_write_json, read_json
 from ila.jobs.inputs import ModelLoad, SharedInputs
 from ila.model.identity import ModelFingerprint, model_fingerprint
@@ -256,42 +256,71 @@ def _check_combination(config: ScoreConfig, method: str) -> None:
     stage1 = config.stage1.method
     if config.model.quantization == "nf4" and stage1 == "full":
         raise IlaError(
-            "--quantization nf4 with --stage1-method full: 4-bit weights cannot be fine-tuned; "
-            "use --stage1-method lora (LoRA on the 4-bit base) or --quantization none"
+            setting("model", "quantization"),
+            " nf4 with ",
+            setting("stage1", "method"),
+            " full: 4-bit weights cannot be fine-tuned; use ",
+            setting("stage1", "method"),
+            " lora (LoRA on the 4-bit base) or ",
+            setting("model", "quantization"),
+            " none",
         )
     if config.train.objective == "dpo" and stage1 == "full":
         raise IlaError(
-            "--objective dpo with --stage1-method full: DPO's reference is the model "
-            "without the stage-1 update, which a full fine-tune cannot switch off; use "
-            "--stage1-method lora"
+            setting("train", "objective"),
+            " dpo with ",
+            setting("stage1", "method"),
+            " full: DPO's reference is the model "
+            "without the stage-1 update, which a full fine-tune cannot switch off; use ",
+            setting("stage1", "method"),
+            " lora",
         )
     if config.train.objective == "dpo" and method in ("grad-norm", "block-influence"):
         raise IlaError(
-            f"--objective dpo: the {method} scorer reads supervised examples, not "
-            "preference pairs; use --scorer ila (or lora-norm, snr, first, last, random)"
+            setting("train", "objective"),
+            f" dpo: the {method} scorer reads supervised examples, not preference pairs; use ",
+            argument("scorer"),
+            " ila (or lora-norm, snr, first, last, random)",
         )
     source = config.source
     if source.given:
-        flag = "--from-adapter" if source.from_adapter else "--from-model"
+        flag = setting("source", "from_adapter" if source.from_adapter else "from_model")
         if method != "ila":
             raise IlaError(
-                f"{flag} ranks an existing update with ILA's stage 2; drop --scorer {method} "
-                "(or pass --scorer ila)"
+                flag,
+                " ranks an existing update with ILA's stage 2; drop ",
+                argument("scorer"),
+                f" {method} (or pass ",
+                argument("scorer"),
+                " ila)",
             )
         if config.ensemble.seeds > 1:
             raise IlaError(
-                f"{flag} with --seeds {config.ensemble.seeds}: an existing update is one "
-                "stage 1, so independent identifications cannot be made from it; drop --seeds"
+                flag,
+                " with ",
+                setting("ensemble", "seeds"),
+                f" {config.ensemble.seeds}: an existing update is one "
+                "stage 1, so independent identifications cannot be made from it; drop ",
+                setting("ensemble", "seeds"),
             )
         if source.from_model and config.train.objective == "dpo":
             raise IlaError(
-                "--from-model with --objective dpo: DPO's reference is the model without the "
-                "update, which weight changes cannot switch off; use --from-adapter or sft"
+                setting("source", "from_model"),
+                " with ",
+                setting("train", "objective"),
+                " dpo: DPO's reference is the model without the "
+                "update, which weight changes cannot switch off; use ",
+                setting("source", "from_adapter"),
+                " or sft",
             )
     if method == "lora-norm" and stage1 != "lora":
         raise IlaError(
-            "--stage1-method full: the lora-norm scorer ranks LoRA update norms; use it with "
-            "--stage1-method lora, or --scorer ila to gate the full fine-tuning deltas"
+            setting("stage1", "method"),
+            " full: the lora-norm scorer ranks LoRA update norms; use it with ",
+            setting("stage1", "method"),
+            " lora, or ",
+            argument("scorer"),
+            " ila to gate the full fine-tuning deltas",
         )
 
 
@@ -316,7 +345,12 @@ def score(
     from ila.scorers import get_scorer
 
     if resume and overwrite:
-        raise IlaError("--resume and --overwrite contradict each other; pass one of them")
+        raise IlaError(
+            argument("resume"),
+            " and ",
+            argument("overwrite"),
+            " contradict each other; pass one of them",
+        )
     scorer = get_scorer(method)  # fail on a misspelled method before loading anything
     _check_combination(config, method)
     rundir = RunDir(output_dir)
@@ -487,9 +521,12 @@ def _require_same_data(rundir: RunDir, stats: dict[str, Any]) -> None:
     recorded = read_json(rundir.data)
     if recorded.get("fingerprint") != stats["fingerprint"]:
         raise IlaError(
-            f"--resume: the training data differ from the data recorded in "
+            argument("resume"),
+            f": the training data differ from the data recorded in "
             f"{rundir.data} (fingerprint {recorded.get('fingerprint')} there, "
-            f"{stats['fingerprint']} now); resume with the same --data, or start a new run"
+            f"{stats['fingerprint']} now); resume with the same ",
+            setting("data", "data"),
+            ", or start a new run",
         )
 
 
@@ -641,7 +678,13 @@ def _select(
     from ila.core.layers import LayerMap
     from ila.core.ties import require_separated
 
-    again = "run the same command with --resume --allow-tied-ranking (the scores are kept)"
+    again = (
+        "run the same command with ",
+        argument("resume"),
+        " and ",
+        argument("allow_tied_ranking"),
+        " (the scores are kept)",
+    )
     require_separated(scored.scores, origin=str(rundir.scores), allow=allow_tied_ranking, how=again)
     rule = SelectionRule.from_kwargs(**config.run.selection_rule)
     layer_map = LayerMap.from_dict(scored.scores.layout)

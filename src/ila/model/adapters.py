@@ -14,8 +14,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ila.config import setting
 from ila.core.lora import peft_wrapping
-from ila.errors import IlaError
+from ila.errors import IlaError, Setting, argument
 
 __all__ = [
     "adapter_settings",
@@ -26,26 +27,30 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+ADAPTER = argument("adapter")
+"""``ila eval --adapter`` (``ila.evaluate(adapter=...)``)."""
 
-def resolve_adapter(path: Path, *, flag: str = "--adapter") -> Path:
+
+def resolve_adapter(path: Path, *, flag: Setting = ADAPTER) -> Path:
     """The adapter folder in ``path``: itself, or an `ila finetune` directory's ``adapter/``
     or ``changed_weights/``."""
     path = Path(path)
     if not path.exists():
-        raise IlaError(f"{flag} {path} does not exist; pass an adapter or finetune directory")
+        raise IlaError(flag, f" {path} does not exist; pass an adapter or finetune directory")
     for candidate in (path, path / "adapter", path / "changed_weights"):
         if (candidate / "adapter_config.json").is_file():
             return candidate
         if (candidate / "changed_weights.safetensors").is_file():
             return candidate
     raise IlaError(
-        f"{flag} {path} holds no adapter_config.json, adapter/ or changed_weights/; "
-        "pass a peft adapter directory or an `ila finetune` output directory"
+        flag,
+        f" {path} holds no adapter_config.json, adapter/ or changed_weights/; "
+        "pass a peft adapter directory or an `ila finetune` output directory",
     )
 
 
 def check_adapter_base(
-    adapter_dir: Path, model_spec: str, *, allow: bool, flag: str = "--adapter"
+    adapter_dir: Path, model_spec: str, *, allow: bool, flag: Setting = ADAPTER
 ) -> str | None:
     """Check that ``adapter_dir`` was trained on ``model_spec``: against the fingerprint
     ila saved beside it, else against the adapter's recorded base model when that model is
@@ -55,9 +60,9 @@ def check_adapter_base(
     from ila.model.identity import BASE_MODEL_FILE, check_same_model, model_fingerprint
 
     recorded = adapter_dir / BASE_MODEL_FILE
-    what = f"{flag} {adapter_dir}"
-    allowable = flag == "--adapter"
-    hint = "pass the base model it was trained on as --model"
+    what = (flag, f" {adapter_dir}")
+    allowable = flag == ADAPTER
+    hint = "pass the base model it was trained on as the model"
     if recorded.is_file():
         from ila.files import read_json
 
@@ -120,7 +125,7 @@ def adapter_settings(adapter_dir: Path) -> dict[str, Any]:
     return data
 
 
-def load_lora_adapter(model: Any, adapter_dir: Path, model_spec: str, *, flag: str) -> Any:
+def load_lora_adapter(model: Any, adapter_dir: Path, model_spec: str, *, flag: Setting) -> Any:
     """``model`` with the plain LoRA adapter in ``adapter_dir`` attached (a peft model).
 
     Refused, each with one line: another peft method than LoRA, a LoRA variant whose update
@@ -133,13 +138,18 @@ def load_lora_adapter(model: Any, adapter_dir: Path, model_spec: str, *, flag: s
     kind = settings.get("peft_type")
     if kind != "LORA":
         raise IlaError(
-            f"{flag} {adapter_dir} is a {kind} adapter; ILA gates LoRA updates "
-            "(Delta = B A): pass a LoRA adapter, or --from-model for a merged fine-tune"
+            flag,
+            f" {adapter_dir} is a {kind} adapter; ILA gates LoRA updates "
+            "(Delta = B A): pass a LoRA adapter, or ",
+            setting("source", "from_model"),
+            " for a merged fine-tune",
         )
     if settings.get("use_dora"):
         raise IlaError(
-            f"{flag} {adapter_dir} is a DoRA adapter, whose update is not a plain B A; "
-            "pass a plain LoRA adapter, or merge it and pass --from-model"
+            flag,
+            f" {adapter_dir} is a DoRA adapter, whose update is not a plain B A; "
+            "pass a plain LoRA adapter, or merge it and pass ",
+            setting("source", "from_model"),
         )
     try:
         with peft_wrapping():
@@ -147,6 +157,8 @@ def load_lora_adapter(model: Any, adapter_dir: Path, model_spec: str, *, flag: s
     except (ValueError, KeyError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise IlaError(
-            f"{flag} {adapter_dir} does not fit --model {model_spec} ({first[:300]}); pass "
-            "the base model the adapter was trained on"
+            flag,
+            f" {adapter_dir} does not fit ",
+            setting("model", "model"),
+            f" {model_spec} ({first[:300]}); pass the base model the adapter was trained on",
         ) from err

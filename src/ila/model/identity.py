@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ila.errors import IlaError
+from ila.errors import IlaError, Parts, argument, render
 from ila.run_files import BASE_MODEL_FILE
 
 __all__ = [
@@ -144,7 +144,7 @@ def check_same_model(
     recorded: Mapping[str, Any] | ModelFingerprint | None,
     actual: ModelFingerprint,
     *,
-    what: str,
+    what: str | Parts,
     allow: bool = False,
     hint: str = "pass the model it was made with",
     allowable: bool = True,
@@ -163,16 +163,19 @@ def check_same_model(
     if theirs.weights == actual.weights:
         part = "config"
     message = (
-        f"{what} was made with another model (fingerprint {theirs.id}) than this one "
-        f"({actual.id}; their {part} differ)"
+        *((what,) if isinstance(what, str) else what),
+        f" was made with another model (fingerprint {theirs.id}) than this one "
+        f"({actual.id}; their {part} differ)",
     )
-    if allow:
-        return message + "; used anyway (--allow-other-model)"
+    if allow:  # a note for the run's record, which names flags
+        return render((*message, "; used anyway (", argument("allow_other_model"), ")"), "flag")
     if not allowable:
-        raise IlaError(f"{message}; {hint}")
+        raise IlaError(*message, f"; {hint}")
     raise IlaError(
-        f"{message}; {hint}, or pass --allow-other-model if using it with this model is "
-        "what you mean"
+        *message,
+        f"; {hint}, or pass ",
+        argument("allow_other_model"),
+        " if using it with this model is what you mean",
     )
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ila.config import setting
 from ila.errors import IlaError
 from ila.files import atomic_write_json
 from ila.train.parallel import fsdp_requested
@@ -105,15 +106,19 @@ def resolve_device(device: str) -> torch.device:
     if name == "cuda" or name.startswith("cuda:"):
         index = name.partition(":")[2]
         if index and not index.isdigit():
-            raise IlaError(f"--device {device}: pass cuda:N with N a GPU index")
+            raise IlaError(setting("model", "device"), f" {device}: pass cuda:N with N a GPU index")
         if not torch.cuda.is_available():
-            raise IlaError(f"--device {device}: CUDA is not available here; pass cpu or auto")
+            raise IlaError(
+                setting("model", "device"),
+                f" {device}: CUDA is not available here; pass cpu or auto",
+            )
         if index and int(index) >= torch.cuda.device_count():
             raise IlaError(
-                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible"
+                setting("model", "device"),
+                f" {device}: only {torch.cuda.device_count()} CUDA device(s) visible",
             )
         return torch.device(name)
-    raise IlaError(f"--device {device}: choose auto, cpu, cuda or cuda:N")
+    raise IlaError(setting("model", "device"), f" {device}: choose auto, cpu, cuda or cuda:N")
 
 
 def resolve_dtype(dtype: str, *, device: torch.device | None = None) -> torch.dtype:
@@ -123,10 +128,12 @@ def resolve_dtype(dtype: str, *, device: torch.device | None = None) -> torch.dt
     """
     key = dtype.strip().lower()
     if key not in _DTYPES:
-        raise IlaError(f"--dtype {dtype}: choose one of {', '.join(_DTYPES)}")
+        raise IlaError(setting("model", "dtype"), f" {dtype}: choose one of {', '.join(_DTYPES)}")
     resolved = _DTYPES[key]
     if device is not None and device.type == "cpu" and resolved is torch.float16:
-        raise IlaError(f"--dtype {dtype} is not supported on CPU; pass bfloat16 or float32")
+        raise IlaError(
+            setting("model", "dtype"), f" {dtype} is not supported on CPU; pass bfloat16 or float32"
+        )
     return resolved
 
 
@@ -181,13 +188,18 @@ def load_model(
 
     if threads is not None:
         if threads < 1:
-            raise IlaError(f"--threads {threads}: pass a positive number of threads")
+            raise IlaError(
+                setting("model", "threads"), f" {threads}: pass a positive number of threads"
+            )
         torch.set_num_threads(threads)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device=target)
     bf16_cuda = target.type == "cuda" and torch_dtype is torch.bfloat16
     if bf16_cuda and not torch.cuda.is_bf16_supported():
-        raise IlaError(f"--dtype {dtype}: this GPU has no bfloat16; pass float16 or float32")
+        raise IlaError(
+            setting("model", "dtype"),
+            f" {dtype}: this GPU has no bfloat16; pass float16 or float32",
+        )
     start = time.perf_counter()
     source = _resolve(model, cache)
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
@@ -282,8 +294,11 @@ def require_positions(config: Any, model: str, max_length: int) -> None:
         else "learned position embeddings, which end there"
     )
     raise IlaError(
-        f"--max-length {max_length} is above the {limit} positions of model {model!r} "
-        f"(max_position_embeddings in its config; {kind}); pass --max-length {limit} or less"
+        setting("data", "max_length"),
+        f" {max_length} is above the {limit} positions of model {model!r} "
+        f"(max_position_embeddings in its config; {kind}); pass ",
+        setting("data", "max_length"),
+        f" {limit} or less",
     )
 
 
@@ -291,13 +306,18 @@ def _nf4_config(target: torch.device, compute_dtype: torch.dtype) -> Any:
     """The QLoRA quantisation config (NF4, double quantisation); CUDA and bitsandbytes only."""
     if target.type != "cuda":
         raise IlaError(
-            "--method qlora needs a CUDA GPU (4-bit weights through bitsandbytes); "
-            "on this machine use --method lora"
+            setting("finetune", "method"),
+            " qlora needs a CUDA GPU (4-bit weights through bitsandbytes); on this machine use ",
+            setting("finetune", "method"),
+            " lora",
         )
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise IlaError("--method qlora needs the package bitsandbytes: pip install bitsandbytes")
+        raise IlaError(
+            setting("finetune", "method"),
+            " qlora needs the package bitsandbytes: pip install bitsandbytes",
+        )
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ila.config import setting
 from ila.core.deltas import unit_weight
 from ila.core.layers import LayerMap
 from ila.errors import IlaError
@@ -24,7 +25,7 @@ from ila.files import read_json
 
 __all__ = ["aligned_unit_deltas", "model_directory"]
 
-FLAG = "--from-model"
+FLAG = setting("source", "from_model")
 
 
 def model_directory(model: str) -> Path:
@@ -35,11 +36,11 @@ def model_directory(model: str) -> Path:
 
     path = Path(model).expanduser()
     if not path.exists() and (model.endswith(".gguf") or _looks_like_path(model)):
-        raise IlaError(f"{FLAG} {model} does not exist; pass the aligned model's directory")
+        raise IlaError(FLAG, f" {model} does not exist; pass the aligned model's directory")
     if model == EMBEDDED_MODEL or model.endswith(".gguf") or path.exists():
         source = Path(_resolve(model, None))
         if not source.is_dir():
-            raise IlaError(f"{FLAG} {model} is a file; pass a model directory or a .gguf file")
+            raise IlaError(FLAG, f" {model} is a file; pass a model directory or a .gguf file")
         return source
     _resolve(model, None)  # refuses a missing path or an absent hub id when offline
     from huggingface_hub import snapshot_download
@@ -56,8 +57,9 @@ def _tensor_files(directory: Path) -> dict[str, Path]:
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise IlaError(
-            f"{FLAG} {directory} holds no .safetensors weights; save the aligned model with "
-            "save_pretrained(..., safe_serialization=True)"
+            FLAG,
+            f" {directory} holds no .safetensors weights; save the aligned model with "
+            "save_pretrained(..., safe_serialization=True)",
         )
     from safetensors import safe_open
 
@@ -71,16 +73,20 @@ def _tensor_files(directory: Path) -> dict[str, Path]:
 def _check_architecture(base_config: Any, directory: Path, aligned: str) -> None:
     config_file = directory / "config.json"
     if not config_file.is_file():
-        raise IlaError(f"{FLAG} {aligned} has no config.json; pass a saved model directory")
+        raise IlaError(FLAG, f" {aligned} has no config.json; pass a saved model directory")
     theirs = read_json(config_file)
     if not isinstance(theirs, dict):
-        raise IlaError(f"{FLAG} {config_file} holds no JSON object; re-save the aligned model")
+        raise IlaError(FLAG, f" {config_file} holds no JSON object; re-save the aligned model")
     ours = {"model_type": base_config.model_type, "architectures": base_config.architectures}
     for key, value in ours.items():
         if value and theirs.get(key) and theirs.get(key) != value:
             raise IlaError(
-                f"{FLAG} {aligned} is a {theirs.get(key)} model and --model a {value} model "
-                f"({key}); pass the aligned version of --model's architecture"
+                FLAG,
+                f" {aligned} is a {theirs.get(key)} model and ",
+                setting("model", "model"),
+                f" a {value} model ({key}); pass the aligned version of ",
+                setting("model", "model"),
+                "'s architecture",
             )
 
 
@@ -101,16 +107,24 @@ def aligned_unit_deltas(
         key = f"{unit.module_path}.weight"
         if key not in files:
             raise IlaError(
-                f"{FLAG} {aligned} has no tensor {key} (unit {unit.name} of --model); pass a "
-                "fine-tune of --model with the same module names"
+                FLAG,
+                f" {aligned} has no tensor {key} (unit {unit.name} of ",
+                setting("model", "model"),
+                "); pass a fine-tune of ",
+                setting("model", "model"),
+                " with the same module names",
             )
         weight = unit_weight(base, unit.module_path)
         with safe_open(str(files[key]), framework="pt") as handle:
             theirs = handle.get_tensor(key)
         if tuple(theirs.shape) != tuple(weight.shape):
             raise IlaError(
-                f"{FLAG} {aligned}: {key} has shape {tuple(theirs.shape)}, --model's "
-                f"{tuple(weight.shape)}; pass a fine-tune of --model itself"
+                FLAG,
+                f" {aligned}: {key} has shape {tuple(theirs.shape)}, ",
+                setting("model", "model"),
+                f"'s {tuple(weight.shape)}; pass a fine-tune of ",
+                setting("model", "model"),
+                " itself",
             )
         change = theirs.to(weight.device, torch.float32) - weight.float()
         deltas[unit.name] = change.to(weight.dtype)

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ila.errors import IlaError
+from ila.errors import IlaError, argument
 from ila.rundir import REPORT_ENTRIES, RunDir, check_output_dir, replaceable_layout
 
 __all__ = ["report_directory"]
@@ -38,13 +38,15 @@ def report_directory(
         source = Path(path).resolve()
         if source == resolved or resolved in source.parents:
             raise IlaError(
-                f"--output-dir {output_dir} would replace the input {path}; choose a directory "
-                "outside it (e.g. RUN/report or a new one)"
+                argument("output_dir"),
+                f" {output_dir} would replace the input {path}; choose a directory "
+                "outside it (e.g. RUN/report or a new one)",
             )
     if out.is_symlink():
         raise IlaError(
-            f"--output-dir {output_dir} is a symbolic link; pass the directory it points to "
-            f"({resolved}) or a new directory"
+            argument("output_dir"),
+            f" {output_dir} is a symbolic link; pass the directory it points to "
+            f"({resolved}) or a new directory",
         )
     check_output_dir(out, overwrite=overwrite, inputs=inputs, report=command)
     created = not out.exists()

@@ -12,7 +12,7 @@ import difflib
 import importlib
 from collections.abc import Callable
 
-from ila.errors import IlaError, short_repr
+from ila.errors import IlaError, argument, short_repr
 from ila.scorers.base import ScoringContext
 
 __all__ = ["SCORERS", "ScoringContext", "get_scorer"]
@@ -69,6 +69,8 @@ def get_scorer(name: str) -> Callable[[ScoringContext], object]:
         close = difflib.get_close_matches(name, SCORERS, n=3) if isinstance(name, str) else []
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         known = ", ".join(SCORERS)
-        raise IlaError(f"--scorer: unknown scorer {short_repr(name)}{hint} (known: {known})")
+        raise IlaError(
+            argument("scorer"), f": unknown scorer {short_repr(name)}{hint} (known: {known})"
+        )
     module, function, _ = SCORERS[name]
     return getattr(importlib.import_module(module), function)

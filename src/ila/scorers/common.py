@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ila.config import setting
 from ila.core.scores import LayerScores, UnitScore
 from ila.errors import IlaError
 from ila.scorers.base import ScoringContext
@@ -86,7 +87,12 @@ def probe_batches(ctx: ScoringContext, max_batches: int = PROBE_BATCHES) -> list
     """
     features = list(ctx.train_features)
     if not features:
-        raise IlaError("no training features to score with; check --data and --max-length")
+        raise IlaError(
+            "no training features to score with; check ",
+            setting("data", "data"),
+            " and ",
+            setting("data", "max_length"),
+        )
     batch_size = ctx.config.train.batch_size
     order = list(range(len(features)))
     random.Random(ctx.config.train.seed).shuffle(order)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ila.config import SourceSettings
+from ila.config import SourceSettings, setting
 from ila.core.layers import LayerMap
 from ila.core.lora import lora_update_norms, unit_lora_layer
 from ila.core.scores import LayerScores
@@ -89,12 +89,14 @@ def _adapter_update(path: Path, model_spec: str, model: Any, layer_map: LayerMap
         resolve_adapter,
     )
 
-    flag = "--from-adapter"
+    flag = setting("source", "from_adapter")
     adapter_dir = resolve_adapter(path, flag=flag)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise IlaError(
-            f"{flag} {path} holds changed weights of a full fine-tune, not a LoRA adapter; "
-            "merge them into a model directory and pass it as --from-model"
+            flag,
+            f" {path} holds changed weights of a full fine-tune, not a LoRA adapter; "
+            "merge them into a model directory and pass it as ",
+            setting("source", "from_model"),
         )
     check_adapter_base(adapter_dir, model_spec, allow=False, flag=flag)
     settings = adapter_settings(adapter_dir)
@@ -103,8 +105,11 @@ def _adapter_update(path: Path, model_spec: str, model: Any, layer_map: LayerMap
     if not units.units:
         peft_model.unload()
         raise IlaError(
-            f"{flag} {adapter_dir} adapts none of --model's block linear modules "
-            f"(target_modules {settings.get('target_modules')}); pass a LoRA adapter of them"
+            flag,
+            f" {adapter_dir} adapts none of ",
+            setting("model", "model"),
+            f"'s block linear modules "
+            f"(target_modules {settings.get('target_modules')}); pass a LoRA adapter of them",
         )
     if missing:
         log.info("%d units are not adapted by %s and get no gate", len(missing), adapter_dir)

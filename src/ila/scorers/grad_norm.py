@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from ila.config import setting
 from ila.core.scores import LayerScores
 from ila.errors import IlaError
 from ila.scorers.base import ScoringContext
@@ -55,8 +56,9 @@ def score_grad_norm(ctx: ScoringContext) -> LayerScores:
             loss = model(**to_device(batch, device), use_cache=False).loss
             if not torch.isfinite(loss):
                 raise IlaError(
-                    f"grad-norm: the loss of probe batch {index} is {float(loss)}; "
-                    "use --dtype float32 instead of float16"
+                    f"grad-norm: the loss of probe batch {index} is {float(loss)}; use ",
+                    setting("model", "dtype"),
+                    " float32 instead of float16",
                 )
             grads = torch.autograd.grad(loss, weights, allow_unused=True)
             for i, grad in enumerate(grads):

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ila.config import Stage2Config
+from ila.config import Stage2Config, setting
 from ila.core.cooldown import cooldown_length, learning_rate_factor
 from ila.core.deltas import (
     DELTAS_FILE,
@@ -567,7 +567,8 @@ class _GateRecord:
         if len(scores) != len(names):
             raise IlaError(
                 f"{checkpoint.folder}: holds {len(scores)} gate scores, the model has "
-                f"{len(names)} gates; resume with the run's --stage2-unit"
+                f"{len(names)} gates; resume with the run's ",
+                setting("stage2", "unit"),
             )
         bank = self.gated.bank.scores
         with torch.no_grad():

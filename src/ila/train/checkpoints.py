@@ -188,5 +188,5 @@ def load_adapter_weights(model: Any, folder: Path, adapter_name: str = "default"
         raise IlaError(
             f"{weights}: does not match the model's LoRA adapter (unexpected "
             f"{unexpected[:3]}, missing {missing[:3]}); was the run started with other "
-            "--lora-* settings?"
+            "LoRA settings (lora rank, alpha, module types)?"
         )

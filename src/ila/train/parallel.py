@@ -43,7 +43,8 @@ import json
 import os
 from pathlib import Path
 
-from ila.errors import IlaError
+from ila.config import setting
+from ila.errors import IlaError, argument
 
 __all__ = ["fsdp_requested", "is_main_process", "requested_sharding", "require_supported_launch"]
 
@@ -142,8 +143,11 @@ def require_supported_launch(
         )
     if project_budget:
         raise IlaError(
-            f"--stage2-budget project shifts the gate scores in place after each step, which "
-            f"{name} overwrites from its own fp32 copy; use --stage2-budget hinge or penalty"
+            setting("stage2", "budget"),
+            f" project shifts the gate scores in place after each step, which "
+            f"{name} overwrites from its own fp32 copy; use ",
+            setting("stage2", "budget"),
+            " hinge or penalty",
         )
 
 
@@ -172,29 +176,38 @@ def _require_fsdp_support(
         )
     if command == "run" and evaluate:
         raise IlaError(
-            f"ila run's evaluation {whole_model}; under FSDP pass --no-evaluate and run "
-            "ila eval on the fine-tune afterwards without FSDP"
+            f"ila run's evaluation {whole_model}; under FSDP turn off ",
+            setting("run", "evaluate"),
+            " and run ila eval on the fine-tune afterwards without FSDP",
         )
     if command in ("score", "run") and scorer not in _FSDP_SCORERS:
         raise IlaError(
-            f"--scorer {scorer} reads whole weights or gradients outside the Trainer, "
+            argument("scorer"),
+            f" {scorer} reads whole weights or gradients outside the Trainer, "
             f"which FSDP shards; under FSDP use one of {', '.join(_FSDP_SCORERS)}, or run "
-            f"{scorer} without FSDP"
+            f"{scorer} without FSDP",
         )
     if command in ("score", "run") and stage1_method == "full":
         raise IlaError(
-            "--stage1-method full keeps a whole copy of every unit's weights and adds "
-            "Delta x in hooks, which FSDP's sharded weights do not allow; use "
-            "--stage1-method lora under FSDP"
+            setting("stage1", "method"),
+            " full keeps a whole copy of every unit's weights and adds "
+            "Delta x in hooks, which FSDP's sharded weights do not allow; use ",
+            setting("stage1", "method"),
+            " lora under FSDP",
         )
     if quantization != "none":
         raise IlaError(
-            f"--quantization {quantization} under FSDP needs bitsandbytes' 4-bit storage "
+            setting("model", "quantization"),
+            f" {quantization} under FSDP needs bitsandbytes' 4-bit storage "
             "set up for sharding, which ila does not do yet; use one GPU for a 4-bit base, "
-            "or FSDP with --quantization none"
+            "or FSDP with ",
+            setting("model", "quantization"),
+            " none",
         )
     if merge:
         raise IlaError(
-            "--merge under FSDP would gather the whole model in one process; fine-tune "
-            "without --merge and merge the saved adapter afterwards in one process"
+            setting("finetune", "merge"),
+            " under FSDP would gather the whole model in one process; fine-tune without ",
+            setting("finetune", "merge"),
+            " and merge the saved adapter afterwards in one process",
         )

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ila.config import setting
 from ila.errors import IlaError
 
 __all__ = ["PRECISIONS", "PrecisionChoice", "choose_precision", "cpu_has_bf16"]
@@ -54,11 +55,13 @@ def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 def choose_precision(requested: str, device: torch.device) -> PrecisionChoice:
     """The precision for training on ``device`` given ``--precision`` ``requested``."""
     if requested not in PRECISIONS:
-        raise IlaError(f"--precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+        raise IlaError(
+            setting("train", "precision"), f" {requested!r}: choose one of {', '.join(PRECISIONS)}"
+        )
     if requested == "fp16" and device.type != "cuda":
         raise IlaError(
-            f"--precision fp16 needs a CUDA device (this run trains on {device.type}); use "
-            "bf16 or fp32"
+            setting("train", "precision"),
+            f" fp16 needs a CUDA device (this run trains on {device.type}); use bf16 or fp32",
         )
     if requested != "auto":
         return PrecisionChoice(requested, requested, "requested")

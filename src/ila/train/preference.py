@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
+from ila.config import setting
 from ila.errors import IlaError
 from ila.progress import progress_bars_enabled
 from ila.train.base import ExtraLossMixin, PreferenceTraining, StageSchedule
@@ -46,11 +47,14 @@ def dpo_trainer(
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
     except ImportError as exc:  # the dpo extra is not installed
-        raise IlaError("--objective dpo needs TRL: pip install 'ila[dpo]' (trl==1.16.0)") from exc
+        raise IlaError(
+            setting("train", "objective"), " dpo needs TRL: pip install 'ila[dpo]' (trl==1.16.0)"
+        ) from exc
     if not hasattr(model, "disable_adapter"):
         raise IlaError(
-            "--objective dpo trains a LoRA adapter and uses the model without it as the "
-            "reference; a full fine-tune has no adapter to disable"
+            setting("train", "objective"),
+            " dpo trains a LoRA adapter and uses the model without it as the "
+            "reference; a full fine-tune has no adapter to disable",
         )
 
     if not progress_bars_enabled():  # TRL tokenizes with datasets.map, which shows bars

@@ -23,7 +23,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from ila.config import TrainConfig
+from ila.config import TrainConfig, setting
 from ila.errors import IlaError
 from ila.files import append_jsonl
 from ila.progress import StepOutlook, progress_bars_enabled, training_progress
@@ -167,7 +167,9 @@ class MetricsLogger(TrainerCallback):
         if not math.isfinite(loss):
             raise IlaError(
                 f"{self.stage}: the training loss became {loss} at step {state.global_step}; "
-                "lower the learning rate, or use --dtype float32 instead of float16"
+                "lower the learning rate, or use ",
+                setting("model", "dtype"),
+                " float32 instead of float16",
             )
         self.values.loss.append(loss)
         row: dict[str, Any] = {

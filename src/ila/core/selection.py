@@ -415,7 +415,7 @@ def _block_units(layer_map: LayerMap, block: int) -> tuple[Unit, ...]:
     try:
         return layer_map.units_in_block(block)
     except IlaError as exc:
-        raise IlaError(argument("blocks"), f": {exc}") from exc
+        raise IlaError(argument("blocks"), ": ", *exc.parts) from exc
 
 
 def _module_unit(layer_map: LayerMap, name: str) -> Unit:
@@ -430,4 +430,4 @@ def _module_unit(layer_map: LayerMap, name: str) -> Unit:
     try:
         return layer_map.unit(name)
     except IlaError as exc:
-        raise IlaError(argument("units"), f": {exc}") from exc
+        raise IlaError(argument("units"), ": ", *exc.parts) from exc

@@ -163,7 +163,7 @@ def tokenize_examples(
         try:
             text, spans = render_conversation(example.messages, tokenizer, template)
         except IlaError as exc:
-            raise IlaError(f"{example.source}: {exc}") from exc
+            raise IlaError(f"{example.source}: ", *exc.parts) from exc
         cut = _cut_text(text, text_limit)
         input_ids, labels = _encode(cut, spans, tokenizer, bos)
         truncated = len(cut) < len(text)

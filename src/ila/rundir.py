@@ -396,7 +396,7 @@ class RunDir:
         check_same_model(
             (self.state() or {}).get("model_fingerprint"),
             fingerprint,
-            what=f"the run in {self.path}",
+            what=(argument("resume"), f": the run in {self.path}"),
             hint="resume with the model the run started with, or start a new run",
             allowable=False,  # a run continues on its own model; no flag accepts another
         )

@@ -204,5 +204,5 @@ def test_project_to_budget_sets_the_mean_gate_and_keeps_the_order():
     project_to_budget(scores, 0.25)
     assert torch.sigmoid(scores).mean().item() == pytest.approx(0.25, abs=1e-6)
     assert torch.equal(torch.argsort(scores), order)
-    with pytest.raises(IlaError, match="target-fraction"):
+    with pytest.raises(IlaError, match="target_fraction"):
         project_to_budget(scores, 1.0)

@@ -123,9 +123,10 @@ def test_block_scores_expand_to_their_modules(layer_map):
 @pytest.mark.parametrize("flag", ["tune_top_fraction", "freeze_bottom_fraction"])
 @pytest.mark.parametrize("value", [0, 1, 1.5, -0.1, float("nan")])
 def test_fractions_outside_the_open_unit_interval_are_refused(layer_map, flag, value):
-    dashed = "--" + flag.replace("_", "-")
-    with pytest.raises(IlaError, match=rf"^{dashed} must be in \(0, 1\), got {value}$"):
+    with pytest.raises(IlaError, match=rf"^{flag} must be in \(0, 1\), got {value}$") as info:
         select_units(layer_map, scores=planted(layer_map, PLANTED), **{flag: value})
+    dashed = "--" + flag.replace("_", "-")  # the command line names the flag
+    assert info.value.render("flag") == f"{dashed} must be in (0, 1), got {value}"
 
 
 @pytest.mark.parametrize(
@@ -135,8 +136,9 @@ def test_fractions_outside_the_open_unit_interval_are_refused(layer_map, flag, v
 def test_exactly_one_rule_is_required(layer_map, rules):
     with pytest.raises(IlaError) as info:
         select_units(layer_map, scores=planted(layer_map, PLANTED), **rules)
-    for flag in ("--tune-top-fraction", "--freeze-bottom-fraction", "--units", "--blocks"):
-        assert flag in str(info.value)
+    for keyword in ("tune_top_fraction", "freeze_bottom_fraction", "units", "blocks"):
+        assert keyword in str(info.value)
+        assert "--" + keyword.replace("_", "-") in info.value.render("flag")
 
 
 def test_fraction_rules_need_scores(layer_map):

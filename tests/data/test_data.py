@@ -208,7 +208,7 @@ def error_of(tmp_path: Path, content: str, name: str = "data.jsonl", **kwargs) -
     path.write_text(content, encoding="utf-8")
     with pytest.raises(IlaError) as info:
         load_examples(str(path), **kwargs)
-    message = str(info.value)
+    message = info.value.render("flag")  # as the command line prints it
     assert "\n" not in message
     return message
 

@@ -120,7 +120,7 @@ def fsdp_launch(monkeypatch):
     ("kwargs", "words"),
     [
         ({"command": "eval"}, "ila eval loads the whole model"),
-        ({"command": "run", "evaluate": True}, "--no-evaluate"),
+        ({"command": "run", "evaluate": True}, "turn off --evaluate"),
         ({"scorer": "grad-norm"}, "--scorer grad-norm reads whole weights"),
         ({"stage1_method": "full"}, "--stage1-method lora under FSDP"),
         ({"quantization": "nf4"}, "--quantization nf4 under FSDP"),
@@ -128,8 +128,9 @@ def fsdp_launch(monkeypatch):
     ],
 )
 def test_fsdp_refuses_what_needs_whole_weights_in_one_process(fsdp_launch, kwargs, words):
-    with pytest.raises(IlaError, match=words.replace(".", r"\.").replace("-", r"\-")):
+    with pytest.raises(IlaError) as info:
         require_supported_launch("auto", **kwargs)
+    assert words in info.value.render("flag")  # as the command line prints it
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,10 @@ Keywords override ``config``, which overrides the defaults (docs/method.md lists
 :func:`ila.config.resolve` merges them, once. The command-line interface (ila.cli) calls
 these functions and only prints.
 
-Results are the objects the jobs produce: :class:`ila.jobs.pipeline.ScoreRun` (``.scores`` is
+Results are the objects the jobs produce: :class:`ila.jobs.score.ScoreRun` (``.scores`` is
 a :class:`ila.core.scores.LayerScores` with ``.top(fraction)`` and ``.to_dataframe()``),
 :class:`ila.core.selection.Selection`, :class:`ila.jobs.finetune.FinetuneRun`,
-:class:`ila.jobs.evaluate.EvalRun`, :class:`ila.jobs.pipeline.RunResult`,
+:class:`ila.jobs.evaluate.EvalRun`, :class:`ila.jobs.run.RunResult`,
 :class:`ila.analysis.compare.Comparison` and :class:`ila.analysis.plan.Plan`.
 """
 
@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from ila.core.selection import Selection
     from ila.jobs.evaluate import EvalRun
     from ila.jobs.finetune import FinetuneRun
-    from ila.jobs.pipeline import RunResult, ScoreRun
+    from ila.jobs.run import RunResult
+    from ila.jobs.score import ScoreRun
 
 __all__ = [
     "compare",
@@ -216,7 +217,7 @@ def score(
 ) -> ScoreRun:
     """`ila score`: rank the units of ``model`` for aligning it to ``data`` with ``scorer``
     (ILA stages 1-2 by default; docs/scorers.md lists the others)."""
-    from ila.jobs.pipeline import score as score_job
+    from ila.jobs.score import score as score_job
 
     output = _output_dir(output_dir)
     resolved = make_config(
@@ -446,7 +447,7 @@ def run(
     """`ila run`: score with ILA, select, fine-tune the selection, and (by default) compare
     it with all units and the base model. A ranking that is a tie (ila.core.ties) stops
     the run after scoring unless ``allow_tied_ranking``."""
-    from ila.jobs.pipeline import run as run_job
+    from ila.jobs.run import run as run_job
 
     output = _output_dir(output_dir)
     resolved = make_config(

@@ -37,7 +37,7 @@ from ila.progress import format_duration
 
 if typing.TYPE_CHECKING:
     from ila.jobs.finetune import FinetuneRun
-    from ila.jobs.pipeline import ScoreRun
+    from ila.jobs.score import ScoreRun
 
 __all__ = ["build_parser", "main"]
 

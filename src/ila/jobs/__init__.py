@@ -1,4 +1,5 @@
-"""The jobs that own a run directory: scoring and the whole ILA run (``pipeline``), the
-selective fine-tune (``finetune``) and the evaluation (``evaluate``). Each checks its
+"""The jobs that own a run directory: scoring (``score``), the whole ILA run (``run``), the
+selective fine-tune (``finetune``) and the evaluation (``evaluate``); ``inputs`` holds what
+one `ila run` loads once for all of them. Each checks its
 inputs, prepares and locks its run directory (ila.rundir), records its settings, works,
 and marks its stages complete."""

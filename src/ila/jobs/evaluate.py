@@ -1,5 +1,5 @@
 """`ila eval` and the evaluation step of `ila run`: run directories for evaluation.
-This module only evaluates; `ila run` trains what it compares (ila.jobs.pipeline).
+This module only evaluates; `ila run` trains what it compares (ila.jobs.run).
 
 ``ila eval --output-dir OUT`` writes::
 

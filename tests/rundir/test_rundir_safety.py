@@ -353,7 +353,7 @@ def test_interrupt_message_points_at_resume(tmp_path, capsys, monkeypatch):
         release_run_lock(output_dir)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ila.jobs.run.score", interrupted)
+    monkeypatch.setattr("ila.jobs.score.score", interrupted)
     out = tmp_path / "run"
     assert main(["-q", "score", "--output-dir", str(out)]) == 130
     err = capsys.readouterr().err.strip()
@@ -362,7 +362,7 @@ def test_interrupt_message_points_at_resume(tmp_path, capsys, monkeypatch):
     # Interrupted before the run started (no run_state.json), or by a command that cannot
     # resume: no hint.
     monkeypatch.setattr(
-        "ila.jobs.run.score", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+        "ila.jobs.score.score", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
     )
     assert main(["-q", "score", "--output-dir", str(tmp_path / "other")]) == 130
     assert capsys.readouterr().err.strip() == "ila: interrupted"

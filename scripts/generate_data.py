@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ila.data.instruct import generate_ila_instruct, write_jsonl
-from ila.data.instruct_pairs import generate_ila_preference
-from ila.data.reasoning import generate_ila_reasoning
+from ila_data.instruct import generate_ila_instruct, write_jsonl
+from ila_data.preference import generate_ila_preference
+from ila_data.reasoning import generate_ila_reasoning
 
 RESOURCES = Path(__file__).resolve().parents[1] / "src" / "ila" / "resources"
 Generator = Callable[[int, int], list[dict[str, Any]]]

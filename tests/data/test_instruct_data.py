@@ -6,9 +6,10 @@ import json
 from importlib import resources
 
 import pytest
+from ila_data.instruct import TASKS, generate_ila_instruct, write_jsonl
 
 from ila.data import load_examples
-from ila.data.instruct import TASKS, extract_answer, generate_ila_instruct, write_jsonl
+from ila.evaluation.metrics import extract_answer
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from ila_data.instruct import write_jsonl
+from ila_data.reasoning import CONSTANTS, KINDS, generate_ila_reasoning
 
 from ila.data import load_examples, tokenize_examples
-from ila.data.instruct import extract_answer, write_jsonl
-from ila.data.reasoning import CONSTANTS, KINDS, generate_ila_reasoning
+from ila.evaluation.metrics import extract_answer
 from ila.model.loading import load_tokenizer
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "generate_data.py"

@@ -8,7 +8,7 @@ changed weights of a full fine-tune) in the ways that work offline:
 * **loss / perplexity** on response tokens only (:mod:`ila.evaluation.metrics`);
 * **exact match** of greedy generations (:mod:`ila.evaluation.generation`) on data with
   checkable answers (the embedded ``ila-instruct`` and ``ila-reasoning`` data end every
-  response with ``Answer: X``; :func:`ila.data.instruct.extract_answer` reads it back);
+  response with ``Answer: X``; :func:`ila.evaluation.metrics.extract_answer` reads it back);
 * **multiple-choice accuracy** from local files in the MMLU layout
   (:mod:`ila.evaluation.multiple_choice`);
 * optionally lm-evaluation-harness tasks (:mod:`ila.evaluation.lm_eval_tasks`);

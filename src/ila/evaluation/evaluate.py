@@ -12,14 +12,18 @@ from typing import Any
 
 from ila.config import EvalSettings, setting
 from ila.data.formats import Example
-from ila.data.instruct import extract_answer
 from ila.data.tokenization import (
     prompt_token_ids,
     tokenize_examples,
 )
 from ila.errors import IlaError
 from ila.evaluation.generation import greedy_generate, stop_token_ids
-from ila.evaluation.metrics import exact_match_score, normalize_answer, response_loss
+from ila.evaluation.metrics import (
+    exact_match_score,
+    extract_answer,
+    normalize_answer,
+    response_loss,
+)
 
 __all__ = ["EvalResult", "FeaturesOf", "evaluate_model"]
 

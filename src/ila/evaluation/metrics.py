@@ -25,6 +25,7 @@ from ila.progress import Progress
 
 __all__ = [
     "exact_match_score",
+    "extract_answer",
     "model_device",
     "normalize_answer",
     "response_loss",
@@ -135,3 +136,16 @@ def _labelled_loss_sums(
 
 def model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
+
+
+def extract_answer(text: str) -> str | None:
+    """The answer after the last ``Answer:`` in ``text``: the rest of that line, stripped.
+
+    Only that line is taken so that a generation running on past its answer still
+    matches. ``None`` when there is no ``Answer:`` or nothing follows it.
+    """
+    _, marker, tail = text.rpartition("Answer:")
+    if not marker:
+        return None
+    answer = tail.split("\n", 1)[0].strip()
+    return answer or None

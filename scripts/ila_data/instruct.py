@@ -2,12 +2,14 @@
 
 No instruction dataset can be downloaded where this project is built and tested, so the
 default data is generated here, deterministically, and shipped as
-``ila/resources/ila_instruct.jsonl`` (regenerate it with ``scripts/generate_data.py``).
+``ila/resources/ila_instruct.jsonl`` by ``scripts/generate_data.py``; the generators live
+here, beside it, because nothing in the package runs them.
 It is small single-turn alignment data in the ILA sense (learning to follow instructions
 in one consistent response style) with short answers that exact match can check.
 
 Every response is one sentence of working, then a final line ``Answer: <answer>``;
-:func:`extract_answer` reads the answer back from a response or a generation.
+:func:`ila.evaluation.metrics.extract_answer` reads the answer back from a response or a
+generation.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from ila.files import atomic_write_text
 
-__all__ = ["TASKS", "extract_answer", "generate_balanced", "generate_ila_instruct", "write_jsonl"]
+__all__ = ["TASKS", "generate_balanced", "generate_ila_instruct", "write_jsonl"]
 
 # Common words of 5-6 letters, single tokens or two for most tokenizers.
 _WORD_TEXT = (
@@ -330,19 +332,6 @@ def generate_balanced(
         records.append({"messages": messages, "answer": answer, "task": name})
     rng.shuffle(records)
     return records
-
-
-def extract_answer(text: str) -> str | None:
-    """The answer after the last ``Answer:`` in ``text``: the rest of that line, stripped.
-
-    Only that line is taken so that a generation running on past its answer still
-    matches. ``None`` when there is no ``Answer:`` or nothing follows it.
-    """
-    _, marker, tail = text.rpartition("Answer:")
-    if not marker:
-        return None
-    answer = tail.split("\n", 1)[0].strip()
-    return answer or None
 
 
 def write_jsonl(records: Iterable[dict[str, Any]], path: Path | str) -> None:

@@ -1,6 +1,6 @@
 """The embedded preference data, ``ila-preference``: ila-instruct tasks answered twice.
 
-Each pair is one ila-instruct record (ila.data.instruct): the prompt, its correct response
+Each pair is one ila-instruct record (ila_data.instruct): the prompt, its correct response
 (chosen), and the same response with a plausible wrong answer (rejected), so that an
 evaluation can check which answer a model prefers. The wrong answer is a near miss for a
 number (off by 1 to 3) and otherwise the answer of another record of the same task (the
@@ -16,7 +16,7 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from ila.data.instruct import generate_ila_instruct
+from ila_data.instruct import generate_ila_instruct
 
 __all__ = ["generate_ila_preference", "wrong_answer"]
 

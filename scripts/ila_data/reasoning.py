@@ -10,7 +10,7 @@ Each problem takes 2-4 arithmetic steps (shopping with change, rate times time, 
 with remainders, percentages, ages, unit conversions with sums, savings). The response is
 a worked solution, one step a line, each step showing its computation as ``a op b = c``
 (``op`` one of ``+ - x /``; a division with a remainder reads ``a / b = q remainder r``),
-then a final line ``Answer: <integer>`` that :func:`ila.data.instruct.extract_answer`
+then a final line ``Answer: <integer>`` that :func:`ila.evaluation.metrics.extract_answer`
 reads back. Every intermediate value is a non-negative integer computed here in Python.
 Records have the layout of ``ila_instruct.jsonl``: ``{"messages", "answer", "task"}``.
 """
@@ -22,7 +22,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from ila.data.instruct import generate_balanced
+from ila_data.instruct import generate_balanced
 
 __all__ = ["CONSTANTS", "KINDS", "generate_ila_reasoning"]
 

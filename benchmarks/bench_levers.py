@@ -267,6 +267,27 @@ def lever_row(label: str, runs: list[list[float]], norms: list[list[float]], nam
     )
 
 
+def paired_line(label: str, runs: dict[int, list[float]], defaults: dict[int, list[float]]) -> str:
+    """The lever against the defaults on the same pairs of seeds: the mean top-25% and
+    bottom-25% Jaccard of each, the mean difference and on how many pairs the lever agrees
+    more (a lever is adopted only where it wins on 6 or more pairs, docs/method.md)."""
+    seeds = sorted(set(runs) & set(defaults))
+    pairs = list(itertools.combinations(seeds, 2))
+    if not pairs:
+        return f"- {label}: no pair of seeds with both"
+    cells = []
+    for name, pick in (("top", top), ("bottom", bottom)):
+        lever = [jaccard(pick(runs[a]), pick(runs[b])) for a, b in pairs]
+        base = [jaccard(pick(defaults[a]), pick(defaults[b])) for a, b in pairs]
+        diff = [x - y for x, y in zip(lever, base, strict=True)]
+        wins = sum(d > 0 for d in diff)
+        cells.append(
+            f"{name} 25% {statistics.fmean(lever):.2f} against {statistics.fmean(base):.2f} "
+            f"({statistics.fmean(diff):+.2f}; higher on {wins} of {len(pairs)} pairs)"
+        )
+    return f"- {label} (seeds {', '.join(map(str, seeds))}): {'; '.join(cells)}"
+
+
 def consensus(runs: list[list[float]]) -> list[float]:
     """The mean s of each unit over ``runs`` (what `ila score --seeds` ranks by)."""
     return [statistics.fmean(col) for col in zip(*runs, strict=True)]
@@ -329,8 +350,14 @@ def report(levers: list[str], command: str) -> str:
             "|---|---:|---|---:|---|---:|---:|---:|---:|",
         ]
         ensembles: list[str] = []
+        paired: list[str] = []
+        defaults = {
+            seed: found[(data, seed)]["default"]["raw_scores"]
+            for seed in seeds
+            if "default" in found[(data, seed)]
+        }
         for lever in levers:
-            runs, norms = [], []
+            runs, norms, by_seed = [], [], {}
             for seed in seeds:
                 scores = lever_scores(found[(data, seed)], lever)
                 curve = curves.get((data, seed))
@@ -341,10 +368,21 @@ def report(levers: list[str], command: str) -> str:
                 at = min((s for s in norm_steps if s >= t_step), default=norm_steps[-1])
                 runs.append(scores)
                 norms.append(curve["norms"][str(at)])
+                by_seed[seed] = scores
             if runs:
                 lines.append(lever_row(LABELS.get(lever, lever), runs, norms, names, types))
+                if lever != "default":
+                    paired.append(paired_line(LABELS.get(lever, lever), by_seed, defaults))
                 if len(runs) >= 4:
                     ensembles.append(f"- {LABELS.get(lever, lever)}: {ensemble_cells(runs)}")
+        if paired:
+            lines += [
+                "",
+                "Each lever against the defaults on the same pairs of seeds (the rows above "
+                "cover different seeds where a lever ran on fewer):",
+                "",
+                *paired,
+            ]
         if ensembles:
             lines += [
                 "",

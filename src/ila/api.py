@@ -26,6 +26,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from ila.analysis.compare import Comparison
     from ila.analysis.plan import Plan
     from ila.core.scores import LayerScores
-    from ila.core.selection import Selection
+    from ila.core.selection import Selection, SelectionRule
     from ila.jobs.evaluate import EvalRun
     from ila.jobs.finetune import FinetuneRun
     from ila.jobs.run import RunResult
@@ -328,9 +329,6 @@ def finetune(
     a saved ``selection``, ``units``/``blocks`` by hand, or ``all_units``); the fine-tune
     method (``method="lora"``, ``"full"``, ``"qlora"``) and its steps are settings. A
     ranking rule on a tie (ila.core.ties) is refused unless ``allow_tied_ranking``."""
-    from ila.core.scores import SCORES_FILE, LayerScores
-    from ila.core.selection import Selection, SelectionRule
-    from ila.core.ties import require_separated
     from ila.jobs.finetune import finetune as finetune_job
 
     output = _output_dir(output_dir)
@@ -342,58 +340,96 @@ def finetune(
         data=data_source(data),
         **settings,
     )
-    inputs: list[Path | None] = []
-    stage1_run = None
+    tuning = _tuning_inputs(
+        scores,
+        selection,
+        tune_top_fraction=tune_top_fraction,
+        freeze_bottom_fraction=freeze_bottom_fraction,
+        units=units,
+        blocks=blocks,
+        all_units=all_units,
+        allow_tied_ranking=allow_tied_ranking,
+    )
+    return finetune_job(
+        resolved,
+        tuning.chosen,
+        output,
+        scores=tuning.ranking,
+        scores_file=tuning.scores_file,
+        overwrite=overwrite,
+        resume=resume,
+        inputs=tuning.inputs,
+        allow_other_model=allow_other_model,
+        stage1_run=tuning.stage1_run,
+    )
+
+
+@dataclass
+class _TuningInputs:
+    """What `finetune` tunes (a saved selection or a rule) and where it came from: the
+    ranking a rule reads, its layer_scores.json, the score run it belongs to, and the
+    input paths the fine-tune records."""
+
+    chosen: Selection | SelectionRule
     ranking: LayerScores | None = None
     scores_file: Path | None = None
-    chosen: Selection | SelectionRule
+    stage1_run: Path | None = None
+    inputs: list[Path | None] = field(default_factory=list)
+
+
+def _tuning_inputs(
+    scores: LayerScores | str | Path | None,
+    selection: Selection | str | Path | None,
+    *,
+    tune_top_fraction: float | None,
+    freeze_bottom_fraction: float | None,
+    units: Sequence[str] | None,
+    blocks: Sequence[int] | None,
+    all_units: bool,
+    allow_tied_ranking: bool,
+) -> _TuningInputs:
+    """`finetune`'s ``selection`` (loaded from its file), or its rule with the ``scores`` a
+    ranking rule needs (loaded from a score run or its layer_scores.json); a ranking rule on
+    a tie is refused before the model loads unless ``allow_tied_ranking`` (ila.core.ties)."""
+    from ila.core.scores import SCORES_FILE, LayerScores
+    from ila.core.selection import Selection, SelectionRule
+    from ila.core.ties import require_separated
+
+    inputs: list[Path | None] = []
+    stage1_run = None
+    scores_file: Path | None = None
     if selection is not None:
         if not isinstance(selection, Selection):
             inputs.append(Path(selection))
             selection = Selection.load(Path(selection))
-        chosen = selection
-    else:
-        ranked = tune_top_fraction is not None or freeze_bottom_fraction is not None
-        if ranked and scores is None:
-            raise IlaError(
-                argument("tune_top_fraction"),
-                "/",
-                argument("freeze_bottom_fraction"),
-                " need ",
-                argument("scores"),
-                " (a score run or its layer_scores.json)",
-            )
-        if scores is not None and not isinstance(scores, LayerScores):
-            path = Path(scores)
-            inputs.append(path)
-            scores_file = path / SCORES_FILE if path.is_dir() else path
-            stage1_run = scores_file.parent
-            scores = LayerScores.load(path)
-        if ranked and scores is not None:  # before the model loads
-            origin = str(scores_file or "the scores given")
-            require_separated(scores, origin=origin, allow=allow_tied_ranking)
-        ranking = scores
-
-        chosen = SelectionRule.from_kwargs(
-            tune_top_fraction=tune_top_fraction,
-            freeze_bottom_fraction=freeze_bottom_fraction,
-            units=units,
-            blocks=blocks,
-            all_units=all_units,
+        return _TuningInputs(selection, inputs=inputs)
+    ranked = tune_top_fraction is not None or freeze_bottom_fraction is not None
+    if ranked and scores is None:
+        raise IlaError(
+            argument("tune_top_fraction"),
+            "/",
+            argument("freeze_bottom_fraction"),
+            " need ",
+            argument("scores"),
+            " (a score run or its layer_scores.json)",
         )
-
-    return finetune_job(
-        resolved,
-        chosen,
-        output,
-        scores=ranking,
-        scores_file=scores_file,
-        overwrite=overwrite,
-        resume=resume,
-        inputs=inputs,
-        allow_other_model=allow_other_model,
-        stage1_run=stage1_run,
+    if scores is not None and not isinstance(scores, LayerScores):
+        path = Path(scores)
+        inputs.append(path)
+        scores_file = path / SCORES_FILE if path.is_dir() else path
+        stage1_run = scores_file.parent
+        scores = LayerScores.load(path)
+    if ranked and scores is not None:  # before the model loads
+        origin = str(scores_file or "the scores given")
+        require_separated(scores, origin=origin, allow=allow_tied_ranking)
+    chosen = SelectionRule.from_kwargs(
+        tune_top_fraction=tune_top_fraction,
+        freeze_bottom_fraction=freeze_bottom_fraction,
+        units=units,
+        blocks=blocks,
+        all_units=all_units,
     )
+    return _TuningInputs(chosen, scores, scores_file, stage1_run, inputs)
 
 
 @_checks_environment

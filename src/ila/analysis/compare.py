@@ -345,13 +345,7 @@ def compare_scores(
     models_differ = _check_comparable(scores, labels, allow_other_model=allow_other_model)
     first = scores[0]
     n = len(first.units)
-    for label, s in zip(labels, scores, strict=True):
-        found = s.separation()
-        if found.tie:
-            raise IlaError(
-                f"run {label}: the ranking is a tie ({found.reason}); its order is arbitrary "
-                "and its rank correlation undefined"
-            )
+    _refuse_ties(scores, labels)
     order = first.names
     types = {u.name: u.module_type for u in first.units}
     ranked = [
@@ -610,6 +604,18 @@ def _model_text(scores: LayerScores) -> str:
     runs of ``--model model`` from different folders differ only there)."""
     fingerprint = fingerprint_of_record(scores.meta.get("model_fingerprint"))
     return scores.model_id + (f", fingerprint {fingerprint.id}" if fingerprint else "")
+
+
+def _refuse_ties(scores: Sequence[LayerScores], labels: Sequence[str]) -> None:
+    """Refuse a run whose ranking is a tie (ila.core.ties): its order is arbitrary and its
+    rank correlation undefined."""
+    for label, s in zip(labels, scores, strict=True):
+        found = s.separation()
+        if found.tie:
+            raise IlaError(
+                f"run {label}: the ranking is a tie ({found.reason}); its order is arbitrary "
+                "and its rank correlation undefined"
+            )
 
 
 def _check_comparable(

@@ -284,15 +284,7 @@ def plan_run(
     ``selection`` is an :class:`ila.core.selection.Selection` for the fine-tune (checked against
     the model's units); without it ``config.plan.tune_top_fraction`` of the units is tuned.
     """
-    if config.model.quantization == "nf4" and config.stage1.method == "full":
-        raise IlaError(
-            setting("model", "quantization"),
-            " nf4 with ",
-            setting("stage1", "method"),
-            " full: 4-bit weights cannot be fine-tuned; use ",
-            setting("stage1", "method"),
-            " lora",
-        )
+    _refuse_full_on_nf4(config)
     shape = model_shape(
         config.model.model,
         blocks_path=config.model.blocks_path,
@@ -339,6 +331,19 @@ def plan_run(
     )
 
 
+def _refuse_full_on_nf4(config: PlanConfig) -> None:
+    """Raise :class:`IlaError` for a full stage 1 on a 4-bit base (nothing to fine-tune)."""
+    if config.model.quantization == "nf4" and config.stage1.method == "full":
+        raise IlaError(
+            setting("model", "quantization"),
+            " nf4 with ",
+            setting("stage1", "method"),
+            " full: 4-bit weights cannot be fine-tuned; use ",
+            setting("stage1", "method"),
+            " lora",
+        )
+
+
 def _scoring_stages(
     config: PlanConfig,
     shape: ModelShape,
@@ -348,42 +353,19 @@ def _scoring_stages(
 ) -> tuple[StagePlan, StagePlan]:
     """Stages 1 and 2: a LoRA stage 1 and its gates, or a full stage 1 (W(0) kept) and
     gates on its weight changes; NF4 noted for a 4-bit base."""
-    lora, dtype = config.lora, config.model.dtype
-    dropout = common["dropout"]
     lora_units = list(shape.lora_map.units)
     blocks = {u.block for u in lora_units}
     gates = len(lora_units) if config.stage2.unit == "module" else len(blocks)
-    if config.stage1.method == "full" or config.source.from_model:
-        # Stage 1 trains every unit's weight matrix and keeps W(0) beside it; stage 2 holds
-        # Delta = W(T) - W(0) in its place (ila.core.deltas). No LoRA, so no dropout.
-        unit_weights = sum(u.num_params for u in lora_units)
-        per_weight = _DTYPE_BYTES[dtype]
-        stage1_what = f"full fine-tune of {len(lora_units)} units (W(0) kept)"
-        stage1_weights = base_weights + unit_weights * per_weight
-        stage1_trainable, stage1_per_param, kept = unit_weights, per_weight, "weights"
-        stage2_weights = base_weights + unit_weights * per_weight + gates * _FLOAT32
-        stage2_notes = [
-            "gates the weight change W(aligned) - W(base) of each unit"
-            if config.source.from_model
-            else "gates the full fine-tuning change Delta = W(T) - W(0) of each unit"
-        ]
-        dropout = False
-    else:
-        adapter = _lora_parameters(lora_units, lora.rank)
-        stage1_what = f"LoRA r={lora.rank} on {len(lora_units)} units"
-        stage1_weights = base_weights + adapter * _FLOAT32
-        stage1_trainable, stage1_per_param, kept = adapter, _FLOAT32, "lora"
-        stage2_weights = base_weights + (adapter + gates) * _FLOAT32
-        stage2_notes = []
+    update = _stage1_update(config, lora_units, base_weights, gates, dropout=common["dropout"])
     stage1 = StagePlan(
         name="stage 1",
-        what=stage1_what,
-        trainable_parameters=stage1_trainable,
-        weight_bytes=stage1_weights,
-        gradient_bytes=stage1_trainable * stage1_per_param,
-        optimizer_bytes=2 * stage1_trainable * stage1_per_param,
+        what=update.what,
+        trainable_parameters=update.trainable,
+        weight_bytes=update.weights,
+        gradient_bytes=update.trainable * update.per_param,
+        optimizer_bytes=2 * update.trainable * update.per_param,
         activation_bytes=activation_bytes(
-            shape, kept=kept, units=lora_units, **{**common, "dropout": dropout}
+            shape, kept=update.kept, units=lora_units, **{**common, "dropout": update.dropout}
         ),
         max_steps=config.stage1.max_steps,
         seconds=seconds(config.stage1.max_steps),
@@ -393,7 +375,7 @@ def _scoring_stages(
         name="stage 2",
         what=f"{gates} gates, one per {config.stage2.unit}",
         trainable_parameters=gates,
-        weight_bytes=stage2_weights,
+        weight_bytes=update.stage2_weights,
         gradient_bytes=gates * _FLOAT32,
         optimizer_bytes=2 * gates * _FLOAT32,
         # Stage 2 runs in eval mode by default (no dropout masks kept) and accumulates
@@ -402,25 +384,85 @@ def _scoring_stages(
             shape,
             kept="gates",
             units=lora_units,
-            **{**common, "dropout": dropout and not config.stage2.eval_mode},
+            **{**common, "dropout": update.dropout and not config.stage2.eval_mode},
         ),
         max_steps=config.stage2.steps,
         seconds=seconds(config.stage2.steps * config.stage2.grad_accum),
         notes=[
-            *stage2_notes,
+            *update.stage2_notes,
             f"each step accumulates {config.stage2.grad_accum} micro-batches (--stage2-grad-accum)",
         ],
     )
     if config.source.given:
-        stage1 = _existing_update_stage(config, base_weights, stage2_weights - gates * _FLOAT32)
-    if config.model.quantization == "nf4":
-        note = (
-            "block linears in 4-bit NF4 (double quantisation), CUDA only; QLoRA's preparation "
-            "turns gradient checkpointing on, so the activations are an upper bound"
+        stage1 = _existing_update_stage(
+            config, base_weights, update.stage2_weights - gates * _FLOAT32
         )
-        stage1 = replace(stage1, notes=[*stage1.notes, note])
-        stage2 = replace(stage2, notes=[*stage2.notes, note])
+    if config.model.quantization == "nf4":
+        stage1, stage2 = _with_nf4_note(stage1), _with_nf4_note(stage2)
     return stage1, stage2
+
+
+@dataclass(frozen=True)
+class _Stage1Update:
+    """What stage 1 trains and what it leaves to stage 2, for the estimate: bytes of the
+    weights in each stage, the trainable count and its bytes per parameter, the inputs
+    autograd keeps (``kept`` of :func:`activation_bytes`) and whether LoRA dropout runs."""
+
+    what: str
+    weights: int
+    trainable: int
+    per_param: int
+    kept: str
+    stage2_weights: int
+    stage2_notes: list[str]
+    dropout: bool
+
+
+def _stage1_update(
+    config: PlanConfig, lora_units: list[Unit], base_weights: int, gates: int, *, dropout: bool
+) -> _Stage1Update:
+    """A LoRA stage 1 and its gates, or a full stage 1 (W(0) kept) and gates on its weight
+    changes (docs/method.md, "Stage 1 as a full fine-tune"); ``dropout``: LoRA dropout is on."""
+    lora, dtype = config.lora, config.model.dtype
+    if config.stage1.method == "full" or config.source.from_model:
+        # Stage 1 trains every unit's weight matrix and keeps W(0) beside it; stage 2 holds
+        # Delta = W(T) - W(0) in its place (ila.core.deltas). No LoRA, so no dropout.
+        unit_weights = sum(u.num_params for u in lora_units)
+        per_weight = _DTYPE_BYTES[dtype]
+        return _Stage1Update(
+            what=f"full fine-tune of {len(lora_units)} units (W(0) kept)",
+            weights=base_weights + unit_weights * per_weight,
+            trainable=unit_weights,
+            per_param=per_weight,
+            kept="weights",
+            stage2_weights=base_weights + unit_weights * per_weight + gates * _FLOAT32,
+            stage2_notes=[
+                "gates the weight change W(aligned) - W(base) of each unit"
+                if config.source.from_model
+                else "gates the full fine-tuning change Delta = W(T) - W(0) of each unit"
+            ],
+            dropout=False,
+        )
+    adapter = _lora_parameters(lora_units, lora.rank)
+    return _Stage1Update(
+        what=f"LoRA r={lora.rank} on {len(lora_units)} units",
+        weights=base_weights + adapter * _FLOAT32,
+        trainable=adapter,
+        per_param=_FLOAT32,
+        kept="lora",
+        stage2_weights=base_weights + (adapter + gates) * _FLOAT32,
+        stage2_notes=[],
+        dropout=dropout,
+    )
+
+
+def _with_nf4_note(stage: StagePlan) -> StagePlan:
+    """``stage`` with the note of a 4-bit NF4 base (QLoRA) appended."""
+    note = (
+        "block linears in 4-bit NF4 (double quantisation), CUDA only; QLoRA's preparation "
+        "turns gradient checkpointing on, so the activations are an upper bound"
+    )
+    return replace(stage, notes=[*stage.notes, note])
 
 
 def _existing_update_stage(config: PlanConfig, base_weights: int, with_update: int) -> StagePlan:

@@ -282,32 +282,7 @@ def select_units(
         tuned = {u.name for b in value for u in _block_units(layer_map, b)}
     else:
         value = _fraction(given[rule], _rule_setting(rule))
-        if scores is None:
-            raise IlaError(
-                f"--{rule} ranks units, so it needs layer scores: pass ",
-                argument("scores"),
-                " RUN_OR_JSON",
-            )
-        check_scores_match(scores, layer_map, origin=str(scores_file or "scores"))
-        chosen = scores.top(value) if rule == "tune-top-fraction" else scores.bottom(value)
-        chosen_units = _expand(scores, layer_map, chosen)
-        everything = {u.name for u in layer_map.units}
-        tuned = chosen_units if rule == "tune-top-fraction" else everything - chosen_units
-        source = {
-            "method": scores.method,
-            "model_id": scores.model_id,
-            "scores_file": None if scores_file is None else str(scores_file),
-            "unit_kind": scores.unit_kind,
-            "model_fingerprint": scores.meta.get("model_fingerprint"),
-            # Chosen from a ranking that is a tie (ila.core.ties): the model's order.
-            "tied_ranking": scores.separation().tie,
-        }
-        if not tuned:
-            k = top_count(len(scores.units), value)
-            raise IlaError(
-                f"--{rule} {value} freezes all {k} ranked units (k rounds half up), so "
-                "nothing would be tuned; pass a smaller fraction"
-            )
+        tuned, source = _by_fraction(layer_map, rule, value, scores, scores_file)
     return Selection(
         rule=rule,
         value=value,
@@ -317,6 +292,44 @@ def select_units(
         layout=layer_map.to_dict(),
         source=source,
     )
+
+
+def _by_fraction(
+    layer_map: LayerMap,
+    rule: str,
+    value: float,
+    scores: LayerScores | None,
+    scores_file: str | Path | None,
+) -> tuple[set[str], dict[str, Any]]:
+    """The units a fraction ``rule`` tunes (the top k of ``scores``, or all but the bottom
+    k) and the ``source`` it records: the scores' method, model and whether they tie."""
+    if scores is None:
+        raise IlaError(
+            f"--{rule} ranks units, so it needs layer scores: pass ",
+            argument("scores"),
+            " RUN_OR_JSON",
+        )
+    check_scores_match(scores, layer_map, origin=str(scores_file or "scores"))
+    chosen = scores.top(value) if rule == "tune-top-fraction" else scores.bottom(value)
+    chosen_units = _expand(scores, layer_map, chosen)
+    everything = {u.name for u in layer_map.units}
+    tuned = chosen_units if rule == "tune-top-fraction" else everything - chosen_units
+    source = {
+        "method": scores.method,
+        "model_id": scores.model_id,
+        "scores_file": None if scores_file is None else str(scores_file),
+        "unit_kind": scores.unit_kind,
+        "model_fingerprint": scores.meta.get("model_fingerprint"),
+        # Chosen from a ranking that is a tie (ila.core.ties): the model's order.
+        "tied_ranking": scores.separation().tie,
+    }
+    if not tuned:
+        k = top_count(len(scores.units), value)
+        raise IlaError(
+            f"--{rule} {value} freezes all {k} ranked units (k rounds half up), so "
+            "nothing would be tuned; pass a smaller fraction"
+        )
+    return tuned, source
 
 
 def check_scores_match(scores: LayerScores, layer_map: LayerMap, *, origin: str = "scores") -> None:

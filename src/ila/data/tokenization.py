@@ -144,17 +144,7 @@ def tokenize_examples(
     would teach only the end-of-turn token); a warning says when some responses are empty
     and when every kept example was cut.
     """
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise IlaError(
-            setting("data", "max_length"), f" must be an integer >= 2, got {short_repr(max_length)}"
-        )
-    if not examples:
-        raise IlaError("no examples to tokenize; check the data source")
-    if not getattr(tokenizer, "is_fast", False):
-        raise IlaError(
-            "response-only labels need a fast (Rust) tokenizer with character offsets; "
-            "use a model whose tokenizer has a tokenizer.json"
-        )
+    _check_inputs(examples, tokenizer, max_length)
     resolve_template(tokenizer, template)  # validate once, before the loop
     bos = _bos_ids(tokenizer)
     text_limit = _text_limit(tokenizer, max_length)
@@ -181,9 +171,32 @@ def tokenize_examples(
             {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
         )
         result.kept.append(index)
+    _check_kept(result, len(examples), max_length)
+    return result
+
+
+def _check_inputs(examples: Sequence[Example], tokenizer: Any, max_length: Any) -> None:
+    """Raise :class:`IlaError` unless ``max_length`` is an integer >= 2, there are examples
+    and ``tokenizer`` is fast (response-only labels need its character offsets)."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise IlaError(
+            setting("data", "max_length"), f" must be an integer >= 2, got {short_repr(max_length)}"
+        )
+    if not examples:
+        raise IlaError("no examples to tokenize; check the data source")
+    if not getattr(tokenizer, "is_fast", False):
+        raise IlaError(
+            "response-only labels need a fast (Rust) tokenizer with character offsets; "
+            "use a model whose tokenizer has a tokenizer.json"
+        )
+
+
+def _check_kept(result: TokenizedData, num_examples: int, max_length: int) -> None:
+    """Refuse a result with no example kept or only empty responses; add (and log) the
+    warnings about dropped examples, empty responses and examples that were all cut."""
     if not result.features:
         raise IlaError(
-            f"all {len(examples)} examples were dropped: no response token fits in "
+            f"all {num_examples} examples were dropped: no response token fits in "
             f"{max_length} tokens; raise ",
             setting("data", "max_length"),
         )
@@ -195,7 +208,7 @@ def tokenize_examples(
         )
     if result.num_dropped:
         result.warnings.append(
-            f"dropped {result.num_dropped} of {len(examples)} examples with no response "
+            f"dropped {result.num_dropped} of {num_examples} examples with no response "
             f"token within {max_length} tokens"
         )
     if result.num_empty_responses:
@@ -210,7 +223,6 @@ def tokenize_examples(
         )
     for warning in result.warnings:
         logger.warning("%s", warning)
-    return result
 
 
 def _empty_response(messages: Sequence[Mapping[str, str]]) -> bool:

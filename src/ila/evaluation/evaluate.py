@@ -192,16 +192,9 @@ def _generate_answers(
     """Greedy answers to the first ``generate_examples`` conversations whose prompt leaves
     room to answer within ``max_length`` (as in training), with exact match where the
     examples carry a checkable answer. Returns the generation records and their metrics."""
-    to_generate, prompts, too_long = [], [], 0
-    for example in (e for e in examples if not e.is_text):
-        if len(to_generate) == settings.generate_examples:
-            break
-        ids = prompt_token_ids(example.messages, tokenizer, template)
-        if len(ids) >= max_length:
-            too_long += 1
-            continue
-        to_generate.append(example)
-        prompts.append(ids)
+    to_generate, prompts, too_long = _prompts_to_answer(
+        examples, tokenizer, settings.generate_examples, max_length=max_length, template=template
+    )
     metrics: dict[str, Any] = {
         "exact_match": None,
         "exact_match_examples": 0,
@@ -242,6 +235,29 @@ def _generate_answers(
         metrics["exact_match"] = exact_match_score(checked_pred, checked_ref)
         metrics["exact_match_examples"] = len(checked_ref)
     return generations, metrics
+
+
+def _prompts_to_answer(
+    examples: Sequence[Example],
+    tokenizer: Any,
+    count: int,
+    *,
+    max_length: int,
+    template: str,
+) -> tuple[list[Example], list[list[int]], int]:
+    """The first ``count`` conversations whose prompt is shorter than ``max_length`` tokens,
+    their prompt token ids, and how many prompts were skipped as too long."""
+    to_generate, prompts, too_long = [], [], 0
+    for example in (e for e in examples if not e.is_text):
+        if len(to_generate) == count:
+            break
+        ids = prompt_token_ids(example.messages, tokenizer, template)
+        if len(ids) >= max_length:
+            too_long += 1
+            continue
+        to_generate.append(example)
+        prompts.append(ids)
+    return to_generate, prompts, too_long
 
 
 def _multiple_choice(model: Any, tokenizer: Any, settings: EvalSettings) -> dict[str, Any]:

@@ -54,30 +54,18 @@ def preference_metrics(
             setting("data", "max_length"),
         )
     skipped, pairs = len(pairs) - len(kept), kept
-    replies = {}
-    for key in ("chosen", "rejected"):
-        examples = [
-            Example((*p.prompt, {"role": "assistant", "content": getattr(p, key)}), None, p.source)
-            for p in pairs
-        ]
-        features = tokenize_examples(
-            examples, tokenizer, max_length=max_length, template=template
-        ).features
-        if len(features) != len(pairs):
-            raise IlaError(
-                f"{len(pairs) - len(features)} pairs have no {key} reply token within ",
-                setting("data", "max_length"),
-                f" {max_length} although their prompts fit; raise ",
-                setting("data", "max_length"),
-            )
-        losses = response_token_losses(
+    replies = {
+        key: _reply_log_probs(
             model,
-            features,
-            pad_token_id=tokenizer.pad_token_id,
+            tokenizer,
+            pairs,
+            key,
+            max_length=max_length,
             batch_size=batch_size,
-            label=f"preference: {key} replies",
+            template=template,
         )
-        replies[key] = [-loss for loss, _ in losses]
+        for key in ("chosen", "rejected")
+    }
     margins = [c - r for c, r in zip(replies["chosen"], replies["rejected"], strict=True)]
     return {
         "preference_accuracy": sum(m > 0 for m in margins) / len(margins),
@@ -85,3 +73,39 @@ def preference_metrics(
         "preference_pairs": len(margins),
         "preference_skipped_long_prompts": skipped,
     }
+
+
+def _reply_log_probs(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[PreferencePair],
+    key: str,
+    *,
+    max_length: int,
+    batch_size: int,
+    template: str,
+) -> list[float]:
+    """log p(reply | prompt) of each pair's ``key`` reply ("chosen" or "rejected"), summed
+    over the reply's tokens (docs/method.md, "Preference optimisation")."""
+    examples = [
+        Example((*p.prompt, {"role": "assistant", "content": getattr(p, key)}), None, p.source)
+        for p in pairs
+    ]
+    features = tokenize_examples(
+        examples, tokenizer, max_length=max_length, template=template
+    ).features
+    if len(features) != len(pairs):
+        raise IlaError(
+            f"{len(pairs) - len(features)} pairs have no {key} reply token within ",
+            setting("data", "max_length"),
+            f" {max_length} although their prompts fit; raise ",
+            setting("data", "max_length"),
+        )
+    losses = response_token_losses(
+        model,
+        features,
+        pad_token_id=tokenizer.pad_token_id,
+        batch_size=batch_size,
+        label=f"preference: {key} replies",
+    )
+    return [-loss for loss, _ in losses]

@@ -381,16 +381,7 @@ def _load_inputs(
     identity = model_fingerprint(config.model.model)
     if resume:
         RunDir(output_dir).require_same_model(identity)
-    if isinstance(selection, _RuleOnRanking):
-        selection = selection.rule.apply(
-            layer_map, scores=selection.scores, scores_file=selection.scores_file
-        )
-    # A ranking of some module types only (--lora-module-types, or an adapter of some
-    # modules ranked with --from-adapter) selects among those; the others stay frozen.
-    kept_types = selection.layout.get("module_types")
-    if kept_types and tuple(kept_types) != layer_map.module_types:
-        layer_map = layer_map.restricted_to(kept_types)
-    units = selection.selected_units(layer_map)  # checks the selection's model layout
+    selection, layer_map, units = _selection_on(selection, layer_map)
     other_model = check_same_model(
         selection.source.get("model_fingerprint"),
         identity,
@@ -421,6 +412,24 @@ def _load_inputs(
         num_eval_examples=len(held_out),
         preference=preference,
     )
+
+
+def _selection_on(
+    selection: Selection | _RuleOnRanking, layer_map: LayerMap
+) -> tuple[Selection, LayerMap, list[Unit]]:
+    """The selection on the loaded model (a rule on a ranking is applied to its units), the
+    layer map of the module types it chooses among, and the units it tunes."""
+    if isinstance(selection, _RuleOnRanking):
+        selection = selection.rule.apply(
+            layer_map, scores=selection.scores, scores_file=selection.scores_file
+        )
+    # A ranking of some module types only (--lora-module-types, or an adapter of some
+    # modules ranked with --from-adapter) selects among those; the others stay frozen.
+    kept_types = selection.layout.get("module_types")
+    if kept_types and tuple(kept_types) != layer_map.module_types:
+        layer_map = layer_map.restricted_to(kept_types)
+    units = selection.selected_units(layer_map)  # checks the selection's model layout
+    return selection, layer_map, units
 
 
 def _training_rows(

@@ -269,37 +269,8 @@ def _check_combination(config: ScoreConfig, method: str) -> None:
             argument("scorer"),
             " ila (or lora-norm, snr, first, last, random)",
         )
-    source = config.source
-    if source.given:
-        flag = setting("source", "from_adapter" if source.from_adapter else "from_model")
-        if method != "ila":
-            raise IlaError(
-                flag,
-                " ranks an existing update with ILA's stage 2; drop ",
-                argument("scorer"),
-                f" {method} (or pass ",
-                argument("scorer"),
-                " ila)",
-            )
-        if config.ensemble.seeds > 1:
-            raise IlaError(
-                flag,
-                " with ",
-                setting("ensemble", "seeds"),
-                f" {config.ensemble.seeds}: an existing update is one "
-                "stage 1, so independent identifications cannot be made from it; drop ",
-                setting("ensemble", "seeds"),
-            )
-        if source.from_model and config.train.objective == "dpo":
-            raise IlaError(
-                setting("source", "from_model"),
-                " with ",
-                setting("train", "objective"),
-                " dpo: DPO's reference is the model without the "
-                "update, which weight changes cannot switch off; use ",
-                setting("source", "from_adapter"),
-                " or sft",
-            )
+    if config.source.given:
+        _check_existing_update(config, method)
     if method == "lora-norm" and stage1 != "lora":
         raise IlaError(
             setting("stage1", "method"),
@@ -308,6 +279,42 @@ def _check_combination(config: ScoreConfig, method: str) -> None:
             " lora, or ",
             argument("scorer"),
             " ila to gate the full fine-tuning deltas",
+        )
+
+
+def _check_existing_update(config: ScoreConfig, method: str) -> None:
+    """Refuse what cannot rank an existing update (``source.from_adapter`` or
+    ``source.from_model``; docs/method.md, "ILA on an update you already have"): another
+    scorer than ila, several ensemble seeds, and DPO on weight changes."""
+    source = config.source
+    flag = setting("source", "from_adapter" if source.from_adapter else "from_model")
+    if method != "ila":
+        raise IlaError(
+            flag,
+            " ranks an existing update with ILA's stage 2; drop ",
+            argument("scorer"),
+            f" {method} (or pass ",
+            argument("scorer"),
+            " ila)",
+        )
+    if config.ensemble.seeds > 1:
+        raise IlaError(
+            flag,
+            " with ",
+            setting("ensemble", "seeds"),
+            f" {config.ensemble.seeds}: an existing update is one "
+            "stage 1, so independent identifications cannot be made from it; drop ",
+            setting("ensemble", "seeds"),
+        )
+    if source.from_model and config.train.objective == "dpo":
+        raise IlaError(
+            setting("source", "from_model"),
+            " with ",
+            setting("train", "objective"),
+            " dpo: DPO's reference is the model without the "
+            "update, which weight changes cannot switch off; use ",
+            setting("source", "from_adapter"),
+            " or sft",
         )
 
 
@@ -331,13 +338,7 @@ def score(
     """
     from ila.scorers import get_scorer
 
-    if resume and overwrite:
-        raise IlaError(
-            argument("resume"),
-            " and ",
-            argument("overwrite"),
-            " contradict each other; pass one of them",
-        )
+    _refuse_resume_with_overwrite(resume, overwrite)
     scorer = get_scorer(method)  # fail on a misspelled method before loading anything
     _check_combination(config, method)
     rundir = RunDir(output_dir)
@@ -373,6 +374,18 @@ def score(
         _record_run_facts(scores, config, inputs.model_fingerprint, seconds)
         report_files = _save_scores(scores, rundir) if main else []
     return ScoreRun(rundir.path, scores, seconds, report_files)
+
+
+def _refuse_resume_with_overwrite(resume: bool, overwrite: bool) -> None:
+    """Refuse ``resume`` with ``overwrite`` before anything else (RunDir.check does too,
+    later)."""
+    if resume and overwrite:
+        raise IlaError(
+            argument("resume"),
+            " and ",
+            argument("overwrite"),
+            " contradict each other; pass one of them",
+        )
 
 
 def _check_launch(config: ScoreConfig, method: str) -> PrecisionChoice:

@@ -184,22 +184,11 @@ def load_model(
     path-like string that does not exist (an error); otherwise a Hugging Face hub id.
     ``threads`` sets ``torch.set_num_threads``; ``cache`` overrides :func:`cache_dir`.
     """
-    from transformers import AutoModelForCausalLM
-
     if threads is not None:
-        if threads < 1:
-            raise IlaError(
-                setting("model", "threads"), f" {threads}: pass a positive number of threads"
-            )
-        torch.set_num_threads(threads)
+        _set_threads(threads)
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device=target)
-    bf16_cuda = target.type == "cuda" and torch_dtype is torch.bfloat16
-    if bf16_cuda and not torch.cuda.is_bf16_supported():
-        raise IlaError(
-            setting("model", "dtype"),
-            f" {dtype}: this GPU has no bfloat16; pass float16 or float32",
-        )
+    _require_bf16_support(target, torch_dtype, dtype)
     start = time.perf_counter()
     source = _resolve(model, cache)
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
@@ -211,23 +200,7 @@ def load_model(
     if max_length is not None:
         require_positions(model_config, model, max_length)
     tokenizer = _load_tokenizer(model, source)
-    if quantize_4bit:
-        loaded = _from_pretrained(
-            AutoModelForCausalLM,
-            model,
-            source,
-            dtype=torch_dtype,
-            quantization_config=_nf4_config(target, torch_dtype),
-            device_map={"": target.index or 0},
-        )
-    else:
-        loaded = _from_pretrained(AutoModelForCausalLM, model, source, dtype=torch_dtype)
-        if target.type == "cuda" and fsdp_requested():
-            # FSDP shards the model from the CPU onto each process's GPU when the Trainer
-            # prepares it; a whole copy on one GPU first would not fit a large model.
-            logger.info("FSDP launch: the model stays on the CPU until FSDP shards it")
-        else:
-            loaded.to(target)
+    loaded = _load_weights(model, source, target, torch_dtype, quantize_4bit=quantize_4bit)
     _name_by_absolute_path(loaded, source)
     generation_config = getattr(loaded, "generation_config", None)
     if generation_config is not None and generation_config.pad_token_id is None:
@@ -242,6 +215,56 @@ def load_model(
         time.perf_counter() - start,
     )
     return loaded, tokenizer
+
+
+def _set_threads(threads: int) -> None:
+    """``torch.set_num_threads(threads)``; :class:`IlaError` for a count below 1."""
+    if threads < 1:
+        raise IlaError(
+            setting("model", "threads"), f" {threads}: pass a positive number of threads"
+        )
+    torch.set_num_threads(threads)
+
+
+def _require_bf16_support(target: torch.device, torch_dtype: torch.dtype, dtype: str) -> None:
+    """Refuse bfloat16 (``dtype`` as the user gave it) on a GPU that has none."""
+    bf16_cuda = target.type == "cuda" and torch_dtype is torch.bfloat16
+    if bf16_cuda and not torch.cuda.is_bf16_supported():
+        raise IlaError(
+            setting("model", "dtype"),
+            f" {dtype}: this GPU has no bfloat16; pass float16 or float32",
+        )
+
+
+def _load_weights(
+    model: str,
+    source: str,
+    target: torch.device,
+    torch_dtype: torch.dtype,
+    *,
+    quantize_4bit: bool,
+) -> PreTrainedModel:
+    """The causal LM's weights from ``source``: as 4-bit NF4 on ``target`` (QLoRA), or in
+    ``torch_dtype`` moved to ``target`` (left on the CPU under an FSDP launch)."""
+    from transformers import AutoModelForCausalLM
+
+    if quantize_4bit:
+        return _from_pretrained(
+            AutoModelForCausalLM,
+            model,
+            source,
+            dtype=torch_dtype,
+            quantization_config=_nf4_config(target, torch_dtype),
+            device_map={"": target.index or 0},
+        )
+    loaded = _from_pretrained(AutoModelForCausalLM, model, source, dtype=torch_dtype)
+    if target.type == "cuda" and fsdp_requested():
+        # FSDP shards the model from the CPU onto each process's GPU when the Trainer
+        # prepares it; a whole copy on one GPU first would not fit a large model.
+        logger.info("FSDP launch: the model stays on the CPU until FSDP shards it")
+    else:
+        loaded.to(target)
+    return loaded
 
 
 def load_model_config(model: str, *, cache: Path | None = None) -> Any:

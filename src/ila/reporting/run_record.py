@@ -58,29 +58,7 @@ class RunRecord:
 def load_run_record(run_dir: Path) -> RunRecord:
     """Read a finished score run; refuse anything else with a one-line :class:`IlaError`."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise IlaError(f"{run_dir}: no such run directory")
-    state_file = run_dir / RUN_STATE_FILE
-    if not state_file.is_file():
-        raise IlaError(
-            f"{run_dir} holds no {RUN_STATE_FILE}; pass the output directory of 'ila score' "
-            "or 'ila run'"
-        )
-    state = read_json(state_file)
-    if not isinstance(state, dict) or not isinstance(state.get("completed_stages"), list):
-        raise IlaError(f"{state_file}: malformed run state (no 'completed_stages' list)")
-    command = state.get("command")
-    if command not in _SCORE_COMMANDS:
-        raise IlaError(
-            f"{run_dir} holds an 'ila {command}' run; 'ila report' reports the runs of "
-            "'ila score' and 'ila run'"
-        )
-    stages = [str(s) for s in state["completed_stages"]]
-    if "score" not in stages:
-        raise IlaError(
-            f"{run_dir} is not a finished run (its scoring stage has not completed); wait for "
-            "it to finish or re-run it"
-        )
+    command, stages = _finished_score_state(run_dir)
     run = RunDir(run_dir)
     scores = LayerScores.load(run.scores)
     config = _read_yaml(run.config)
@@ -118,6 +96,35 @@ def load_run_record(run_dir: Path) -> RunRecord:
         finetunes=finetunes,
         evaluation=evaluation,
     )
+
+
+def _finished_score_state(run_dir: Path) -> tuple[str, list[str]]:
+    """The command and completed stages of the run state in ``run_dir``; :class:`IlaError`
+    unless it is a finished 'ila score' or 'ila run' run."""
+    if not run_dir.is_dir():
+        raise IlaError(f"{run_dir}: no such run directory")
+    state_file = run_dir / RUN_STATE_FILE
+    if not state_file.is_file():
+        raise IlaError(
+            f"{run_dir} holds no {RUN_STATE_FILE}; pass the output directory of 'ila score' "
+            "or 'ila run'"
+        )
+    state = read_json(state_file)
+    if not isinstance(state, dict) or not isinstance(state.get("completed_stages"), list):
+        raise IlaError(f"{state_file}: malformed run state (no 'completed_stages' list)")
+    command = state.get("command")
+    if command not in _SCORE_COMMANDS:
+        raise IlaError(
+            f"{run_dir} holds an 'ila {command}' run; 'ila report' reports the runs of "
+            "'ila score' and 'ila run'"
+        )
+    stages = [str(s) for s in state["completed_stages"]]
+    if "score" not in stages:
+        raise IlaError(
+            f"{run_dir} is not a finished run (its scoring stage has not completed); wait for "
+            "it to finish or re-run it"
+        )
+    return command, stages
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

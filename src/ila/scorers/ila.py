@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback, TrainingArguments
 
 from ila.config import Stage2Config, setting
 from ila.core.cooldown import cooldown_length, learning_rate_factor
@@ -228,27 +229,11 @@ def run_stage1(
         update.load_finished(out)
         log.info("stage 1 finished before the interruption; reusing %s", out)
         return read_json(out / STAGE_SUMMARY_FILE)
-    log.info(
-        "stage 1: %s on %d units until stable (%s rule, checks every %d steps, at most %d)",
-        "LoRA" if cfg.method == "lora" else "full fine-tuning",
-        len(ctx.layer_map.units),
-        cfg.criterion,
-        cfg.window,
-        cfg.max_steps,
-    )
+    _log_stage1_start(ctx)
     watch = _Stage1Watch(ctx, update)
     checkpoint = _resume_point(ctx, out / "trainer", "stage1")
     seconds_before = watch.replay(checkpoint)
-    args = make_training_args(
-        train,
-        output_dir=out / "trainer",
-        learning_rate=cfg.resolved_learning_rate(),
-        # Room for the cool-down after a stop at the cap (the watch stops the run earlier).
-        max_steps=cfg.max_steps + cooldown_length(cfg.max_steps, cfg.cooldown_fraction),
-        warmup_steps=cfg.warmup_steps,
-        scheduler="constant_with_warmup",
-        device=ctx.config.model.device,
-    )
+    args = _stage1_training_args(ctx, out)
     schedule = StageSchedule(lr_factor=watch.lr_factor) if cfg.cooldown_fraction else None
     if checkpoint is not None and watch.finished():
         # The interrupted run stopped at this checkpoint: its weights are stage 1's result.
@@ -280,13 +265,50 @@ def run_stage1(
             "learned at the cap (raise --stage1-max-steps or --stage1-epsilon)",
             cfg.max_steps,
         )
+    _save_stage1(ctx, out, update, summary)
+    return summary
+
+
+def _log_stage1_start(ctx: ScoringContext) -> None:
+    """Log what stage 1 trains and its stopping rule (docs/method.md, "Stage 1")."""
+    cfg = ctx.config.stage1
+    log.info(
+        "stage 1: %s on %d units until stable (%s rule, checks every %d steps, at most %d)",
+        "LoRA" if cfg.method == "lora" else "full fine-tuning",
+        len(ctx.layer_map.units),
+        cfg.criterion,
+        cfg.window,
+        cfg.max_steps,
+    )
+
+
+def _stage1_training_args(ctx: ScoringContext, out: Path) -> TrainingArguments:
+    """The Trainer arguments of stage 1: its learning rate and warm-up, up to the cap plus
+    its cool-down, checkpoints under ``out/trainer``."""
+    cfg = ctx.config.stage1
+    return make_training_args(
+        ctx.config.train,
+        output_dir=out / "trainer",
+        learning_rate=cfg.resolved_learning_rate(),
+        # Room for the cool-down after a stop at the cap (the watch stops the run earlier).
+        max_steps=cfg.max_steps + cooldown_length(cfg.max_steps, cfg.cooldown_fraction),
+        warmup_steps=cfg.warmup_steps,
+        scheduler="constant_with_warmup",
+        device=ctx.config.model.device,
+    )
+
+
+def _save_stage1(
+    ctx: ScoringContext, out: Path, update: LoraUpdate, summary: dict[str, Any]
+) -> None:
+    """Write stage 1's update and summary.json under ``out`` and mark the stage finished in
+    the run state (main process; every process gathers the update)."""
     state = update.gather()
     if is_main_process():
         with atomic_directory(out / update.folder) as tmp:
             update.save(tmp, state)
         atomic_write_json(out / STAGE_SUMMARY_FILE, summary)
         RunDir(ctx.output_dir).mark("stage1")
-    return summary
 
 
 class _Stage1Watch:
@@ -464,6 +486,46 @@ def run_stage2(
     if ctx.resume and _completed(ctx, "stage2"):
         log.info("stage 2 finished before the interruption; reusing %s", out)
         return read_json(out / STAGE_SUMMARY_FILE)
+    gated = _attach_stage2_gates(ctx, model, deltas)
+    record = _GateRecord(gated, cfg)
+    checkpoint = _resume_point(ctx, out / "trainer", "stage2")
+    record.restore(checkpoint)
+    schedule = _stage2_schedule(cfg)
+    args = _stage2_training_args(ctx, out)
+    seconds_before = checkpoint.seconds if checkpoint is not None else 0.0
+    try:
+        trainer, seconds = run_trainer(
+            model,
+            args,
+            train_features=ctx.train_features,
+            collator=ctx.collator,
+            preference=ctx.preference,
+            callbacks=_stage2_callbacks(ctx, record, seconds_before),
+            extra_loss=record.budget,
+            resume_from=checkpoint.folder if checkpoint is not None else None,
+            eval_mode=cfg.eval_mode,
+            stage_schedule=schedule,
+            label="stage 2",
+        )
+    finally:
+        gated.detach()
+    summary = _stage2_summary(ctx, record, trainer.state.global_step, seconds + seconds_before)
+    summary["examples_per_step"] = (
+        train.batch_size * args.gradient_accumulation_steps * args.world_size
+    )
+    if is_main_process():
+        _save_stage2(ctx, out, record, summary)
+    return summary
+
+
+def _attach_stage2_gates(
+    ctx: ScoringContext,
+    model: torch.nn.Module,
+    deltas: dict[str, torch.Tensor] | None,
+) -> GatedModel:
+    """Freeze ``model`` and put a gate on each unit's LoRA update, or on ``deltas`` (a full
+    stage 1); the gate scores s are then the only trainable values (docs/method.md, Stage 2)."""
+    cfg = ctx.config.stage2
     for param in model.parameters():
         param.requires_grad_(False)
     if deltas is None:
@@ -481,16 +543,37 @@ def run_stage2(
         cfg.steps,
         cfg.grad_accum,
     )
-    record = _GateRecord(gated, cfg)
-    checkpoint = _resume_point(ctx, out / "trainer", "stage2")
-    record.restore(checkpoint)
-    callbacks = [AfterStep(record.project)] if cfg.budget == "project" else []
-    schedule = None
-    if cfg.optimizer == "adam-shared":
-        schedule = StageSchedule(
-            optimizer=lambda params: SharedScaleAdam(params, cfg.learning_rate)
-        )
-    args = make_training_args(
+    return gated
+
+
+def _stage2_callbacks(
+    ctx: ScoringContext, record: _GateRecord, seconds_before: float
+) -> list[TrainerCallback]:
+    """Stage 2's Trainer callbacks: the projection after each step (``project`` budget),
+    the metrics rows and the checkpoint state of the gates."""
+    callbacks: list[TrainerCallback] = (
+        [AfterStep(record.project)] if ctx.config.stage2.budget == "project" else []
+    )
+    return [
+        *callbacks,
+        MetricsLogger("stage2", ctx.output_dir / METRICS_FILE, record.values, record.step),
+        CheckpointState("stage2", record.values, record.state, seconds_before=seconds_before),
+    ]
+
+
+def _stage2_schedule(cfg: Stage2Config) -> StageSchedule | None:
+    """Stage 2's optimizer when it is not the Trainer's own: Adam with one shared scale
+    (``stage2.optimizer == "adam-shared"``); None otherwise."""
+    if cfg.optimizer != "adam-shared":
+        return None
+    return StageSchedule(optimizer=lambda params: SharedScaleAdam(params, cfg.learning_rate))
+
+
+def _stage2_training_args(ctx: ScoringContext, out: Path) -> TrainingArguments:
+    """The Trainer arguments of stage 2: ``stage2.steps`` steps of ``stage2.grad_accum``
+    times the run's micro-batches, its own data order, checkpoints under ``out/trainer``."""
+    cfg, train = ctx.config.stage2, ctx.config.train
+    return make_training_args(
         train,
         output_dir=out / "trainer",
         learning_rate=cfg.learning_rate,
@@ -500,45 +583,23 @@ def run_stage2(
         seed=stage_seed(train.seed, "stage2"),
         grad_accum=train.grad_accum * cfg.grad_accum,
     )
-    seconds_before = checkpoint.seconds if checkpoint is not None else 0.0
-    try:
-        trainer, seconds = run_trainer(
-            model,
-            args,
-            train_features=ctx.train_features,
-            collator=ctx.collator,
-            preference=ctx.preference,
-            callbacks=[
-                *callbacks,
-                MetricsLogger("stage2", ctx.output_dir / METRICS_FILE, record.values, record.step),
-                CheckpointState(
-                    "stage2", record.values, record.state, seconds_before=seconds_before
-                ),
-            ],
-            extra_loss=record.budget,
-            resume_from=checkpoint.folder if checkpoint is not None else None,
-            eval_mode=cfg.eval_mode,
-            stage_schedule=schedule,
-            label="stage 2",
-        )
-    finally:
-        gated.detach()
-    summary = _stage2_summary(ctx, record, trainer.state.global_step, seconds + seconds_before)
-    summary["examples_per_step"] = (
-        train.batch_size * args.gradient_accumulation_steps * args.world_size
+
+
+def _save_stage2(
+    ctx: ScoringContext, out: Path, record: _GateRecord, summary: dict[str, Any]
+) -> None:
+    """Write stage2/gate_trajectory.json and summary.json under ``out`` and mark the stage
+    finished in the run state (main process only)."""
+    atomic_write_json(
+        out / GATE_TRAJECTORY_FILE,
+        {
+            "gate_names": list(record.gated.gate_names),
+            "values": record.trajectory,
+            "scores": record.score_trajectory,
+        },
     )
-    if is_main_process():
-        atomic_write_json(
-            out / GATE_TRAJECTORY_FILE,
-            {
-                "gate_names": list(gated.gate_names),
-                "values": record.trajectory,
-                "scores": record.score_trajectory,
-            },
-        )
-        atomic_write_json(out / STAGE_SUMMARY_FILE, summary)
-        RunDir(ctx.output_dir).mark("stage2")
-    return summary
+    atomic_write_json(out / STAGE_SUMMARY_FILE, summary)
+    RunDir(ctx.output_dir).mark("stage2")
 
 
 class _GateRecord:
@@ -703,18 +764,6 @@ def _resume_point(ctx: ScoringContext, folder: Path, stage: str) -> StageCheckpo
 def ila_scores(ctx: ScoringContext, stage1: dict[str, Any], stage2: dict[str, Any]) -> LayerScores:
     """The ranking of a run from its stage summaries (docs/method.md, "Output")."""
     layer_map: LayerMap = ctx.layer_map
-    raw, gammas = stage2["raw_scores"], stage2["gates"]
-    if stage2["unit"] == "module":
-        units = [
-            UnitScore(u.name, u.block, u.module_type, gammas[i], raw[i])
-            for i, u in enumerate(layer_map.units)
-        ]
-    else:
-        blocks = sorted({u.block for u in layer_map.units})
-        units = [
-            UnitScore(layer_map.block_name(b), b, None, gammas[i], raw[i])
-            for i, b in enumerate(blocks)
-        ]
     meta = {
         "T": stage1["T"],
         "stage1_stable": stage1["stable"],
@@ -729,28 +778,8 @@ def ila_scores(ctx: ScoringContext, stage1: dict[str, Any], stage2: dict[str, An
         "data_fingerprint": ctx.data_fingerprint,
         "num_train_examples": len(ctx.train_features),
         "lora": {"rank": ctx.config.lora.rank, "alpha": ctx.config.lora.alpha},
-        "stage1": {
-            "method": stage1.get("method", "lora"),
-            "learning_rate": stage1.get("learning_rate"),
-            "criterion": stage1.get("criterion"),
-            "epsilon": stage1.get("epsilon"),
-            "window": stage1.get("window"),
-            "patience": stage1.get("patience"),
-            "cooldown_steps": stage1.get("cooldown_steps", 0),
-        },
-        "stage2": {
-            "budget": ctx.config.stage2.budget,
-            "budget_weight": ctx.config.stage2.budget_weight,
-            "target_fraction": ctx.config.stage2.target_fraction,
-            "learning_rate": ctx.config.stage2.learning_rate,
-            "optimizer": ctx.config.stage2.optimizer,
-            "schedule": ctx.config.stage2.schedule,
-            "init_score": ctx.config.stage2.init_score,
-            "grad_accum": ctx.config.stage2.grad_accum,
-            "tail_fraction": ctx.config.stage2.tail_fraction,
-            "eval_mode": ctx.config.stage2.eval_mode,
-            "examples_per_step": stage2.get("examples_per_step"),
-        },
+        "stage1": _stage1_settings(stage1),
+        "stage2": _stage2_settings(ctx.config.stage2, stage2),
         # What one run can say about its own stability (docs/method.md, "Stability"):
         # how much the stage-1 norm ranking moved at the last check, and how much the
         # gate ranking moved over the stage-2 tail (top-25% Jaccard; 1.0 = settled).
@@ -768,7 +797,53 @@ def ila_scores(ctx: ScoringContext, stage1: dict[str, Any], stage2: dict[str, An
         method="ila",
         model_id=ctx.model_id,
         unit_kind=stage2["unit"],
-        units=units,
+        units=_unit_scores(layer_map, stage2),
         layout=layer_map.to_dict(),
         meta=meta,
     )
+
+
+def _unit_scores(layer_map: LayerMap, stage2: dict[str, Any]) -> list[UnitScore]:
+    """One score per gate of the stage-2 summary: per module (LayerMap order) or per block
+    (block order), with gamma = sigmoid(s) and the raw s (docs/method.md, "Output")."""
+    raw, gammas = stage2["raw_scores"], stage2["gates"]
+    if stage2["unit"] == "module":
+        return [
+            UnitScore(u.name, u.block, u.module_type, gammas[i], raw[i])
+            for i, u in enumerate(layer_map.units)
+        ]
+    blocks = sorted({u.block for u in layer_map.units})
+    return [
+        UnitScore(layer_map.block_name(b), b, None, gammas[i], raw[i]) for i, b in enumerate(blocks)
+    ]
+
+
+def _stage1_settings(stage1: dict[str, Any]) -> dict[str, Any]:
+    """The stage-1 settings a ranking records, read from stage1/summary.json."""
+    return {
+        "method": stage1.get("method", "lora"),
+        "learning_rate": stage1.get("learning_rate"),
+        "criterion": stage1.get("criterion"),
+        "epsilon": stage1.get("epsilon"),
+        "window": stage1.get("window"),
+        "patience": stage1.get("patience"),
+        "cooldown_steps": stage1.get("cooldown_steps", 0),
+    }
+
+
+def _stage2_settings(cfg: Stage2Config, stage2: dict[str, Any]) -> dict[str, Any]:
+    """The stage-2 settings a ranking records: the run's config and, from
+    stage2/summary.json, the examples per step."""
+    return {
+        "budget": cfg.budget,
+        "budget_weight": cfg.budget_weight,
+        "target_fraction": cfg.target_fraction,
+        "learning_rate": cfg.learning_rate,
+        "optimizer": cfg.optimizer,
+        "schedule": cfg.schedule,
+        "init_score": cfg.init_score,
+        "grad_accum": cfg.grad_accum,
+        "tail_fraction": cfg.tail_fraction,
+        "eval_mode": cfg.eval_mode,
+        "examples_per_step": stage2.get("examples_per_step"),
+    }

@@ -276,6 +276,20 @@ def run_trainer(
             eval_mode=eval_mode,
             stage_schedule=stage_schedule,
         )
+    _set_reporting(trainer, args, label, outlook)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return trainer, time.perf_counter() - start
+
+
+def _set_reporting(
+    trainer: Trainer,
+    args: TrainingArguments,
+    label: str,
+    outlook: Callable[[], StepOutlook] | None,
+) -> None:
+    """Replace the Trainer's progress callbacks with ila's (a bar only at a terminal, else
+    progress lines named ``label``) and point TensorBoard events at the stage's folder."""
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)  # disable_tqdm's: a printed line per step
     if not args.disable_tqdm:
@@ -291,6 +305,3 @@ def run_trainer(
         board.logging_dir = str(Path(args.output_dir).parent / "tensorboard")
         trainer.remove_callback(TensorBoardCallback)
         trainer.add_callback(board)
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    return trainer, time.perf_counter() - start

@@ -79,3 +79,30 @@ def test_run_trains_and_measures_what_the_jobs_one_by_one_do(counted_run, tiny_m
         assert measured["num_examples"] == result.evaluation[name]["num_examples"]
     recorded = json.loads((out / "eval" / "variants.json").read_text())["variants"]
     assert recorded == result.evaluation
+
+
+def test_a_full_fine_tune_makes_the_next_step_read_the_base_again(tiny_model_dir, tmp_path):
+    """A full fine-tune trains the base weights themselves, so the step after it reads them
+    from disk again: score and the selective fine-tune share the first load, the all-units
+    fine-tune and the evaluation each read their own. The base model's loss in the run is
+    the untouched base's, as `ila eval` measures it from a fresh load."""
+    out = tmp_path / "run"
+    loads = _Counted(ila.model.loading.load_model)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ila.model.loading, "load_model", loads)
+        result = ila.run(
+            str(tiny_model_dir), output_dir=out, method="full", **TINY, **QUICK, **EVAL
+        )
+    assert result.model_loads == len(loads.calls) == 3
+    base = ila.evaluate(str(tiny_model_dir), output_dir=tmp_path / "ev", **TINY, **EVAL)
+    assert base.result.metrics["loss"] == pytest.approx(result.evaluation["base"]["loss"], abs=1e-6)
+    tuned = ila.evaluate(
+        str(tiny_model_dir),
+        output_dir=tmp_path / "ev-sel",
+        adapter=out / "finetune",
+        **TINY,
+        **EVAL,
+    )
+    assert tuned.result.metrics["loss"] == pytest.approx(
+        result.evaluation["selected"]["loss"], abs=1e-5
+    )

@@ -265,6 +265,17 @@ def foreign_entries(directory: Path, layout: Layout, *, limit: int = 50) -> list
 # -- the run directory ---------------------------------------------------------------------
 
 
+def refuse_resume_with_overwrite(resume: bool, overwrite: bool) -> None:
+    """``--resume`` continues a run, ``--overwrite`` replaces it: never both."""
+    if resume and overwrite:
+        raise IlaError(
+            argument("resume"),
+            " and ",
+            argument("overwrite"),
+            " contradict each other; pass one of them",
+        )
+
+
 @dataclass(frozen=True)
 class RunDir:
     """A run directory: where each artifact of a run lives, and the run's lifecycle.
@@ -415,13 +426,7 @@ class RunDir:
         ``--resume`` with ``--overwrite``; ``--resume`` of a run that is not resumable with
         these settings (:func:`require_resumable`); a new run into a directory it may not
         use (:func:`check_output_dir`)."""
-        if resume and overwrite:
-            raise IlaError(
-                argument("resume"),
-                " and ",
-                argument("overwrite"),
-                " contradict each other; pass one of them",
-            )
+        refuse_resume_with_overwrite(resume, overwrite)
         if resume:
             require_resumable(self.path, resolved, finished_stage=finished_stage)
         elif is_main_process():

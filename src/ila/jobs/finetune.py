@@ -43,7 +43,7 @@ from ila.model.identity import (
     model_fingerprint,
 )
 from ila.run_files import METRICS_FILE
-from ila.rundir import RunDir
+from ila.rundir import RunDir, refuse_resume_with_overwrite
 from ila.scorers.common import preserved_model_state
 from ila.train.checkpoints import (
     CheckpointState,
@@ -322,13 +322,7 @@ def _check_request(
         merge=config.finetune.merge,
     )
     precision = train_precision(config.train, config.model.device)  # fp16 on CPU fails here
-    if resume and overwrite:
-        raise IlaError(
-            argument("resume"),
-            " and ",
-            argument("overwrite"),
-            " contradict each other; pass one of them",
-        )
+    refuse_resume_with_overwrite(resume, overwrite)
     if config.train.objective == "dpo" and config.finetune.method == "full":
         raise IlaError(
             setting("train", "objective"),

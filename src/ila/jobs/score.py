@@ -19,7 +19,7 @@ from ila.errors import IlaError, argument
 from ila.files import atomic_write_json, read_json
 from ila.jobs.inputs import ModelLoad, SharedInputs
 from ila.model.identity import ModelFingerprint, model_fingerprint
-from ila.rundir import RunDir
+from ila.rundir import RunDir, refuse_resume_with_overwrite
 from ila.train.parallel import is_main_process, require_supported_launch
 
 __all__ = ["ScoreInputs", "ScoreRun", "ScoreSummary", "load_score_inputs", "score"]
@@ -338,7 +338,7 @@ def score(
     """
     from ila.scorers import get_scorer
 
-    _refuse_resume_with_overwrite(resume, overwrite)
+    refuse_resume_with_overwrite(resume, overwrite)
     scorer = get_scorer(method)  # fail on a misspelled method before loading anything
     _check_combination(config, method)
     rundir = RunDir(output_dir)
@@ -374,18 +374,6 @@ def score(
         _record_run_facts(scores, config, inputs.model_fingerprint, seconds)
         report_files = _save_scores(scores, rundir) if main else []
     return ScoreRun(rundir.path, scores, seconds, report_files)
-
-
-def _refuse_resume_with_overwrite(resume: bool, overwrite: bool) -> None:
-    """Refuse ``resume`` with ``overwrite`` before anything else (RunDir.check does too,
-    later)."""
-    if resume and overwrite:
-        raise IlaError(
-            argument("resume"),
-            " and ",
-            argument("overwrite"),
-            " contradict each other; pass one of them",
-        )
 
 
 def _check_launch(config: ScoreConfig, method: str) -> PrecisionChoice:

@@ -298,7 +298,7 @@ def ensemble_cells(runs: list[list[float]]) -> str:
     every split into two disjoint groups, for K = 1 .. n // 2: what --seeds K buys."""
     cells = []
     for size in range(1, len(runs) // 2 + 1):
-        values = []
+        tops, bottoms = [], []
         for group in itertools.combinations(range(len(runs)), 2 * size):
             for left in itertools.combinations(group, size):
                 if left[0] != group[0]:
@@ -306,8 +306,12 @@ def ensemble_cells(runs: list[list[float]]) -> str:
                 right = [i for i in group if i not in left]
                 mean_a = consensus([runs[i] for i in left])
                 mean_b = consensus([runs[i] for i in right])
-                values.append(jaccard(top(mean_a), top(mean_b)))
-        cells.append(f"K={size}: {statistics.fmean(values):.2f} ({len(values)} splits)")
+                tops.append(jaccard(top(mean_a), top(mean_b)))
+                bottoms.append(jaccard(bottom(mean_a), bottom(mean_b)))
+        cells.append(
+            f"K={size}: {statistics.fmean(tops):.2f}, bottom 25% {statistics.fmean(bottoms):.2f} "
+            f"({len(tops)} splits)"
+        )
     return "; ".join(cells)
 
 
@@ -386,8 +390,9 @@ def report(levers: list[str], command: str) -> str:
         if ensembles:
             lines += [
                 "",
-                "Ensembles: top-25% Jaccard of the consensus of K seeds against the consensus "
-                "of K other seeds (mean s; every split of the seeds into two disjoint groups):",
+                "Ensembles: top-25% (and bottom-25%) Jaccard of the consensus of K seeds "
+                "against the consensus of K other seeds (mean s; every split of the seeds "
+                "into two disjoint groups):",
                 "",
                 *ensembles,
             ]

@@ -32,6 +32,7 @@ GATE_TRAJECTORY_FILE = "gate_trajectory.json"
 SELECTION_FILE = "selection.json"
 FINETUNE_SUMMARY_FILE = "finetune_summary.json"
 BASE_MODEL_FILE = "ila_base_model.json"
+CHANGED_WEIGHTS_FILE = "changed_weights.safetensors"  # a full fine-tune's tuned tensors
 CHECKPOINT_STATE_FILE = "ila_state.json"
 EVAL_FILE = "eval_results.json"
 GENERATIONS_FILE = "generations.jsonl"

@@ -49,6 +49,7 @@ from ila.errors import IlaError, Parts, Setting, argument
 from ila.files import atomic_write_json, file_mode, now, read_json, write_yaml
 from ila.run_files import (
     BASE_MODEL_FILE,
+    CHANGED_WEIGHTS_FILE,
     CHECKPOINT_STATE_FILE,
     COMPARISON_FILE,
     CONFIG_FILE,
@@ -193,7 +194,7 @@ _FINETUNE: dict[str, Any] = {
     "trainer": _TRAINER,
     "tensorboard": ANY,
     "adapter": _PEFT_ADAPTER,
-    "changed_weights": {"changed_weights.safetensors": None, BASE_MODEL_FILE: None},
+    "changed_weights": {CHANGED_WEIGHTS_FILE: None, BASE_MODEL_FILE: None},
     "merged": _MODEL_FILES,
 }
 _EVAL_FILES = {EVAL_FILE: None, GENERATIONS_FILE: None}

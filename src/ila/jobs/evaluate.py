@@ -66,15 +66,17 @@ class EvalRun:
 
 
 def load_eval_examples(
-    data: DataConfig, settings: EvalSettings, objective: str = "sft"
+    data: DataConfig,
+    settings: EvalSettings,
+    objective: str = "sft",
+    shared: SharedInputs | None = None,
 ) -> list[Example]:
     """The examples to evaluate: the held-out split made exactly as training makes it
     (same data, ``--eval-fraction`` and ``--split-seed``), or every example with split
-    ``all``; preference pairs (ila.data.preference) under ``--objective dpo``."""
-    from ila.data import load_split
-
+    ``all``; preference pairs (ila.data.preference) under ``--objective dpo``. ``shared``:
+    the split an enclosing `ila run` holds (ila.jobs.inputs)."""
     _check_held_out(data, settings)
-    examples, _, held_out = load_split(data, objective=objective)
+    examples, _, held_out = (shared or SharedInputs(data, objective)).split()
     return examples if settings.split == "all" else held_out
 
 
@@ -207,7 +209,11 @@ def evaluate_variants(
     held-out split is tokenized once for all variants.
     """
     shared = shared or SharedInputs(data, objective)
-    examples = _examples(shared, settings) if settings.measures_data("run") else None
+    examples = (
+        load_eval_examples(data, settings, objective, shared)
+        if settings.measures_data("run")
+        else None
+    )
     base, tokenizer = shared.model(ModelLoad.of(model))
     compared: dict[str, dict[str, Any]] = {}
     for name, adapter in variants.items():
@@ -230,13 +236,6 @@ def evaluate_variants(
         output_dir / COMPARISON_FILE, {"schema_version": SCHEMA_VERSION, "variants": compared}
     )
     return compared
-
-
-def _examples(shared: SharedInputs, settings: EvalSettings) -> list[Example]:
-    """:func:`load_eval_examples` on the split ``shared`` holds."""
-    _check_held_out(shared.data, settings)
-    examples, _, held_out = shared.split()
-    return examples if settings.split == "all" else held_out
 
 
 def check_eval_inputs(settings: EvalSettings) -> None:

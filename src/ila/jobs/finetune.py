@@ -42,7 +42,7 @@ from ila.model.identity import (
     check_same_model,
     model_fingerprint,
 )
-from ila.run_files import METRICS_FILE
+from ila.run_files import CHANGED_WEIGHTS_FILE, METRICS_FILE
 from ila.rundir import RunDir, refuse_resume_with_overwrite
 from ila.scorers.common import preserved_model_state
 from ila.train.checkpoints import (
@@ -691,7 +691,7 @@ def _save(model, tokenizer, tuned, settings, output_dir: Path, identity) -> None
         from safetensors.torch import save_file
 
         with atomic_directory(RunDir(output_dir).changed_weights) as tmp:
-            save_file(tuned, str(tmp / "changed_weights.safetensors"))
+            save_file(tuned, str(tmp / CHANGED_WEIGHTS_FILE))
             atomic_write_json(tmp / BASE_MODEL_FILE, identity.to_dict())
     if settings.merge:
         merged = model.merge_and_unload() if settings.method in ("lora", "qlora") else model

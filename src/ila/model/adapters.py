@@ -17,6 +17,7 @@ from typing import Any
 from ila.config import setting
 from ila.core.lora import peft_wrapping
 from ila.errors import IlaError, Setting, argument
+from ila.run_files import CHANGED_WEIGHTS_FILE
 
 __all__ = [
     "adapter_settings",
@@ -40,7 +41,7 @@ def resolve_adapter(path: Path, *, flag: Setting = ADAPTER) -> Path:
     for candidate in (path, path / "adapter", path / "changed_weights"):
         if (candidate / "adapter_config.json").is_file():
             return candidate
-        if (candidate / "changed_weights.safetensors").is_file():
+        if (candidate / CHANGED_WEIGHTS_FILE).is_file():
             return candidate
     raise IlaError(
         flag,

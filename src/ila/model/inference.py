@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ila.errors import IlaError
+from ila.run_files import CHANGED_WEIGHTS_FILE
 
 __all__ = ["ModelForEval", "load_model_for_eval", "merged_for_inference", "update_attached"]
 
@@ -65,8 +66,8 @@ def load_model_for_eval(
     if (adapter_dir / "adapter_config.json").is_file():
         model = _with_adapter(model, adapter_dir, model_spec)
         return ModelForEval(merged_for_inference(model), tokenizer, other)
-    changed = adapter_dir / "changed_weights.safetensors"
-    return ModelForEval(_apply_changed_weights(model, changed), tokenizer, other)
+    changed = _read_changed_weights(adapter_dir)
+    return ModelForEval(_apply_changed_weights(model, adapter_dir, changed), tokenizer, other)
 
 
 def merged_for_inference(model: Any) -> Any:
@@ -119,11 +120,11 @@ def update_attached(
         finally:
             peft_model.unload()
         return
-    changed = adapter_dir / "changed_weights.safetensors"
+    changed = _read_changed_weights(adapter_dir)
     params = dict(model.named_parameters())
-    originals = {name: params[name].detach().clone() for name in _tensor_names(changed, params)}
+    originals = {name: params[name].detach().clone() for name in changed if name in params}
     try:
-        yield ModelForEval(_apply_changed_weights(model, changed), None, other)
+        yield ModelForEval(_apply_changed_weights(model, adapter_dir, changed), None, other)
     finally:
         with torch.no_grad():
             for name, tensor in originals.items():
@@ -146,18 +147,16 @@ def _with_adapter(model: Any, adapter_dir: Path, model_spec: str) -> Any:
         ) from err
 
 
-def _tensor_names(file: Path, params: dict[str, Any]) -> list[str]:
-    """The names of the tensors in the safetensors ``file`` that ``params`` holds."""
-    from safetensors import safe_open
-
-    with safe_open(str(file), framework="pt") as handle:
-        return [name for name in handle.keys() if name in params]  # noqa: SIM118
-
-
-def _apply_changed_weights(model: Any, file: Path) -> Any:
+def _read_changed_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """The tensors a full fine-tune changed (``changed_weights.safetensors``)."""
     from safetensors.torch import load_file
 
-    changed = load_file(str(file))
+    return load_file(str(adapter_dir / CHANGED_WEIGHTS_FILE))
+
+
+def _apply_changed_weights(model: Any, adapter_dir: Path, changed: dict[str, torch.Tensor]) -> Any:
+    """``model`` with the ``changed`` tensors of ``adapter_dir`` copied into its own."""
+    file = adapter_dir / CHANGED_WEIGHTS_FILE
     params = dict(model.named_parameters())
     missing = sorted(set(changed) - set(params))
     if missing:

@@ -72,6 +72,9 @@ LEVERS: dict[str, tuple[dict, str]] = {
     "default@1.5T": ({}, "1.5T"),
     "default@2T": ({}, "2T"),
     "mean-update-T..2T": ({}, "T..2T"),
+    # A stage 1 of its own: the same seed again to T, then ceil(0.5 T) cool-down steps
+    # (record_stage1.py --cooldown-fraction 0.5); the mask is learned at T + C.
+    "cooldown-0.5": ({}, "cooldown-0.5"),
 }
 LABELS = {
     "default": "defaults (H 0.5, Adam, 60 steps constant), mask at T",
@@ -84,6 +87,7 @@ LABELS = {
     "default@2T": "defaults, mask at 2T",
     "temporal": "temporal ensemble: mean s of the masks at T and 2T",
     "mean-update-T..2T": "stage 2 on the mean update over T..2T",
+    "cooldown-0.5": "stage-1 cool-down: 0.5 T more steps, rate falling linearly to 0",
 }
 
 
@@ -108,7 +112,9 @@ def record_path(data: str, seed: int, lever: str) -> Path:
     return LEVER_RECORDS / data / f"seed{seed}" / f"{lever}.json"
 
 
-def keep_record(path: Path, lever: str, curve: dict, t: int, steps: tuple, out: Path) -> None:
+def keep_record(
+    path: Path, lever: str, curve: dict, t: int, steps: tuple, out: Path, extra: dict | None = None
+) -> None:
     """The small outputs of one stage 2, in the repository (no weights)."""
     summary = json.loads((out / "stage2" / "summary.json").read_text())
     trajectory = json.loads((out / "stage2" / "gate_trajectory.json").read_text())
@@ -128,6 +134,7 @@ def keep_record(path: Path, lever: str, curve: dict, t: int, steps: tuple, out: 
         "gate_names": summary["gate_names"],
         "loss_curve": summary["loss_curve"],
         "score_trajectory": [[round(x, 4) for x in row] for row in trajectory["scores"]],
+        **(extra or {}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record) + "\n")
@@ -157,9 +164,9 @@ def run_levers(work_dir: Path, levers: list[str], seeds: list[int] | None) -> No
         t = rule_t(curve, rule) or snapshot_steps(curve)[-1]
         for lever in levers:
             path = record_path(data, seed, lever)
-            if path.is_file():
-                continue
             settings, where = LEVERS[lever]
+            if path.is_file() or where.startswith("cooldown-"):
+                continue
             steps = adapter_steps(curve, t, where)
             out = work_dir / "stage2" / data / f"seed{seed}" / lever
             runner = runner or Stage2Runner()
@@ -175,6 +182,43 @@ def run_levers(work_dir: Path, levers: list[str], seeds: list[int] | None) -> No
                 average="update" if where == "T..2T" else "weights",
             )
             keep_record(path, lever, curve, t, steps, out)
+    cooldowns = [lever for lever in levers if LEVERS[lever][1].startswith("cooldown-")]
+    for lever in cooldowns:
+        runner = run_cooldown_lever(work_dir, lever, seeds, runner)
+
+
+def run_cooldown_lever(work_dir: Path, lever: str, seeds: list[int] | None, runner):
+    """Stage 2 on the last snapshot of each cool-down recording of ``lever`` (made by
+    ``record_stage1.py --cooldown-fraction``). The record keeps the cool-down's stop,
+    its length, its loss curve and how far the loss before the stop strays from the
+    plain recording's (the same seed, so the two runs should match until the stop)."""
+    from bench_stability import Stage2Runner
+
+    _, curves = load_records()
+    for path in sorted(work_dir.glob(f"*/seed*/{LEVERS[lever][1]}/curve.json")):
+        cooled = json.loads(path.read_text())
+        data, seed = cooled["data"], cooled["seed"]
+        target = record_path(data, seed, lever)
+        if (seeds is not None and seed not in seeds) or target.is_file():
+            continue
+        stop, extra = cooled["cooldown"]["stop"], cooled["cooldown"]["steps"]
+        plain = curves[(data, seed)]["loss"][:stop]
+        stray = max(abs(a - b) for a, b in zip(cooled["loss"][:stop], plain, strict=True))
+        out = work_dir / "stage2" / data / f"seed{seed}" / lever
+        runner = runner or Stage2Runner()
+        last = path.parent / "snapshots" / f"step-{stop + extra}.safetensors"
+        runner.run_files(data, [last], seed, 2, out, precision=cooled["precision"])
+        cooled_info = {
+            "cooldown": {
+                "stop": stop,
+                "steps": extra,
+                "loss": cooled["loss"],
+                "seconds": cooled["seconds"],
+                "max_loss_difference_before_stop": stray,
+            }
+        }
+        keep_record(target, lever, cooled, stop, (stop + extra,), out, cooled_info)
+    return runner
 
 
 def load_records() -> tuple[dict[tuple[str, int], dict[str, dict]], dict[tuple[str, int], dict]]:
@@ -288,6 +332,29 @@ def paired_line(label: str, runs: dict[int, list[float]], defaults: dict[int, li
     return f"- {label} (seeds {', '.join(map(str, seeds))}): {'; '.join(cells)}"
 
 
+def cooldown_lines(data: str, seeds: list[int], found: dict) -> list[str]:
+    """What each cool-down recording did: its stop, its length, the stage-1 loss (mean of
+    the last 10 steps) at the stop and at its end, and how far its loss before the stop
+    strays from the plain recording of the same seed."""
+    cells = []
+    for seed in seeds:
+        for lever, record in sorted(found[(data, seed)].items()):
+            info = record.get("cooldown")
+            if info is None:
+                continue
+            loss, stop = info["loss"], info["stop"]
+            cells.append(
+                f"seed {seed} ({lever}): T {stop} + {info['steps']} steps, loss "
+                f"{statistics.fmean(loss[stop - 10 : stop]):.3f} -> "
+                f"{statistics.fmean(loss[-10:]):.3f}, before T within "
+                f"{info['max_loss_difference_before_stop']:.1e} of the plain recording"
+            )
+    if not cells:
+        return []
+    head = "Cool-down recordings (`record_stage1.py --cooldown-fraction`): "
+    return ["", head + "; ".join(cells) + "."]
+
+
 def consensus(runs: list[list[float]]) -> list[float]:
     """The mean s of each unit over ``runs`` (what `ila score --seeds` ranks by)."""
     return [statistics.fmean(col) for col in zip(*runs, strict=True)]
@@ -379,6 +446,7 @@ def report(levers: list[str], command: str) -> str:
                     paired.append(paired_line(LABELS.get(lever, lever), by_seed, defaults))
                 if len(runs) >= 4:
                     ensembles.append(f"- {LABELS.get(lever, lever)}: {ensemble_cells(runs)}")
+        lines += cooldown_lines(data, seeds, found)
         if paired:
             lines += [
                 "",
@@ -410,6 +478,7 @@ REPORTED = [
     "default@2T",
     "temporal",
     "mean-update-T..2T",
+    "cooldown-0.5",
 ]
 
 

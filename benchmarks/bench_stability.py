@@ -57,7 +57,7 @@ from ila.analysis.compare import spearman, structural_null_jaccard
 from ila.config import ScoreConfig, Stage1Config
 from ila.core.scores import expected_random_jaccard, jaccard, top_count
 from ila.core.stability import detect_stable
-from record_stage1 import LIMIT, MAX_LENGTH, SPLIT_SEED
+from record_stage1 import LIMIT, MAX_LENGTH, SPLIT_SEED, benchmark_examples
 from results_file import write_section
 
 # Rules applied offline: (label, detect_stable keyword arguments).
@@ -155,12 +155,10 @@ class Stage2Runner:
 
     def _features(self, data: str):
         if data not in self.features:
-            from ila.data import data_fingerprint, load_examples, split_examples
+            from ila.data import data_fingerprint, split_examples
             from ila.data.tokenization import tokenize_examples
 
-            train, _ = split_examples(
-                load_examples(data, limit=LIMIT.get(data)), eval_fraction=0.1, seed=SPLIT_SEED
-            )
+            train, _ = split_examples(benchmark_examples(data), eval_fraction=0.1, seed=SPLIT_SEED)
             features = tokenize_examples(train, self.tokenizer, max_length=MAX_LENGTH).features
             self.features[data] = (features, data_fingerprint(train))
         return self.features[data]

@@ -261,6 +261,46 @@ def bottom(values: list[float], fraction: float = FRACTION) -> set[int]:
     return set(sorted(range(len(values)), key=lambda i: (values[i], -i))[:k])
 
 
+def within_type(values: list[float], types: list[str], pick) -> set[int]:
+    """``pick`` (top or bottom 25%) applied to each module type's units on their own, as
+    ``--within-module-type`` selects: k_t = top_count(N_t, 0.25) of each type."""
+    chosen: set[int] = set()
+    for kind in sorted(set(types)):
+        members = [i for i, t in enumerate(types) if t == kind]
+        chosen |= {members[i] for i in pick([values[i] for i in members])}
+    return chosen
+
+
+def within_type_line(runs: list[list[float]], types: list[str]) -> list[str]:
+    """Seed-vs-seed agreement of the sets the per-module-type rule picks from the default
+    rankings: what is left once the module-type prior is taken out of the selection."""
+    pairs = list(itertools.combinations(range(len(runs)), 2))
+    if not pairs:
+        return []
+    cells = []
+    for name, pick in (("top", top), ("bottom", bottom)):
+        sets = [within_type(r, types, pick) for r in runs]
+        agree = [jaccard(sets[i], sets[j]) for i, j in pairs]
+        sizes = {len(x) for x in sets}
+        kinds = sorted(set(types))
+        chance = statistics.fmean(
+            expected_random_jaccard(types.count(k), top_count(types.count(k), FRACTION))
+            for k in kinds
+        )
+        cells.append(
+            f"{name} 25% ({'/'.join(map(str, sorted(sizes)))} units) {spread(agree)}, "
+            f"chance within a type {chance:.2f}"
+        )
+    return [
+        "",
+        "Within module type (`--within-module-type`: the top or bottom 25% of each module "
+        f"type on its own), default rankings, every pair of {len(runs)} seeds: "
+        + "; ".join(cells)
+        + ". This is the agreement left once the module-type prior is out of the selection "
+        "(compare the null column above).",
+    ]
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
@@ -422,6 +462,7 @@ def report(levers: list[str], command: str) -> str:
         ]
         ensembles: list[str] = []
         paired: list[str] = []
+        within: list[str] = []
         defaults = {
             seed: found[(data, seed)]["default"]["raw_scores"]
             for seed in seeds
@@ -442,10 +483,13 @@ def report(levers: list[str], command: str) -> str:
                 by_seed[seed] = scores
             if runs:
                 lines.append(lever_row(LABELS.get(lever, lever), runs, norms, names, types))
+                if lever == "default":
+                    within = within_type_line(runs, types)
                 if lever != "default":
                     paired.append(paired_line(LABELS.get(lever, lever), by_seed, defaults))
                 if len(runs) >= 4:
                     ensembles.append(f"- {LABELS.get(lever, lever)}: {ensemble_cells(runs)}")
+        lines += within
         lines += cooldown_lines(data, seeds, found)
         if paired:
             lines += [

@@ -75,6 +75,8 @@ LEVERS: dict[str, tuple[dict, str]] = {
     # A stage 1 of its own: the same seed again to T, then ceil(0.5 T) cool-down steps
     # (record_stage1.py --cooldown-fraction 0.5); the mask is learned at T + C.
     "cooldown-0.5": ({}, "cooldown-0.5"),
+    # A fixed stage-1 length for every run: the snapshot at step 120 (like-data halves).
+    "at120": ({}, "step-120"),
 }
 LABELS = {
     "default": "defaults (H 0.5, Adam, 60 steps constant), mask at T",
@@ -88,6 +90,7 @@ LABELS = {
     "temporal": "temporal ensemble: mean s of the masks at T and 2T",
     "mean-update-T..2T": "stage 2 on the mean update over T..2T",
     "cooldown-0.5": "stage-1 cool-down: 0.5 T more steps, rate falling linearly to 0",
+    "at120": "defaults, mask at step 120 for every run (fixed stage-1 length)",
 }
 
 
@@ -98,6 +101,8 @@ def grid_step(curve: dict, step: float) -> int:
 
 
 def adapter_steps(curve: dict, t: int, where: str) -> tuple[int, ...]:
+    if where.startswith("step-"):
+        return (grid_step(curve, int(where.removeprefix("step-"))),)
     if where == "T":
         return (grid_step(curve, t),)
     if where == "1.5T":
@@ -475,7 +480,9 @@ def report(levers: list[str], command: str) -> str:
                 curve = curves.get((data, seed))
                 if scores is None or curve is None:
                     continue
-                t_step = found[(data, seed)]["default"]["snapshot_steps"][0]
+                # The update norms at the default's T (or at the lever's own step).
+                own = found[(data, seed)].get("default") or found[(data, seed)][lever]
+                t_step = own["snapshot_steps"][0]
                 norm_steps = sorted(int(s) for s in curve["norms"])
                 at = min((s for s in norm_steps if s >= t_step), default=norm_steps[-1])
                 runs.append(scores)
@@ -508,7 +515,72 @@ def report(levers: list[str], command: str) -> str:
                 "",
                 *ensembles,
             ]
+    lines += cross_lines(found)
     return "\n".join(lines) + "\n"
+
+
+# Pairs of datasets compared run against run: two disjoint halves of one dataset (the
+# ceiling on like data) at a fixed stage-1 length.
+CROSS = [("sharegpt-even", "sharegpt-odd", "at120")]
+
+
+def cross_lines(found: dict) -> list[str]:
+    """Agreement between rankings of two datasets (``CROSS``) beside the agreement between
+    seeds on each: every cross pair, split into same-seed and different-seed pairs."""
+    lines: list[str] = []
+    for left, right, lever in CROSS:
+        runs = {
+            data: {
+                s: r[lever]["raw_scores"] for (d, s), r in found.items() if d == data and lever in r
+            }
+            for data in (left, right)
+        }
+        if not runs[left] or not runs[right]:
+            continue
+        names = next(iter(found[(left, min(runs[left]))].values()))["gate_names"]
+        types = [module_type(n) for n in names]
+        rows = []
+        for data in (left, right):
+            seeds = sorted(runs[data])
+            rows.append(
+                (
+                    f"{data}, seed vs seed",
+                    list(itertools.combinations([(data, s) for s in seeds], 2)),
+                )
+            )
+        cross = [((left, a), (right, b)) for a in sorted(runs[left]) for b in sorted(runs[right])]
+        rows.append((f"{left} vs {right}, same seed", [p for p in cross if p[0][1] == p[1][1]]))
+        rows.append((f"{left} vs {right}, other seed", [p for p in cross if p[0][1] != p[1][1]]))
+        lines += [
+            "",
+            f"### Like data: {left} against {right} ({LABELS.get(lever, lever)})",
+            "",
+            "Two disjoint halves of the first 6000 ShareGPT conversations (every other one, "
+            "3000 each; `record_stage1.py --data sharegpt-even sharegpt-odd`), so the cross "
+            "pairs differ in their data but not in its kind. Same columns as above.",
+            "",
+            "| pairs | n | top-25% Jaccard | shared | bottom-25% Jaccard | null | Spearman |",
+            "|---|---:|---|---:|---|---:|---:|",
+        ]
+        for label, pairs in rows:
+            if not pairs:
+                continue
+            a_b = [(runs[x[0]][x[1]], runs[y[0]][y[1]]) for x, y in pairs]
+            tops = [jaccard(top(a), top(b)) for a, b in a_b]
+            bottoms = [jaccard(bottom(a), bottom(b)) for a, b in a_b]
+            nulls = [
+                structural_null_jaccard(
+                    names, types, {names[i] for i in top(a)}, {names[i] for i in top(b)}, draws=4000
+                )
+                for a, b in a_b
+            ]
+            shared = statistics.fmean(2 * j / (1 + j) for j in tops)
+            rho = statistics.fmean(spearman(a, b) for a, b in a_b)
+            lines.append(
+                f"| {label} | {len(pairs)} | {spread(tops)} | {shared:.2f} | {spread(bottoms)} "
+                f"| {statistics.fmean(nulls):.2f} | {rho:.2f} |"
+            )
+    return lines
 
 
 REPORTED = [
@@ -523,6 +595,7 @@ REPORTED = [
     "temporal",
     "mean-update-T..2T",
     "cooldown-0.5",
+    "at120",
 ]
 
 

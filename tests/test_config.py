@@ -142,6 +142,28 @@ def test_run_and_plan_spell_the_selection_like_select_and_finetune(caplog):
     assert PlanSettings(select_fraction=0.4).tune_top_fraction == 0.4
 
 
+def test_run_selects_within_module_type_from_a_flag_or_its_yaml(tmp_path, capsys):
+    from conftest import fails
+    from ila.api import make_config
+    from ila.config import RunConfig, RunSettings
+
+    assert RunSettings(within_module_type=True).selection_rule == {
+        "tune_top_fraction": 0.3,
+        "within_module_type": True,
+    }
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("run:\n  freeze_bottom_fraction: 0.25\n  within_module_type: true\n")
+    assert make_config(RunConfig, yaml_file).run.selection_rule == {
+        "freeze_bottom_fraction": 0.25,
+        "within_module_type": True,
+    }
+    with pytest.raises(IlaError, match=r"^within_module_type: stage2_unit block ranks blocks"):
+        make_config(RunConfig, yaml_file, stage2_unit="block")
+    argv = ["run", "--within-module-type", "--stage2-unit", "block", "--output-dir"]
+    fails([*argv, str(tmp_path / "o")], capsys, "--within-module-type: --stage2-unit block")
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_demo_config_resolves_for_ila_run():
     """examples/demo.yaml (make demo) is a valid `ila run` config; its evaluation takes the
     first eval.max_examples held-out examples, which `ila run` prints."""

@@ -241,13 +241,15 @@ def select(
     freeze_bottom_fraction: float | None = None,
     units: Sequence[str] | None = None,
     blocks: Sequence[int] | None = None,
+    within_module_type: bool = False,
     output: str | Path | None = None,
     overwrite: bool = False,
     allow_tied_ranking: bool = False,
 ) -> Selection:
     """`ila select`: apply one rule to a ranking (a LayerScores, a run directory or its
     ``layer_scores.json``); with ``output`` (a file or directory) write ``selection.json``.
-    A fraction rule on a ranking that is a tie (ila.core.ties) is refused unless
+    ``within_module_type`` applies a fraction rule within each module type (docs/method.md,
+    "Stage 3"). A fraction rule on a ranking that is a tie (ila.core.ties) is refused unless
     ``allow_tied_ranking``."""
     from ila.core.layers import LayerMap
     from ila.core.scores import SCORES_FILE, LayerScores
@@ -274,6 +276,7 @@ def select(
         freeze_bottom_fraction=freeze_bottom_fraction,
         units=units,
         blocks=blocks,
+        within_module_type=within_module_type,
         scores_file=scores_file,
     )
     if target is not None:
@@ -318,6 +321,7 @@ def finetune(
     units: Sequence[str] | None = None,
     blocks: Sequence[int] | None = None,
     all_units: bool = False,
+    within_module_type: bool = False,
     config: Any = None,
     overwrite: bool = False,
     resume: bool = False,
@@ -327,8 +331,10 @@ def finetune(
 ) -> FinetuneRun:
     """`ila finetune`: tune only the units chosen by one rule (a ranking rule on ``scores``,
     a saved ``selection``, ``units``/``blocks`` by hand, or ``all_units``); the fine-tune
-    method (``method="lora"``, ``"full"``, ``"qlora"``) and its steps are settings. A
-    ranking rule on a tie (ila.core.ties) is refused unless ``allow_tied_ranking``."""
+    method (``method="lora"``, ``"full"``, ``"qlora"``) and its steps are settings.
+    ``within_module_type`` applies a ranking rule within each module type (docs/method.md,
+    "Stage 3"). A ranking rule on a tie (ila.core.ties) is refused unless
+    ``allow_tied_ranking``."""
     from ila.jobs.finetune import finetune as finetune_job
 
     output = _output_dir(output_dir)
@@ -348,6 +354,7 @@ def finetune(
         units=units,
         blocks=blocks,
         all_units=all_units,
+        within_module_type=within_module_type,
         allow_tied_ranking=allow_tied_ranking,
     )
     return finetune_job(
@@ -386,11 +393,13 @@ def _tuning_inputs(
     units: Sequence[str] | None,
     blocks: Sequence[int] | None,
     all_units: bool,
+    within_module_type: bool,
     allow_tied_ranking: bool,
 ) -> _TuningInputs:
     """`finetune`'s ``selection`` (loaded from its file), or its rule with the ``scores`` a
     ranking rule needs (loaded from a score run or its layer_scores.json); a ranking rule on
-    a tie is refused before the model loads unless ``allow_tied_ranking`` (ila.core.ties)."""
+    a tie, or within module types on block scores, is refused before the model loads
+    (ila.core.ties; a tie is taken with ``allow_tied_ranking``)."""
     from ila.core.scores import SCORES_FILE, LayerScores
     from ila.core.selection import Selection, SelectionRule
     from ila.core.ties import require_separated
@@ -399,6 +408,13 @@ def _tuning_inputs(
     stage1_run = None
     scores_file: Path | None = None
     if selection is not None:
+        if within_module_type:
+            raise IlaError(
+                argument("within_module_type"),
+                " shapes a rule; a saved ",
+                argument("selection"),
+                " keeps the one it was made with",
+            )
         if not isinstance(selection, Selection):
             inputs.append(Path(selection))
             selection = Selection.load(Path(selection))
@@ -428,7 +444,10 @@ def _tuning_inputs(
         units=units,
         blocks=blocks,
         all_units=all_units,
+        within_module_type=within_module_type,
     )
+    if scores is not None and chosen.ranked:
+        chosen.check_ranking(scores, origin=str(scores_file or "the scores given"))
     return _TuningInputs(chosen, scores, scores_file, stage1_run, inputs)
 
 
@@ -481,8 +500,10 @@ def run(
     **settings: Any,
 ) -> RunResult:
     """`ila run`: score with ILA, select, fine-tune the selection, and (by default) compare
-    it with all units and the base model. A ranking that is a tie (ila.core.ties) stops
-    the run after scoring unless ``allow_tied_ranking``."""
+    it with all units and the base model. The rule is a setting (``tune_top_fraction`` or
+    ``freeze_bottom_fraction``, with ``within_module_type`` to apply it within each module
+    type). A ranking that is a tie (ila.core.ties) stops the run after scoring unless
+    ``allow_tied_ranking``."""
     from ila.jobs.run import run as run_job
 
     output = _output_dir(output_dir)

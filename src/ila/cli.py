@@ -36,6 +36,7 @@ from ila.errors import IlaError, short_repr
 from ila.progress import format_duration
 
 if typing.TYPE_CHECKING:
+    from ila.core.selection import Selection
     from ila.jobs.finetune import FinetuneRun
     from ila.jobs.score import ScoreRun
 
@@ -176,6 +177,26 @@ def _add_rule_flags(
         rule.add_argument("--all-units", action="store_true", help="tune every unit (baseline)")
     if with_selection:
         rule.add_argument("--selection", type=Path, help="a selection.json (or its directory)")
+    parser.add_argument(
+        "--within-module-type",
+        action="store_true",
+        help="apply the fraction within each module type (the top or bottom F of each "
+        "type's units, as Spectrum selects) instead of over the whole ranking; module "
+        "scores only",
+    )
+
+
+def _within_text(selection: Selection) -> str:
+    """What a summary line adds for a rule applied within module types: the units tuned
+    of each type (``within module type: q_proj 9/30, ...``), or nothing."""
+    if not selection.within_module_type:
+        return ""
+    counts = selection.by_module_type()
+    short = {kind: kind.rsplit(".", 1)[-1] for kind in counts}
+    if len(set(short.values())) < len(short):  # e.g. attn.c_proj and mlp.c_proj
+        short = {kind: kind for kind in counts}
+    parts = [f"{short[kind]} {chosen}/{total}" for kind, (chosen, total) in counts.items()]
+    return " within module type: " + ", ".join(parts)
 
 
 def _int_list(text: str) -> list[int]:
@@ -291,7 +312,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     total = len(selection.selected) + len(selection.frozen)
     print(
         f"  selection: {len(selection.selected)} of {total} units "
-        f"({selection.rule} {selection.value}) in {args.output_dir / 'selection.json'}"
+        f"({selection.rule} {selection.value}{_within_text(selection)}) in "
+        f"{args.output_dir / 'selection.json'}"
     )
     if result.finetune is not None:
         _print_finetune(result.finetune, "  fine-tune")
@@ -434,6 +456,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         units=args.units,
         blocks=args.blocks,
         all_units=args.all_units,
+        within_module_type=args.within_module_type,
         overwrite=args.overwrite,
         resume=args.resume,
         allow_other_model=args.allow_other_model,
@@ -448,7 +471,8 @@ def _print_finetune(result: FinetuneRun, header: str) -> None:
     pad = " " * (len(header) - len(header.lstrip()) + 2)
     print(
         f"{header}: {s.method} on {s.num_selected} of {s.num_units} units "
-        f"({s.selection_rule}), {s.trainable_parameters:,} of {s.parameters:,} "
+        f"({s.selection_rule}{_within_text(result.selection)}), "
+        f"{s.trainable_parameters:,} of {s.parameters:,} "
         "parameters trainable"
     )
     print(f"{pad}{s.steps} steps in {s.seconds:.1f}s ({s.seconds_per_step:.3f} s/step)")
@@ -494,6 +518,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
         freeze_bottom_fraction=args.freeze_bottom_fraction,
         units=args.units,
         blocks=args.blocks,
+        within_module_type=args.within_module_type,
         output=target,
         overwrite=args.overwrite,
         allow_tied_ranking=args.allow_tied_ranking,
@@ -501,7 +526,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     total = len(selection.selected) + len(selection.frozen)
     print(
         f"ila select: {len(selection.selected)} of {total} units to tune "
-        f"({selection.rule} {selection.value}); written to {target}"
+        f"({selection.rule} {selection.value}{_within_text(selection)}); written to {target}"
     )
     if selection.source.get("tied_ranking"):
         print("  note: the ranking is a tie, so these are the model's first units (as asked)")

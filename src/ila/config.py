@@ -712,6 +712,11 @@ class RunSettings:
     freeze_bottom_fraction: float | None = _opt(
         None, "freeze the bottom fraction of the ranking and tune the rest"
     )
+    within_module_type: bool = _opt(
+        False,
+        "apply the fraction within each module type (the top or bottom F of each type's "
+        "units, as Spectrum selects) instead of over the whole ranking; module scores only",
+    )
     finetune: bool = _opt(
         True, "fine-tune the selection after scoring (--no-finetune stops after selecting)"
     )
@@ -771,12 +776,13 @@ class RunSettings:
                 _fraction(getattr(self, name), setting("run", name))
 
     @property
-    def selection_rule(self) -> dict[str, float]:
+    def selection_rule(self) -> dict[str, Any]:
         """The rule as keyword arguments of :func:`ila.core.selection.select_units`."""
+        within = {"within_module_type": True} if self.within_module_type else {}
         if self.tune_top_fraction is not None:
-            return {"tune_top_fraction": self.tune_top_fraction}
+            return {"tune_top_fraction": self.tune_top_fraction, **within}
         assert self.freeze_bottom_fraction is not None
-        return {"freeze_bottom_fraction": self.freeze_bottom_fraction}
+        return {"freeze_bottom_fraction": self.freeze_bottom_fraction, **within}
 
 
 _DEPRECATED_RUN_KEYS = {
@@ -799,6 +805,16 @@ class RunConfig(ScoreConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._move_deprecated_run_settings()
+        if self.run.within_module_type and self.stage2.unit != "module":
+            raise IlaError(
+                setting("run", "within_module_type"),
+                ": ",
+                setting("stage2", "unit"),
+                f" {self.stage2.unit} ranks blocks, which have no module type; rank modules, "
+                "or leave ",
+                setting("run", "within_module_type"),
+                " off",
+            )
         require(
             not self.finetune.init_from_stage1 or self.ensemble.seeds == 1,
             setting("finetune", "init_from_stage1"),

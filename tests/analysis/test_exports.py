@@ -60,6 +60,12 @@ SELECTIONS = {
         scores=planted_top(lm, IRREGULAR[::-1]),
         tune_top_fraction=0.07,  # k = 6
     ),
+    "top-fraction-of-each-type": lambda lm: select_units(
+        lm,
+        scores=planted_top(lm, IRREGULAR[::-1]),
+        tune_top_fraction=0.1,  # k_t = 1 of each type's 12
+        within_module_type=True,
+    ),
 }
 
 
@@ -132,7 +138,9 @@ def test_peft_export_adapts_exactly_the_selected_modules(case):
 
 def test_axolotl_export(case):
     model, layer_map, selection, paths, params = case
-    config = yaml.safe_load(export_selection(selection, layer_map, "axolotl"))
+    text = export_selection(selection, layer_map, "axolotl")
+    assert ("--within-module-type" in text.splitlines()[0]) == selection.within_module_type
+    config = yaml.safe_load(text)
     assert "adapter" not in config  # LoRA is opt-in: see the comment in the file
     # axolotl.utils.freeze.LayerNamePattern: '.' not followed by '+' becomes a literal dot,
     # then pattern.match(name) over model.named_parameters().

@@ -5,6 +5,7 @@ import json
 import pytest
 from peft import LoraConfig, get_peft_model
 
+from conftest import fails
 from ila.cli import main
 from ila.core.layers import find_layers
 from ila.core.scores import LayerScores, UnitScore
@@ -63,3 +64,42 @@ def test_export_formats_print(scores_dir, capsys):
     for fmt in ("axolotl", "llama-factory", "swift", "json"):
         assert main(["export", str(scores_dir), "--format", fmt]) == 0
         assert "q_proj" in capsys.readouterr().out
+
+
+def test_select_within_module_type_tunes_the_top_of_each_type(scores_dir, capsys):
+    argv = ["select", str(scores_dir), "--tune-top-fraction", "0.2", "--within-module-type"]
+    assert main(argv) == 0  # k_t = round(0.2 x 4) = 1 of each of the 7 types
+    printed = capsys.readouterr().out
+    assert "7 of 28 units to tune (tune-top-fraction 0.2 within module type: q_proj 1/4, " in (
+        printed
+    )
+    assert "gate_proj 1/4, up_proj 1/4, down_proj 1/4)" in printed
+    selection = Selection.load(scores_dir)
+    assert selection.within_module_type
+    # The MLP ties at 0.9 break by model order (block 2); attention ranks block 3 first.
+    assert set(selection.selected) == {
+        *(f"layers.3.self_attn.{m}" for m in ("q_proj", "k_proj", "v_proj", "o_proj")),
+        *(f"layers.2.mlp.{m}" for m in ("gate_proj", "up_proj", "down_proj")),
+    }
+
+
+@pytest.mark.parametrize(
+    ("rule", "words"),
+    [
+        (["--blocks", "1"], ["--within-module-type applies --tune-top-fraction", "--blocks"]),
+        (["--units", "layers.0.mlp.up_proj"], ["--within-module-type", "not go with --units"]),
+        (["--tune-top-fraction", "0.5"], ["--within-module-type:", "--stage2-unit block"]),
+    ],
+)
+def test_select_within_module_type_refusals_write_nothing(
+    rule, words, scores_dir, tiny_llama, tmp_path, capsys
+):
+    layer_map = find_layers(tiny_llama)
+    blocks = [UnitScore(layer_map.block_name(b), b, None, 0.1 * b, 0.0) for b in range(4)]
+    block_dir = tmp_path / "blocks"
+    LayerScores("ila", "tiny", "block", blocks, layout=layer_map.to_dict()).save(
+        block_dir / "layer_scores.json"
+    )
+    source = block_dir if "--stage2-unit block" in words else scores_dir
+    fails(["select", str(source), *rule, "--within-module-type"], capsys, *words)
+    assert not (source / "selection.json").exists()

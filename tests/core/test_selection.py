@@ -8,7 +8,7 @@ import pytest
 
 from conftest import build_tiny_llama
 from ila.core.layers import LayerMap, find_layers
-from ila.core.scores import LayerScores, UnitScore
+from ila.core.scores import LayerScores, UnitScore, top_count
 from ila.core.selection import SELECTION_FILE, Selection, check_scores_match, select_units
 from ila.errors import IlaError
 
@@ -294,3 +294,161 @@ def test_a_rule_on_a_ranking_of_some_module_types_selects_among_them(layer_map):
     made = SelectionRule("tune-top-fraction", 0.25).apply(layer_map, scores=scores)
     assert list(made.selected) == [u.name for u in mlp.units[:3]]  # k = round(0.25 x 12) = 3
     assert all("mlp" in name for name in made.selected)
+
+
+# -- within_module_type: a fraction of each module type, as Spectrum selects --------------
+
+TYPES_OF_MODEL = 7  # q, k, v, o, gate, up, down: 4 units (blocks) of each
+MLP_FIRST = [
+    f"layers.{b}.mlp.{m}" for b in range(4) for m in ("gate_proj", "up_proj", "down_proj")
+]  # the shape prior: every MLP module above every attention module
+
+
+@pytest.mark.parametrize(
+    ("fraction", "k_t"),
+    # k_t = max(1, floor(F * 4 + 0.5)): 0.4 -> 1 (minimum), 0.5 -> 2, 0.625 -> 3 (half up).
+    [(0.1, 1), (0.5, 2), (0.625, 3)],
+)
+def test_tune_top_within_module_type_tunes_the_top_k_of_each_type(layer_map, fraction, k_t):
+    scores = planted(layer_map, MLP_FIRST)
+    selection = select_units(
+        layer_map, scores=scores, tune_top_fraction=fraction, within_module_type=True
+    )
+    # Each type's own ranking is model order here, so its top k_t are blocks 0..k_t-1.
+    assert selection.selected == tuple(u.name for u in layer_map.units if u.block < k_t)
+    assert selection.by_module_type() == dict.fromkeys(layer_map.module_types, (k_t, 4))
+    assert selection.within_module_type and selection.rule == "tune-top-fraction"
+    # The global rule on the same ranking tunes MLP modules first (the modifier matters).
+    overall = select_units(layer_map, scores=scores, tune_top_fraction=fraction)
+    k = top_count(N, fraction)
+    assert sum("mlp" in name for name in overall.selected) == min(k, len(MLP_FIRST))
+    assert overall.by_module_type() != selection.by_module_type()
+    assert not overall.within_module_type
+
+
+@pytest.mark.parametrize(("fraction", "k_t"), [(0.1, 1), (0.5, 2), (0.625, 3)])
+def test_freeze_bottom_within_module_type_freezes_the_bottom_k_of_each_type(
+    layer_map, fraction, k_t
+):
+    scores = planted(layer_map, MLP_FIRST)
+    selection = select_units(
+        layer_map, scores=scores, freeze_bottom_fraction=fraction, within_module_type=True
+    )
+    assert selection.frozen == tuple(u.name for u in layer_map.units if u.block >= 4 - k_t)
+    assert selection.by_module_type() == dict.fromkeys(layer_map.module_types, (4 - k_t, 4))
+    overall = select_units(layer_map, scores=scores, freeze_bottom_fraction=fraction)
+    k = top_count(N, fraction)
+    assert sum("self_attn" in name for name in overall.frozen) == min(k, N - len(MLP_FIRST))
+    assert overall.by_module_type() != selection.by_module_type()
+
+
+def test_ties_inside_a_type_break_as_the_global_ranking_breaks_them(layer_map):
+    """q_proj ties on importance and is ordered by raw s (an ILA ranking); v_proj ties on
+    both and keeps model order: the top and bottom of each type follow scores.ranking()."""
+    raw_q = {0: 1.0, 1: 3.0, 2: 2.0, 3: 0.0}  # q_proj ranks blocks 1, 2, 0, 3
+
+    def unit_score(i, unit):
+        if unit.module_type == "self_attn.q_proj":
+            return UnitScore(unit.name, unit.block, unit.module_type, 0.5, raw_q[unit.block])
+        if unit.module_type == "self_attn.v_proj":
+            return UnitScore(unit.name, unit.block, unit.module_type, 0.5, 0.0)
+        return UnitScore(unit.name, unit.block, unit.module_type, 0.9 - i / 100, 0.0)
+
+    units = [unit_score(i, u) for i, u in enumerate(layer_map.units)]
+    scores = LayerScores("ila", "tiny-llama", "module", units, layout=layer_map.to_dict())
+    top = select_units(layer_map, scores=scores, tune_top_fraction=0.5, within_module_type=True)
+    bottom = select_units(
+        layer_map, scores=scores, freeze_bottom_fraction=0.5, within_module_type=True
+    )
+    for kind in layer_map.module_types:
+        ranked = [n for n in scores.ranking() if layer_map.unit(n).module_type == kind]
+        assert [n for n in top.selected if n in ranked] == sorted(ranked[:2], key=ranked.index)
+        assert set(bottom.frozen) & set(ranked) == set(ranked[2:])
+    assert {n for n in top.selected if "q_proj" in n} == {
+        "layers.1.self_attn.q_proj",
+        "layers.2.self_attn.q_proj",
+    }
+    assert {n for n in top.selected if "v_proj" in n} == {
+        "layers.0.self_attn.v_proj",
+        "layers.1.self_attn.v_proj",
+    }
+    assert scores.top(0.5, within_module_type=True) == [
+        n for n in scores.ranking() if n in set(top.selected)
+    ]
+
+
+@pytest.mark.parametrize("rule", [{"units": ["layers.0.mlp.up_proj"]}, {"blocks": [1]},
+                                  {"all_units": True}])  # fmt: skip
+def test_within_module_type_goes_with_the_fraction_rules_only(layer_map, rule):
+    scores = planted(layer_map, PLANTED)
+    with pytest.raises(IlaError, match=r"^within_module_type applies tune_top_fraction") as info:
+        select_units(layer_map, scores=scores, within_module_type=True, **rule)
+    assert "\n" not in str(info.value)
+    assert info.value.render("flag").startswith("--within-module-type applies --tune-top-fraction")
+    with pytest.raises(IlaError, match="within_module_type applies to the fraction rules"):
+        Selection(**{**select_units(layer_map, **rule).__dict__, "within_module_type": True})
+
+
+def test_within_module_type_refuses_block_scores(layer_map):
+    scores = block_scores(layer_map, [0.1, 0.9, 0.5, 0.3])
+    for rule in ({"tune_top_fraction": 0.5}, {"freeze_bottom_fraction": 0.25}):
+        with pytest.raises(IlaError, match=r"^within_module_type: .* ranks blocks") as info:
+            select_units(
+                layer_map, scores=scores, within_module_type=True, scores_file="b.json", **rule
+            )
+        assert "\n" not in str(info.value) and "b.json" in str(info.value)
+        assert "--stage2-unit block" in info.value.render("flag")
+    with pytest.raises(IlaError, match="no module type"):
+        scores.top(0.5, within_module_type=True)
+
+
+def test_freeze_bottom_within_module_type_may_freeze_a_whole_type_but_not_everything(layer_map):
+    """Freezing the bottom 0.75 freezes 3 of the 4 units of each type; on a one-block model
+    each type has one unit, so every type is frozen whole: nothing is tuned, refused."""
+    scores = planted(layer_map, MLP_FIRST)
+    kept = select_units(
+        layer_map, scores=scores, freeze_bottom_fraction=0.75, within_module_type=True
+    )
+    assert kept.selected == tuple(u.name for u in layer_map.units if u.block == 0)
+    one_block = find_layers(build_tiny_llama(100, num_layers=1))
+    with pytest.raises(IlaError, match="nothing would be tuned"):
+        select_units(
+            one_block,
+            scores=planted(one_block, []),
+            freeze_bottom_fraction=0.1,
+            within_module_type=True,
+        )
+
+
+def test_a_selection_within_module_type_round_trips_and_old_files_read_false(layer_map, tmp_path):
+    selection = select_units(
+        layer_map,
+        scores=planted(layer_map, MLP_FIRST),
+        tune_top_fraction=0.25,
+        within_module_type=True,
+    )
+    data = json.loads(selection.save(tmp_path).read_text())
+    assert data["within_module_type"] is True and data["schema_version"] == 1
+    assert data["summary"]["by_module_type"]["self_attn.q_proj"] == {"selected": 1, "units": 4}
+    assert Selection.load(tmp_path) == selection
+    old = {k: v for k, v in data.items() if k != "within_module_type"}  # written before it
+    assert Selection.from_dict(old).within_module_type is False
+
+
+def test_a_rule_within_module_type_on_a_ranking_of_some_types(layer_map):
+    from ila.core.selection import SelectionRule
+
+    mlp = layer_map.restricted_to(("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+    units = [  # gate_proj ranks above everything, so the global top 3 are all gate_proj
+        UnitScore(u.name, u.block, u.module_type, (2.0 if "gate" in u.name else 1.0) - i / 20, 1)
+        for i, u in enumerate(mlp.units)
+    ]
+    scores = LayerScores("ila", "tiny-llama", "module", units, layout=mlp.to_dict())
+    rule = SelectionRule.from_kwargs(tune_top_fraction=0.25, within_module_type=True)
+    assert rule.keywords() == {"tune_top_fraction": 0.25, "within_module_type": True}
+    made = rule.apply(layer_map, scores=scores)
+    assert made.selected == ("layers.0.mlp.gate_proj", "layers.0.mlp.up_proj",
+                             "layers.0.mlp.down_proj")  # fmt: skip
+    assert made.by_module_type() == dict.fromkeys(mlp.module_types, (1, 4))
+    overall = SelectionRule("tune-top-fraction", 0.25).apply(layer_map, scores=scores)
+    assert all("gate_proj" in name for name in overall.selected)

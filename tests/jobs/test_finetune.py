@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from conftest import fails
 from ila.cli import main
 from ila.config import (
     DataConfig,
@@ -186,6 +187,27 @@ def test_cli_finetune_from_scores_and_errors(tiny_model_dir, tmp_path, capsys):
     )
     assert "unknown unit" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+    # Within module type: 0.3 of each type's 4 units rounds to 1, so block 0 (the global
+    # top 0.3 is 8 units). A saved selection keeps its rule; block scores have no types.
+    within = tmp_path / "ft-within"
+    rule = ["--scores", str(tmp_path), "--tune-top-fraction", "0.3", "--within-module-type"]
+    assert main(["finetune", *rule, "--output-dir", str(within), *common]) == 0
+    assert "(tune-top-fraction within module type: q_proj 1/4, k_proj 1/4," in (
+        capsys.readouterr().out
+    )
+    chosen = Selection.load(within)
+    assert chosen.within_module_type
+    assert chosen.selected == tuple(u.name for u in layer_map.units if u.block == 0)
+    again = ["finetune", "--selection", str(within), "--within-module-type"]
+    fails([*again, "--output-dir", str(tmp_path / "z"), *common], capsys, "--within-module-type")
+    blocks = [UnitScore(layer_map.block_name(b), b, None, 0.1 * b, 0.0) for b in range(4)]
+    LayerScores("ila", "tiny", "block", blocks, layout=layer_map.to_dict()).save(
+        tmp_path / "blocks" / "layer_scores.json"
+    )
+    rule[1] = str(tmp_path / "blocks")
+    fails(["finetune", *rule, "--output-dir", str(tmp_path / "z"), *common], capsys,
+          "--within-module-type: ", "--stage2-unit block")  # fmt: skip
+    assert not (tmp_path / "z").exists()
 
 
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(

@@ -99,8 +99,14 @@ def test_run_starts_its_fine_tunes_from_stage1_by_default(tiny_model_dir, tmp_pa
         summary = json.loads((tmp_path / "warm" / name / "finetune_summary.json").read_text())
         assert summary["init_from_stage1"] == str(tmp_path / "warm" / "stage1" / "adapter")
     # --no-init-from-stage1 starts from LoRA's init; so does a full fine-tune, by default.
-    assert main([*argv, "--no-init-from-stage1", "--output-dir", str(tmp_path / "cold")]) == 0
+    # The cold run also selects within module type: 0.3 of each type's 4 units is 1.
+    cold = [*argv, "--no-init-from-stage1", "--within-module-type"]
+    assert main([*cold, "--output-dir", str(tmp_path / "cold")]) == 0
     assert main([*argv, "--method", "full", "--output-dir", str(tmp_path / "full")]) == 0
     for run in ("cold", "full"):
         summary = json.loads((tmp_path / run / "finetune" / "finetune_summary.json").read_text())
         assert summary["init_from_stage1"] is None
+    chosen = json.loads((tmp_path / "cold" / "selection.json").read_text())
+    assert chosen["within_module_type"] is True and chosen["value"] == 0.3
+    counts = chosen["summary"]["by_module_type"].values()
+    assert [c["selected"] for c in counts] == [1] * 7 and len(chosen["selected"]) == 7

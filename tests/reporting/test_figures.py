@@ -122,6 +122,11 @@ def test_a_frozen_selection_is_hatched_in_the_heatmap_and_crossed_in_the_block_p
     )
     assert marks.kind == "frozen" and marks.names == bottom
     assert marks.label == f"frozen: bottom 25% ({len(bottom)} of 21 units)"
+    per_type = set(scores.bottom(0.25, within_module_type=True))
+    within = selection_of(scores, "freeze-bottom-fraction", 0.25, set(scores.names) - per_type)
+    marked = marks_from_selection({**within, "within_module_type": True}, scores)
+    assert marked.names == per_type  # 1 of each type's 3 units: 7 of 21
+    assert marked.label == "frozen: bottom 25% of each module type (7 of 21 units)"
     fig = heatmap_figure(scores, marks)
     patches = fig.axes[0].patches
     assert len(patches) == len(bottom) and all(p.get_hatch() for p in patches)

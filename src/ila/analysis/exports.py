@@ -300,10 +300,11 @@ def _header(selection: Selection) -> str:
         scores = f"; ranked by {source['method']} scores of {source.get('model_id')}"
         if source.get("scores_file"):
             scores += f" ({source['scores_file']})"
+    within = " --within-module-type" if selection.within_module_type else ""
     lines = [
         f"# ILA stage 3 (docs/method.md): tune {len(selection.selected)} of "
         f"{len(selection.selected) + len(selection.frozen)} units of a "
-        f"{selection.layout['model_type']} model, --{selection.rule} {shown}{scores}.",
+        f"{selection.layout['model_type']} model, --{selection.rule} {shown}{within}{scores}.",
         "# Names are module paths of the base Hugging Face model (named_modules()).",
     ]
     return "\n".join(lines) + "\n"

@@ -96,13 +96,37 @@ class LayerScores:
         )
         return [self.units[i].name for i in order]
 
-    def top(self, fraction: float) -> list[str]:
-        """The important set at ``fraction``: the first :func:`top_count` names of the ranking."""
-        return self.ranking()[: top_count(len(self.units), fraction)]
+    def top(self, fraction: float, *, within_module_type: bool = False) -> list[str]:
+        """The important set at ``fraction``: the first :func:`top_count` names of the ranking.
 
-    def bottom(self, fraction: float) -> list[str]:
-        """The least important ``top_count(N, fraction)`` units."""
-        return self.ranking()[len(self.units) - top_count(len(self.units), fraction) :]
+        ``within_module_type`` (module scores only): the first ``top_count(N_t, fraction)``
+        of each module type's N_t units instead, taken from the same ranking (so ties break
+        as they do globally); the names come in ranking order either way.
+        """
+        ranking, parts = self._ranking_parts(within_module_type)
+        chosen = {name for part in parts for name in part[: top_count(len(part), fraction)]}
+        return [name for name in ranking if name in chosen]
+
+    def bottom(self, fraction: float, *, within_module_type: bool = False) -> list[str]:
+        """The least important ``top_count(N, fraction)`` units (of each module type's N_t
+        with ``within_module_type``), in ranking order."""
+        ranking, parts = self._ranking_parts(within_module_type)
+        chosen = {n for part in parts for n in part[len(part) - top_count(len(part), fraction) :]}
+        return [name for name in ranking if name in chosen]
+
+    def _ranking_parts(self, within_module_type: bool) -> tuple[list[str], list[list[str]]]:
+        """The ranking, and the parts a fraction is taken of: the whole ranking, or (with
+        ``within_module_type``) each module type's units in ranking order."""
+        ranking = self.ranking()
+        if not within_module_type:
+            return ranking, [ranking]
+        if self.unit_kind != "module":
+            raise IlaError("block scores rank blocks, which have no module type to rank within")
+        type_of = {u.name: u.module_type for u in self.units}
+        parts: dict[str | None, list[str]] = {}
+        for name in ranking:
+            parts.setdefault(type_of[name], []).append(name)
+        return ranking, list(parts.values())
 
     def separation(self) -> Separation:
         """Whether the ranking separates the units or is a tie (ila.core.ties)."""

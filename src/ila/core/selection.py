@@ -11,6 +11,9 @@ Both fraction rules take ``k = top_count(N, F) = max(1, floor(F * N + 0.5))`` un
 (round half up, at least one; :func:`ila.core.scores.top_count`): the top k are tuned, or the
 bottom k frozen. N counts the ranked units: modules, or blocks for block scores
 (``--stage2-unit block``), whose chosen blocks expand to all their module units.
+``within_module_type`` applies a fraction rule within each module type instead, as Spectrum
+does (docs/method.md, "Stage 3"): ``k_t = top_count(N_t, F)`` of each type's N_t ranked
+units, ties broken as in the global ranking; it reads module scores only.
 No torch here: a selection is made and read from JSON files alone.
 """
 
@@ -24,7 +27,7 @@ from typing import Any
 
 from ila.config import setting
 from ila.core.layers import LayerMap, Unit
-from ila.core.scores import LayerScores, top_count
+from ila.core.scores import LayerScores
 from ila.errors import IlaError, Parts, Setting, argument, short_repr
 from ila.files import atomic_write_json, read_json, require_schema_version
 from ila.run_files import SCORES_FILE, SELECTION_FILE
@@ -42,6 +45,8 @@ __all__ = [
 
 
 RULES = ("tune-top-fraction", "freeze-bottom-fraction", "units", "blocks", "all-units")
+FRACTION_RULES = ("tune-top-fraction", "freeze-bottom-fraction")
+_WITHIN = argument("within_module_type")
 
 
 def _rule_setting(rule: str) -> Setting:
@@ -66,6 +71,8 @@ class Selection:
     ``scores_file``, ``unit_kind`` and ``model_fingerprint`` (ila.model.identity) of the
     scores (all None for hand-typed rules), and ``tied_ranking`` for a fraction rule
     applied to a ranking that is a tie (ila.core.ties; refused unless asked for).
+    ``within_module_type``: the fraction rule was applied within each module type
+    (docs/method.md, "Stage 3"); a file written before it existed reads as False.
     """
 
     rule: str
@@ -75,10 +82,15 @@ class Selection:
     frozen: tuple[str, ...]
     layout: dict[str, Any]
     source: dict[str, Any]
+    within_module_type: bool = False
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise IlaError(f"unknown selection rule {self.rule!r}; rules: {', '.join(RULES)}")
+        if not isinstance(self.within_module_type, bool):
+            raise IlaError(_WITHIN, f" is true or false, got {short_repr(self.within_module_type)}")
+        if self.within_module_type and self.rule not in FRACTION_RULES:
+            raise IlaError(_WITHIN, f" applies to the fraction rules, not to {self.rule}")
         if self.unit_kind != "module":
             raise IlaError(f"a selection names module units, got unit_kind {self.unit_kind!r}")
         if not self.selected:
@@ -101,6 +113,7 @@ class Selection:
             "schema_version": SCHEMA_VERSION,
             "rule": self.rule,
             "value": self.value,
+            "within_module_type": self.within_module_type,
             "unit_kind": self.unit_kind,
             "source": self.source,
             "summary": {
@@ -108,6 +121,10 @@ class Selection:
                 "num_selected": len(self.selected),
                 "num_frozen": len(self.frozen),
                 "selected_weight_fraction": selected_params / max(1, sum(num_params.values())),
+                "by_module_type": {
+                    kind: {"selected": chosen, "units": total}
+                    for kind, (chosen, total) in self.by_module_type().items()
+                },
             },
             "selected": list(self.selected),
             "frozen": list(self.frozen),
@@ -133,6 +150,7 @@ class Selection:
                 frozen=tuple(data["frozen"]),
                 layout=data["layout"],
                 source=dict(data.get("source") or {}),
+                within_module_type=data.get("within_module_type", False),
             )
         except (KeyError, TypeError) as exc:
             raise IlaError(f"{origin}: malformed selection ({exc!r})") from exc
@@ -172,6 +190,19 @@ class Selection:
         _check_layout(self.layout, layer_map, what="selection", hint="re-run 'ila select'")
         return [layer_map.unit(name) for name in self.selected]
 
+    def by_module_type(self) -> dict[str, tuple[int, int]]:
+        """Module type -> (units selected, units) of the layout, types in model order (a
+        layout without module types, as a test may write one, reads them off the names:
+        ``layers.3.mlp.up_proj`` is an ``mlp.up_proj``)."""
+        chosen = set(self.selected)
+        counts: dict[str, list[int]] = {}
+        for unit in self.layout["units"]:
+            kind = unit.get("module_type") or unit["name"].split(".", 2)[-1]
+            count = counts.setdefault(kind, [0, 0])
+            count[0] += unit["name"] in chosen
+            count[1] += 1
+        return {kind: (selected, total) for kind, (selected, total) in counts.items()}
+
 
 @dataclass(frozen=True)
 class SelectionRule:
@@ -179,11 +210,13 @@ class SelectionRule:
     one of :data:`RULES`, ``value`` its fraction, unit names, blocks or ``True``.
 
     A rule typed by hand needs the model's units to become a :class:`Selection`; a job
-    that loads the model applies it then (:meth:`apply`).
+    that loads the model applies it then (:meth:`apply`). ``within_module_type`` applies a
+    fraction rule within each module type (docs/method.md, "Stage 3").
     """
 
     kind: str
     value: Any
+    within_module_type: bool = False
 
     @classmethod
     def from_kwargs(
@@ -194,9 +227,11 @@ class SelectionRule:
         units: Sequence[str] | None = None,
         blocks: Sequence[int] | None = None,
         all_units: bool = False,
+        within_module_type: bool = False,
     ) -> SelectionRule:
         """The one rule given (keywords as :func:`select_units` takes them); no rule or
-        several is an IlaError that names the flags."""
+        several, or ``within_module_type`` with a rule that is not a fraction, is an
+        IlaError that names the settings."""
         given = {
             "tune-top-fraction": tune_top_fraction,
             "freeze-bottom-fraction": freeze_bottom_fraction,
@@ -208,18 +243,35 @@ class SelectionRule:
         if len(rules) != 1:
             which = _listed(rules, " and ") if rules else ("no rule",)
             raise IlaError("give exactly one of ", *_listed(RULES, ", "), " (got ", *which, ")")
-        return cls(rules[0], given[rules[0]])
+        if not isinstance(within_module_type, bool):
+            raise IlaError(_WITHIN, f" is true or false, got {short_repr(within_module_type)}")
+        if within_module_type and rules[0] not in FRACTION_RULES:
+            raise IlaError(
+                _WITHIN,
+                " applies ",
+                *_listed(FRACTION_RULES, " or "),
+                " within each module type; it does not go with ",
+                _rule_setting(rules[0]),
+            )
+        return cls(rules[0], given[rules[0]], within_module_type)
 
     @property
     def ranked(self) -> bool:
         """Whether the rule reads a ranking (the fraction rules)."""
-        return self.kind in ("tune-top-fraction", "freeze-bottom-fraction")
+        return self.kind in FRACTION_RULES
 
     def keywords(self) -> dict[str, Any]:
         """The rule as keyword arguments of :func:`select_units`."""
         if self.kind == "all-units":
             return {"all_units": True}
-        return {self.kind.replace("-", "_"): self.value}
+        within = {"within_module_type": True} if self.within_module_type else {}
+        return {self.kind.replace("-", "_"): self.value, **within}
+
+    def check_ranking(self, scores: LayerScores, *, origin: str = "the scores") -> None:
+        """Refuse a ranking this rule cannot read before any model loads: a rule within
+        module types needs module scores."""
+        if self.within_module_type:
+            _require_module_scores(scores, origin)
 
     def apply(
         self,
@@ -246,6 +298,7 @@ def select_units(
     units: Sequence[str] | None = None,
     blocks: Sequence[int] | None = None,
     all_units: bool = False,
+    within_module_type: bool = False,
     scores_file: str | Path | None = None,
 ) -> Selection:
     """Apply exactly one selection rule to the units of ``layer_map`` (ILA stage 3).
@@ -254,7 +307,9 @@ def select_units(
     :func:`check_scores_match`) and take ``k = top_count(N, F)`` units, rounded half up
     with at least one: the top k are tuned (``tune_top_fraction``), or the bottom k are
     frozen and the rest tuned (``freeze_bottom_fraction``). With block scores N counts
-    blocks and each chosen block brings all its module units. ``units`` and ``blocks``
+    blocks and each chosen block brings all its module units. ``within_module_type``
+    takes ``k_t = top_count(N_t, F)`` of each module type's N_t units instead, as Spectrum
+    does (docs/method.md, "Stage 3"; module scores only). ``units`` and ``blocks``
     name the tuned units directly, and ``all_units`` tunes every unit (the baseline that
     selective tuning is compared with); ``scores`` is not used by them. ``scores_file`` is
     only recorded in ``source``, with whether the ranking is a tie (the commands refuse a
@@ -267,6 +322,7 @@ def select_units(
         units=units,
         blocks=blocks,
         all_units=all_units,
+        within_module_type=within_module_type,
     )
     rule = chosen.kind
     given = {rule: chosen.value}
@@ -282,7 +338,7 @@ def select_units(
         tuned = {u.name for b in value for u in _block_units(layer_map, b)}
     else:
         value = _fraction(given[rule], _rule_setting(rule))
-        tuned, source = _by_fraction(layer_map, rule, value, scores, scores_file)
+        tuned, source = _by_fraction(layer_map, chosen, value, scores, scores_file)
     return Selection(
         rule=rule,
         value=value,
@@ -291,26 +347,36 @@ def select_units(
         frozen=tuple(u.name for u in layer_map.units if u.name not in tuned),
         layout=layer_map.to_dict(),
         source=source,
+        within_module_type=chosen.within_module_type,
     )
 
 
 def _by_fraction(
     layer_map: LayerMap,
-    rule: str,
+    chosen_rule: SelectionRule,
     value: float,
     scores: LayerScores | None,
     scores_file: str | Path | None,
 ) -> tuple[set[str], dict[str, Any]]:
-    """The units a fraction ``rule`` tunes (the top k of ``scores``, or all but the bottom
-    k) and the ``source`` it records: the scores' method, model and whether they tie."""
+    """The units a fraction rule tunes (the top k of ``scores``, or all but the bottom k;
+    of each module type with ``within_module_type``) and the ``source`` it records: the
+    scores' method, model and whether they tie."""
+    rule = chosen_rule.kind
     if scores is None:
         raise IlaError(
-            f"--{rule} ranks units, so it needs layer scores: pass ",
+            _rule_setting(rule),
+            " ranks units, so it needs layer scores: pass ",
             argument("scores"),
             " RUN_OR_JSON",
         )
-    check_scores_match(scores, layer_map, origin=str(scores_file or "scores"))
-    chosen = scores.top(value) if rule == "tune-top-fraction" else scores.bottom(value)
+    origin = str(scores_file or "scores")
+    chosen_rule.check_ranking(scores, origin=origin)
+    check_scores_match(scores, layer_map, origin=origin)
+    within = chosen_rule.within_module_type
+    if rule == "tune-top-fraction":
+        chosen = scores.top(value, within_module_type=within)
+    else:
+        chosen = scores.bottom(value, within_module_type=within)
     chosen_units = _expand(scores, layer_map, chosen)
     everything = {u.name for u in layer_map.units}
     tuned = chosen_units if rule == "tune-top-fraction" else everything - chosen_units
@@ -324,12 +390,26 @@ def _by_fraction(
         "tied_ranking": scores.separation().tie,
     }
     if not tuned:
-        k = top_count(len(scores.units), value)
+        k = "the k of each module type" if within else "k"
         raise IlaError(
-            f"--{rule} {value} freezes all {k} ranked units (k rounds half up), so "
-            "nothing would be tuned; pass a smaller fraction"
+            _rule_setting(rule),
+            f" {value} freezes all {len(scores.units)} ranked units ({k} rounds half up), "
+            "so nothing would be tuned; pass a smaller fraction",
         )
     return tuned, source
+
+
+def _require_module_scores(scores: LayerScores, origin: str) -> None:
+    """Refuse block scores for a rule within module types (blocks have no module type)."""
+    if scores.unit_kind != "module":
+        raise IlaError(
+            _WITHIN,
+            f": {origin} ranks blocks (",
+            setting("stage2", "unit"),
+            " block), which have no module type; rank modules, or leave ",
+            _WITHIN,
+            " off",
+        )
 
 
 def check_scores_match(scores: LayerScores, layer_map: LayerMap, *, origin: str = "scores") -> None:

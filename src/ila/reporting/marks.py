@@ -64,6 +64,8 @@ def marks_from_selection(selection: dict[str, Any], scores: LayerScores) -> Unit
     if chosen.rule in ("tune-top-fraction", "freeze-bottom-fraction"):
         side = "bottom" if frozen else "top"
         rule = f"{side} {_percent(float(chosen.value))}"
+        if chosen.within_module_type:
+            rule += " of each module type"
     else:
         rule = f"chosen by --{chosen.rule}"
     what = "frozen" if frozen else "tuned"

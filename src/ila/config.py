@@ -965,6 +965,25 @@ def iter_settings(config_cls: type) -> list[tuple[str, dataclasses.Field, type]]
     return out
 
 
+_NO_DEFAULT = object()
+
+
+def setting_default(key: str) -> Any:
+    """The default of the setting a recorded config.yaml key names (``run.within_module_type``),
+    or :data:`_NO_DEFAULT` for a key that is no setting with a default. Lets ``--resume``
+    read a setting added after a run began, and left at its default, as what the run did."""
+    section, _, name = key.partition(".")
+    for config_cls in (RunConfig, FinetuneConfig, EvalConfig, PlanConfig):
+        for found_section, f, _ in iter_settings(config_cls):
+            if (found_section, f.name) != (section, name):
+                continue
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    return _NO_DEFAULT
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Nested plain dict of a config (the YAML written into the run directory)."""
     return dataclasses.asdict(config)

@@ -800,10 +800,17 @@ def require_resumable(
 def _differences(
     recorded: Mapping[str, Any], resolved: Mapping[str, Any], prefix: str = ""
 ) -> Iterator[tuple[str, Any, Any]]:
+    """(key, recorded value, value now) of each setting that differs. A setting the
+    recorded config lacks (added to ila after the run began) differs only when it is now
+    set away from its default: at its default it does what the run did."""
+    from ila.config import setting_default
+
     for key in list(resolved) + [k for k in recorded if k not in resolved]:
         was, now_ = recorded.get(key), resolved.get(key)
         if isinstance(was, Mapping) and isinstance(now_, Mapping):
             yield from _differences(was, now_, f"{prefix}{key}.")
+        elif key not in recorded and now_ == setting_default(f"{prefix}{key}"):
+            continue
         elif was != now_:
             yield f"{prefix}{key}", was, now_
 

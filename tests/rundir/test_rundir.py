@@ -51,3 +51,28 @@ def test_output_dir_that_is_a_file(tmp_path):
     path.write_text("x")
     with pytest.raises(IlaError, match="is a file"):
         prepare_output_dir(path, command="score")
+
+
+def test_resume_reads_a_setting_added_since_the_run_began_as_its_default(tmp_path):
+    """A run's config.yaml from before a setting existed (run.within_module_type) resumes
+    when the setting is at its default, and is refused when it is set away from it; a
+    setting the run did record is compared as before."""
+    import yaml
+
+    from ila.errors import IlaError
+    from ila.rundir import require_resumable
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_state.json").write_text(json.dumps({"command": "run"}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"run": {"tune_top_fraction": 0.3}}))
+    now = {"run": {"tune_top_fraction": 0.3, "within_module_type": False}}
+    require_resumable(run, now, finished_stage=None)
+    now["run"]["within_module_type"] = True
+    with pytest.raises(IlaError, match="resume: within_module_type is True here but None in"):
+        require_resumable(run, now, finished_stage=None)
+    recorded = {"run": {"tune_top_fraction": 0.3, "within_module_type": True}}
+    (run / "config.yaml").write_text(yaml.safe_dump(recorded))
+    now["run"]["within_module_type"] = False
+    with pytest.raises(IlaError, match="resume: within_module_type is False here but True in"):
+        require_resumable(run, now, finished_stage=None)

@@ -20,8 +20,8 @@ Check c is *stable* when the drop is real, drop_c > z * se_c (z = 3), and the la
 moved the loss by at most epsilon of that drop, change_c <= epsilon * drop_c; with
 ``drop+ranking`` also the important set implied by the per-unit update norms
 ||Delta_i|| (the top ``rank_fraction``) must have moved little since the last check:
-Jaccard(top set at c, top set at c-1) >= 1 - rank_epsilon. T is the step that ends ``patience`` consecutive
-stable checks (and is >= ``min_steps``). Consequences, each tested:
+Jaccard(top set at c, top set at c-1) >= 1 - rank_epsilon. T is the step that ends
+``patience`` consecutive stable checks (and is >= ``min_steps``). Consequences, each tested:
 - a flat noisy series never becomes stable (it has no significant drop);
 - adding a constant to the loss (another dataset's floor) does not move T: the test is
   relative to the drop, not to the loss level;

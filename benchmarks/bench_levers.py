@@ -156,14 +156,16 @@ def keep_curve(curve: dict) -> None:
     path.write_text(json.dumps(kept) + "\n")
 
 
-def run_levers(work_dir: Path, levers: list[str], seeds: list[int] | None) -> None:
+def run_levers(
+    work_dir: Path, levers: list[str], seeds: list[int] | None, datasets: list[str] | None = None
+) -> None:
     from bench_stability import Stage2Runner
 
     recordings = load_recordings(work_dir)
     rule = dict(RULES)[DEFAULT_RULE]
     runner = None
     for (data, seed), curve in sorted(recordings.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        if seeds is not None and seed not in seeds:
+        if (seeds is not None and seed not in seeds) or (datasets and data not in datasets):
             continue
         keep_curve(curve)
         t = rule_t(curve, rule) or snapshot_steps(curve)[-1]
@@ -604,6 +606,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-levers"))
     parser.add_argument("--levers", nargs="*", default=list(LEVERS), choices=list(LEVERS))
     parser.add_argument("--seeds", type=int, nargs="*", help="only these recordings' seeds")
+    parser.add_argument("--data", nargs="*", help="only these recordings' datasets")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--report-only", action="store_true", help="rebuild from records")
     args = parser.parse_args()
@@ -612,7 +615,7 @@ def main() -> None:
             import torch
 
             torch.set_num_threads(args.threads)
-        run_levers(args.work_dir, args.levers, args.seeds)
+        run_levers(args.work_dir, args.levers, args.seeds, args.data)
     command = "python benchmarks/bench_levers.py --work-dir runs/bench-levers"
     write_section("bench_levers", report(REPORTED, command))
     print(report(REPORTED, command))

@@ -494,7 +494,7 @@ def report(levers: list[str], command: str) -> str:
                 lines.append(lever_row(LABELS.get(lever, lever), runs, norms, names, types))
                 if lever == "default":
                     within = within_type_line(runs, types)
-                if lever != "default":
+                if lever != "default" and defaults:
                     paired.append(paired_line(LABELS.get(lever, lever), by_seed, defaults))
                 if len(runs) >= 4:
                     ensembles.append(f"- {LABELS.get(lever, lever)}: {ensemble_cells(runs)}")

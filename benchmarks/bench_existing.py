@@ -29,9 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_levers import LEVER_RECORDS, bottom, module_type, top
-from ila.analysis.compare import spearman, structural_null_jaccard
-from ila.core.scores import expected_random_jaccard, jaccard, top_count
+from bench_levers import LEVER_RECORDS, module_type, pair_measures
+from ila.core.scores import expected_random_jaccard, top_count
 from ila_process import ila
 from results_file import write_section
 
@@ -76,15 +75,7 @@ def measure(seed: int, work: Path, threads: int) -> None:
 
 
 def _pairs_row(label: str, pairs: list[tuple[list[float], list[float]]], names, types) -> str:
-    tops = [jaccard(top(a), top(b)) for a, b in pairs]
-    bottoms = [jaccard(bottom(a), bottom(b)) for a, b in pairs]
-    nulls = [
-        structural_null_jaccard(
-            names, types, {names[i] for i in top(a)}, {names[i] for i in top(b)}, draws=4000
-        )
-        for a, b in pairs
-    ]
-    rhos = [spearman(a, b) for a, b in pairs]
+    tops, bottoms, nulls, rhos = pair_measures(pairs, names, types)
 
     def spread(xs: list[float]) -> str:
         return f"{statistics.fmean(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"

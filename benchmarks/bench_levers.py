@@ -526,6 +526,22 @@ def report(levers: list[str], command: str) -> str:
 CROSS = [("sharegpt-even", "sharegpt-odd", "at120")]
 
 
+def pair_measures(
+    pairs: list[tuple[list[float], list[float]]], names: list[str], types: list[str]
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """For each pair of rankings (raw scores): top-25% and bottom-25% Jaccard, the
+    structural null of the top sets (redrawn within module type) and the Spearman."""
+    tops = [jaccard(top(a), top(b)) for a, b in pairs]
+    bottoms = [jaccard(bottom(a), bottom(b)) for a, b in pairs]
+    nulls = [
+        structural_null_jaccard(
+            names, types, {names[i] for i in top(a)}, {names[i] for i in top(b)}, draws=4000
+        )
+        for a, b in pairs
+    ]
+    return tops, bottoms, nulls, [spearman(a, b) for a, b in pairs]
+
+
 def cross_lines(found: dict) -> list[str]:
     """Agreement between rankings of two datasets (``CROSS``) beside the agreement between
     seeds on each: every cross pair, split into same-seed and different-seed pairs."""
@@ -568,16 +584,9 @@ def cross_lines(found: dict) -> list[str]:
             if not pairs:
                 continue
             a_b = [(runs[x[0]][x[1]], runs[y[0]][y[1]]) for x, y in pairs]
-            tops = [jaccard(top(a), top(b)) for a, b in a_b]
-            bottoms = [jaccard(bottom(a), bottom(b)) for a, b in a_b]
-            nulls = [
-                structural_null_jaccard(
-                    names, types, {names[i] for i in top(a)}, {names[i] for i in top(b)}, draws=4000
-                )
-                for a, b in a_b
-            ]
+            tops, bottoms, nulls, rhos = pair_measures(a_b, names, types)
             shared = statistics.fmean(2 * j / (1 + j) for j in tops)
-            rho = statistics.fmean(spearman(a, b) for a, b in a_b)
+            rho = statistics.fmean(rhos)
             lines.append(
                 f"| {label} | {len(pairs)} | {spread(tops)} | {shared:.2f} | {spread(bottoms)} "
                 f"| {statistics.fmean(nulls):.2f} | {rho:.2f} |"

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ila.analysis.compare import structural_null_jaccard
+from ila.analysis.compare import spearman, structural_null_jaccard
 from ila.core.scores import expected_random_jaccard, jaccard, top_count
 from ila_process import ila
 from record_stage1 import LIMIT, MAX_LENGTH, SPLIT_SEED
@@ -125,12 +125,25 @@ def _row(label: str, pairs: list[tuple[dict, dict]]) -> str:
         for a, b in pairs
     ]
 
+    runs = list({id(r): r for pair in pairs for r in pair}.values())
+    rho = [
+        spearman([u["raw"] for u in r["units"]], r["stage1_update_norms"])
+        for r in runs
+        if r.get("stage1_update_norms")
+    ]
+    kinds = [{u["name"]: u["module_type"] for u in r["units"]} for r in runs]
+    mlp = [
+        sum(kind[name].startswith("mlp.") for name in _pick(r, False))
+        for r, kind in zip(runs, kinds, strict=True)
+    ]
+
     def cell(values: list[float]) -> str:
         return f"{statistics.fmean(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
     return (
         f"| {label} | {len(pairs)} | {cell(tops)} | {cell(bottoms)} | "
-        f"{statistics.fmean(nulls):.2f} | {statistics.fmean(tops) - statistics.fmean(nulls):+.2f} |"
+        f"{statistics.fmean(nulls):.2f} | {statistics.fmean(tops) - statistics.fmean(nulls):+.2f} "
+        f"| {f'{statistics.fmean(rho):.2f}' if rho else 'n/a'} | {statistics.fmean(mlp):.0f} |"
     )
 
 
@@ -143,7 +156,9 @@ def report() -> str:
         "N`), stage-2 defaults, max length 128, split seed 0, the preset limits of the other "
         "ranking benchmarks; rebuilt from `benchmarks/records/bench_model_size/` with "
         "`--report-only`. Top and bottom 25% Jaccard between rankings; null: the top sets "
-        "redrawn within module type; excess: top-25% Jaccard minus the null.",
+        "redrawn within module type; excess: top-25% Jaccard minus the null; rho: Spearman of "
+        "each run's importance with its stage-1 update norms (the shape prior), mean over the "
+        "runs in the row; MLP: MLP modules among a run's top 25%, mean.",
     ]
     for label, runs in sorted(found.items()):
         some = next(iter(runs.values()))
@@ -156,8 +171,9 @@ def report() -> str:
             "",
             f"k = {k} units; chance Jaccard {expected_random_jaccard(n, k):.2f}.",
             "",
-            "| pairs | n | top-25% Jaccard | bottom-25% Jaccard | null | excess |",
-            "|---|---:|---|---|---:|---:|",
+            "| pairs | n | top-25% Jaccard | bottom-25% Jaccard | null | excess | rho with norms "
+            "| MLP in top |",
+            "|---|---:|---|---|---:|---:|---:|---:|",
         ]
         datasets = sorted({d for d, _ in runs})
         for data in datasets:

@@ -26,6 +26,9 @@ Finished fine-tunes and evaluations in --work-dir are reused; other scorers' ran
 are read from ``<work-dir>/score-<method>`` (scored with seed 0 when missing). To share
 the work between processes, give each its own ``--seeds`` or ``--only`` selections (no
 report), then run once more without ``--only`` to write the table from the finished runs.
+Each finished (selection, seed) also leaves its metrics in
+``benchmarks/records/bench_quality/`` (no weights), where a later run finds them before the
+work dir; ``--report-only`` writes the table from those records alone.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ila_process import ila
 from results_file import write_section
+
+RECORDS = Path(__file__).resolve().parent / "records" / "bench_quality"
+SCORES_RECORD = RECORDS / "ila-scores.json"  # the ILA ranking of the last run
 
 LIMIT = 600
 DATA = ["--limit", str(LIMIT), "--max-length", "128", "--eval-fraction", "0.1", "--device", "cpu"]
@@ -101,6 +107,53 @@ def controls(ila_scores: Path, work_dir: Path, seed: int) -> dict[str, list[str]
     }
 
 
+def record_path(slug: str, seed: int, records: Path = RECORDS) -> Path:
+    return records / f"{slug}-seed{seed}.json"
+
+
+def read_record(slug: str, seed: int) -> dict:
+    """The kept metrics of one (selection, seed); exits with what to run when missing."""
+    path = record_path(slug, seed)
+    if not path.is_file():
+        raise SystemExit(f"--report-only: no record {path}; run without --report-only first")
+    return json.loads(path.read_text())
+
+
+def measure(
+    rule: list[str] | None,
+    seed: int,
+    steps: int,
+    work_dir: Path,
+    slug: str,
+    records: Path = RECORDS,
+) -> dict:
+    """Fine-tune (unless ``rule`` is None: the base model) and evaluate one selection at one
+    seed; the metrics are kept as a record under ``records`` and read from it when it exists."""
+    path = record_path(slug, seed, records)
+    if path.is_file():
+        return json.loads(path.read_text())
+    adapter, summary = None, {"num_selected": 0, "trainable_parameters": 0}
+    if rule is not None:
+        adapter = work_dir / f"ft-{slug}-{seed}"
+        summary = finetune(rule, seed, steps, adapter)
+    held = evaluate(adapter, seed, work_dir / f"eval-{slug}-{seed}", [*DATA, *EVAL])
+    other = evaluate(adapter, seed, work_dir / f"forget-{slug}-{seed}", FORGET)
+    record = {
+        "seed": seed,
+        "steps": steps,
+        "rule": rule,
+        "units": summary["num_selected"],
+        "trainable_parameters": summary["trainable_parameters"],
+        "loss": held["loss"],
+        "em": held["exact_match"],
+        "forget": other["loss"],
+        "examples": [held["num_examples"], held["exact_match_examples"], other["num_examples"]],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
 def spread(values: list[float], digits: int = 3) -> tuple[str, str]:
     mean = f"{statistics.fmean(values):.{digits}f}"
     return mean, f"{min(values):.{digits}f}-{max(values):.{digits}f}"
@@ -108,7 +161,11 @@ def spread(values: list[float], digits: int = 3) -> tuple[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ila-scores", type=Path, required=True, help="an ILA score run")
+    parser.add_argument(
+        "--ila-scores",
+        type=Path,
+        help="an ILA score run (kept as a record; --report-only reads the record)",
+    )
     parser.add_argument(
         "--steps", type=int, help="fine-tuning steps (default: one epoch of the training split)"
     )
@@ -127,7 +184,23 @@ def main() -> None:
         help="fine-tune and evaluate only these selections (slugs as in the run directory "
         "names, e.g. ilatunetop30) and write no report: to share the work between processes",
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the table from benchmarks/records/bench_quality alone (no fine-tune)",
+    )
     args = parser.parse_args()
+    if args.report_only:
+        if not SCORES_RECORD.is_file():
+            parser.error(f"--report-only: no {SCORES_RECORD}; run with --ila-scores first")
+        args.ila_scores = SCORES_RECORD
+    elif args.ila_scores is None:
+        parser.error("--ila-scores is required (an ILA score run) unless --report-only")
+    else:
+        from ila.core.scores import LayerScores
+
+        RECORDS.mkdir(parents=True, exist_ok=True)
+        LayerScores.load(args.ila_scores).save(SCORES_RECORD)
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if args.steps is None:
@@ -149,7 +222,7 @@ def main() -> None:
         parser.error(f"--only: unknown selection {unknown}; choose from {known}")
     for method in args.methods:
         scores = args.work_dir / f"score-{method}"
-        if not (scores / "layer_scores.json").is_file():
+        if not args.report_only and not (scores / "layer_scores.json").is_file():
             ila("score", "--scorer", method, "--output-dir", str(scores), "--overwrite",
                 "--seed", "0")  # fmt: skip
         configs[f"{method}: tune top 30%"] = ["--scores", str(scores), "--tune-top-fraction", "0.3"]
@@ -162,24 +235,15 @@ def main() -> None:
         if args.only and slug not in args.only:
             continue
         row: dict[str, list[float]] = {"loss": [], "em": [], "forget": []}
-        summaries = []
         for seed in args.seeds:
-            adapter = None
-            if rule is not None:
-                adapter = args.work_dir / f"ft-{slug}-{seed}"
-                summaries.append(finetune(rule, seed, args.steps, adapter))
-            metrics = evaluate(adapter, seed, args.work_dir / f"eval-{slug}-{seed}", [*DATA, *EVAL])
-            row["loss"].append(metrics["loss"])
-            row["em"].append(metrics["exact_match"])
-            other = evaluate(adapter, seed, args.work_dir / f"forget-{slug}-{seed}", FORGET)
-            row["forget"].append(other["loss"])
-            counts = (
-                metrics["num_examples"],
-                metrics["exact_match_examples"],
-                other["num_examples"],
-            )
-        units = f"{summaries[0]['num_selected']}" if summaries else "0"
-        params = f"{summaries[0]['trainable_parameters']:,}" if summaries else "0"
+            if args.report_only:
+                record = read_record(slug, seed)
+            else:
+                record = measure(rule, seed, args.steps, args.work_dir, slug)
+            for key in row:
+                row[key].append(record[key])
+            counts = tuple(record["examples"])
+        units, params = f"{record['units']}", f"{record['trainable_parameters']:,}"
         table[name] = row
         cells = [cell for key in ("loss", "em", "forget") for cell in spread(row[key])]
         rows.append(f"| {name} | {units} | {params} | " + " | ".join(cells) + " |")

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_quality import DATA, EVAL, FORGET, evaluate, finetune, slug_of, spread, verdict
+from bench_quality import DATA, measure, slug_of, spread, verdict
 from ila_process import ila
 from results_file import write_section
 
@@ -71,33 +71,6 @@ def selections(scores_file: Path) -> dict[str, list[str]]:
     control = random_within_type(within, LayerMap.from_dict(scores.layout), seed=0)
     rule = ["--scores", str(scores_file), "--tune-top-fraction", "0.3"]
     return {GLOBAL: rule, WITHIN: [*rule, "--within-module-type"], CONTROL: ["--units", *control]}
-
-
-def record_of(name: str, seed: int) -> Path:
-    return RECORDS / f"{slug_of(name)}-seed{seed}.json"
-
-
-def measure(name: str, rule: list[str], seed: int, steps: int, work_dir: Path) -> None:
-    """Fine-tune and evaluate one (selection, seed) unless its record exists."""
-    if record_of(name, seed).is_file():
-        return
-    adapter = work_dir / f"ft-{slug_of(name)}-{seed}"
-    summary = finetune(rule, seed, steps, adapter)
-    held = evaluate(adapter, seed, work_dir / f"eval-{slug_of(name)}-{seed}", [*DATA, *EVAL])
-    other = evaluate(adapter, seed, work_dir / f"forget-{slug_of(name)}-{seed}", FORGET)
-    record = {
-        "selection": name,
-        "seed": seed,
-        "steps": steps,
-        "units": summary["num_selected"],
-        "trainable_parameters": summary["trainable_parameters"],
-        "selected": summary.get("selected_units"),
-        "loss": held["loss"],
-        "em": held["exact_match"],
-        "forget": other["loss"],
-        "examples": [held["num_examples"], held["exact_match_examples"], other["num_examples"]],
-    }
-    record_of(name, seed).write_text(json.dumps(record, indent=1) + "\n")
 
 
 def by_module_type(scores_file: Path, units: list[str]) -> str:
@@ -191,7 +164,7 @@ def main() -> None:
         rules = selections(ila_scores(args.work_dir))
         for seed in args.seeds:
             for name, rule in rules.items():
-                measure(name, rule, seed, steps, args.work_dir)
+                measure(rule, seed, steps, args.work_dir, slug_of(name), records=RECORDS)
     markdown = report(steps)
     write_section("bench_within_type", markdown)
     print(markdown)

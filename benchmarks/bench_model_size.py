@@ -1,4 +1,4 @@
-"""Seed and cross-dataset agreement of ILA rankings on a second, larger model.
+"""Seed and cross-dataset agreement of ILA rankings on a second model beside the embedded one.
 
 Does the agreement of rankings grow with the model? This script runs `ila score` (the
 product, defaults of stage 2) at one fixed stage-1 length on each (model, dataset, seed)

@@ -27,8 +27,10 @@ are read from ``<work-dir>/score-<method>`` (scored with seed 0 when missing). T
 the work between processes, give each its own ``--seeds`` or ``--only`` selections (no
 report), then run once more without ``--only`` to write the table from the finished runs.
 Each finished (selection, seed) also leaves its metrics in
-``benchmarks/records/bench_quality/`` (no weights), where a later run finds them before the
-work dir; ``--report-only`` writes the table from those records alone.
+``benchmarks/records/bench_quality/`` (no weights; ``--records`` for another folder), where a
+later run finds them before the work dir; ``--report-only`` writes the table from those
+records alone. A records folder holds the records of one ILA ranking: another ranking
+(e.g. scored under other stage-2 settings) is refused there and needs its own folder.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from ila_process import ila
 from results_file import write_section
 
 RECORDS = Path(__file__).resolve().parent / "records" / "bench_quality"
-SCORES_RECORD = RECORDS / "ila-scores.json"  # the ILA ranking of the last run
+SCORES_FILE = "ila-scores.json"  # the ILA ranking every record of a records dir was made with
 
 LIMIT = 600
 DATA = ["--limit", str(LIMIT), "--max-length", "128", "--eval-fraction", "0.1", "--device", "cpu"]
@@ -111,9 +113,9 @@ def record_path(slug: str, seed: int, records: Path = RECORDS) -> Path:
     return records / f"{slug}-seed{seed}.json"
 
 
-def read_record(slug: str, seed: int) -> dict:
+def read_record(slug: str, seed: int, records: Path) -> dict:
     """The kept metrics of one (selection, seed); exits with what to run when missing."""
-    path = record_path(slug, seed)
+    path = record_path(slug, seed, records)
     if not path.is_file():
         raise SystemExit(f"--report-only: no record {path}; run without --report-only first")
     return json.loads(path.read_text())
@@ -185,22 +187,35 @@ def main() -> None:
         "names, e.g. ilatunetop30) and write no report: to share the work between processes",
     )
     parser.add_argument(
+        "--records",
+        type=Path,
+        default=RECORDS,
+        help="where the metrics and the ILA ranking are kept (one ILA ranking per folder)",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="write the table from benchmarks/records/bench_quality alone (no fine-tune)",
     )
     args = parser.parse_args()
+    kept = args.records / SCORES_FILE
     if args.report_only:
-        if not SCORES_RECORD.is_file():
-            parser.error(f"--report-only: no {SCORES_RECORD}; run with --ila-scores first")
-        args.ila_scores = SCORES_RECORD
+        if not kept.is_file():
+            parser.error(f"--report-only: no {kept}; run with --ila-scores first")
+        args.ila_scores = kept
     elif args.ila_scores is None:
         parser.error("--ila-scores is required (an ILA score run) unless --report-only")
     else:
         from ila.core.scores import LayerScores
 
-        RECORDS.mkdir(parents=True, exist_ok=True)
-        LayerScores.load(args.ila_scores).save(SCORES_RECORD)
+        ranking = LayerScores.load(args.ila_scores).to_dict()
+        if kept.is_file() and LayerScores.load(kept).to_dict() != ranking:
+            parser.error(
+                f"{args.records} holds records of another ILA ranking; give this one its own "
+                "--records folder"
+            )
+        args.records.mkdir(parents=True, exist_ok=True)
+        LayerScores.from_dict(ranking).save(kept)
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if args.steps is None:
@@ -237,9 +252,9 @@ def main() -> None:
         row: dict[str, list[float]] = {"loss": [], "em": [], "forget": []}
         for seed in args.seeds:
             if args.report_only:
-                record = read_record(slug, seed)
+                record = read_record(slug, seed, args.records)
             else:
-                record = measure(rule, seed, args.steps, args.work_dir, slug)
+                record = measure(rule, seed, args.steps, args.work_dir, slug, args.records)
             for key in row:
                 row[key].append(record[key])
             counts = tuple(record["examples"])

@@ -131,11 +131,10 @@ def _row(label: str, pairs: list[tuple[dict, dict]]) -> str:
         for r in runs
         if r.get("stage1_update_norms")
     ]
-    kinds = [{u["name"]: u["module_type"] for u in r["units"]} for r in runs]
-    mlp = [
-        sum(kind[name].startswith("mlp.") for name in _pick(r, False))
-        for r, kind in zip(runs, kinds, strict=True)
-    ]
+    mlp = []
+    for r in runs:
+        top = _pick(r, False)
+        mlp.append(sum(u["module_type"].startswith("mlp.") for u in r["units"] if u["name"] in top))
 
     def cell(values: list[float]) -> str:
         return f"{statistics.fmean(values):.2f} ({min(values):.2f}-{max(values):.2f})"

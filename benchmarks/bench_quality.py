@@ -51,6 +51,7 @@ RECORDS = Path(__file__).resolve().parent / "records" / "bench_quality"
 SCORES_FILE = "ila-scores.json"  # the ILA ranking every record of a records dir was made with
 
 LIMIT = 600
+EPOCH_STEPS = -(-(LIMIT - round(0.1 * LIMIT)) // 4)  # one epoch of the training split, batch 4
 DATA = ["--limit", str(LIMIT), "--max-length", "128", "--eval-fraction", "0.1", "--device", "cpu"]
 EVAL = ["--eval-generate-examples", "60", "--eval-max-new-tokens", "48"]
 # Forgetting: loss on held-out conversations of a dataset that is not tuned on.
@@ -208,18 +209,18 @@ def main() -> None:
     else:
         from ila.core.scores import LayerScores
 
-        ranking = LayerScores.load(args.ila_scores).to_dict()
-        if kept.is_file() and LayerScores.load(kept).to_dict() != ranking:
+        ranking = LayerScores.load(args.ila_scores)
+        if kept.is_file() and LayerScores.load(kept).to_dict() != ranking.to_dict():
             parser.error(
                 f"{args.records} holds records of another ILA ranking; give this one its own "
                 "--records folder"
             )
         args.records.mkdir(parents=True, exist_ok=True)
-        LayerScores.from_dict(ranking).save(kept)
+        ranking.save(kept)
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if args.steps is None:
-        args.steps = -(-(LIMIT - round(0.1 * LIMIT)) // 4)  # one epoch at batch 4
+        args.steps = EPOCH_STEPS
     ila_rule = ["--scores", str(args.ila_scores)]
     configs: dict[str, list[str] | None] = {
         "base model (no tuning)": None,

@@ -32,11 +32,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_quality import DATA, measure, slug_of, spread, verdict
+from bench_quality import DATA, EPOCH_STEPS, measure, slug_of, spread, verdict
+from ila.core.controls import random_within_type
+from ila.core.layers import LayerMap
+from ila.core.scores import LayerScores, jaccard
 from ila_process import ila
 from results_file import write_section
 
@@ -53,73 +57,57 @@ def ila_scores(work_dir: Path) -> Path:
         out = work_dir / "score-ila"
         if not (out / "layer_scores.json").is_file():
             ila("score", "--seed", "0", "--output-dir", str(out), "--overwrite", *DATA)
-        from ila.core.scores import LayerScores
-
         RECORDS.mkdir(parents=True, exist_ok=True)
         LayerScores.load(out).save(SCORES_RECORD)
     return SCORES_RECORD
 
 
-def selections(scores_file: Path) -> dict[str, list[str]]:
-    """The `ila finetune` selection flags of each row."""
-    from ila.core.controls import random_within_type
-    from ila.core.layers import LayerMap
-    from ila.core.scores import LayerScores
-
-    scores = LayerScores.load(scores_file)
+def chosen_units(scores: LayerScores) -> dict[str, list[str]]:
+    """The units each row tunes: ILA's global and within-type top 30%, and the control."""
     within = scores.top(0.3, within_module_type=True)
     control = random_within_type(within, LayerMap.from_dict(scores.layout), seed=0)
+    return {GLOBAL: scores.top(0.3), WITHIN: within, CONTROL: control}
+
+
+def selections(scores_file: Path) -> dict[str, list[str]]:
+    """The `ila finetune` selection flags of each row."""
     rule = ["--scores", str(scores_file), "--tune-top-fraction", "0.3"]
+    control = chosen_units(LayerScores.load(scores_file))[CONTROL]
     return {GLOBAL: rule, WITHIN: [*rule, "--within-module-type"], CONTROL: ["--units", *control]}
 
 
-def by_module_type(scores_file: Path, units: list[str]) -> str:
-    from ila.core.layers import LayerMap
-    from ila.core.scores import LayerScores
-
-    layer_map = LayerMap.from_dict(LayerScores.load(scores_file).layout)
-    counts: dict[str, int] = {}
-    for name in units:
-        kind = layer_map.unit(name).module_type
-        counts[kind] = counts.get(kind, 0) + 1
+def by_module_type(layer_map: LayerMap, units: list[str]) -> str:
+    counts = Counter(layer_map.unit(name).module_type for name in units)
     return ", ".join(f"{kind} {count}" for kind, count in sorted(counts.items()))
 
 
 def report(steps: int) -> str:
     """The section, from the records alone; only seeds every selection finished count."""
     names = [GLOBAL, WITHIN, CONTROL]
-    records = {
-        name: {
-            json.loads(p.read_text())["seed"]: json.loads(p.read_text())
-            for p in RECORDS.glob(f"{slug_of(name)}-seed*.json")
-        }
-        for name in names
-    }
+    records: dict[str, dict[int, dict]] = {name: {} for name in names}
+    for name in names:
+        for path in RECORDS.glob(f"{slug_of(name)}-seed*.json"):
+            record = json.loads(path.read_text())
+            records[name][record["seed"]] = record
     seeds = sorted(set.intersection(*(set(r) for r in records.values())))
     if not seeds:
         raise SystemExit(f"no seed finished for every selection in {RECORDS}")
-    sets = selections(SCORES_RECORD)
     table = {
         name: {m: [records[name][s][m] for s in seeds] for m in ("loss", "em", "forget")}
         for name in names
     }
     first = {name: records[name][seeds[0]] for name in names}
     held, generated, forget = first[GLOBAL]["examples"]
-    from ila.core.scores import LayerScores, jaccard
-
     scores = LayerScores.load(SCORES_RECORD)
-    overlap = jaccard(scores.top(0.3), scores.top(0.3, within_module_type=True))
-    chosen = {
-        GLOBAL: scores.top(0.3),
-        WITHIN: scores.top(0.3, within_module_type=True),
-        CONTROL: sets[CONTROL][1:],
-    }
+    layer_map = LayerMap.from_dict(scores.layout)
+    chosen = chosen_units(scores)
+    overlap = jaccard(chosen[GLOBAL], chosen[WITHIN])
     rows = []
     for name in names:
         cells = [cell for key in ("loss", "em", "forget") for cell in spread(table[name][key])]
         rows.append(
             f"| {name} | {first[name]['units']} | {first[name]['trainable_parameters']:,} | "
-            f"{by_module_type(SCORES_RECORD, chosen[name])} | " + " | ".join(cells) + " |"
+            f"{by_module_type(layer_map, chosen[name])} | " + " | ".join(cells) + " |"
         )
     lines = [
         "## Quality of the selection within module type (`benchmarks/bench_within_type.py`)",
@@ -159,7 +147,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-within-type"))
     parser.add_argument("--report-only", action="store_true", help="rebuild from the records")
     args = parser.parse_args()
-    steps = -(-(600 - round(0.1 * 600)) // 4)  # one epoch at batch 4, as bench_quality
+    steps = EPOCH_STEPS
     if not args.report_only:
         rules = selections(ila_scores(args.work_dir))
         for seed in args.seeds:

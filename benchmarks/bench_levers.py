@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import statistics
 import sys
@@ -402,6 +403,43 @@ def cooldown_lines(data: str, seeds: list[int], found: dict) -> list[str]:
     return ["", head + "; ".join(cells) + "."]
 
 
+def mean_gates(record: dict) -> list[float]:
+    """The mean gate sigmoid(s) over the units after every stage-2 step of one record."""
+    return [
+        statistics.fmean(1 / (1 + math.exp(-s)) for s in row) for row in record["score_trajectory"]
+    ]
+
+
+def equilibrium_lines(data: str, seeds: list[int], found: dict, levers: list[str]) -> list[str]:
+    """Does stage 2 settle? Per lever, the lowest mean gate (and its step) and the mean gate
+    at the last step, means over seeds, beside the budget boundary H. A hinge budget pushes
+    every gate down until the mean gate reaches H; Adam's momentum carries the gates below
+    it, and a ranking read before they have climbed back is read mid-recovery
+    (docs/method.md, "Levers on reproducibility")."""
+    cells = []
+    for lever in levers:
+        lows, steps, lasts, target = [], [], [], None
+        for seed in seeds:
+            record = found[(data, seed)].get(lever)
+            if record is None or "score_trajectory" not in record:
+                continue
+            means = mean_gates(record)
+            low = min(means)
+            lows.append(low)
+            steps.append(means.index(low))
+            lasts.append(means[-1])
+            target = record["stage2_settings"].get("target_fraction", 0.5)
+        if lows:
+            cells.append(
+                f"- {LABELS.get(lever, lever)} (H {target}): lowest {statistics.fmean(lows):.2f} "
+                f"at step {statistics.fmean(steps):.0f} of {len(means) - 1}, last "
+                f"{statistics.fmean(lasts):.2f} ({len(lows)} seeds)"
+            )
+    if not cells:
+        return []
+    return ["", "Stage-2 mean gate, lowest and at the last step (means over seeds):", "", *cells]
+
+
 def consensus(runs: list[list[float]]) -> list[float]:
     """The mean s of each unit over ``runs`` (what `ila score --seeds` ranks by)."""
     return [statistics.fmean(col) for col in zip(*runs, strict=True)]
@@ -499,6 +537,7 @@ def report(levers: list[str], command: str) -> str:
                 if len(runs) >= 4:
                     ensembles.append(f"- {LABELS.get(lever, lever)}: {ensemble_cells(runs)}")
         lines += within
+        lines += equilibrium_lines(data, seeds, found, levers)
         lines += cooldown_lines(data, seeds, found)
         if paired:
             lines += [

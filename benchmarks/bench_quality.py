@@ -239,8 +239,9 @@ def main() -> None:
     for method in args.methods:
         scores = args.work_dir / f"score-{method}"
         if not args.report_only and not (scores / "layer_scores.json").is_file():
+            # Ranked on the training split only, as the ILA ranking is: no held-out example.
             ila("score", "--scorer", method, "--output-dir", str(scores), "--overwrite",
-                "--seed", "0")  # fmt: skip
+                "--seed", "0", *DATA)  # fmt: skip
         configs[f"{method}: tune top 30%"] = ["--scores", str(scores), "--tune-top-fraction", "0.3"]
 
     table: dict[str, dict[str, list[float]]] = {}
@@ -267,22 +268,28 @@ def main() -> None:
     if args.only:
         return
     held, generated, forget = counts
+    from ila.core.scores import LayerScores
+
+    weight = LayerScores.load(args.records / SCORES_FILE).meta["stage2"]["budget_weight"]
     lines = [
         "## Quality at equal steps (`benchmarks/bench_quality.py`)",
         "",
-        f"Written {started} from the fine-tunes and evaluations in the work dir (finished ones "
-        "are reused). SmolLM2-135M, float32, `ila-instruct` (first 600 examples, 10% held out "
+        f"Written {started} from the records in `{rel(args.records)}` (one per selection and "
+        "seed; `--report-only` rebuilds this section from them). SmolLM2-135M, float32, "
+        "`ila-instruct` (first 600 examples, 10% held out "
         "by the split seed 0: the same examples for every selection and seed; max length 128, "
         f"batch 4). LoRA r=8 for {args.steps} steps (one epoch unless `--steps` says "
         f"otherwise; lr 1e-3) on each selection, fine-tuning seeds {args.seeds}; ILA scores "
-        f"from `{args.ila_scores}`, other scorers ranked once with seed 0; control selections "
+        f"kept in `{rel(args.records / SCORES_FILE)}`, other scorers ranked once with seed 0 on "
+        "the same training split; control selections "
         "drawn once (seed 0). Evaluated with `ila eval`: response loss on the "
         f"{held} held-out examples, exact match of greedy answers (48 new tokens at most) on "
         f"{generated} of them, and forgetting: the response loss on {forget} held-out chitchat "
         "conversations, a dataset not tuned on. "
-        f"Command: `python benchmarks/bench_quality.py --ila-scores {args.ila_scores} "
-        f"--steps {args.steps} --seeds {' '.join(map(str, args.seeds))} "
-        f"{' '.join(['--methods', *args.methods])}`.",
+        f"Command: `python benchmarks/bench_quality.py --ila-scores RUN --records "
+        f"{rel(args.records)} --steps {args.steps} --seeds {' '.join(map(str, args.seeds))} "
+        f"{' '.join(['--methods', *args.methods])}`, where RUN is `ila score --seed 0 "
+        f"{' '.join(DATA)} --stage2-budget-weight {weight:g}`.",
         "",
         "| selection | units tuned | trainable params | held-out loss (mean) | min-max "
         "| exact match (mean) | min-max | chitchat loss (mean) | min-max |",
@@ -294,6 +301,15 @@ def main() -> None:
     markdown = "\n".join(lines)
     write_section("bench_quality", markdown)
     print(markdown)
+
+
+def rel(path: Path) -> Path:
+    """``path`` relative to the repository when it lies inside it (as the docs name it)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return path.resolve().relative_to(root)
+    except ValueError:
+        return path
 
 
 def slug_of(name: str) -> str:

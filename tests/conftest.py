@@ -208,17 +208,25 @@ def tree(path: Path) -> dict[str, int]:
 
 
 def fit_gates(model, gated, batch, *, steps: int = 60):
-    """Stage 2 by hand on one batch (Adam on the gate scores, hinge budget at 0.5), as the
-    planted-signal tests use it; returns the gate values."""
+    """Stage 2 by hand on one batch (Adam on the gate scores, the default hinge budget's
+    weight and boundary), as the planted-signal tests use it; returns the gate values."""
     import torch
 
+    from ila.config import Stage2Config
     from ila.core.gates import budget_loss
+
+    default = Stage2Config()
 
     optimizer = torch.optim.Adam([gated.bank.scores], lr=0.1)
     for _ in range(steps):
         optimizer.zero_grad()
         loss = model(input_ids=batch, labels=batch).loss
-        loss = loss + budget_loss(gated.bank(), kind="hinge", weight=1.0, target_fraction=0.5)
+        loss = loss + budget_loss(
+            gated.bank(),
+            kind=default.budget,
+            weight=default.budget_weight,
+            target_fraction=default.target_fraction,
+        )
         loss.backward()
         optimizer.step()
     return gated.gate_values()

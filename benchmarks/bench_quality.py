@@ -122,6 +122,24 @@ def read_record(slug: str, seed: int, records: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def finetune_precision(adapter: Path | None) -> str | None:
+    """The precision the fine-tune resolved (``--precision auto`` picks bf16 autocast on a
+    CPU with AVX512-BF16 or AMX, float32 elsewhere); None for the base model."""
+    if adapter is None:
+        return None
+    return json.loads((adapter / "environment.json").read_text())["precision"]["precision"]
+
+
+def precision_text(precisions: set[str | None]) -> str:
+    """The fine-tunes' precisions as the report states them (None: not recorded)."""
+    names = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "fp32": "float32"}
+    known = sorted(names.get(p, p) for p in precisions if p is not None)
+    text = " and ".join(known) if known else "a precision not recorded"
+    if known and None in precisions:
+        text += " (some records do not say)"
+    return text + " (`--precision auto`)"
+
+
 def measure(
     rule: list[str] | None,
     seed: int,
@@ -151,6 +169,7 @@ def measure(
         "em": held["exact_match"],
         "forget": other["loss"],
         "examples": [held["num_examples"], held["exact_match_examples"], other["num_examples"]],
+        "precision": finetune_precision(adapter),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
@@ -192,6 +211,12 @@ def main() -> None:
         type=Path,
         default=RECORDS,
         help="where the metrics and the ILA ranking are kept (one ILA ranking per folder)",
+    )
+    parser.add_argument(
+        "--compare-records",
+        type=Path,
+        help="records of another ILA ranking (another --records folder): its ILA rows are "
+        "added to the report beside this ranking's, with a verdict each",
     )
     parser.add_argument(
         "--report-only",
@@ -247,6 +272,7 @@ def main() -> None:
     table: dict[str, dict[str, list[float]]] = {}
     rows: list[str] = []
     counts: tuple[int, ...] = ()
+    precisions: set[str | None] = set()
     for name, rule in configs.items():
         slug = slug_of(name)
         if args.only and slug not in args.only:
@@ -260,6 +286,8 @@ def main() -> None:
             for key in row:
                 row[key].append(record[key])
             counts = tuple(record["examples"])
+            if record["rule"] is not None:
+                precisions.add(record.get("precision"))
         units, params = f"{record['units']}", f"{record['trainable_parameters']:,}"
         table[name] = row
         cells = [cell for key in ("loss", "em", "forget") for cell in spread(row[key])]
@@ -270,12 +298,29 @@ def main() -> None:
     held, generated, forget = counts
     from ila.core.scores import LayerScores
 
-    weight = LayerScores.load(args.records / SCORES_FILE).meta["stage2"]["budget_weight"]
+    kept_meta = LayerScores.load(args.records / SCORES_FILE).meta
+    weight, stage1_steps = kept_meta["stage2"]["budget_weight"], kept_meta["stage1_steps"]
+    compare_flag = ""
+    compared: list[tuple[str, str]] = []
+    if args.compare_records:
+        label = ranking_difference(args.records, args.compare_records)
+        compare_flag = f" --compare-records {rel(args.compare_records)}"
+        for name in ILA_ROWS:
+            slug = slug_of(name)
+            if all(record_path(slug, s, args.compare_records).is_file() for s in args.seeds):
+                other = f"{name} ({label})"
+                records = [read_record(slug, s, args.compare_records) for s in args.seeds]
+                table[other] = {k: [r[k] for r in records] for k in ("loss", "em", "forget")}
+                cells = [c for k in ("loss", "em", "forget") for c in spread(table[other][k])]
+                units = f"{records[0]['units']} | {records[0]['trainable_parameters']:,}"
+                rows.append(f"| {other} | {units} | " + " | ".join(cells) + " |")
+                compared.append((other, name))
     lines = [
         "## Quality at equal steps (`benchmarks/bench_quality.py`)",
         "",
         f"Written {started} from the records in `{rel(args.records)}` (one per selection and "
-        "seed; `--report-only` rebuilds this section from them). SmolLM2-135M, float32, "
+        "seed; `--report-only` rebuilds this section from them). SmolLM2-135M, fine-tuned "
+        f"in {precision_text(precisions)}, "
         "`ila-instruct` (first 600 examples, 10% held out "
         "by the split seed 0: the same examples for every selection and seed; max length 128, "
         f"batch 4). LoRA r=8 for {args.steps} steps (one epoch unless `--steps` says "
@@ -288,8 +333,9 @@ def main() -> None:
         "conversations, a dataset not tuned on. "
         f"Command: `python benchmarks/bench_quality.py --ila-scores RUN --records "
         f"{rel(args.records)} --steps {args.steps} --seeds {' '.join(map(str, args.seeds))} "
-        f"{' '.join(['--methods', *args.methods])}`, where RUN is `ila score --seed 0 "
-        f"{' '.join(DATA)} --stage2-budget-weight {weight:g}`.",
+        f"{' '.join(['--methods', *args.methods])}{compare_flag}`, where RUN is `ila score "
+        f"--seed 0 {' '.join(DATA)} --stage2-budget-weight {weight:g}` (stage 1 stopped at "
+        f"step {stage1_steps}).",
         "",
         "| selection | units tuned | trainable params | held-out loss (mean) | min-max "
         "| exact match (mean) | min-max | chitchat loss (mean) | min-max |",
@@ -297,10 +343,37 @@ def main() -> None:
         *rows,
         "",
         *reading(table, len(args.seeds)),
+        *[verdict(table, other, name) for other, name in compared],
     ]
+    if compared:
+        other_meta = LayerScores.load(args.compare_records / SCORES_FILE).meta
+        lines += [
+            "",
+            f"Rows marked ({label}) tune the same selections of a second ILA ranking, kept in "
+            f"`{rel(args.compare_records / SCORES_FILE)}` (`ila score` on the same split with "
+            f"those stage-2 settings; stage 1 stopped at step {other_meta['stage1_steps']}), "
+            "fine-tuned and evaluated the same way; the last lines compare each with this "
+            "ranking's.",
+        ]
     markdown = "\n".join(lines)
     write_section("bench_quality", markdown)
     print(markdown)
+
+
+# The selections that follow the ILA ranking (compared across rankings by --compare-records).
+ILA_ROWS = ["ILA: freeze bottom 25%", "ILA: tune top 10%", "ILA: tune top 30%"]
+
+
+def ranking_difference(records: Path, other: Path) -> str:
+    """What sets the ILA ranking kept in ``other`` apart from the one in ``records``: the
+    stage-2 settings that differ (e.g. "stage-2 budget_weight 5"), else its folder."""
+    from ila.core.scores import LayerScores
+
+    ours = LayerScores.load(records / SCORES_FILE).meta["stage2"]
+    theirs = LayerScores.load(other / SCORES_FILE).meta["stage2"]
+    changed = [f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+               for key, value in theirs.items() if ours.get(key) != value]  # fmt: skip
+    return f"stage-2 {', '.join(changed)}" if changed else f"ranking of {rel(other)}"
 
 
 def rel(path: Path) -> Path:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_quality import DATA, EPOCH_STEPS, measure, slug_of, spread, verdict
+from bench_quality import DATA, EPOCH_STEPS, measure, precision_text, slug_of, spread, verdict
 from ila.core.controls import random_within_type
 from ila.core.layers import LayerMap
 from ila.core.scores import LayerScores, jaccard
@@ -97,6 +97,7 @@ def report(steps: int) -> str:
         for name in names
     }
     first = {name: records[name][seeds[0]] for name in names}
+    precisions = {records[n][s].get("precision") for n in names for s in seeds}
     held, generated, forget = first[GLOBAL]["examples"]
     scores = LayerScores.load(SCORES_RECORD)
     layer_map = LayerMap.from_dict(scores.layout)
@@ -114,7 +115,8 @@ def report(steps: int) -> str:
         "",
         "One ILA ranking (`ila score`, defaults, seed 0, on the training split below; kept in "
         "`benchmarks/records/bench_within_type/ila-scores.json`), three selections of it "
-        "LoRA-fine-tuned under the protocol of `bench_quality.py`: SmolLM2-135M, float32, "
+        "LoRA-fine-tuned under the protocol of `bench_quality.py`: SmolLM2-135M in "
+        f"{precision_text(precisions)}, "
         "ila-instruct (first 600 examples, 10% held out by split seed 0; max length 128, "
         f"batch 4), LoRA r 8 for {steps} steps (one epoch; lr 1e-3), fine-tuning seeds "
         f"{', '.join(map(str, seeds))}. Held-out response loss on {held} examples, exact "

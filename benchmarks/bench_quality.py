@@ -30,7 +30,8 @@ Each finished (selection, seed) also leaves its metrics in
 ``benchmarks/records/bench_quality/`` (no weights; ``--records`` for another folder), where a
 later run finds them before the work dir; ``--report-only`` writes the table from those
 records alone. A records folder holds the records of one ILA ranking: another ranking
-(e.g. scored under other stage-2 settings) is refused there and needs its own folder.
+(e.g. scored under other stage-2 settings) is refused there and needs its own folder, and
+``--compare-records FOLDER`` adds that ranking's ILA rows to the report beside this one's.
 """
 
 from __future__ import annotations

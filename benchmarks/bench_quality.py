@@ -23,7 +23,8 @@ By default every fine-tune runs one epoch of the training split. Usage::
     python benchmarks/bench_quality.py --ila-scores runs/x [--steps N] [--seeds 0 1 2]
 
 Finished fine-tunes and evaluations in --work-dir are reused; other scorers' rankings
-are read from ``<work-dir>/score-<method>`` (scored with seed 0 when missing). To share
+are kept as ``score-<method>.json`` in the records folder (scored with seed 0 into
+``<work-dir>/score-<method>`` when missing). To share
 the work between processes, give each its own ``--seeds`` or ``--only`` selections (no
 report), then run once more without ``--only`` to write the table from the finished runs.
 Each finished (selection, seed) also leaves its metrics in
@@ -50,6 +51,13 @@ from results_file import write_section
 
 RECORDS = Path(__file__).resolve().parent / "records" / "bench_quality"
 SCORES_FILE = "ila-scores.json"  # the ILA ranking every record of a records dir was made with
+# The selections that follow the ILA ranking, with their `ila finetune` rule flags (also
+# compared across rankings by --compare-records).
+ILA_ROWS = {
+    "ILA: freeze bottom 25%": ["--freeze-bottom-fraction", "0.25"],
+    "ILA: tune top 10%": ["--tune-top-fraction", "0.1"],
+    "ILA: tune top 30%": ["--tune-top-fraction", "0.3"],
+}
 
 LIMIT = 600
 EPOCH_STEPS = -(-(LIMIT - round(0.1 * LIMIT)) // 4)  # one epoch of the training split, batch 4
@@ -222,7 +230,7 @@ def main() -> None:
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="write the table from benchmarks/records/bench_quality alone (no fine-tune)",
+        help="write the table from the --records folder alone (no fine-tune)",
     )
     args = parser.parse_args()
     kept = args.records / SCORES_FILE
@@ -251,9 +259,7 @@ def main() -> None:
     configs: dict[str, list[str] | None] = {
         "base model (no tuning)": None,
         "all units": ["--all-units"],
-        "ILA: freeze bottom 25%": [*ila_rule, "--freeze-bottom-fraction", "0.25"],
-        "ILA: tune top 10%": [*ila_rule, "--tune-top-fraction", "0.1"],
-        "ILA: tune top 30%": [*ila_rule, "--tune-top-fraction", "0.3"],
+        **{name: [*ila_rule, *flags] for name, flags in ILA_ROWS.items()},
     }
     for name, units in controls(args.ila_scores, args.work_dir, seed=0).items():
         configs[name] = ["--units", *units]
@@ -263,12 +269,19 @@ def main() -> None:
         unknown = sorted(set(args.only) - set(known))
         parser.error(f"--only: unknown selection {unknown}; choose from {known}")
     for method in args.methods:
-        scores = args.work_dir / f"score-{method}"
-        if not args.report_only and not (scores / "layer_scores.json").is_file():
-            # Ranked on the training split only, as the ILA ranking is: no held-out example.
-            ila("score", "--scorer", method, "--output-dir", str(scores), "--overwrite",
-                "--seed", "0", *DATA)  # fmt: skip
-        configs[f"{method}: tune top 30%"] = ["--scores", str(scores), "--tune-top-fraction", "0.3"]
+        kept_ranking = args.records / f"score-{method}.json"
+        if not args.report_only and not kept_ranking.is_file():
+            from ila.core.scores import LayerScores
+
+            scores = args.work_dir / f"score-{method}"
+            if not (scores / "layer_scores.json").is_file():
+                # Ranked on the training split only, as the ILA ranking is: no held-out example.
+                ila("score", "--scorer", method, "--output-dir", str(scores), "--overwrite",
+                    "--seed", "0", *DATA)  # fmt: skip
+            LayerScores.load(scores).save(kept_ranking)
+        configs[f"{method}: tune top 30%"] = [
+            "--scores", str(kept_ranking), "--tune-top-fraction", "0.3",
+        ]  # fmt: skip
 
     table: dict[str, dict[str, list[float]]] = {}
     rows: list[str] = []
@@ -278,22 +291,17 @@ def main() -> None:
         slug = slug_of(name)
         if args.only and slug not in args.only:
             continue
-        row: dict[str, list[float]] = {"loss": [], "em": [], "forget": []}
-        for seed in args.seeds:
-            if args.report_only:
-                record = read_record(slug, seed, args.records)
-            else:
-                record = measure(rule, seed, args.steps, args.work_dir, slug, args.records)
-            for key in row:
-                row[key].append(record[key])
-            counts = tuple(record["examples"])
-            if record["rule"] is not None:
-                precisions.add(record.get("precision"))
-        units, params = f"{record['units']}", f"{record['trainable_parameters']:,}"
-        table[name] = row
-        cells = [cell for key in ("loss", "em", "forget") for cell in spread(row[key])]
-        rows.append(f"| {name} | {units} | {params} | " + " | ".join(cells) + " |")
-        print(rows[-1], flush=True)
+        records = [
+            read_record(slug, seed, args.records)
+            if args.report_only
+            else measure(rule, seed, args.steps, args.work_dir, slug, args.records)
+            for seed in args.seeds
+        ]
+        counts = tuple(records[-1]["examples"])
+        precisions |= {r.get("precision") for r in records if r["rule"] is not None}
+        table[name], row = table_row(name, records)
+        rows.append(row)
+        print(row, flush=True)
     if args.only:
         return
     held, generated, forget = counts
@@ -304,17 +312,16 @@ def main() -> None:
     compare_flag = ""
     compared: list[tuple[str, str]] = []
     if args.compare_records:
-        label = ranking_difference(args.records, args.compare_records)
+        other_meta = LayerScores.load(args.compare_records / SCORES_FILE).meta
+        label = ranking_difference(kept_meta, other_meta, args.compare_records)
         compare_flag = f" --compare-records {rel(args.compare_records)}"
         for name in ILA_ROWS:
             slug = slug_of(name)
             if all(record_path(slug, s, args.compare_records).is_file() for s in args.seeds):
                 other = f"{name} ({label})"
                 records = [read_record(slug, s, args.compare_records) for s in args.seeds]
-                table[other] = {k: [r[k] for r in records] for k in ("loss", "em", "forget")}
-                cells = [c for k in ("loss", "em", "forget") for c in spread(table[other][k])]
-                units = f"{records[0]['units']} | {records[0]['trainable_parameters']:,}"
-                rows.append(f"| {other} | {units} | " + " | ".join(cells) + " |")
+                table[other], row = table_row(other, records)
+                rows.append(row)
                 compared.append((other, name))
     lines = [
         "## Quality at equal steps (`benchmarks/bench_quality.py`)",
@@ -347,7 +354,6 @@ def main() -> None:
         *[verdict(table, other, name) for other, name in compared],
     ]
     if compared:
-        other_meta = LayerScores.load(args.compare_records / SCORES_FILE).meta
         lines += [
             "",
             f"Rows marked ({label}) tune the same selections of a second ILA ranking, kept in "
@@ -361,20 +367,23 @@ def main() -> None:
     print(markdown)
 
 
-# The selections that follow the ILA ranking (compared across rankings by --compare-records).
-ILA_ROWS = ["ILA: freeze bottom 25%", "ILA: tune top 10%", "ILA: tune top 30%"]
-
-
-def ranking_difference(records: Path, other: Path) -> str:
-    """What sets the ILA ranking kept in ``other`` apart from the one in ``records``: the
-    stage-2 settings that differ (e.g. "stage-2 budget_weight 5"), else its folder."""
-    from ila.core.scores import LayerScores
-
-    ours = LayerScores.load(records / SCORES_FILE).meta["stage2"]
-    theirs = LayerScores.load(other / SCORES_FILE).meta["stage2"]
+def ranking_difference(ours: dict, theirs: dict, other: Path) -> str:
+    """What sets the ranking with meta ``theirs`` (kept in ``other``) apart from the one
+    with meta ``ours``: the stage-2 settings that differ (e.g. "stage-2 budget_weight 5"),
+    else its folder."""
     changed = [f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
-               for key, value in theirs.items() if ours.get(key) != value]  # fmt: skip
+               for key, value in theirs["stage2"].items()
+               if ours["stage2"].get(key) != value]  # fmt: skip
     return f"stage-2 {', '.join(changed)}" if changed else f"ranking of {rel(other)}"
+
+
+def table_row(name: str, records: list[dict]) -> tuple[dict[str, list[float]], str]:
+    """One selection's per-seed measures and its markdown row (mean and min-max of each)."""
+    row = {key: [r[key] for r in records] for key in MEASURES}
+    cells = [cell for key in MEASURES for cell in spread(row[key])]
+    first = records[0]
+    text = f"| {name} | {first['units']} | {first['trainable_parameters']:,} | "
+    return row, text + " | ".join(cells) + " |"
 
 
 def rel(path: Path) -> Path:
